@@ -1,0 +1,281 @@
+//! The codec: how the user's typed values become stored bytes and back.
+//!
+//! Every encoded value starts with a 4-byte ASCII header: `CS`, the format version
+//! (`1`), and the codec (`B` bincode 2, `J` JSON). A value in JSON therefore reads in
+//! `redis-cli` as `CS1J{"name":"Ana"}`; another language strips four bytes and
+//! parses the rest. Decoding checks the header first, so bytes written by another
+//! codec, a future format or nothing of ours are a clear [`ErrorKind::Decode`] error,
+//! never garbage.
+//!
+//! Bincode is the default: compact and fast, Rust-only. Choose JSON
+//! (`CHATSTATE_CODEC=json`) for values other languages must read. Bincode cannot
+//! encode types that need `deserialize_any` (`serde_json::Value`, untagged enums);
+//! use JSON for those. To add a codec, add a variant and its header letter here:
+//! stored values name their codec, so old ones stay readable or fail clearly.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The header's first two bytes.
+pub const MAGIC: &[u8; 2] = b"CS";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = b'1';
+/// Length of the header in bytes.
+pub const HEADER_LEN: usize = 4;
+/// The largest value bincode decoding will allocate for, guarding against corrupt
+/// length prefixes.
+const BINCODE_LIMIT: usize = 256 * 1024 * 1024;
+
+/// A serialization format for typed values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// bincode 2 (standard config, varint integers). Compact; Rust-only.
+    #[default]
+    Bincode,
+    /// JSON. Readable by any language.
+    Json,
+}
+
+impl Codec {
+    /// The header letter of this codec.
+    pub fn tag(self) -> u8 {
+        match self {
+            Codec::Bincode => b'B',
+            Codec::Json => b'J',
+        }
+    }
+
+    /// The codec's name, as `CHATSTATE_CODEC` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Bincode => "bincode",
+            Codec::Json => "json",
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Codec> {
+        match tag {
+            b'B' => Some(Codec::Bincode),
+            b'J' => Some(Codec::Json),
+            _ => None,
+        }
+    }
+
+    /// Encodes `value` with the header.
+    ///
+    /// ```
+    /// use chatstate_core::Codec;
+    /// let bytes = Codec::Json.encode(&vec![1, 2]).unwrap();
+    /// assert_eq!(&bytes[..], b"CS1J[1,2]");
+    /// let back: Vec<i32> = Codec::Json.decode(&bytes).unwrap();
+    /// assert_eq!(back, vec![1, 2]);
+    /// ```
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_VERSION);
+        out.push(self.tag());
+        match self {
+            Codec::Bincode => {
+                bincode::serde::encode_into_std_write(value, &mut out, bincode_config()).map_err(
+                    |e| Error::invalid_input("value cannot be encoded with bincode").with_source(e),
+                )?;
+            }
+            Codec::Json => serde_json::to_writer(&mut out, value).map_err(|e| {
+                Error::invalid_input("value cannot be encoded as JSON").with_source(e)
+            })?,
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Decodes bytes written by [`Codec::encode`] with this codec.
+    ///
+    /// Fails with [`ErrorKind::Decode`] when the header is missing or names another
+    /// format version or codec, or the body does not decode as `T` in full.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T> {
+        let body = self.strip_header(bytes)?;
+        match self {
+            Codec::Bincode => {
+                let (value, used) =
+                    bincode::serde::decode_from_slice::<T, _>(body, bincode_config()).map_err(
+                        |e| Error::decode("stored bincode value is corrupt").with_source(e),
+                    )?;
+                if used != body.len() {
+                    return Err(Error::decode(format!(
+                        "stored bincode value has {} trailing bytes",
+                        body.len() - used
+                    )));
+                }
+                Ok(value)
+            }
+            Codec::Json => serde_json::from_slice(body)
+                .map_err(|e| Error::decode("stored JSON value is corrupt").with_source(e)),
+        }
+    }
+
+    /// Checks the header and returns the body.
+    fn strip_header(self, bytes: &[u8]) -> Result<&[u8]> {
+        let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+            return Err(Error::decode(format!(
+                "stored value is {} bytes, too short for the chatstate header",
+                bytes.len()
+            )));
+        };
+        if &header[..2] != MAGIC {
+            return Err(Error::decode(
+                "stored value has no chatstate header (not written by chatstate)",
+            ));
+        }
+        if header[2] != FORMAT_VERSION {
+            return Err(Error::decode(format!(
+                "stored value has format version {}, this build reads version {}",
+                char::from(header[2]).escape_default(),
+                char::from(FORMAT_VERSION)
+            )));
+        }
+        match Codec::from_tag(header[3]) {
+            Some(c) if c == self => Ok(body),
+            Some(c) => Err(Error::decode(format!(
+                "stored value was written with codec {}, this store reads {}",
+                c.name(),
+                self.name()
+            ))),
+            None => Err(Error::decode(format!(
+                "stored value names an unknown codec {}",
+                char::from(header[3]).escape_default()
+            ))),
+        }
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<BINCODE_LIMIT>()
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Codec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bincode" => Ok(Codec::Bincode),
+            "json" => Ok(Codec::Json),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                "codec must be one of: bincode, json",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Customer {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+        vip: Option<bool>,
+    }
+
+    fn ana() -> Customer {
+        Customer {
+            id: 7,
+            name: "Ana 👋".into(),
+            tags: vec!["a".into()],
+            vip: None,
+        }
+    }
+
+    #[test]
+    fn both_codecs_roundtrip() {
+        for codec in [Codec::Bincode, Codec::Json] {
+            let bytes = codec.encode(&ana()).unwrap();
+            assert_eq!(&bytes[..3], b"CS1");
+            assert_eq!(codec.decode::<Customer>(&bytes).unwrap(), ana());
+        }
+    }
+
+    #[test]
+    fn json_is_readable_after_the_header() {
+        let bytes = Codec::Json.encode(&ana()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes[HEADER_LEN..]).unwrap();
+        assert_eq!(v["name"], "Ana 👋");
+    }
+
+    #[test]
+    fn wrong_codec_is_a_clear_decode_error() {
+        let bytes = Codec::Json.encode(&ana()).unwrap();
+        let err = Codec::Bincode.decode::<Customer>(&bytes).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(err.message().contains("written with codec json"), "{err}");
+    }
+
+    #[test]
+    fn future_format_and_foreign_bytes_are_decode_errors() {
+        let mut bytes = Codec::Bincode.encode(&ana()).unwrap().to_vec();
+        bytes[2] = b'2';
+        let err = Codec::Bincode.decode::<Customer>(&bytes).unwrap_err();
+        assert!(err.message().contains("format version 2"), "{err}");
+        for foreign in [&b""[..], b"CS", b"{\"id\":1}", b"CS1X...."] {
+            let err = Codec::Json.decode::<Customer>(foreign).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Decode, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_and_trailing_bodies_are_decode_errors() {
+        for codec in [Codec::Bincode, Codec::Json] {
+            let bytes = codec.encode(&ana()).unwrap();
+            let cut = &bytes[..bytes.len() - 2];
+            assert_eq!(
+                codec.decode::<Customer>(cut).unwrap_err().kind(),
+                ErrorKind::Decode
+            );
+            let mut longer = bytes.to_vec();
+            longer.extend_from_slice(b"zz");
+            assert_eq!(
+                codec.decode::<Customer>(&longer).unwrap_err().kind(),
+                ErrorKind::Decode
+            );
+        }
+    }
+
+    #[test]
+    fn codec_names_parse() {
+        assert_eq!("JSON".parse::<Codec>().unwrap(), Codec::Json);
+        assert_eq!(" bincode ".parse::<Codec>().unwrap(), Codec::Bincode);
+        assert_eq!(
+            "xml".parse::<Codec>().unwrap_err().kind(),
+            ErrorKind::Config
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut with_header = b"CS1B".to_vec();
+            with_header.extend_from_slice(&bytes);
+            let _ = Codec::Bincode.decode::<Customer>(&with_header);
+            let _ = Codec::Bincode.decode::<Vec<String>>(&with_header);
+            let mut json = b"CS1J".to_vec();
+            json.extend_from_slice(&bytes);
+            let _ = Codec::Json.decode::<Customer>(&json);
+        }
+    }
+}

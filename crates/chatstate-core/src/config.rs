@@ -1,0 +1,592 @@
+//! Configuration from the environment, validated in one place.
+//!
+//! [`Config::from_env`] reads every variable below; a malformed value is an
+//! [`ErrorKind::Config`] error that names the variable and says what it accepts. An
+//! empty value counts as unset (so `USE_REDIS=` in a `.env` file means the default).
+//! The Redis password never appears in `Debug` or `Display` output.
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `USE_REDIS` | `1`/`true`/`yes`/`on` uses Redis, `0`/`false`/`no`/`off` the file store | off |
+//! | `CHATSTATE_BACKEND` | `memory`, `file` or `redis`; overrides `USE_REDIS` (they must agree when both are set) | from `USE_REDIS` |
+//! | `REDIS_URL` | `redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS), `redis+unix:///path` | `redis://127.0.0.1:6379` |
+//! | `REDIS_TTL_SECONDS` | session TTL, sliding on activity | `259200` (72 h) |
+//! | `REDIS_POOL_SIZE` | connections in the pool, 1–1024 | `16` |
+//! | `REDIS_CONNECT_TIMEOUT_MS` | connect timeout | `5000` |
+//! | `REDIS_COMMAND_TIMEOUT_MS` | timeout of every command | `2000` |
+//! | `CHATSTATE_KEY_PREFIX` | prefix of every key, see [`crate::KeyLayout`] | `chatstate` |
+//! | `CHATSTATE_FILE_DIR` | the file store's folder | `./chatstate-data` |
+//! | `CHATSTATE_WINDOW_SIZE` | recent messages kept per session, 1–10000 | `20` |
+//! | `CHATSTATE_SUMMARY_MAX_CHARS` | summary length in characters | `400` |
+//! | `CHATSTATE_CACHE_TTL_SECONDS` | default TTL of cache entries | `3600` |
+//! | `CHATSTATE_FOCUS_TTL_SECONDS` | default TTL of focus documents | the session TTL |
+//! | `CHATSTATE_MAX_VALUE_BYTES` | largest value accepted (message, blob, cache value) | `1048576` (1 MiB) |
+//! | `CHATSTATE_CODEC` | `bincode` or `json`, for typed values | `bincode` |
+//! | `CHATSTATE_COUNTER_FLUSH_SECONDS` | batched counters' flush interval | `60` |
+//! | `CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS` | how long an applied batch id is remembered, so a retried flush is not counted twice | `86400` |
+//! | `CHATSTATE_LOCAL_CACHE_CAPACITY` | entries in the local cache tier | `10000` |
+//! | `CHATSTATE_LOCAL_CACHE_TTL_SECONDS` | TTL in the local cache tier | `60` |
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::key::check_prefix;
+
+/// Every variable [`Config::from_env`] reads.
+pub const ENV_VARS: &[&str] = &[
+    "USE_REDIS",
+    "CHATSTATE_BACKEND",
+    "REDIS_URL",
+    "REDIS_TTL_SECONDS",
+    "REDIS_POOL_SIZE",
+    "REDIS_CONNECT_TIMEOUT_MS",
+    "REDIS_COMMAND_TIMEOUT_MS",
+    "CHATSTATE_KEY_PREFIX",
+    "CHATSTATE_FILE_DIR",
+    "CHATSTATE_WINDOW_SIZE",
+    "CHATSTATE_SUMMARY_MAX_CHARS",
+    "CHATSTATE_CACHE_TTL_SECONDS",
+    "CHATSTATE_FOCUS_TTL_SECONDS",
+    "CHATSTATE_MAX_VALUE_BYTES",
+    "CHATSTATE_CODEC",
+    "CHATSTATE_COUNTER_FLUSH_SECONDS",
+    "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
+    "CHATSTATE_LOCAL_CACHE_CAPACITY",
+    "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
+];
+
+/// Which backend stores the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// In process memory: lost at exit. For tests and embedding.
+    Memory,
+    /// Files in a local folder: the embedded default, and the fallback without Redis.
+    File,
+    /// A Redis server, cluster or sentinel.
+    Redis,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(BackendKind::Memory),
+            "file" => Ok(BackendKind::File),
+            "redis" => Ok(BackendKind::Redis),
+            _ => Err(Error::config("expected one of: memory, file, redis")),
+        }
+    }
+}
+
+/// The rules every backend applies the same way: TTLs, window, limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Session TTL, refreshed by every write to the session.
+    pub session_ttl: Duration,
+    /// Recent messages kept per session.
+    pub window_size: usize,
+    /// Longest stored summary, in characters.
+    pub summary_max_chars: usize,
+    /// TTL of a cache entry set without one.
+    pub cache_ttl: Duration,
+    /// TTL of a focus document put without one.
+    pub focus_ttl: Duration,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// How long an applied counter batch id is remembered.
+    pub batch_retention: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            session_ttl: Duration::from_secs(259_200),
+            window_size: 20,
+            summary_max_chars: 400,
+            cache_ttl: Duration::from_secs(3600),
+            focus_ttl: Duration::from_secs(259_200),
+            max_value_bytes: 1024 * 1024,
+            batch_retention: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// An [`ErrorKind::InvalidInput`] error naming `what` when `len` exceeds
+    /// `max_value_bytes`.
+    pub fn check_value_len(&self, what: &str, len: usize) -> Result<()> {
+        if len > self.max_value_bytes {
+            return Err(Error::invalid_input(format!(
+                "{what} is {len} bytes, more than the limit of {} (CHATSTATE_MAX_VALUE_BYTES)",
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings for values no store can work with (a zero window or TTL).
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            (self.session_ttl.is_zero(), "session TTL must be positive"),
+            (self.window_size == 0, "window size must be at least 1"),
+            (self.cache_ttl.is_zero(), "cache TTL must be positive"),
+            (self.focus_ttl.is_zero(), "focus TTL must be positive"),
+            (
+                self.max_value_bytes == 0,
+                "max value bytes must be positive",
+            ),
+        ];
+        match checks.iter().find(|(bad, _)| *bad) {
+            Some((_, msg)) => Err(Error::config(*msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A Redis URL whose password never appears in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(url::Url);
+
+impl RedisUrl {
+    /// Parses and checks a Redis URL: scheme `redis`, `rediss`, `redis+unix` or
+    /// `unix`, and a host for the network schemes. The error never repeats the URL.
+    pub fn parse(s: &str) -> Result<Self> {
+        let url = url::Url::parse(s.trim())
+            .map_err(|e| Error::config(format!("not a valid URL ({e})")))?;
+        match url.scheme() {
+            "redis" | "rediss" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(Error::config("a redis:// URL needs a host"));
+                }
+            }
+            "redis+unix" | "unix" => {}
+            other => {
+                return Err(Error::config(format!(
+                    "scheme {other:?} is not one of redis, rediss, redis+unix, unix"
+                )));
+            }
+        }
+        Ok(RedisUrl(url))
+    }
+
+    /// The URL with its password, to hand to a Redis client. Never log it.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Whether the URL carries a password.
+    pub fn has_password(&self) -> bool {
+        self.0.password().is_some()
+    }
+
+    /// The URL with any password replaced by `***`, safe to log.
+    pub fn redacted(&self) -> String {
+        let mut u = self.0.clone();
+        if u.password().is_some() {
+            // Only fails for URLs that cannot have a password, which this one has.
+            let _ = u.set_password(Some("***"));
+        }
+        u.to_string()
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+/// Redis connection settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Where the server is (password redacted in `Debug`).
+    pub url: RedisUrl,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of every command.
+    pub command_timeout: Duration,
+}
+
+/// The local cache tier's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalCacheConfig {
+    /// Most entries kept.
+    pub capacity: u64,
+    /// How long an entry is served locally.
+    pub ttl: Duration,
+}
+
+/// Everything configurable, as read from the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Which backend to use.
+    pub backend: BackendKind,
+    /// Redis settings (read and validated even when another backend is chosen, so a
+    /// switch by `USE_REDIS` never meets a bad URL at run time).
+    pub redis: RedisConfig,
+    /// The prefix of every key.
+    pub key_prefix: String,
+    /// The file store's folder.
+    pub file_dir: PathBuf,
+    /// TTLs, window and limits.
+    pub store: StoreSettings,
+    /// The codec for typed values.
+    pub codec: Codec,
+    /// Batched counters' flush interval.
+    pub counter_flush_interval: Duration,
+    /// The local cache tier.
+    pub local_cache: LocalCacheConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::File,
+            redis: RedisConfig {
+                url: RedisUrl(
+                    url::Url::parse("redis://127.0.0.1:6379").expect("a valid constant URL"),
+                ),
+                pool_size: 16,
+                connect_timeout: Duration::from_millis(5000),
+                command_timeout: Duration::from_millis(2000),
+            },
+            key_prefix: "chatstate".into(),
+            file_dir: PathBuf::from("./chatstate-data"),
+            store: StoreSettings::default(),
+            codec: Codec::Bincode,
+            counter_flush_interval: Duration::from_secs(60),
+            local_cache: LocalCacheConfig {
+                capacity: 10_000,
+                ttl: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// Reads variables for [`Config::from_lookup`].
+struct Env<F> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parsed<T>(
+        &self,
+        name: &'static str,
+        accepts: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(raw) => parse(raw.trim())
+                .map(Some)
+                .ok_or_else(|| Error::config(format!("{name} is malformed: expected {accepts}"))),
+        }
+    }
+
+    fn int(&self, name: &'static str, min: u64, max: u64) -> Result<Option<u64>> {
+        self.parsed(name, &format!("a whole number from {min} to {max}"), |s| {
+            s.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+        })
+    }
+
+    fn seconds(&self, name: &'static str) -> Result<Option<Duration>> {
+        Ok(self
+            .int(name, 1, 10 * 365 * 86_400)?
+            .map(Duration::from_secs))
+    }
+
+    fn millis(&self, name: &'static str) -> Result<Option<Duration>> {
+        Ok(self.int(name, 1, 3_600_000)?.map(Duration::from_millis))
+    }
+
+    fn flag(&self, name: &'static str) -> Result<Option<bool>> {
+        self.parsed(name, "1, 0, true, false, yes, no, on or off", |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                _ => None,
+            }
+        })
+    }
+}
+
+fn named(name: &'static str, e: Error) -> Error {
+    Error::config(format!("{name} is malformed: {}", e.message()))
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// A variable whose value is not valid UTF-8 is an error naming it.
+    pub fn from_env() -> Result<Self> {
+        for name in ENV_VARS {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
+                return Err(Error::config(format!("{name} is not valid UTF-8")));
+            }
+        }
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration from `lookup` (a variable's value, or `None`), for
+    /// tests and for apps that keep settings elsewhere.
+    ///
+    /// ```
+    /// use chatstate_core::config::{BackendKind, Config};
+    /// let cfg = Config::from_lookup(|name| match name {
+    ///     "USE_REDIS" => Some("1".into()),
+    ///     "REDIS_URL" => Some("redis://bot:s3cret@127.0.0.1:6390/0".into()),
+    ///     _ => None,
+    /// })
+    /// .unwrap();
+    /// assert_eq!(cfg.backend, BackendKind::Redis);
+    /// assert!(!format!("{cfg:?}").contains("s3cret"));
+    ///
+    /// let err = Config::from_lookup(|name| (name == "CHATSTATE_WINDOW_SIZE").then(|| "lots".into()))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("CHATSTATE_WINDOW_SIZE"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let env = Env { lookup };
+        let mut cfg = Config::default();
+
+        let use_redis = env.flag("USE_REDIS")?;
+        let backend = match env.get("CHATSTATE_BACKEND") {
+            Some(raw) => Some(
+                raw.parse::<BackendKind>()
+                    .map_err(|e| named("CHATSTATE_BACKEND", e))?,
+            ),
+            None => None,
+        };
+        cfg.backend = match (backend, use_redis) {
+            (Some(b), Some(true)) if b != BackendKind::Redis => {
+                return Err(Error::config(format!(
+                    "CHATSTATE_BACKEND={b:?} contradicts USE_REDIS=1; set one of them"
+                )));
+            }
+            (Some(BackendKind::Redis), Some(false)) => {
+                return Err(Error::config(
+                    "CHATSTATE_BACKEND=redis contradicts USE_REDIS=0; set one of them",
+                ));
+            }
+            (Some(b), _) => b,
+            (None, Some(true)) => BackendKind::Redis,
+            (None, _) => BackendKind::File,
+        };
+
+        if let Some(raw) = env.get("REDIS_URL") {
+            cfg.redis.url = RedisUrl::parse(&raw).map_err(|e| named("REDIS_URL", e))?;
+        }
+        if let Some(n) = env.int("REDIS_POOL_SIZE", 1, 1024)? {
+            cfg.redis.pool_size = n as usize;
+        }
+        if let Some(d) = env.millis("REDIS_CONNECT_TIMEOUT_MS")? {
+            cfg.redis.connect_timeout = d;
+        }
+        if let Some(d) = env.millis("REDIS_COMMAND_TIMEOUT_MS")? {
+            cfg.redis.command_timeout = d;
+        }
+        if let Some(d) = env.seconds("REDIS_TTL_SECONDS")? {
+            cfg.store.session_ttl = d;
+            cfg.store.focus_ttl = d;
+        }
+        if let Some(p) = env.get("CHATSTATE_KEY_PREFIX") {
+            check_prefix(&p).map_err(|e| named("CHATSTATE_KEY_PREFIX", e))?;
+            cfg.key_prefix = p;
+        }
+        if let Some(dir) = env.get("CHATSTATE_FILE_DIR") {
+            cfg.file_dir = PathBuf::from(dir);
+        }
+        if let Some(n) = env.int("CHATSTATE_WINDOW_SIZE", 1, 10_000)? {
+            cfg.store.window_size = n as usize;
+        }
+        if let Some(n) = env.int("CHATSTATE_SUMMARY_MAX_CHARS", 1, 1_000_000)? {
+            cfg.store.summary_max_chars = n as usize;
+        }
+        if let Some(d) = env.seconds("CHATSTATE_CACHE_TTL_SECONDS")? {
+            cfg.store.cache_ttl = d;
+        }
+        if let Some(d) = env.seconds("CHATSTATE_FOCUS_TTL_SECONDS")? {
+            cfg.store.focus_ttl = d;
+        }
+        if let Some(n) = env.int("CHATSTATE_MAX_VALUE_BYTES", 1, 512 * 1024 * 1024)? {
+            cfg.store.max_value_bytes = n as usize;
+        }
+        if let Some(raw) = env.get("CHATSTATE_CODEC") {
+            cfg.codec = raw
+                .parse::<Codec>()
+                .map_err(|e| named("CHATSTATE_CODEC", e))?;
+        }
+        if let Some(d) = env.seconds("CHATSTATE_COUNTER_FLUSH_SECONDS")? {
+            cfg.counter_flush_interval = d;
+        }
+        if let Some(d) = env.seconds("CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS")? {
+            cfg.store.batch_retention = d;
+        }
+        if let Some(n) = env.int("CHATSTATE_LOCAL_CACHE_CAPACITY", 1, 1 << 40)? {
+            cfg.local_cache.capacity = n;
+        }
+        if let Some(d) = env.seconds("CHATSTATE_LOCAL_CACHE_TTL_SECONDS")? {
+            cfg.local_cache.ttl = d;
+        }
+        cfg.store.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.backend, BackendKind::File);
+        assert_eq!(c.store.session_ttl, Duration::from_secs(259_200));
+        assert_eq!(c.store.window_size, 20);
+        assert_eq!(c.store.summary_max_chars, 400);
+        assert_eq!(c.counter_flush_interval, Duration::from_secs(60));
+        assert_eq!(c.codec, Codec::Bincode);
+        assert_eq!(c.key_prefix, "chatstate");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn use_redis_flag_values() {
+        for on in ["1", "true", "YES", "on"] {
+            assert_eq!(
+                cfg(&[("USE_REDIS", on)]).unwrap().backend,
+                BackendKind::Redis
+            );
+        }
+        for off in ["0", "false", "No", "off", ""] {
+            assert_eq!(
+                cfg(&[("USE_REDIS", off)]).unwrap().backend,
+                BackendKind::File
+            );
+        }
+        let err = cfg(&[("USE_REDIS", "maybe")]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("USE_REDIS"), "{err}");
+        assert!(err.message().contains("true"), "{err}");
+    }
+
+    #[test]
+    fn backend_override_must_agree_with_use_redis() {
+        assert_eq!(
+            cfg(&[("CHATSTATE_BACKEND", "memory")]).unwrap().backend,
+            BackendKind::Memory
+        );
+        assert!(cfg(&[("CHATSTATE_BACKEND", "file"), ("USE_REDIS", "1")]).is_err());
+        assert!(cfg(&[("CHATSTATE_BACKEND", "redis"), ("USE_REDIS", "0")]).is_err());
+        let err = cfg(&[("CHATSTATE_BACKEND", "postgres")]).unwrap_err();
+        assert!(err.message().contains("CHATSTATE_BACKEND"), "{err}");
+    }
+
+    #[test]
+    fn every_numeric_variable_names_itself_when_malformed() {
+        for name in [
+            "REDIS_TTL_SECONDS",
+            "REDIS_POOL_SIZE",
+            "REDIS_CONNECT_TIMEOUT_MS",
+            "REDIS_COMMAND_TIMEOUT_MS",
+            "CHATSTATE_WINDOW_SIZE",
+            "CHATSTATE_SUMMARY_MAX_CHARS",
+            "CHATSTATE_CACHE_TTL_SECONDS",
+            "CHATSTATE_FOCUS_TTL_SECONDS",
+            "CHATSTATE_MAX_VALUE_BYTES",
+            "CHATSTATE_COUNTER_FLUSH_SECONDS",
+            "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
+            "CHATSTATE_LOCAL_CACHE_CAPACITY",
+            "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
+        ] {
+            for bad in ["abc", "-1", "0", "1.5", "99999999999999999999"] {
+                let err = cfg(&[(name, bad)]).unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Config);
+                assert!(err.message().starts_with(name), "{name}={bad}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_and_window_are_read() {
+        let c = cfg(&[
+            ("REDIS_TTL_SECONDS", "60"),
+            ("CHATSTATE_WINDOW_SIZE", " 5 "),
+            ("CHATSTATE_CODEC", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.store.session_ttl, Duration::from_secs(60));
+        assert_eq!(c.store.focus_ttl, Duration::from_secs(60));
+        assert_eq!(c.store.window_size, 5);
+        assert_eq!(c.codec, Codec::Json);
+    }
+
+    #[test]
+    fn redis_url_is_validated_and_password_redacted() {
+        let c = cfg(&[("REDIS_URL", "redis://app:hunter2@cache.internal:6380/2")]).unwrap();
+        assert!(c.redis.url.has_password());
+        assert!(c.redis.url.expose().contains("hunter2"));
+        for shown in [format!("{c:?}"), c.redis.url.to_string()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("cache.internal"), "{shown}");
+        }
+        assert!(cfg(&[("REDIS_URL", "rediss://h:6379")]).is_ok());
+        assert!(cfg(&[("REDIS_URL", "redis+unix:///run/redis.sock")]).is_ok());
+        for bad in ["http://h", "not a url", "redis://"] {
+            let err = cfg(&[("REDIS_URL", bad)]).unwrap_err();
+            assert!(err.message().starts_with("REDIS_URL"), "{bad}: {err}");
+        }
+        let err = cfg(&[("REDIS_URL", "http://u:hunter2@h")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn prefix_is_validated() {
+        assert_eq!(
+            cfg(&[("CHATSTATE_KEY_PREFIX", "bot:v2")])
+                .unwrap()
+                .key_prefix,
+            "bot:v2"
+        );
+        let err = cfg(&[("CHATSTATE_KEY_PREFIX", "a{b}")]).unwrap_err();
+        assert!(err.message().starts_with("CHATSTATE_KEY_PREFIX"), "{err}");
+    }
+
+    #[test]
+    fn value_limit_error_names_the_field() {
+        let s = StoreSettings {
+            max_value_bytes: 4,
+            ..StoreSettings::default()
+        };
+        assert!(s.check_value_len("x", 4).is_ok());
+        let err = s.check_value_len("cache value", 5).unwrap_err();
+        assert!(err.message().contains("cache value is 5 bytes"), "{err}");
+    }
+}

@@ -1,0 +1,622 @@
+//! Keys: who a session belongs to, which focus document, which cache entry, which
+//! counter — validated once, here, and escaped wherever they become a storage key.
+//!
+//! Every id is any non-empty UTF-8 string up to a length limit ([`MAX_ID_BYTES`],
+//! [`MAX_CACHE_KEY_BYTES`]). Ids are accepted as given — `:`, `{`, `/`, `..`, NUL and
+//! emoji included — and [`escape`] makes them safe in a `:`-separated key: no id can
+//! forge a separator, a Redis hash tag or a glob character and so reach another
+//! tenant's keys. [`KeyLayout`] is the documented layout backends that use string
+//! keys share.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+
+/// Longest tenant, channel, user, scope, namespace, focus name, counter name or
+/// label, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest cache key (within its namespace), in bytes.
+pub const MAX_CACHE_KEY_BYTES: usize = 1024;
+/// Most labels on one counter.
+pub const MAX_LABELS: usize = 16;
+
+/// Checks that `value`, the `what` of a key, is non-empty and at most `max` bytes.
+fn check_id(what: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid_input(format!("{what} must not be empty")));
+    }
+    if value.len() > max {
+        return Err(Error::invalid_input(format!(
+            "{what} is {} bytes, more than the limit of {max}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Escapes one key part so that it contains none of the characters a key layout
+/// gives meaning to.
+///
+/// `%` and the reserved characters `:` `{` `}` `/` `\` `*` `?` `[` `]`, space and
+/// ASCII control characters (NUL included) become `%XX`; everything else, non-ASCII
+/// UTF-8 included, stays as it is so keys remain readable in `redis-cli`. The mapping
+/// is injective: two different parts never escape to the same string.
+///
+/// ```
+/// use chatstate_core::key::escape;
+/// assert_eq!(escape("acme"), "acme");
+/// assert_eq!(escape("a:b{c}"), "a%3Ab%7Bc%7D");
+/// assert_eq!(escape("olá 👋"), "olá%20👋");
+/// ```
+pub fn escape(part: &str) -> Cow<'_, str> {
+    fn reserved(c: char) -> bool {
+        matches!(
+            c,
+            '%' | ':' | '{' | '}' | '/' | '\\' | '*' | '?' | '[' | ']' | ' '
+        ) || c.is_ascii_control()
+    }
+    if !part.chars().any(reserved) {
+        return Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        if reserved(c) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Reverses [`escape`]. Returns `None` for a malformed `%XX` escape.
+pub fn unescape(escaped: &str) -> Option<String> {
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        if c == '%' {
+            let hi = chars.next()?.to_digit(16)?;
+            let lo = chars.next()?.to_digit(16)?;
+            out.push(char::from_u32(hi * 16 + lo)?);
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// One conversation: a user on a channel of a tenant.
+///
+/// ```
+/// use chatstate_core::SessionKey;
+/// let key = SessionKey::new("acme", "whatsapp", "+5511999990000").unwrap();
+/// assert_eq!(key.tenant(), "acme");
+/// assert!(SessionKey::new("", "whatsapp", "u1").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionKey {
+    tenant: String,
+    channel: String,
+    user: String,
+}
+
+impl SessionKey {
+    /// A key for `user` on `channel` of `tenant`. Each part must be non-empty and at
+    /// most [`MAX_ID_BYTES`] bytes; any UTF-8 is accepted.
+    pub fn new(
+        tenant: impl Into<String>,
+        channel: impl Into<String>,
+        user: impl Into<String>,
+    ) -> Result<Self> {
+        let key = SessionKey {
+            tenant: tenant.into(),
+            channel: channel.into(),
+            user: user.into(),
+        };
+        key.validate()?;
+        Ok(key)
+    }
+
+    /// Checks the parts again: for keys that arrived through deserialization.
+    pub fn validate(&self) -> Result<()> {
+        check_id("tenant", &self.tenant, MAX_ID_BYTES)?;
+        check_id("channel", &self.channel, MAX_ID_BYTES)?;
+        check_id("user", &self.user, MAX_ID_BYTES)
+    }
+
+    /// The tenant (the company, the bot's customer).
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The channel (whatsapp, web, telegram, ...).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The user's id on that channel.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The escaped `tenant:channel:user` form used inside storage keys.
+    pub fn escaped(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            escape(&self.tenant),
+            escape(&self.channel),
+            escape(&self.user)
+        )
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.escaped())
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({})", self.escaped())
+    }
+}
+
+/// Checks a lock name (see [`crate::SessionStore::try_lock`]).
+pub fn check_lock_name(name: &str) -> Result<()> {
+    check_id("lock name", name, MAX_ID_BYTES)
+}
+
+/// A focus document: `name` within `scope` (a file, a flow, a tenant: the caller
+/// decides what a scope is).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FocusKey {
+    scope: String,
+    name: String,
+}
+
+impl FocusKey {
+    /// A key for document `name` in `scope`; both non-empty, at most [`MAX_ID_BYTES`].
+    pub fn new(scope: impl Into<String>, name: impl Into<String>) -> Result<Self> {
+        let key = FocusKey {
+            scope: scope.into(),
+            name: name.into(),
+        };
+        check_id("focus scope", &key.scope, MAX_ID_BYTES)?;
+        check_id("focus name", &key.name, MAX_ID_BYTES)?;
+        Ok(key)
+    }
+
+    /// The scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The document's name within its scope.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for FocusKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", escape(&self.scope), escape(&self.name))
+    }
+}
+
+impl fmt::Debug for FocusKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FocusKey({self})")
+    }
+}
+
+/// Checks a scope, namespace or counter name given on its own (to `list`, say).
+pub fn check_scope(what: &'static str, value: &str) -> Result<()> {
+    check_id(what, value, MAX_ID_BYTES)
+}
+
+/// A cache entry: `key` within `namespace` (`customers`, `contacts`, ...).
+///
+/// Namespaces are separate: clearing `users` never touches `users:archive`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CacheKey {
+    namespace: String,
+    key: String,
+}
+
+impl CacheKey {
+    /// Entry `key` in `namespace`: namespace non-empty and at most [`MAX_ID_BYTES`],
+    /// key non-empty and at most [`MAX_CACHE_KEY_BYTES`].
+    pub fn new(namespace: impl Into<String>, key: impl Into<String>) -> Result<Self> {
+        let k = CacheKey {
+            namespace: namespace.into(),
+            key: key.into(),
+        };
+        check_id("cache namespace", &k.namespace, MAX_ID_BYTES)?;
+        check_id("cache key", &k.key, MAX_CACHE_KEY_BYTES)?;
+        Ok(k)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The key within the namespace.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", escape(&self.namespace), escape(&self.key))
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({self})")
+    }
+}
+
+/// A counter's labels, kept sorted so `{a=1,b=2}` and `{b=2,a=1}` are one counter.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    /// No labels.
+    pub fn new() -> Self {
+        Labels::default()
+    }
+
+    /// Labels from pairs; each name and value non-empty, at most [`MAX_ID_BYTES`],
+    /// at most [`MAX_LABELS`] of them.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self> {
+        let mut labels = Labels::new();
+        for (k, v) in pairs {
+            labels = labels.with(k, v)?;
+        }
+        Ok(labels)
+    }
+
+    /// These labels plus `name=value` (replacing an earlier value of `name`).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self> {
+        let (name, value) = (name.into(), value.into());
+        check_id("label name", &name, MAX_ID_BYTES)?;
+        check_id("label value", &value, MAX_ID_BYTES)?;
+        self.0.insert(name, value);
+        if self.0.len() > MAX_LABELS {
+            return Err(Error::invalid_input(format!(
+                "a counter has at most {MAX_LABELS} labels"
+            )));
+        }
+        Ok(self)
+    }
+
+    /// The labels, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The escaped `name=value,name=value` form used inside storage keys; empty for
+    /// no labels. `=` and `,` are escaped too, so the form is unambiguous.
+    pub fn escaped(&self) -> String {
+        let mut out = String::new();
+        for (i, (k, v)) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&escape(k).replace('=', "%3D").replace(',', "%2C"));
+            out.push('=');
+            out.push_str(&escape(v).replace('=', "%3D").replace(',', "%2C"));
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{{}}}", self.escaped())
+    }
+}
+
+/// A time bucket of a counter: the UTC day or hour it counts.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Bucket {
+    /// The UTC day, as whole days since the Unix epoch.
+    Day(i64),
+    /// The UTC hour, as whole hours since the Unix epoch.
+    Hour(i64),
+}
+
+impl Bucket {
+    /// The UTC day that contains `t`.
+    pub fn day_of(t: Timestamp) -> Bucket {
+        Bucket::Day(t.0.div_euclid(86_400_000))
+    }
+
+    /// The UTC hour that contains `t`.
+    pub fn hour_of(t: Timestamp) -> Bucket {
+        Bucket::Hour(t.0.div_euclid(3_600_000))
+    }
+
+    /// When the bucket starts.
+    pub fn start(self) -> Timestamp {
+        match self {
+            Bucket::Day(d) => Timestamp(d.saturating_mul(86_400_000)),
+            Bucket::Hour(h) => Timestamp(h.saturating_mul(3_600_000)),
+        }
+    }
+}
+
+impl fmt::Display for Bucket {
+    /// `2026-11-22` for a day, `2026-11-22T05` for an hour.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let start = self.start().to_string();
+        match self {
+            Bucket::Day(_) => f.write_str(&start[..10.min(start.len())]),
+            Bucket::Hour(_) => f.write_str(&start[..13.min(start.len())]),
+        }
+    }
+}
+
+impl fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bucket({self})")
+    }
+}
+
+/// A counter: a name, labels, and an optional time bucket.
+///
+/// ```
+/// use chatstate_core::{Bucket, CounterKey, Labels, Timestamp};
+/// let errors = CounterKey::new("errors")
+///     .unwrap()
+///     .with_labels(Labels::from_pairs([("type", "timeout")]).unwrap())
+///     .in_bucket(Bucket::day_of(Timestamp(0)));
+/// assert_eq!(errors.to_string(), "errors{type=timeout}@1970-01-01");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CounterKey {
+    name: String,
+    labels: Labels,
+    bucket: Option<Bucket>,
+}
+
+impl CounterKey {
+    /// A counter called `name` (non-empty, at most [`MAX_ID_BYTES`]), no labels, no
+    /// bucket.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        check_id("counter name", &name, MAX_ID_BYTES)?;
+        Ok(CounterKey {
+            name,
+            labels: Labels::new(),
+            bucket: None,
+        })
+    }
+
+    /// The same counter with these labels.
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// The same counter counted in `bucket`.
+    pub fn in_bucket(mut self, bucket: Bucket) -> Self {
+        self.bucket = Some(bucket);
+        self
+    }
+
+    /// The counter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The counter's labels.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// The counter's bucket, if bucketed.
+    pub fn bucket(&self) -> Option<Bucket> {
+        self.bucket
+    }
+}
+
+impl fmt::Display for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(&self.name))?;
+        if !self.labels.is_empty() {
+            write!(f, "{{{}}}", self.labels.escaped())?;
+        }
+        if let Some(b) = self.bucket {
+            write!(f, "@{b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CounterKey({self})")
+    }
+}
+
+/// The documented layout of string keys, for backends that store under strings
+/// (Redis; the file backend derives paths from the same parts).
+///
+/// | what | key |
+/// | --- | --- |
+/// | session record | `{prefix}:sess:{<tenant>:<channel>:<user>}:ctx` |
+/// | message window | `{prefix}:sess:{<tenant>:<channel>:<user>}:msgs` |
+/// | lock `name` | `{prefix}:sess:{<tenant>:<channel>:<user>}:lock:<name>` |
+/// | focus document | `{prefix}:focus:{<scope>}:<name>` |
+/// | cache entry | `{prefix}:kv:<namespace>:<key>` |
+/// | counter | `{prefix}:cnt:<name>` (labels and bucket inside, see [`CounterKey`]) |
+///
+/// Every part is [`escape`]d, so the `{...}` hash tag holds exactly the session's
+/// three ids and every key of one session lands in one Redis Cluster slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+impl KeyLayout {
+    /// A layout under `prefix`: 1 to 64 characters from `A-Z a-z 0-9 _ - . :`.
+    pub fn new(prefix: impl Into<String>) -> Result<Self> {
+        let prefix = prefix.into();
+        check_prefix(&prefix)?;
+        Ok(KeyLayout { prefix })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The common start of every key of one session, ending in its hash tag.
+    pub fn session_base(&self, key: &SessionKey) -> String {
+        format!("{}:sess:{{{}}}", self.prefix, key.escaped())
+    }
+
+    /// The key of a focus document.
+    pub fn focus(&self, key: &FocusKey) -> String {
+        format!(
+            "{}:focus:{{{}}}:{}",
+            self.prefix,
+            escape(key.scope()),
+            escape(key.name())
+        )
+    }
+
+    /// The key of a cache entry.
+    pub fn cache(&self, key: &CacheKey) -> String {
+        format!(
+            "{}:kv:{}:{}",
+            self.prefix,
+            escape(key.namespace()),
+            escape(key.key())
+        )
+    }
+
+    /// The key of a counter.
+    pub fn counter(&self, key: &CounterKey) -> String {
+        format!("{}:cnt:{key}", self.prefix)
+    }
+}
+
+/// Checks a key prefix: 1 to 64 characters from `A-Z a-z 0-9 _ - . :`.
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(
+            "key prefix must be 1 to 64 characters from A-Z a-z 0-9 _ - . :",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn session_key_rejects_empty_and_oversize_parts() {
+        assert!(SessionKey::new("t", "c", "u").is_ok());
+        for (t, c, u) in [("", "c", "u"), ("t", "", "u"), ("t", "c", "")] {
+            let err = SessionKey::new(t, c, u).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        }
+        let big = "x".repeat(MAX_ID_BYTES + 1);
+        let err = SessionKey::new("t", "c", big).unwrap_err();
+        assert!(err.message().contains("limit of 512"), "{err}");
+        assert!(SessionKey::new("t", "c", "x".repeat(MAX_ID_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn ids_that_join_the_same_naively_escape_differently() {
+        let a = SessionKey::new("a:b", "c", "d").unwrap();
+        let b = SessionKey::new("a", "b:c", "d").unwrap();
+        assert_ne!(a.escaped(), b.escaped());
+        let layout = KeyLayout::new("cs").unwrap();
+        assert_eq!(layout.session_base(&a), "cs:sess:{a%3Ab:c:d}");
+    }
+
+    #[test]
+    fn hash_tag_cannot_be_forged() {
+        let k = SessionKey::new("}evil{", "c", "u").unwrap();
+        let base = KeyLayout::new("cs").unwrap().session_base(&k);
+        assert_eq!(base.matches('{').count(), 1);
+        assert_eq!(base.matches('}').count(), 1);
+    }
+
+    #[test]
+    fn prefix_is_validated() {
+        assert!(KeyLayout::new("chatstate").is_ok());
+        assert!(KeyLayout::new("app:v2").is_ok());
+        assert!(KeyLayout::new("").is_err());
+        assert!(KeyLayout::new("a{b}").is_err());
+        assert!(KeyLayout::new("a*").is_err());
+    }
+
+    #[test]
+    fn labels_are_order_independent() {
+        let a = Labels::from_pairs([("a", "1"), ("b", "2")]).unwrap();
+        let b = Labels::from_pairs([("b", "2"), ("a", "1")]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.escaped(), "a=1,b=2");
+        let tricky = Labels::from_pairs([("k", "v=1,x")]).unwrap();
+        assert_eq!(tricky.escaped(), "k=v%3D1%2Cx");
+    }
+
+    #[test]
+    fn too_many_labels_rejected() {
+        let pairs: Vec<_> = (0..=MAX_LABELS).map(|i| (format!("l{i}"), "v")).collect();
+        assert!(Labels::from_pairs(pairs).is_err());
+    }
+
+    #[test]
+    fn buckets_format_as_utc_day_and_hour() {
+        let t = Timestamp(1_795_323_723_456); // 2026-11-22T05:02:03.456Z
+        assert_eq!(Bucket::day_of(t).to_string(), "2026-11-22");
+        assert_eq!(Bucket::hour_of(t).to_string(), "2026-11-22T05");
+        assert_eq!(Bucket::day_of(Timestamp(-1)).to_string(), "1969-12-31");
+    }
+
+    proptest! {
+        #[test]
+        fn escape_roundtrips_and_has_no_reserved_chars(s in any::<String>()) {
+            let e = escape(&s);
+            let reserved = [':', '{', '}', '/', '\\', '*', '?', '[', ']', ' ', '\0'];
+            prop_assert!(!e.contains(reserved), "escaped form {:?} has a reserved char", e);
+            prop_assert_eq!(unescape(&e), Some(s));
+        }
+
+        #[test]
+        fn escape_is_injective(a in any::<String>(), b in any::<String>()) {
+            prop_assume!(a != b);
+            prop_assert_ne!(escape(&a), escape(&b));
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! # chatstate-core
+//!
+//! The short-term memory of a conversational app, as four store traits and the
+//! rules every backend shares. Depend on this crate plus one backend
+//! (`chatstate-memory`, `chatstate-file`, `chatstate-redis`), or on the facade that
+//! picks one from the environment.
+//!
+//! ## Layout
+//!
+//! - [`traits`]: [`SessionStore`], [`FocusStore`], [`CounterSink`], [`KvCache`] — the
+//!   contract, method by method.
+//! - [`ext`]: conveniences over the traits (typed values, one-message append,
+//!   get-or-load), for every store through blanket impls.
+//! - [`model`]: sessions, messages, patches, leases, focus documents, counter
+//!   batches, and the shared rules (summary truncation, put preconditions).
+//! - [`key`]: validated keys and their escaping; [`KeyLayout`], the documented
+//!   string-key layout.
+//! - [`codec`]: bincode/JSON with a versioned header on every typed value.
+//! - [`config`]: [`Config`] from the environment (`USE_REDIS`, `REDIS_URL`, ...).
+//! - [`clock`]: [`Timestamp`], [`Clock`], [`ManualClock`] for tests that move time.
+//! - [`error`]: [`Error`] with an [`ErrorKind`] to branch on.
+//! - `mock` (feature `mock`): mockall mocks of the four traits.
+//!
+//! ## What this crate must never do
+//!
+//! Talk to a backend, spawn tasks, or read the environment anywhere but
+//! [`Config::from_env`]. Backends store bytes and structure; this crate owns meaning
+//! (encoding, validation, truncation, preconditions) so it is written once.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use chatstate_core::{CounterKey, CounterSink, KvCache, SessionStore};
+//!
+//! // Code written against the traits runs on any backend.
+//! async fn on_message(
+//!     sessions: &dyn SessionStore,
+//!     counters: &dyn CounterSink,
+//!     key: &chatstate_core::SessionKey,
+//!     text: &str,
+//! ) -> chatstate_core::Result<()> {
+//!     use chatstate_core::{NewMessage, SessionStoreExt};
+//!     sessions.append_message(key, NewMessage::user(text)).await?;
+//!     counters.add(&CounterKey::new("messages")?, 1).await?;
+//!     Ok(())
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod ext;
+pub mod key;
+pub mod model;
+pub mod traits;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp, system_clock};
+pub use codec::Codec;
+pub use config::{BackendKind, Config, RedisUrl, StoreSettings};
+pub use error::{Error, ErrorKind, Result};
+pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
+pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, SessionKey};
+pub use model::{
+    AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
+    Message, NewMessage, Page, PutMode, Role, Session, SessionPatch,
+};
+pub use traits::{CounterSink, FocusStore, KvCache, SessionStore};
+
+/// mockall mocks of the four traits, for unit tests of code that uses chatstate.
+///
+/// ```
+/// # #[cfg(feature = "mock")] {
+/// use chatstate_core::{CounterKey, CounterSink, mock::MockCounterSink};
+/// let mut counters = MockCounterSink::new();
+/// counters.expect_add().times(1).returning(|_, delta| Ok(delta));
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let value = rt.block_on(counters.add(&CounterKey::new("messages").unwrap(), 2)).unwrap();
+/// assert_eq!(value, 2);
+/// # }
+/// ```
+#[cfg(feature = "mock")]
+pub mod mock {
+    pub use crate::traits::{MockCounterSink, MockFocusStore, MockKvCache, MockSessionStore};
+}

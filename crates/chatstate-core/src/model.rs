@@ -1,0 +1,707 @@
+//! The model: sessions, messages, patches, leases, focus documents and counter
+//! batches — the values that cross the four traits.
+//!
+//! Rules that must be the same on every backend live here as functions backends call
+//! ([`SessionPatch::normalize`], [`Session::apply`], [`NewMessage::check`],
+//! [`truncate_chars`]), never re-written per backend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::codec::Codec;
+use crate::config::StoreSettings;
+use crate::error::{Error, Result};
+use crate::key::{CounterKey, FocusKey, SessionKey};
+
+/// Cuts `s` to at most `max_chars` characters (Unicode scalar values), never inside
+/// a character.
+///
+/// ```
+/// use chatstate_core::model::truncate_chars;
+/// assert_eq!(truncate_chars("olá mundo", 3), "olá");
+/// assert_eq!(truncate_chars("👋👋👋", 2), "👋👋");
+/// assert_eq!(truncate_chars("hi", 400), "hi");
+/// ```
+pub fn truncate_chars(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((byte_index, _)) => &s[..byte_index],
+        None => s,
+    }
+}
+
+/// A rough token count for `text`: one token per four characters, rounded up.
+/// Good enough for budgeting a prompt; use your model's tokenizer for billing.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// One conversation's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// Whose conversation this is.
+    pub key: SessionKey,
+    /// A random id, new each time the session is created (again, after expiry).
+    pub id: String,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When a message was last appended or the session last touched.
+    pub last_activity: Timestamp,
+    /// When a field of the record last changed (create, update).
+    pub updated_at: Timestamp,
+    /// The user's metadata, encoded with a [`Codec`].
+    pub metadata: Option<Bytes>,
+    /// The user's conversation context, encoded with a [`Codec`].
+    pub context: Option<Bytes>,
+    /// The user's stats, encoded with a [`Codec`].
+    pub stats: Option<Bytes>,
+    /// A summary of the conversation so far, cut to the configured length.
+    pub summary: Option<String>,
+    /// What the bot is focused on in this conversation.
+    pub focus: Option<String>,
+    /// Whether the bot is paused (a human took over, say).
+    pub paused: bool,
+    /// The caller's token estimate of the conversation's context.
+    pub token_estimate: u64,
+    /// How many messages were ever appended (the window keeps only the newest).
+    pub message_count: u64,
+    /// Grows by one on every create or update of the record; appends and touches
+    /// leave it alone. Used by [`Expected::Version`].
+    pub version: u64,
+}
+
+impl Session {
+    /// A new session record at `now`, with `init` applied.
+    pub fn new(key: SessionKey, id: String, now: Timestamp, init: &SessionPatch) -> Session {
+        let mut s = Session {
+            key,
+            id,
+            created_at: now,
+            last_activity: now,
+            updated_at: now,
+            metadata: None,
+            context: None,
+            stats: None,
+            summary: None,
+            focus: None,
+            paused: false,
+            token_estimate: 0,
+            message_count: 0,
+            version: 0,
+        };
+        s.apply(init, now);
+        s
+    }
+
+    /// Applies a (normalized) patch at `now`: changes the fields it names, sets
+    /// `updated_at` and bumps `version`.
+    pub fn apply(&mut self, patch: &SessionPatch, now: Timestamp) {
+        patch.summary.apply_to(&mut self.summary);
+        patch.focus.apply_to(&mut self.focus);
+        patch.metadata.apply_to(&mut self.metadata);
+        patch.context.apply_to(&mut self.context);
+        patch.stats.apply_to(&mut self.stats);
+        if let Some(p) = patch.paused {
+            self.paused = p;
+        }
+        if let Some(t) = patch.token_estimate {
+            self.token_estimate = t;
+        }
+        self.updated_at = now;
+        self.version += 1;
+    }
+
+    /// Decodes the context as the user's type `T`.
+    pub fn context_as<T: DeserializeOwned>(&self, codec: Codec) -> Result<Option<T>> {
+        self.context.as_deref().map(|b| codec.decode(b)).transpose()
+    }
+
+    /// Decodes the metadata as the user's type `T`.
+    pub fn metadata_as<T: DeserializeOwned>(&self, codec: Codec) -> Result<Option<T>> {
+        self.metadata
+            .as_deref()
+            .map(|b| codec.decode(b))
+            .transpose()
+    }
+
+    /// Decodes the stats as the user's type `T`.
+    pub fn stats_as<T: DeserializeOwned>(&self, codec: Codec) -> Result<Option<T>> {
+        self.stats.as_deref().map(|b| codec.decode(b)).transpose()
+    }
+}
+
+/// What to do with one field in a [`SessionPatch`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Change<T> {
+    /// Leave the field as it is.
+    #[default]
+    Keep,
+    /// Set the field.
+    Set(T),
+    /// Clear the field.
+    Clear,
+}
+
+impl<T: Clone> Change<T> {
+    fn apply_to(&self, field: &mut Option<T>) {
+        match self {
+            Change::Keep => {}
+            Change::Set(v) => *field = Some(v.clone()),
+            Change::Clear => *field = None,
+        }
+    }
+
+    /// Whether this leaves the field alone.
+    pub fn is_keep(&self) -> bool {
+        matches!(self, Change::Keep)
+    }
+}
+
+/// A partial update of a session: only the fields it names change, so two callers
+/// updating different fields never clobber each other.
+///
+/// ```
+/// use chatstate_core::SessionPatch;
+/// let patch = SessionPatch::new().summary("talked about invoices").paused(true);
+/// assert!(patch.focus.is_keep());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionPatch {
+    /// The summary.
+    pub summary: Change<String>,
+    /// The focus.
+    pub focus: Change<String>,
+    /// The paused flag.
+    pub paused: Option<bool>,
+    /// The token estimate.
+    pub token_estimate: Option<u64>,
+    /// The encoded metadata.
+    pub metadata: Change<Bytes>,
+    /// The encoded context.
+    pub context: Change<Bytes>,
+    /// The encoded stats.
+    pub stats: Change<Bytes>,
+}
+
+impl SessionPatch {
+    /// A patch that changes nothing.
+    pub fn new() -> Self {
+        SessionPatch::default()
+    }
+
+    /// Sets the summary (cut to the configured length when stored).
+    pub fn summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = Change::Set(summary.into());
+        self
+    }
+
+    /// Clears the summary.
+    pub fn clear_summary(mut self) -> Self {
+        self.summary = Change::Clear;
+        self
+    }
+
+    /// Sets the focus.
+    pub fn focus(mut self, focus: impl Into<String>) -> Self {
+        self.focus = Change::Set(focus.into());
+        self
+    }
+
+    /// Clears the focus.
+    pub fn clear_focus(mut self) -> Self {
+        self.focus = Change::Clear;
+        self
+    }
+
+    /// Sets the paused flag.
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = Some(paused);
+        self
+    }
+
+    /// Sets the token estimate.
+    pub fn token_estimate(mut self, tokens: u64) -> Self {
+        self.token_estimate = Some(tokens);
+        self
+    }
+
+    /// Sets the metadata from already-encoded bytes.
+    pub fn metadata_bytes(mut self, bytes: Bytes) -> Self {
+        self.metadata = Change::Set(bytes);
+        self
+    }
+
+    /// Sets the context from already-encoded bytes.
+    pub fn context_bytes(mut self, bytes: Bytes) -> Self {
+        self.context = Change::Set(bytes);
+        self
+    }
+
+    /// Sets the stats from already-encoded bytes.
+    pub fn stats_bytes(mut self, bytes: Bytes) -> Self {
+        self.stats = Change::Set(bytes);
+        self
+    }
+
+    /// Sets the metadata to `value` encoded with `codec`.
+    pub fn metadata<T: Serialize + ?Sized>(self, value: &T, codec: Codec) -> Result<Self> {
+        Ok(self.metadata_bytes(codec.encode(value)?))
+    }
+
+    /// Sets the context to `value` encoded with `codec`.
+    pub fn context<T: Serialize + ?Sized>(self, value: &T, codec: Codec) -> Result<Self> {
+        Ok(self.context_bytes(codec.encode(value)?))
+    }
+
+    /// Sets the stats to `value` encoded with `codec`.
+    pub fn stats<T: Serialize + ?Sized>(self, value: &T, codec: Codec) -> Result<Self> {
+        Ok(self.stats_bytes(codec.encode(value)?))
+    }
+
+    /// Clears the metadata.
+    pub fn clear_metadata(mut self) -> Self {
+        self.metadata = Change::Clear;
+        self
+    }
+
+    /// Clears the context.
+    pub fn clear_context(mut self) -> Self {
+        self.context = Change::Clear;
+        self
+    }
+
+    /// Clears the stats.
+    pub fn clear_stats(mut self) -> Self {
+        self.stats = Change::Clear;
+        self
+    }
+
+    /// The patch as every backend stores it: the summary cut to
+    /// `settings.summary_max_chars` on a character boundary, and every value checked
+    /// against `settings.max_value_bytes` (an [`crate::ErrorKind::InvalidInput`]
+    /// error names the field).
+    pub fn normalize(mut self, settings: &StoreSettings) -> Result<Self> {
+        if let Change::Set(s) = &mut self.summary {
+            let cut = truncate_chars(s, settings.summary_max_chars).len();
+            s.truncate(cut);
+        }
+        let sizes = [
+            ("summary", change_len(&self.summary, String::len)),
+            ("focus", change_len(&self.focus, String::len)),
+            ("metadata", change_len(&self.metadata, Bytes::len)),
+            ("context", change_len(&self.context, Bytes::len)),
+            ("stats", change_len(&self.stats, Bytes::len)),
+        ];
+        for (field, len) in sizes {
+            settings.check_value_len(field, len)?;
+        }
+        Ok(self)
+    }
+}
+
+fn change_len<T>(c: &Change<T>, len: impl Fn(&T) -> usize) -> usize {
+    match c {
+        Change::Set(v) => len(v),
+        _ => 0,
+    }
+}
+
+/// Who said a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The person talking to the bot.
+    User,
+    /// The bot or AI assistant.
+    Assistant,
+    /// A system or operator instruction.
+    System,
+    /// A tool or function result.
+    Tool,
+}
+
+/// A message to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+    /// Optional metadata, encoded with a [`Codec`].
+    pub metadata: Option<Bytes>,
+    /// When it was said; the store's clock when `None`.
+    pub at: Option<Timestamp>,
+}
+
+impl NewMessage {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        NewMessage {
+            role,
+            content: content.into(),
+            metadata: None,
+            at: None,
+        }
+    }
+
+    /// A message from the user.
+    pub fn user(content: impl Into<String>) -> Self {
+        NewMessage::new(Role::User, content)
+    }
+
+    /// A message from the assistant.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        NewMessage::new(Role::Assistant, content)
+    }
+
+    /// The same message with encoded metadata.
+    pub fn with_metadata(mut self, metadata: Bytes) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// The same message said at `at`.
+    pub fn at(mut self, at: Timestamp) -> Self {
+        self.at = Some(at);
+        self
+    }
+
+    /// Checks the content and metadata against `settings.max_value_bytes`.
+    pub fn check(&self, settings: &StoreSettings) -> Result<()> {
+        settings.check_value_len("message content", self.content.len())?;
+        settings.check_value_len(
+            "message metadata",
+            self.metadata.as_ref().map_or(0, Bytes::len),
+        )
+    }
+
+    /// The stored message: stamped with `now` when it has no time, numbered `seq`.
+    pub fn into_message(self, seq: u64, now: Timestamp) -> Message {
+        Message {
+            seq,
+            role: self.role,
+            content: self.content,
+            metadata: self.metadata,
+            at: self.at.unwrap_or(now),
+        }
+    }
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its number in the session, from 1: the session's `message_count` once it was
+    /// appended.
+    pub seq: u64,
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+    /// Optional metadata, encoded with a [`Codec`].
+    pub metadata: Option<Bytes>,
+    /// When it was said.
+    pub at: Timestamp,
+}
+
+/// A session with its recent messages, read together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedSession {
+    /// The record.
+    pub session: Session,
+    /// The window of recent messages, oldest first.
+    pub messages: Vec<Message>,
+}
+
+impl LoadedSession {
+    /// The estimated tokens of the window's messages (see [`estimate_tokens`]).
+    pub fn window_tokens(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .sum()
+    }
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// The session's `message_count` after the append.
+    pub message_count: u64,
+    /// How many messages the window holds now.
+    pub window_len: usize,
+    /// Whether the append created the session.
+    pub created: bool,
+}
+
+/// The precondition of a session update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// Update whatever the version.
+    Any,
+    /// Update only if the record is at this version; otherwise
+    /// [`crate::ErrorKind::Conflict`].
+    Version(u64),
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// Pass this to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A held lock on a session: proof of ownership for extend and release.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The session the lock is on.
+    pub key: SessionKey,
+    /// The lock's name.
+    pub name: String,
+    /// The random owner token; only its holder can extend or release the lock.
+    pub token: String,
+    /// The fencing number: larger than that of every earlier lease of this lock.
+    /// Pass it to the resource the lock guards so it can refuse a stale holder.
+    pub fence: u64,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("fence", &self.fence)
+            .finish()
+    }
+}
+
+/// A new random id (a UUID v4 as 32 hex digits): session ids, lock tokens, batch ids.
+pub fn random_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A stored focus document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FocusDoc {
+    /// Which document.
+    pub key: FocusKey,
+    /// The document, encoded with a [`Codec`] or raw.
+    pub value: Bytes,
+    /// 1 when created; grows by one on every put.
+    pub version: u64,
+    /// When it was last put.
+    pub updated_at: Timestamp,
+}
+
+/// How a put treats an existing document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Write whatever is there.
+    Overwrite,
+    /// Write only if nothing is there; otherwise [`crate::ErrorKind::AlreadyExists`].
+    Create,
+    /// Write only if the document is at this version; otherwise (a different version,
+    /// or no document) [`crate::ErrorKind::Conflict`].
+    IfVersion(u64),
+}
+
+/// Checks a put against the existing document's version (`None`: no document).
+/// Returns the version the put will write.
+pub fn check_put(mode: PutMode, existing: Option<u64>) -> Result<u64> {
+    match (mode, existing) {
+        (PutMode::Create, Some(_)) => Err(Error::new(
+            crate::ErrorKind::AlreadyExists,
+            "the document already exists",
+        )),
+        (PutMode::IfVersion(want), Some(have)) if want != have => Err(Error::conflict(format!(
+            "expected version {want}, the document is at version {have}"
+        ))),
+        (PutMode::IfVersion(want), None) => Err(Error::conflict(format!(
+            "expected version {want}, there is no document"
+        ))),
+        (_, existing) => Ok(existing.unwrap_or(0) + 1),
+    }
+}
+
+/// Counter deltas applied together, once.
+///
+/// The batch id makes [`crate::CounterSink::apply`] idempotent: applying the same
+/// batch again (a retry after a lost reply) is recognised and counts nothing.
+/// Deltas to the same counter are merged.
+///
+/// ```
+/// use chatstate_core::{CounterBatch, CounterKey};
+/// let mut batch = CounterBatch::new();
+/// let messages = CounterKey::new("messages").unwrap();
+/// batch.add(&messages, 2);
+/// batch.add(&messages, 3);
+/// assert_eq!(batch.deltas().collect::<Vec<_>>(), vec![(&messages, 5)]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterBatch {
+    id: String,
+    deltas: BTreeMap<CounterKey, i64>,
+}
+
+impl Default for CounterBatch {
+    fn default() -> Self {
+        CounterBatch::new()
+    }
+}
+
+impl CounterBatch {
+    /// An empty batch with a new random id.
+    pub fn new() -> Self {
+        CounterBatch::with_id(random_id())
+    }
+
+    /// An empty batch with a given id (to replay a batch exactly).
+    pub fn with_id(id: impl Into<String>) -> Self {
+        CounterBatch {
+            id: id.into(),
+            deltas: BTreeMap::new(),
+        }
+    }
+
+    /// The batch id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Adds `delta` to `key`'s pending delta (saturating).
+    pub fn add(&mut self, key: &CounterKey, delta: i64) {
+        let d = self.deltas.entry(key.clone()).or_insert(0);
+        *d = d.saturating_add(delta);
+    }
+
+    /// The merged deltas, by counter.
+    pub fn deltas(&self) -> impl Iterator<Item = (&CounterKey, i64)> {
+        self.deltas.iter().map(|(k, d)| (k, *d))
+    }
+
+    /// How many counters the batch touches.
+    pub fn len(&self) -> usize {
+        self.deltas.len()
+    }
+
+    /// Whether the batch touches no counter.
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+    }
+}
+
+/// What applying a [`CounterBatch`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The deltas were added.
+    Applied,
+    /// A batch with this id was applied before; nothing was added.
+    Duplicate,
+}
+
+/// Adds `delta` to `value`, or an [`crate::ErrorKind::InvalidInput`] error on
+/// overflow.
+pub fn checked_counter_add(key: &CounterKey, value: i64, delta: i64) -> Result<i64> {
+    value.checked_add(delta).ok_or_else(|| {
+        Error::invalid_input("counter increment would overflow an i64").with_key(key)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_never_splits_a_char() {
+        let s = "a😀b";
+        assert_eq!(truncate_chars(s, 0), "");
+        assert_eq!(truncate_chars(s, 1), "a");
+        assert_eq!(truncate_chars(s, 2), "a😀");
+        assert_eq!(truncate_chars(s, 3), s);
+    }
+
+    #[test]
+    fn normalize_cuts_summary_and_checks_sizes() {
+        let settings = StoreSettings {
+            summary_max_chars: 3,
+            max_value_bytes: 8,
+            ..StoreSettings::default()
+        };
+        let p = SessionPatch::new()
+            .summary("ãããã")
+            .normalize(&settings)
+            .unwrap();
+        assert_eq!(p.summary, Change::Set("ããã".to_string()));
+        let err = SessionPatch::new()
+            .context_bytes(Bytes::from(vec![0; 9]))
+            .normalize(&settings)
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        assert!(err.message().contains("context"), "{err}");
+    }
+
+    #[test]
+    fn apply_changes_only_named_fields_and_bumps_version() {
+        let key = SessionKey::new("t", "c", "u").unwrap();
+        let mut s = Session::new(
+            key,
+            "id".into(),
+            Timestamp(1),
+            &SessionPatch::new().focus("x"),
+        );
+        assert_eq!(s.version, 1);
+        s.apply(&SessionPatch::new().summary("sum"), Timestamp(2));
+        assert_eq!(s.focus.as_deref(), Some("x"));
+        assert_eq!(s.summary.as_deref(), Some("sum"));
+        assert_eq!((s.version, s.updated_at), (2, Timestamp(2)));
+        s.apply(&SessionPatch::new().clear_focus(), Timestamp(3));
+        assert_eq!(s.focus, None);
+    }
+
+    #[test]
+    fn put_modes() {
+        assert_eq!(check_put(PutMode::Overwrite, None).unwrap(), 1);
+        assert_eq!(check_put(PutMode::Overwrite, Some(4)).unwrap(), 5);
+        assert_eq!(check_put(PutMode::Create, None).unwrap(), 1);
+        assert_eq!(
+            check_put(PutMode::Create, Some(1)).unwrap_err().kind(),
+            crate::ErrorKind::AlreadyExists
+        );
+        assert_eq!(check_put(PutMode::IfVersion(2), Some(2)).unwrap(), 3);
+        assert_eq!(
+            check_put(PutMode::IfVersion(1), Some(2))
+                .unwrap_err()
+                .kind(),
+            crate::ErrorKind::Conflict
+        );
+        assert_eq!(
+            check_put(PutMode::IfVersion(1), None).unwrap_err().kind(),
+            crate::ErrorKind::Conflict
+        );
+    }
+
+    #[test]
+    fn lease_debug_hides_token() {
+        let lease = Lease {
+            key: SessionKey::new("t", "c", "u").unwrap(),
+            name: "reminder".into(),
+            token: "s3cret-token".into(),
+            fence: 7,
+        };
+        let dbg = format!("{lease:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("fence: 7"));
+    }
+
+    #[test]
+    fn token_estimate_rounds_up() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcde"), 2);
+    }
+}

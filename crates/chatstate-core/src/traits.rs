@@ -1,0 +1,222 @@
+//! The four store traits. Each is object-safe (`Arc<dyn SessionStore>` works),
+//! `Send + Sync`, and small: conveniences live in [`crate::ext`].
+//!
+//! The doc of each method is the contract every backend keeps; the conformance suite
+//! (`chatstate-conformance`) checks it case by case.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, SessionKey};
+use crate::model::{
+    AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
+    NewMessage, Page, PutMode, Session, SessionPatch,
+};
+
+/// Conversations: a record plus a sliding window of recent messages per
+/// [`SessionKey`], with a sliding TTL, and per-session locks.
+///
+/// **TTL.** Every write to a session (create, append, update, touch) sets the TTL of
+/// all its parts back to the configured session TTL; reads do not. When it runs out
+/// the whole session — record and messages — is gone at once, on every backend.
+/// Locks have their own leases and are not part of the session's data.
+///
+/// **Concurrency.** Every method is atomic. Appends from many tasks or processes lose
+/// nothing; [`SessionPatch`] updates change only the fields they name; an update with
+/// [`Expected::Version`] fails with `Conflict` instead of overwriting a concurrent
+/// change.
+///
+/// ```
+/// # async fn demo(store: &dyn chatstate_core::SessionStore) -> chatstate_core::Result<()> {
+/// use chatstate_core::{Expected, NewMessage, SessionKey, SessionPatch};
+/// let key = SessionKey::new("acme", "whatsapp", "+5511999990000")?;
+/// store.append_messages(&key, vec![NewMessage::user("oi"), NewMessage::assistant("olá!")]).await?;
+/// let loaded = store.load(&key).await?.expect("just written");
+/// store
+///     .update(&key, SessionPatch::new().summary("greeted"), Expected::Version(loaded.session.version))
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Creates a session with `init` applied. `AlreadyExists` if a live session has
+    /// this key.
+    async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session>;
+
+    /// The live session, or a new empty one created now. Counts as a write (refreshes
+    /// the TTL) only when it creates.
+    async fn get_or_create(&self, key: &SessionKey) -> Result<Session>;
+
+    /// The live session's record, or `None`.
+    async fn get(&self, key: &SessionKey) -> Result<Option<Session>>;
+
+    /// The records of many sessions, in the order of `keys` (`None` for missing ones).
+    async fn get_many(&self, keys: &[SessionKey]) -> Result<Vec<Option<Session>>>;
+
+    /// The record and the window of recent messages (oldest first), read together.
+    async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>>;
+
+    /// Appends messages in order, atomically: keeps only the newest `window_size`,
+    /// adds to `message_count`, sets `last_activity`, refreshes the TTL. Creates the
+    /// session when there is none. `InvalidInput` (and nothing written) when a
+    /// message exceeds the value limit.
+    async fn append_messages(
+        &self,
+        key: &SessionKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<AppendReceipt>;
+
+    /// Changes the fields `patch` names (the summary cut to the configured length),
+    /// bumps `version`, refreshes the TTL, and returns the new record. `NotFound`
+    /// when there is no session; `Conflict` when `expected` is a version the record
+    /// is not at.
+    async fn update(
+        &self,
+        key: &SessionKey,
+        patch: SessionPatch,
+        expected: Expected,
+    ) -> Result<Session>;
+
+    /// Sets `last_activity` and refreshes the TTL. `false` when there is no session.
+    async fn touch(&self, key: &SessionKey) -> Result<bool>;
+
+    /// Deletes the record and the messages. `false` when there was no session.
+    async fn delete(&self, key: &SessionKey) -> Result<bool>;
+
+    /// The time the session has left, or `None` when there is no session.
+    async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>>;
+
+    /// A page of at most `limit` (at least 1) live sessions of `tenant`. Start with
+    /// `cursor: None`, then pass the page's `next_cursor` until it is `None`. Every
+    /// session live for the whole listing appears exactly once; the order is the
+    /// backend's.
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<SessionKey>>;
+
+    /// Takes the lock `name` on the session for `lease`, or `None` when someone holds
+    /// it. The lease's fencing number is larger than that of every earlier lease of
+    /// the same lock (for as long as the store remembers the lock: at least the
+    /// session TTL after its last use). The session need not exist.
+    async fn try_lock(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        lease: Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Sets the lock's remaining lease to `lease`, if `held` still holds it. `false`
+    /// when the lease expired or someone else holds the lock.
+    async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool>;
+
+    /// Releases the lock if `held` still holds it. `false` when the lease expired or
+    /// someone else holds the lock (which is then left alone).
+    async fn release_lock(&self, held: &Lease) -> Result<bool>;
+}
+
+/// Small named documents with a TTL and a version: what the bot is focused on per
+/// file, flow or tenant.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait FocusStore: Send + Sync {
+    /// Writes the document under `mode` with `ttl` (the configured focus TTL when
+    /// `None`) and returns it as stored. `AlreadyExists` / `Conflict` when the mode's
+    /// precondition fails (see [`PutMode`]); `InvalidInput` for an oversize value.
+    async fn put(
+        &self,
+        key: &FocusKey,
+        value: Bytes,
+        mode: PutMode,
+        ttl: Option<Duration>,
+    ) -> Result<FocusDoc>;
+
+    /// The live document, or `None`.
+    async fn get(&self, key: &FocusKey) -> Result<Option<FocusDoc>>;
+
+    /// Deletes the document. `false` when there was none.
+    async fn delete(&self, key: &FocusKey) -> Result<bool>;
+
+    /// The live documents of `scope`, sorted by name.
+    async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>>;
+}
+
+/// Named counters with labels and optional day/hour buckets.
+///
+/// Counters never expire; delete them when they are no longer wanted. For many
+/// cheap increments, wrap a sink in the batched layer, which calls [`apply`] once
+/// per interval.
+///
+/// [`apply`]: CounterSink::apply
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait CounterSink: Send + Sync {
+    /// Adds `delta` (negative to subtract) and returns the new value. A counter that
+    /// does not exist starts at 0. `InvalidInput` on i64 overflow.
+    async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64>;
+
+    /// Adds every delta of `batch` atomically, once: a batch whose id was applied
+    /// within the configured retention is a `Duplicate` and adds nothing.
+    async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome>;
+
+    /// The counter's value (0 when it does not exist).
+    async fn get(&self, key: &CounterKey) -> Result<i64>;
+
+    /// The values of many counters, in the order of `keys`.
+    async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>>;
+
+    /// Every counter called `name` in `bucket` (unbucketed ones for `None`), with its
+    /// labels and value, sorted by labels.
+    async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>>;
+
+    /// Deletes the counter. `false` when it did not exist.
+    async fn delete(&self, key: &CounterKey) -> Result<bool>;
+}
+
+/// A byte cache of namespaced keys with TTLs: the customers, contacts and slow
+/// lookups worth keeping. Typed access goes through [`crate::ext::KvCacheExt`].
+///
+/// Every entry has a TTL: the configured cache TTL when none is given.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait KvCache: Send + Sync {
+    /// The live value, or `None`.
+    async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>>;
+
+    /// The live values of many keys, in the order of `keys`.
+    async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>>;
+
+    /// Stores `value` for `ttl` (the configured cache TTL when `None`).
+    /// `InvalidInput` for an oversize value.
+    async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()>;
+
+    /// Stores many values, all with the same `ttl`, atomically: an oversize value
+    /// fails the whole call and stores nothing.
+    async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()>;
+
+    /// Deletes the entry. `false` when there was none.
+    async fn delete(&self, key: &CacheKey) -> Result<bool>;
+
+    /// Deletes many entries; returns how many existed.
+    async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64>;
+
+    /// Whether a live entry exists.
+    async fn exists(&self, key: &CacheKey) -> Result<bool>;
+
+    /// Sets the entry's TTL to `ttl`. `false` when there is no entry.
+    async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool>;
+
+    /// The entry's remaining TTL, or `None` when there is no entry.
+    async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>>;
+
+    /// Deletes every entry of `namespace` whose key starts with `key_prefix` (all of
+    /// the namespace for `""`); returns how many. Other namespaces are never touched,
+    /// even ones whose name starts with `namespace` (`users` vs `users:archive`).
+    async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64>;
+}
