@@ -1,7 +1,7 @@
 //! Configuration from the environment, validated in one place.
 //!
 //! [`Config::from_env`] reads every variable below; a malformed value is an
-//! [`ErrorKind::Config`] error that names the variable and says what it accepts. An
+//! [`ErrorKind::Config`](crate::ErrorKind::Config) error that names the variable and says what it accepts. An
 //! empty value counts as unset (so `USE_REDIS=` in a `.env` file means the default).
 //! The Redis password never appears in `Debug` or `Display` output.
 //!
@@ -35,6 +35,9 @@ use std::time::Duration;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::key::check_prefix;
+
+/// The longest TTL or lease accepted: ten years.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Every variable [`Config::from_env`] reads.
 pub const ENV_VARS: &[&str] = &[
@@ -117,7 +120,7 @@ impl Default for StoreSettings {
 }
 
 impl StoreSettings {
-    /// An [`ErrorKind::InvalidInput`] error naming `what` when `len` exceeds
+    /// An [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) error naming `what` when `len` exceeds
     /// `max_value_bytes`.
     pub fn check_value_len(&self, what: &str, len: usize) -> Result<()> {
         if len > self.max_value_bytes {
@@ -127,6 +130,21 @@ impl StoreSettings {
             )));
         }
         Ok(())
+    }
+
+    /// The TTL an operation uses: `given`, or `default` when `None`. A zero TTL, or
+    /// one over ten years, is an [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) error.
+    pub fn ttl_or(given: Option<Duration>, default: Duration) -> Result<Duration> {
+        let ttl = given.unwrap_or(default);
+        if ttl.is_zero() {
+            return Err(Error::invalid_input("a TTL or lease must be positive"));
+        }
+        if ttl > MAX_TTL {
+            return Err(Error::invalid_input(
+                "a TTL or lease must be at most ten years",
+            ));
+        }
+        Ok(ttl)
     }
 
     /// Checks the settings for values no store can work with (a zero window or TTL).
@@ -577,6 +595,20 @@ mod tests {
         );
         let err = cfg(&[("CHATSTATE_KEY_PREFIX", "a{b}")]).unwrap_err();
         assert!(err.message().starts_with("CHATSTATE_KEY_PREFIX"), "{err}");
+    }
+
+    #[test]
+    fn ttl_or_rejects_zero_and_huge() {
+        let d = Duration::from_secs(5);
+        assert_eq!(StoreSettings::ttl_or(None, d).unwrap(), d);
+        assert_eq!(
+            StoreSettings::ttl_or(Some(Duration::from_millis(1)), d).unwrap(),
+            Duration::from_millis(1)
+        );
+        for bad in [Duration::ZERO, MAX_TTL + Duration::from_secs(1)] {
+            let err = StoreSettings::ttl_or(Some(bad), d).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        }
     }
 
     #[test]
