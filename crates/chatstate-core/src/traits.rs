@@ -3,6 +3,11 @@
 //!
 //! The doc of each method is the contract every backend keeps; the conformance suite
 //! (`chatstate-conformance`) checks it case by case.
+//!
+//! Several traits share method names (`get`, `delete`, `list`, `ttl`). On a type that
+//! implements more than one (like `chatstate_memory::MemoryStore`) call them through
+//! the trait — `KvCache::get(&store, &key)` — or hold each store as its own
+//! `Arc<dyn Trait>`, which is what apps usually do anyway.
 
 use std::time::Duration;
 
@@ -127,7 +132,9 @@ pub trait SessionStore: Send + Sync {
 #[async_trait]
 pub trait FocusStore: Send + Sync {
     /// Writes the document under `mode` with `ttl` (the configured focus TTL when
-    /// `None`) and returns it as stored. `AlreadyExists` / `Conflict` when the mode's
+    /// `None`, reset on every put) and returns it as stored. Versions start at 1 and
+    /// grow by one per put; a document put again after a delete or expiry starts at
+    /// 1 again. `AlreadyExists` / `Conflict` when the mode's
     /// precondition fails (see [`PutMode`]); `InvalidInput` for an oversize value.
     async fn put(
         &self,
@@ -162,7 +169,8 @@ pub trait CounterSink: Send + Sync {
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64>;
 
     /// Adds every delta of `batch` atomically, once: a batch whose id was applied
-    /// within the configured retention is a `Duplicate` and adds nothing.
+    /// within the configured retention is a `Duplicate` and adds nothing. A delta
+    /// that would overflow fails the whole batch (`InvalidInput`) and adds nothing.
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome>;
 
     /// The counter's value (0 when it does not exist).
@@ -172,7 +180,8 @@ pub trait CounterSink: Send + Sync {
     async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>>;
 
     /// Every counter called `name` in `bucket` (unbucketed ones for `None`), with its
-    /// labels and value, sorted by labels.
+    /// labels and value, sorted by labels. A counter stays listed once added to,
+    /// even at 0, until deleted.
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>>;
 
     /// Deletes the counter. `false` when it did not exist.
@@ -196,14 +205,16 @@ pub trait KvCache: Send + Sync {
     /// `InvalidInput` for an oversize value.
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()>;
 
-    /// Stores many values, all with the same `ttl`, atomically: an oversize value
-    /// fails the whole call and stores nothing.
+    /// Stores many values, all with the same `ttl`: an oversize value fails the whole
+    /// call and stores nothing. A key given twice keeps its last value. An empty
+    /// value is a value (read back as `Some` of empty bytes).
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()>;
 
     /// Deletes the entry. `false` when there was none.
     async fn delete(&self, key: &CacheKey) -> Result<bool>;
 
-    /// Deletes many entries; returns how many existed.
+    /// Deletes many entries; returns how many existed (a key given twice counts
+    /// once, like Redis `DEL`).
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64>;
 
     /// Whether a live entry exists.

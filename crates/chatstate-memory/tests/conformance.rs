@@ -1,0 +1,45 @@
+//! The whole conformance suite against the memory backend, on a manual clock.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chatstate_conformance::{Backend, Capabilities, Fixture, TimeControl};
+use chatstate_core::{ManualClock, Result, StoreSettings};
+use chatstate_memory::MemoryStore;
+
+/// Fresh memory stores on a manual clock. Memory does not outlive the store, so the
+/// backend declares it is not persistent and the reopen case is reported skipped.
+#[derive(Default)]
+struct MemoryBackend;
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { persistent: false }
+    }
+
+    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
+        let clock = ManualClock::starting_now();
+        let store = Arc::new(
+            MemoryStore::builder()
+                .settings(settings.clone())
+                .clock(clock.shared())
+                .build(),
+        );
+        Ok(Fixture {
+            sessions: store.clone(),
+            focus: store.clone(),
+            counters: store.clone(),
+            cache: store,
+            time: TimeControl::Manual(clock),
+            settings,
+            guard: None,
+        })
+    }
+}
+
+chatstate_conformance::conformance_suite!(MemoryBackend);
