@@ -1,0 +1,360 @@
+//! The on-disk record format, and how a record is written so a crash never leaves a
+//! half-written one.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic and format version: "CSF1"
+//!      4     1  kind: b'S' session, b'L' session lock, b'F' focus, b'K' cache, b'C' counters
+//!      5     3  reserved, zero
+//!      8     8  deadline: i64 LE milliseconds since the Unix epoch (i64::MAX: never)
+//!     16     4  meta length: u32 LE
+//!     20     4  body length (meta + payload): u32 LE
+//!     24     4  CRC-32 of the body
+//!     28     4  CRC-32 of bytes 0..28 (the header)
+//!     32     -  body: `meta length` bytes of JSON metadata, then the raw payload
+//! ```
+//!
+//! The header has its own checksum so the sweeper can read a deadline from the
+//! first 32 bytes without reading the body, and still trust it. The JSON metadata
+//! makes a record readable with `tail -c +33 FILE | head -c META_LEN`; payloads
+//! (cache values, focus documents) are stored as the raw bytes the caller gave.
+//!
+//! Writes go to a temporary file in the target's own folder, are fsynced, renamed
+//! over the target, and the folder is fsynced: a reader or a restarted process sees
+//! the old record or the new one, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use chatstate_core::{Error, ErrorKind, Result, Timestamp};
+
+/// "CSF" and format version 1.
+pub(crate) const MAGIC: &[u8; 4] = b"CSF1";
+/// Header length in bytes.
+pub(crate) const HEADER_LEN: usize = 32;
+/// A deadline that never comes.
+pub(crate) const NEVER: Timestamp = Timestamp(i64::MAX);
+/// Names of temporary files start with this (and are skipped by listings).
+pub(crate) const TMP_PREFIX: &str = ".tmp-";
+
+/// What a record file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Session = b'S' as isize,
+    SessionLock = b'L' as isize,
+    Focus = b'F' as isize,
+    Cache = b'K' as isize,
+    Counters = b'C' as isize,
+}
+
+/// Whether writes wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync the file before the rename and the folder after it: an acknowledged
+    /// write survives a crash of the process and of the machine.
+    #[default]
+    Fsync,
+    /// No fsync: an acknowledged write survives a crash of the process (the rename
+    /// is still atomic) but maybe not a power loss. For tests and benchmarks.
+    None,
+}
+
+/// A decoded header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Header {
+    pub kind: u8,
+    pub deadline: Timestamp,
+    pub meta_len: usize,
+    pub body_len: usize,
+    pub body_crc: u32,
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        format!("file {} is corrupt: {what}", path.display()),
+    )
+}
+
+/// An I/O error as a chatstate error naming the file. Missing space, permissions
+/// and the like are `Unavailable` (the disk may recover); the caller's data is never
+/// in the message.
+pub(crate) fn io_error(path: &Path, op: &str, e: io::Error) -> Error {
+    let kind = match e.kind() {
+        io::ErrorKind::InvalidData => ErrorKind::Decode,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("{op} {} failed", path.display())).with_source(e)
+}
+
+/// Encodes a record.
+pub(crate) fn encode(kind: Kind, deadline: Timestamp, meta: &[u8], payload: &[u8]) -> Vec<u8> {
+    let body_len = meta.len() + payload.len();
+    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(&deadline.0.to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(meta);
+    h.update(payload);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    let header_crc = crc32fast::hash(&out[..28]);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decodes and checks a header.
+pub(crate) fn decode_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+    if bytes.len() < HEADER_LEN {
+        return Err(corrupt(
+            path,
+            format!("{} bytes, shorter than the header", bytes.len()),
+        ));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(corrupt(
+            path,
+            "no CSF1 magic (not a chatstate file, or a future format)",
+        ));
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if crc32fast::hash(&bytes[..28]) != u32_at(28) {
+        return Err(corrupt(path, "header checksum mismatch"));
+    }
+    let mut deadline = [0u8; 8];
+    deadline.copy_from_slice(&bytes[8..16]);
+    let header = Header {
+        kind: bytes[4],
+        deadline: Timestamp(i64::from_le_bytes(deadline)),
+        meta_len: u32_at(16) as usize,
+        body_len: u32_at(20) as usize,
+        body_crc: u32_at(24),
+    };
+    if header.meta_len > header.body_len {
+        return Err(corrupt(path, "metadata longer than the body"));
+    }
+    Ok(header)
+}
+
+/// A whole record: header, metadata JSON and payload.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub header: Header,
+    pub bytes: Vec<u8>,
+}
+
+impl Record {
+    pub fn meta(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..HEADER_LEN + self.header.meta_len]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN + self.header.meta_len..]
+    }
+}
+
+/// Checks a whole record's bytes.
+pub(crate) fn decode(path: &Path, bytes: Vec<u8>, kind: Kind) -> Result<Record> {
+    let header = decode_header(path, &bytes)?;
+    if header.kind != kind as u8 {
+        return Err(corrupt(
+            path,
+            format!(
+                "holds a record of kind {:?}, expected {:?}",
+                char::from(header.kind),
+                kind
+            ),
+        ));
+    }
+    if bytes.len() != HEADER_LEN + header.body_len {
+        return Err(corrupt(
+            path,
+            format!(
+                "{} body bytes, the header says {} (torn write?)",
+                bytes.len().saturating_sub(HEADER_LEN),
+                header.body_len
+            ),
+        ));
+    }
+    if crc32fast::hash(&bytes[HEADER_LEN..]) != header.body_crc {
+        return Err(corrupt(path, "body checksum mismatch"));
+    }
+    Ok(Record { header, bytes })
+}
+
+/// Reads a record; `None` when the file does not exist.
+pub(crate) fn read(path: &Path, kind: Kind) -> Result<Option<Record>> {
+    match fs::read(path) {
+        Ok(bytes) => decode(path, bytes, kind).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path, "reading", e)),
+    }
+}
+
+/// Reads only a record's header; `None` when the file does not exist.
+pub(crate) fn read_header(path: &Path) -> Result<Option<Header>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path, "opening", e)),
+    };
+    let mut buf = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(path, "reading", e)),
+        }
+    }
+    decode_header(path, &buf[..got]).map(Some)
+}
+
+/// Syncs a folder so a rename or removal in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path, durability: Durability) -> Result<()> {
+    if durability == Durability::Fsync {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(dir, "syncing folder", e))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents, syncing each parent whose entries changed.
+pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir(parent, durability)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io_error(dir, "creating folder", e)),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent, durability)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
+/// fsync, rename, fsync of the folder.
+pub(crate) fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+    tmp_id: &str,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "a record path has no folder"))?;
+    ensure_dir(dir, durability)?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{tmp_id}"));
+    let result = (|| {
+        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        let mut f = match create() {
+            // The sweeper removed the (empty) folder after ensure_dir: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(dir, durability)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| io_error(&tmp, "creating", e))?;
+        f.write_all(bytes)
+            .map_err(|e| io_error(&tmp, "writing", e))?;
+        if durability == Durability::Fsync {
+            f.sync_all().map_err(|e| io_error(&tmp, "syncing", e))?;
+        }
+        fs::rename(&tmp, path).map_err(|e| io_error(path, "renaming into", e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(dir, durability)
+}
+
+/// Removes `path` durably; `false` when it did not exist.
+pub(crate) fn remove(path: &Path, durability: Durability) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir, durability)?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(path, "removing", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("x/y.rec")
+    }
+
+    #[test]
+    fn roundtrip() {
+        let bytes = encode(Kind::Cache, Timestamp(42), b"{\"a\":1}", b"\x00payload");
+        let r = decode(p(), bytes, Kind::Cache).unwrap();
+        assert_eq!(r.header.deadline, Timestamp(42));
+        assert_eq!(r.meta(), b"{\"a\":1}");
+        assert_eq!(r.payload(), b"\x00payload");
+    }
+
+    #[test]
+    fn every_flipped_bit_and_every_truncation_is_detected() {
+        let bytes = encode(Kind::Session, Timestamp(7), b"{\"k\":\"v\"}", b"data");
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let err = decode(p(), b, Kind::Session).err();
+                let err = err.unwrap_or_else(|| panic!("flip of byte {i} bit {bit} undetected"));
+                assert_eq!(err.kind(), ErrorKind::Decode);
+                assert!(err.to_string().contains("x/y.rec"), "{err}");
+            }
+        }
+        for len in 0..bytes.len() {
+            let err = decode(p(), bytes[..len].to_vec(), Kind::Session).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Decode, "truncation to {len}");
+        }
+    }
+
+    #[test]
+    fn wrong_kind_is_a_decode_error() {
+        let bytes = encode(Kind::Focus, NEVER, b"{}", b"");
+        let err = decode(p(), bytes, Kind::Cache).unwrap_err();
+        assert!(err.to_string().contains("expected Cache"), "{err}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/rec");
+        write_atomic(&path, b"one", Durability::Fsync, "t1").unwrap();
+        write_atomic(&path, b"two", Durability::None, "t2").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("rec")]);
+        assert!(remove(&path, Durability::Fsync).unwrap());
+        assert!(!remove(&path, Durability::Fsync).unwrap());
+    }
+}

@@ -1,0 +1,67 @@
+//! Writer exclusion, within a process and across processes sharing a folder.
+//!
+//! 256 lock files (`locks/00.lock` … `ff.lock`); a record's stripe comes from a hash
+//! of its path. A writer takes the stripe's in-process mutex (threads of one process
+//! share the open file, and `flock` does not exclude holders of the same open file)
+//! and then an exclusive `flock` on it (other processes). Readers take no lock: every
+//! write is an atomic rename, so a reader sees a whole old or a whole new record.
+//!
+//! A fixed set of stripes rather than a lock file per record: lock files are never
+//! created or deleted on the hot path, and the folder never fills with them. Two
+//! records in one stripe only wait for each other.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use chatstate_core::Result;
+
+use crate::format::io_error;
+use crate::paths::{Layout, stripe_of};
+
+pub(crate) struct Stripes {
+    files: Vec<Mutex<File>>,
+}
+
+/// An exclusive hold on one stripe; released on drop.
+pub(crate) struct StripeGuard<'a> {
+    file: MutexGuard<'a, File>,
+}
+
+impl Drop for StripeGuard<'_> {
+    fn drop(&mut self) {
+        // Closing would release it too; unlocking explicitly keeps the file open for
+        // the next writer. An unlock error leaves the lock to be released at exit.
+        let _ = self.file.unlock();
+    }
+}
+
+impl Stripes {
+    /// Opens (creating) the 256 lock files.
+    pub fn open(layout: &Layout) -> Result<Self> {
+        let mut files = Vec::with_capacity(256);
+        for stripe in 0..=255u8 {
+            let path = layout.lock_stripe(stripe);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_error(&path, "opening lock file", e))?;
+            files.push(Mutex::new(file));
+        }
+        Ok(Stripes { files })
+    }
+
+    /// Holds the stripe of `record` exclusively, against threads and processes.
+    pub fn lock(&self, record: &Path) -> Result<StripeGuard<'_>> {
+        let stripe = stripe_of(record) as usize;
+        let file = self.files[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        file.lock()
+            .map_err(|e| io_error(record, "locking the stripe of", e))?;
+        Ok(StripeGuard { file })
+    }
+}

@@ -1,0 +1,165 @@
+//! The sweeper and the verifier.
+//!
+//! The sweeper walks `sessions/`, `session-locks/`, `focus/` and `cache/` one folder
+//! entry at a time (`read_dir` is streamed, never collected), reads only each file's
+//! 32-byte header, and deletes a record whose deadline has passed — after taking its
+//! stripe lock and reading the header again, so a record refreshed meanwhile stays.
+//! Temporary files older than an hour (left by a crash mid-write) are removed; corrupt
+//! files are counted and left for an operator. Empty group folders are removed.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use chatstate_core::{ErrorKind, Result};
+use serde::Serialize;
+
+use crate::Inner;
+use crate::format::{self, HEADER_LEN, TMP_PREFIX, io_error};
+
+/// A temporary file older than this is a leftover of a crash.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Record files looked at.
+    pub scanned: u64,
+    /// Expired records deleted.
+    pub removed: u64,
+    /// Files whose header does not decode (left in place, logged).
+    pub corrupt: u64,
+    /// Stale temporary files deleted.
+    pub stale_temp_files: u64,
+}
+
+/// What [`crate::FileStore::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Record files read in full.
+    pub files: u64,
+    /// Files that do not decode, with the reason.
+    pub corrupt: Vec<(PathBuf, String)>,
+}
+
+/// Calls `f` for every entry of `dir`, streaming; a missing folder has none.
+fn for_each_entry(dir: &Path, mut f: impl FnMut(fs::DirEntry) -> Result<()>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(dir, "listing", e)),
+    };
+    for entry in entries {
+        f(entry.map_err(|e| io_error(dir, "listing", e))?)?;
+    }
+    Ok(())
+}
+
+/// Calls `f` for every file two levels below `kind_dir` (`kind/<group>/<file>`).
+fn for_each_file(kind_dir: &Path, mut f: impl FnMut(&Path, &str) -> Result<()>) -> Result<()> {
+    for_each_entry(kind_dir, |group| {
+        if !group.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            return Ok(());
+        }
+        let group_dir = group.path();
+        for_each_entry(&group_dir, |file| {
+            let name = file.file_name();
+            let name = name.to_string_lossy();
+            f(&file.path(), &name)
+        })
+    })
+}
+
+pub(crate) fn sweep(inner: &Inner) -> Result<SweepReport> {
+    let mut report = SweepReport::default();
+    for kind_dir in inner.layout.swept_dirs() {
+        for_each_file(&kind_dir, |path, name| {
+            if name.starts_with(TMP_PREFIX) {
+                let old = fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > STALE_TMP);
+                if old && fs::remove_file(path).is_ok() {
+                    report.stale_temp_files += 1;
+                }
+                return Ok(());
+            }
+            report.scanned += 1;
+            match format::read_header(path) {
+                Ok(Some(h)) if h.deadline <= inner.now() => {
+                    let _g = inner.stripes.lock(path)?;
+                    // Read again under the lock: a writer may have refreshed it.
+                    if let Ok(Some(h)) = format::read_header(path)
+                        && h.deadline <= inner.now()
+                        && format::remove(path, inner.durability)?
+                    {
+                        report.removed += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Decode => {
+                    report.corrupt += 1;
+                    tracing::warn!(error = %e, "chatstate-file sweep found a corrupt file");
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        })?;
+        // Drop group folders that are now empty (remove_dir fails on a non-empty one,
+        // and a writer that loses the race recreates its folder).
+        for_each_entry(&kind_dir, |group| {
+            let _ = fs::remove_dir(group.path());
+            Ok(())
+        })?;
+    }
+    Ok(report)
+}
+
+pub(crate) fn verify(inner: &Inner) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut check = |path: &Path| -> Result<()> {
+        report.files += 1;
+        let outcome = fs::read(path)
+            .map_err(|e| io_error(path, "reading", e))
+            .and_then(|bytes| {
+                let header = format::decode_header(path, &bytes)?;
+                if bytes.len() != HEADER_LEN + header.body_len
+                    || crc32fast::hash(&bytes[HEADER_LEN..]) != header.body_crc
+                {
+                    return Err(chatstate_core::Error::decode(
+                        "body length or checksum mismatch",
+                    ));
+                }
+                serde_json::from_slice::<serde_json::Value>(
+                    &bytes[HEADER_LEN..HEADER_LEN + header.meta_len],
+                )
+                .map_err(|_| chatstate_core::Error::decode("metadata is not JSON"))?;
+                Ok(())
+            });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::Decode => {
+                report
+                    .corrupt
+                    .push((path.to_path_buf(), e.message().to_string()));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    for kind_dir in inner.layout.swept_dirs() {
+        for_each_file(&kind_dir, |path, name| {
+            if name.starts_with(TMP_PREFIX) {
+                return Ok(());
+            }
+            check(path)
+        })?;
+    }
+    let counters = inner.layout.counters();
+    if counters.exists() {
+        check(&counters)?;
+    }
+    Ok(report)
+}
