@@ -1,11 +1,14 @@
 //! The tour: one short WhatsApp-style conversation that uses all four stores, on the
-//! embedded backend (no server needed). Run it with `cargo run --example tour`.
+//! embedded default backend — the file store in `./chatstate-data` — with no server.
+//! Run it with `cargo run --example tour`; run it again and the conversation is still
+//! there.
 //!
-//! Settings come from the environment (`CHATSTATE_WINDOW_SIZE`,
-//! `CHATSTATE_SUMMARY_MAX_CHARS`, ...; see `chatstate_core::config`). A malformed
-//! variable stops the tour with an error that names it.
+//! The backend and settings come from the environment (`CHATSTATE_BACKEND=memory`,
+//! `CHATSTATE_FILE_DIR`, `CHATSTATE_WINDOW_SIZE`, ...; see `chatstate_core::config`).
+//! A malformed variable stops the tour with an error that names it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chatstate_core::{
@@ -13,6 +16,8 @@ use chatstate_core::{
     FocusKey, FocusStore, FocusStoreExt, KvCache, KvCacheExt, Labels, NewMessage, PutMode,
     SessionKey, SessionPatch, SessionStore, Timestamp,
 };
+use chatstate_core::{Error, ErrorKind};
+use chatstate_file::FileStore;
 use chatstate_memory::MemoryStore;
 use serde::{Deserialize, Serialize};
 
@@ -40,16 +45,47 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The four stores of the backend the configuration selects.
+struct Stores {
+    sessions: Arc<dyn SessionStore>,
+    focus: Arc<dyn FocusStore>,
+    counters: Arc<dyn CounterSink>,
+    cache: Arc<dyn KvCache>,
+}
+
+fn open(config: &Config) -> chatstate_core::Result<Stores> {
+    fn all<S: SessionStore + FocusStore + CounterSink + KvCache + 'static>(s: S) -> Stores {
+        let s = Arc::new(s);
+        Stores {
+            sessions: s.clone(),
+            focus: s.clone(),
+            counters: s.clone(),
+            cache: s,
+        }
+    }
+    match config.backend {
+        BackendKind::Memory => Ok(all(MemoryStore::from_config(config))),
+        BackendKind::File => Ok(all(FileStore::from_config(config)?)),
+        BackendKind::Redis => Err(Error::new(
+            ErrorKind::Unsupported,
+            "USE_REDIS=1 selects Redis, whose backend is not in this build yet; unset it to use the file store",
+        )),
+    }
+}
+
 async fn tour() -> chatstate_core::Result<()> {
     let config = Config::from_env()?;
-    if config.backend != BackendKind::Memory {
-        println!(
-            "config selects the {:?} backend; this build ships the memory backend, so the tour runs in memory",
-            config.backend
-        );
-    }
-    let store = MemoryStore::from_config(&config);
+    let Stores {
+        sessions,
+        focus,
+        counters,
+        cache,
+    } = open(&config)?;
     let codec = Codec::Json;
+    match config.backend {
+        BackendKind::File => println!("backend: file store in {}", config.file_dir.display()),
+        other => println!("backend: {other:?}"),
+    }
     println!(
         "chatstate tour: window {} messages, summary {} chars, session TTL {:?}",
         config.store.window_size, config.store.summary_max_chars, config.store.session_ttl
@@ -67,7 +103,7 @@ async fn tour() -> chatstate_core::Result<()> {
         ("sim", "Confirmado! Chega em 40 minutos."),
     ];
     for (user, bot) in turns {
-        store
+        sessions
             .append_messages(
                 &who,
                 vec![NewMessage::user(user), NewMessage::assistant(bot)],
@@ -78,11 +114,11 @@ async fn tour() -> chatstate_core::Result<()> {
         step: "confirmed".into(),
         order_items: vec!["margherita grande".into(), "guaraná".into()],
     };
-    let loaded = store
+    let loaded = sessions
         .load(&who)
         .await?
         .expect("the conversation was just written");
-    let session = store
+    let session = sessions
         .update(
             &who,
             SessionPatch::new()
@@ -92,7 +128,7 @@ async fn tour() -> chatstate_core::Result<()> {
             Expected::Version(loaded.session.version),
         )
         .await?;
-    let loaded = store.load(&who).await?.expect("still there");
+    let loaded = sessions.load(&who).await?.expect("still there");
     println!(
         "session {}: {} messages so far, {} in the window (~{} tokens), version {}",
         session.id,
@@ -104,7 +140,7 @@ async fn tour() -> chatstate_core::Result<()> {
     for m in &loaded.messages {
         println!("  #{:<2} {:?}: {}", m.seq, m.role, m.content);
     }
-    let stale = store
+    let stale = sessions
         .update(&who, SessionPatch::new().paused(true), Expected::Version(1))
         .await;
     println!(
@@ -113,10 +149,10 @@ async fn tour() -> chatstate_core::Result<()> {
     );
 
     // A lock so the delivery reminder is scheduled once, whatever the number of workers.
-    let first = store
+    let first = sessions
         .try_lock(&who, "delivery-reminder", Duration::from_secs(30))
         .await?;
-    let second = store
+    let second = sessions
         .try_lock(&who, "delivery-reminder", Duration::from_secs(30))
         .await?;
     println!(
@@ -130,15 +166,21 @@ async fn tour() -> chatstate_core::Result<()> {
             .map_or("refused".to_string(), |_| "holds it".into())
     );
     if let Some(lease) = first {
-        store.release_lock(&lease).await?;
+        sessions.release_lock(&lease).await?;
     }
 
     // Focus: what the bot works on for this flow, with compare-and-set.
     let focus_key = FocusKey::new("flow:pizza", "current-order")?;
-    let v1 = store
-        .put_value(&focus_key, &flow.order_items, PutMode::Create, None, codec)
+    let v1 = focus
+        .put_value(
+            &focus_key,
+            &flow.order_items,
+            PutMode::Overwrite,
+            None,
+            codec,
+        )
         .await?;
-    let v2 = store
+    let v2 = focus
         .put_value(
             &focus_key,
             &["margherita grande", "guaraná", "brownie"],
@@ -147,31 +189,32 @@ async fn tour() -> chatstate_core::Result<()> {
             codec,
         )
         .await?;
-    let (items, version): (Vec<String>, u64) = FocusStoreExt::get_value(&store, &focus_key, codec)
-        .await?
-        .expect("just put");
+    let (items, version): (Vec<String>, u64) =
+        FocusStoreExt::get_value(focus.as_ref(), &focus_key, codec)
+            .await?
+            .expect("just put");
     println!("focus {focus_key}: {items:?} at version {version} (was {v1}, now {v2})");
     println!(
         "focus docs in scope: {}",
-        FocusStore::list(&store, "flow:pizza").await?.len()
+        focus.list("flow:pizza").await?.len()
     );
 
     // Counters: traffic per day, errors by type, flushed as one idempotent batch.
     let today = Bucket::day_of(Timestamp(loaded.session.last_activity.0));
     let messages = CounterKey::new("messages")?.in_bucket(today);
     let mut batch = CounterBatch::new();
-    batch.add(&messages, loaded.session.message_count as i64);
+    batch.add(&messages, turns.len() as i64 * 2);
     for kind in ["timeout", "timeout", "rate_limit"] {
         let errors = CounterKey::new("errors")?.with_labels(Labels::from_pairs([("type", kind)])?);
         batch.add(&errors, 1);
     }
-    let first_flush = store.apply(&batch).await?;
-    let retried_flush = store.apply(&batch).await?;
+    let first_flush = counters.apply(&batch).await?;
+    let retried_flush = counters.apply(&batch).await?;
     println!(
         "counters: messages@{today} = {}, flush {first_flush:?} then retry {retried_flush:?}",
-        CounterSink::get(&store, &messages).await?
+        counters.get(&messages).await?
     );
-    for (labels, n) in CounterSink::list(&store, "errors", None).await? {
+    for (labels, n) in counters.list("errors", None).await? {
         println!("  errors{labels:?} = {n}");
     }
 
@@ -185,10 +228,10 @@ async fn tour() -> chatstate_core::Result<()> {
         CacheKey::new("customers", "42")?,
         CacheKey::new("customers", "43")?,
     ];
-    store
+    cache
         .set_value(&keys[0], &customer, Some(Duration::from_secs(300)), codec)
         .await?;
-    let found: Vec<Option<Customer>> = store.get_many_values(&keys, codec).await?;
+    let found: Vec<Option<Customer>> = cache.get_many_values(&keys, codec).await?;
     println!(
         "cache: customers 42 and 43 -> {:?}",
         found
@@ -196,7 +239,7 @@ async fn tour() -> chatstate_core::Result<()> {
             .map(|c| c.as_ref().map(|c| c.name.as_str()))
             .collect::<Vec<_>>()
     );
-    let loaded_43: Customer = store
+    let loaded_43: Customer = cache
         .get_or_load(&keys[1], None, codec, || async {
             Ok(Customer {
                 id: 43,
@@ -208,9 +251,9 @@ async fn tour() -> chatstate_core::Result<()> {
     println!(
         "cache: loaded {} on a miss; TTL left on 42: {:?}",
         loaded_43.name,
-        KvCache::ttl(&store, &keys[0]).await?.map(|d| d.as_secs())
+        cache.ttl(&keys[0]).await?.map(|d| d.as_secs())
     );
-    let cleared = store.clear_prefix("customers", "").await?;
+    let cleared = cache.clear_prefix("customers", "").await?;
     println!("cache: cleared {cleared} customers (only that namespace)");
     println!("tour done");
     Ok(())

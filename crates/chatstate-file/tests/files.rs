@@ -1,0 +1,379 @@
+//! What happens on disk: corrupt files are contained, hostile ids stay inside the
+//! folder, the sweeper frees expired records without loading them, and a folder
+//! written by another format is refused.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatstate_core::{
+    CacheKey, CounterKey, CounterSink, ErrorKind, FocusKey, FocusStore, KvCache, ManualClock,
+    NewMessage, PutMode, SessionKey, SessionStore, SessionStoreExt, StoreSettings,
+};
+use chatstate_file::{Durability, FileStore};
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn store(dir: &Path, clock: &ManualClock) -> FileStore {
+    FileStore::builder(dir)
+        .clock(clock.shared())
+        .sweep_interval(None)
+        .open()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_corrupt_session_file_is_a_decode_error_for_that_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let s = store(dir.path(), &clock);
+    let (a, b) = (
+        SessionKey::new("t", "c", "alice").unwrap(),
+        SessionKey::new("t", "c", "bob").unwrap(),
+    );
+    for k in [&a, &b] {
+        s.append_message(k, NewMessage::user("hello"))
+            .await
+            .unwrap();
+    }
+    let path = all_files(&dir.path().join("sessions"))
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_str().unwrap().contains("alice"))
+        .unwrap();
+    let original = fs::read(&path).unwrap();
+
+    let damages: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", original[..original.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+        ("flipped body byte", {
+            let mut b = original.clone();
+            let i = b.len() - 5;
+            b[i] ^= 0x40;
+            b
+        }),
+        ("flipped header byte", {
+            let mut b = original.clone();
+            b[9] ^= 1;
+            b
+        }),
+        ("garbage", b"not a chatstate file at all".to_vec()),
+    ];
+    for (what, bytes) in damages {
+        fs::write(&path, &bytes).unwrap();
+        let err = s.load(&a).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode, "{what}: {err}");
+        assert!(
+            err.to_string().contains("alice"),
+            "{what}: the error names the file: {err}"
+        );
+        let err = s
+            .append_message(&a, NewMessage::user("more"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Decode,
+            "{what}: an append does not clobber it"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "{what}: the damaged file is left as it was"
+        );
+        // The rest of the store is fine.
+        assert_eq!(
+            s.load(&b).await.unwrap().unwrap().messages.len(),
+            1,
+            "{what}"
+        );
+        let page = SessionStore::list(&s, "t", None, 10).await.unwrap();
+        assert_eq!(
+            page.items,
+            vec![b.clone()],
+            "{what}: listing skips the bad file"
+        );
+    }
+    let report = s.verify().await.unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert_eq!(report.corrupt[0].0, path);
+    assert!(
+        SessionStore::delete(&s, &a).await.unwrap(),
+        "a corrupt session can be deleted"
+    );
+    s.append_message(&a, NewMessage::user("fresh"))
+        .await
+        .unwrap();
+    assert!(s.verify().await.unwrap().corrupt.is_empty());
+}
+
+#[tokio::test]
+async fn corrupt_cache_focus_and_counter_files_are_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let s = store(dir.path(), &clock);
+    let (k1, k2) = (
+        CacheKey::new("customers", "1").unwrap(),
+        CacheKey::new("customers", "2").unwrap(),
+    );
+    KvCache::set(&s, &k1, Bytes::from_static(b"ana"), None)
+        .await
+        .unwrap();
+    KvCache::set(&s, &k2, Bytes::from_static(b"bia"), None)
+        .await
+        .unwrap();
+    let f = FocusKey::new("flow", "x").unwrap();
+    s.put(&f, Bytes::from_static(b"doc"), PutMode::Create, None)
+        .await
+        .unwrap();
+    let c = CounterKey::new("messages").unwrap();
+    s.add(&c, 3).await.unwrap();
+
+    for p in all_files(dir.path()) {
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let damage = name.ends_with(".f")
+            || name.ends_with(".c")
+            || (name.ends_with(".k") && name.starts_with("1-"));
+        if damage {
+            let mut bytes = fs::read(&p).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            fs::write(&p, bytes).unwrap();
+        }
+    }
+    assert_eq!(
+        KvCache::get(&s, &k1).await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+    assert_eq!(
+        KvCache::get(&s, &k2).await.unwrap().as_deref(),
+        Some(&b"bia"[..])
+    );
+    let many = KvCache::get_many(&s, std::slice::from_ref(&k2))
+        .await
+        .unwrap();
+    assert_eq!(many, vec![Some(Bytes::from_static(b"bia"))]);
+    assert_eq!(
+        FocusStore::get(&s, &f).await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+    assert_eq!(
+        s.put(&f, Bytes::from_static(b"v"), PutMode::IfVersion(1), None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Decode,
+        "a compare-and-set cannot compare against a corrupt document"
+    );
+    let doc = s
+        .put(&f, Bytes::from_static(b"new"), PutMode::Overwrite, None)
+        .await
+        .unwrap();
+    assert_eq!(doc.version, 1, "an overwrite replaces a corrupt document");
+    assert_eq!(
+        CounterSink::get(&s, &c).await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+    assert_eq!(
+        s.add(&c, 1).await.unwrap_err().kind(),
+        ErrorKind::Decode,
+        "counters are never reset over a corrupt file"
+    );
+    assert_eq!(
+        s.clear_prefix("customers", "").await.unwrap(),
+        1,
+        "clear skips the bad entry"
+    );
+    let report = s.verify().await.unwrap();
+    assert_eq!(report.corrupt.len(), 2, "{report:?}");
+}
+
+#[tokio::test]
+async fn hostile_ids_stay_inside_the_folder_and_apart() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let clock = ManualClock::starting_now();
+    let s = store(&dir, &clock);
+    let ids = [
+        "../escape",
+        "/abs/path",
+        "..",
+        ".",
+        "a/../../b",
+        "\0",
+        "nul\0byte",
+        "CON",
+        "con",
+        "Con",
+        "aux.txt",
+        "Ana",
+        "ana",
+        "🙂",
+        " ",
+        "C:\\Windows\\x",
+        &"L".repeat(512),
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let k = SessionKey::new(*id, *id, *id).unwrap();
+        s.append_message(&k, NewMessage::user(format!("{i}")))
+            .await
+            .unwrap();
+        let c = CacheKey::new(*id, *id).unwrap();
+        KvCache::set(&s, &c, Bytes::from(format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let k = SessionKey::new(*id, *id, *id).unwrap();
+        let loaded = s.load(&k).await.unwrap().unwrap();
+        assert_eq!(loaded.messages.len(), 1, "{id:?} sees only its own message");
+        assert_eq!(loaded.messages[0].content, format!("{i}"));
+        let c = CacheKey::new(*id, *id).unwrap();
+        assert_eq!(
+            KvCache::get(&s, &c).await.unwrap(),
+            Some(Bytes::from(format!("{i}")))
+        );
+    }
+    // Nothing was written outside the store's folder, and every name is plain.
+    let outside: Vec<_> = fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(outside, vec![std::ffi::OsString::from("store")]);
+    for p in all_files(&dir) {
+        let rel = p.strip_prefix(&dir).unwrap();
+        for part in rel.components() {
+            let part = part.as_os_str().to_str().unwrap();
+            assert!(part.len() <= 255, "{rel:?}");
+            assert!(
+                part.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-~.".contains(c)),
+                "{rel:?} has an unexpected character"
+            );
+            assert!(
+                !part.starts_with('.') || part.starts_with(".tmp-"),
+                "{rel:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("FORMAT"), "chatstate-file 9\n").unwrap();
+    let err = FileStore::builder(dir.path()).open().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("chatstate-file 9"), "{err}");
+}
+
+#[tokio::test]
+async fn records_expire_at_once_and_the_sweeper_frees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let settings = StoreSettings {
+        session_ttl: Duration::from_secs(60),
+        ..StoreSettings::default()
+    };
+    let s = FileStore::builder(dir.path())
+        .settings(settings)
+        .clock(clock.shared())
+        .sweep_interval(Some(Duration::from_millis(50)))
+        .open()
+        .unwrap();
+    let k = SessionKey::new("t", "c", "u").unwrap();
+    s.append_message(&k, NewMessage::user("x")).await.unwrap();
+    let c = CacheKey::new("ns", "k").unwrap();
+    KvCache::set(
+        &s,
+        &c,
+        Bytes::from_static(b"v"),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    let lease = s
+        .try_lock(&k, "job", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease.fence >= 1);
+    clock.advance(Duration::from_secs(61));
+    assert!(
+        s.load(&k).await.unwrap().is_none(),
+        "invisible at once, before any sweep"
+    );
+    // Let the background sweeper run a few times (real time, 50 ms interval).
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = ["sessions", "cache", "session-locks"]
+            .iter()
+            .map(|d| all_files(&dir.path().join(d)).len())
+            .sum();
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        left, 0,
+        "the background sweeper removed every expired record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_100k_expired_sessions_is_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    // No fsync here: the sweep is what is measured, not the writes that set it up.
+    let s = FileStore::builder(dir.path())
+        .clock(clock.shared())
+        .durability(Durability::None)
+        .sweep_interval(None)
+        .open()
+        .unwrap();
+    const N: usize = 100_000;
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in (t..N).step_by(8) {
+                    let k = SessionKey::new(
+                        format!("tenant{}", i % 10),
+                        "whatsapp",
+                        format!("user{i}"),
+                    )
+                    .unwrap();
+                    s.get_or_create(&k).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // One live session that must survive the sweep.
+    clock.advance(Duration::from_secs(72 * 3600 + 1));
+    let live = SessionKey::new("tenant0", "whatsapp", "still-here").unwrap();
+    s.get_or_create(&live).await.unwrap();
+    let report = s.sweep().await.unwrap();
+    assert_eq!(report.removed, N as u64, "{report:?}");
+    assert_eq!(report.scanned, N as u64 + 1);
+    assert_eq!(report.corrupt, 0);
+    assert!(SessionStore::get(&s, &live).await.unwrap().is_some());
+    assert_eq!(all_files(&dir.path().join("sessions")).len(), 1);
+}
