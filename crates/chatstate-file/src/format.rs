@@ -221,9 +221,12 @@ pub(crate) fn read_header(path: &Path) -> Result<Option<Header>> {
 /// Syncs a folder so a rename or removal in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path, durability: Durability) -> Result<()> {
     if durability == Durability::Fsync {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error(dir, "syncing folder", e))?;
+        match File::open(dir).and_then(|d| d.sync_all()) {
+            Ok(()) => {}
+            // The sweeper removed the folder once it was empty: nothing left to sync.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(dir, "syncing folder", e)),
+        }
     }
     Ok(())
 }

@@ -166,7 +166,7 @@ impl FileStoreBuilder {
         let layout = Layout::new(self.dir);
         format::ensure_dir(&layout.root().join("locks"), self.durability)?;
         check_format_file(layout.root(), self.durability)?;
-        let stripes = Stripes::open(&layout)?;
+        let stripes = Stripes::new(&layout);
         let inner = Arc::new(Inner {
             layout,
             settings: self.settings,

@@ -20,28 +20,43 @@ use crate::format::io_error;
 use crate::paths::{Layout, stripe_of};
 
 pub(crate) struct Stripes {
-    files: Vec<Mutex<File>>,
+    layout: Layout,
+    /// Opened on first use, so a store that touches few stripes holds few files.
+    files: Vec<Mutex<Option<File>>>,
 }
 
 /// An exclusive hold on one stripe; released on drop.
 pub(crate) struct StripeGuard<'a> {
-    file: MutexGuard<'a, File>,
+    file: MutexGuard<'a, Option<File>>,
 }
 
 impl Drop for StripeGuard<'_> {
     fn drop(&mut self) {
         // Closing would release it too; unlocking explicitly keeps the file open for
         // the next writer. An unlock error leaves the lock to be released at exit.
-        let _ = self.file.unlock();
+        if let Some(f) = self.file.as_ref() {
+            let _ = f.unlock();
+        }
     }
 }
 
 impl Stripes {
-    /// Opens (creating) the 256 lock files.
-    pub fn open(layout: &Layout) -> Result<Self> {
-        let mut files = Vec::with_capacity(256);
-        for stripe in 0..=255u8 {
-            let path = layout.lock_stripe(stripe);
+    /// Stripes under `layout`'s `locks/` folder (which must exist).
+    pub fn new(layout: &Layout) -> Self {
+        Stripes {
+            layout: layout.clone(),
+            files: (0..256).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Holds the stripe of `record` exclusively, against threads and processes.
+    pub fn lock(&self, record: &Path) -> Result<StripeGuard<'_>> {
+        let stripe = stripe_of(record);
+        let mut slot = self.files[usize::from(stripe)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let path = self.layout.lock_stripe(stripe);
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -49,19 +64,12 @@ impl Stripes {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| io_error(&path, "opening lock file", e))?;
-            files.push(Mutex::new(file));
+            *slot = Some(file);
         }
-        Ok(Stripes { files })
-    }
-
-    /// Holds the stripe of `record` exclusively, against threads and processes.
-    pub fn lock(&self, record: &Path) -> Result<StripeGuard<'_>> {
-        let stripe = stripe_of(record) as usize;
-        let file = self.files[stripe]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        file.lock()
-            .map_err(|e| io_error(record, "locking the stripe of", e))?;
-        Ok(StripeGuard { file })
+        if let Some(file) = slot.as_ref() {
+            file.lock()
+                .map_err(|e| io_error(record, "locking the stripe of", e))?;
+        }
+        Ok(StripeGuard { file: slot })
     }
 }

@@ -86,7 +86,8 @@ struct LockEntry {
 
 #[derive(Default)]
 struct Counters {
-    values: BTreeMap<(String, Option<Bucket>, Labels), i64>,
+    /// Ordered by name, then labels, then bucket: a name's counters are one range.
+    values: BTreeMap<CounterKey, i64>,
     applied_batches: Expiring<String, ()>,
 }
 
@@ -619,17 +620,24 @@ impl FocusStore for MemoryStore {
     }
 }
 
-fn counter_key(key: &CounterKey) -> (String, Option<Bucket>, Labels) {
-    (key.name().to_string(), key.bucket(), key.labels().clone())
+/// Sets a counter, cloning its key only the first time.
+fn set_counter(values: &mut BTreeMap<CounterKey, i64>, key: &CounterKey, value: i64) {
+    match values.get_mut(key) {
+        Some(v) => *v = value,
+        None => {
+            values.insert(key.clone(), value);
+        }
+    }
 }
 
 #[async_trait]
 impl CounterSink for MemoryStore {
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
         let mut counters = lock(&self.inner.counters);
-        let value = counters.values.entry(counter_key(key)).or_insert(0);
-        *value = with_op(checked_counter_add(key, *value, delta), "add")?;
-        Ok(*value)
+        let current = counters.values.get(key).copied().unwrap_or(0);
+        let value = with_op(checked_counter_add(key, current, delta), "add")?;
+        set_counter(&mut counters.values, key, value);
+        Ok(value)
     }
 
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
@@ -645,14 +653,15 @@ impl CounterSink for MemoryStore {
         // Compute every new value first, so an overflow applies nothing.
         let mut updates = Vec::with_capacity(batch.len());
         for (key, delta) in batch.deltas() {
-            let k = counter_key(key);
-            let current = counters.values.get(&k).copied().unwrap_or(0);
+            let current = counters.values.get(key).copied().unwrap_or(0);
             updates.push((
-                k,
+                key,
                 with_op(checked_counter_add(key, current, delta), "apply")?,
             ));
         }
-        counters.values.extend(updates);
+        for (key, value) in updates {
+            set_counter(&mut counters.values, key, value);
+        }
         let retention = now.plus(self.inner.settings.batch_retention);
         counters
             .applied_batches
@@ -663,7 +672,7 @@ impl CounterSink for MemoryStore {
     async fn get(&self, key: &CounterKey) -> Result<i64> {
         Ok(lock(&self.inner.counters)
             .values
-            .get(&counter_key(key))
+            .get(key)
             .copied()
             .unwrap_or(0))
     }
@@ -672,26 +681,24 @@ impl CounterSink for MemoryStore {
         let counters = lock(&self.inner.counters);
         Ok(keys
             .iter()
-            .map(|k| counters.values.get(&counter_key(k)).copied().unwrap_or(0))
+            .map(|k| counters.values.get(k).copied().unwrap_or(0))
             .collect())
     }
 
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
-        with_op(check_scope("counter name", name), "list")?;
-        let start = (name.to_string(), bucket, Labels::new());
+        // CounterKey::new(name) checks the name and is the smallest key of that name.
+        let start = with_op(CounterKey::new(name), "list")?;
         Ok(lock(&self.inner.counters)
             .values
             .range(start..)
-            .take_while(|((n, b, _), _)| n == name && *b == bucket)
-            .map(|((_, _, labels), v)| (labels.clone(), *v))
+            .take_while(|(k, _)| k.name() == name)
+            .filter(|(k, _)| k.bucket() == bucket)
+            .map(|(k, v)| (k.labels().clone(), *v))
             .collect())
     }
 
     async fn delete(&self, key: &CounterKey) -> Result<bool> {
-        Ok(lock(&self.inner.counters)
-            .values
-            .remove(&counter_key(key))
-            .is_some())
+        Ok(lock(&self.inner.counters).values.remove(key).is_some())
     }
 }
 
