@@ -71,19 +71,40 @@ fn for_each_file(kind_dir: &Path, mut f: impl FnMut(&Path, &str) -> Result<()>) 
     })
 }
 
+/// Removes `path` if it is a temporary file older than [`STALE_TMP`]; returns
+/// whether `name` is a temporary file at all.
+fn stale_tmp(path: &Path, name: &str, report: &mut SweepReport) -> bool {
+    if !name.starts_with(TMP_PREFIX) {
+        return false;
+    }
+    let old = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > STALE_TMP);
+    if old && fs::remove_file(path).is_ok() {
+        report.stale_temp_files += 1;
+    }
+    true
+}
+
 pub(crate) fn sweep(inner: &Inner) -> Result<SweepReport> {
     let mut report = SweepReport::default();
+    // Temporary files of the one-level records (counters, FORMAT).
+    let counters_dir = inner.layout.counters();
+    for dir in [counters_dir.parent(), Some(inner.layout.root())]
+        .into_iter()
+        .flatten()
+    {
+        for_each_entry(dir, |entry| {
+            let name = entry.file_name();
+            stale_tmp(&entry.path(), &name.to_string_lossy(), &mut report);
+            Ok(())
+        })?;
+    }
     for kind_dir in inner.layout.swept_dirs() {
         for_each_file(&kind_dir, |path, name| {
-            if name.starts_with(TMP_PREFIX) {
-                let old = fs::metadata(path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE_TMP);
-                if old && fs::remove_file(path).is_ok() {
-                    report.stale_temp_files += 1;
-                }
+            if stale_tmp(path, name, &mut report) {
                 return Ok(());
             }
             report.scanned += 1;

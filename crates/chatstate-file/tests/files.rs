@@ -377,3 +377,43 @@ async fn a_folder_of_100k_expired_sessions_is_swept() {
     assert!(SessionStore::get(&s, &live).await.unwrap().is_some());
     assert_eq!(all_files(&dir.path().join("sessions")).len(), 1);
 }
+
+#[tokio::test]
+async fn temp_files_left_by_a_crash_are_ignored_then_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let s = store(dir.path(), &clock);
+    let k = SessionKey::new("t", "c", "u").unwrap();
+    s.append_message(&k, NewMessage::user("x")).await.unwrap();
+    s.add(&CounterKey::new("n").unwrap(), 1).await.unwrap();
+    let tenant_dir = all_files(&dir.path().join("sessions"))[0]
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let mut made = Vec::new();
+    for (folder, name, old) in [
+        (tenant_dir.clone(), ".tmp-stale", true),
+        (dir.path().join("counters"), ".tmp-stale", true),
+        (tenant_dir.clone(), ".tmp-fresh", false),
+    ] {
+        let p = folder.join(name);
+        let f = fs::File::create(&p).unwrap();
+        if old {
+            f.set_modified(two_hours_ago).unwrap();
+        }
+        made.push((p, old));
+    }
+    // Listings and reads do not see them.
+    assert_eq!(
+        SessionStore::list(&s, "t", None, 10).await.unwrap().items,
+        vec![k.clone()]
+    );
+    assert!(s.verify().await.unwrap().corrupt.is_empty());
+    let report = s.sweep().await.unwrap();
+    assert_eq!(report.stale_temp_files, 2, "{report:?}");
+    for (p, old) in made {
+        assert_eq!(p.exists(), !old, "{p:?}");
+    }
+    assert_eq!(s.load(&k).await.unwrap().unwrap().messages.len(), 1);
+}
