@@ -447,7 +447,7 @@ impl Run<'_> {
                 for _ in 0..count {
                     let n = self.next_message;
                     self.next_message += 1;
-                    let role = if n % 2 == 0 {
+                    let role = if n.is_multiple_of(2) {
                         Role::User
                     } else {
                         Role::Assistant

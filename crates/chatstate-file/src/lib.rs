@@ -266,12 +266,12 @@ impl FileStore {
 
     /// Deletes expired records and stale temporary files now; reads headers only.
     pub async fn sweep(&self) -> Result<SweepReport> {
-        self.blocking(|inner| sweep::sweep(inner)).await
+        self.blocking(sweep::sweep).await
     }
 
     /// Reads and checks every record file in full; lists the ones that do not decode.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        self.blocking(|inner| sweep::verify(inner)).await
+        self.blocking(sweep::verify).await
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>

@@ -17,8 +17,8 @@ fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
+        for e in fs::read_dir(&d).expect("readable folder") {
+            let p = e.expect("readable entry").path();
             if p.is_dir() {
                 stack.push(p);
             } else {
@@ -34,7 +34,7 @@ fn store(dir: &Path, clock: &ManualClock) -> FileStore {
         .clock(clock.shared())
         .sweep_interval(None)
         .open()
-        .unwrap()
+        .expect("the store opens")
 }
 
 #[tokio::test]
