@@ -1,9 +1,10 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
-//! - `test`: everything CI checks, in order: `cargo fmt --check`, `cargo clippy`
-//!   with `-D warnings`, the whole test suite (cargo-nextest when installed, else
-//!   `cargo test`), the doc tests, then a summary of conformance cases a backend
-//!   declared it cannot run (never silent).
+//! - `test`: everything CI checks, in order: installs `redis-server` when it is
+//!   missing (the Redis tests start their own servers and must run), `cargo fmt
+//!   --check`, `cargo clippy` with `-D warnings`, the whole test suite
+//!   (cargo-nextest when installed, else `cargo test`), the doc tests, then a summary
+//!   of conformance cases a backend declared it cannot run (never silent).
 //! - `bench`: the criterion benchmarks (`cargo bench --workspace`); extra arguments
 //!   go to criterion, e.g. `cargo xtask bench -- --quick`.
 //!
@@ -66,8 +67,42 @@ fn has_nextest() -> bool {
         .unwrap_or(false)
 }
 
+/// Makes sure `redis-server` and `redis-cli` are installed, installing Debian's
+/// package when they are not (as root, with apt-get).
+fn ensure_redis() -> Result<(), String> {
+    let have = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if have("redis-server") && have("redis-cli") {
+        return Ok(());
+    }
+    eprintln!("==> installing redis-server (the Redis tests need it)");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let installed = apt(&["update", "-qq"])
+        && apt(&["install", "-y", "-qq", "redis-server"])
+        && have("redis-server");
+    if !installed {
+        return Err("redis-server is missing and could not be installed: \
+                    install it (apt-get install redis-server) and run again"
+            .into());
+    }
+    Ok(())
+}
+
 fn test() -> Result<(), String> {
     let cargo = cargo();
+    ensure_redis()?;
     run(
         "cargo fmt --check",
         Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),

@@ -328,6 +328,21 @@ impl Labels {
     }
 }
 
+impl Labels {
+    /// Parses the [`Labels::escaped`] form back; `None` for a malformed one.
+    pub fn parse_escaped(s: &str) -> Option<Labels> {
+        let mut labels = Labels::new();
+        if s.is_empty() {
+            return Some(labels);
+        }
+        for pair in s.split(',') {
+            let (k, v) = pair.split_once('=')?;
+            labels = labels.with(unescape(k)?, unescape(v)?).ok()?;
+        }
+        Some(labels)
+    }
+}
+
 impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{{{}}}", self.escaped())
@@ -460,17 +475,22 @@ impl fmt::Debug for CounterKey {
 /// The documented layout of string keys, for backends that store under strings
 /// (Redis; the file backend derives paths from the same parts).
 ///
-/// | what | key |
-/// | --- | --- |
-/// | session record | `{prefix}:sess:{<tenant>:<channel>:<user>}:ctx` |
-/// | message window | `{prefix}:sess:{<tenant>:<channel>:<user>}:msgs` |
-/// | lock `name` | `{prefix}:sess:{<tenant>:<channel>:<user>}:lock:<name>` |
-/// | focus document | `{prefix}:focus:{<scope>}:<name>` |
-/// | cache entry | `{prefix}:kv:<namespace>:<key>` |
-/// | counter | `{prefix}:cnt:<name>` (labels and bucket inside, see [`CounterKey`]) |
+/// | what | key | Redis type |
+/// | --- | --- | --- |
+/// | session record | `{prefix}:sess:{<tenant>:<channel>:<user>}:ctx` | hash, one field per session field |
+/// | message window | `{prefix}:sess:{<tenant>:<channel>:<user>}:msgs` | list of `<seq>:<message JSON>` |
+/// | lock `name` | `{prefix}:sess:{<tenant>:<channel>:<user>}:lock:<name>` | string: the owner token |
+/// | its fencing number | `{prefix}:sess:{<tenant>:<channel>:<user>}:fence:<name>` | integer |
+/// | a tenant's sessions | `{prefix}:sessidx:{<tenant>}` | sorted set of `<channel>:<user>` |
+/// | focus document | `{prefix}:focus:{<scope>}:<name>` | hash: value, version, updated_at |
+/// | a scope's documents | `{prefix}:focusidx:{<scope>}` | set of names |
+/// | cache entry | `{prefix}:kv:<namespace>:<key>` | string: the value |
+/// | counters of a name (and bucket) | `{prefix}:cnt:{counters}:<name>[@<bucket>]` | hash: labels (`a=1,b=2`, empty for none) to value |
+/// | an applied counter batch | `{prefix}:cnt:{counters}:batch:<id>` | string, kept for the batch retention |
 ///
-/// Every part is [`escape`]d, so the `{...}` hash tag holds exactly the session's
-/// three ids and every key of one session lands in one Redis Cluster slot.
+/// Every part is [`escape`]d, so a `{...}` hash tag holds exactly the ids it names:
+/// every key of one session lands in one Redis Cluster slot, so do a scope's focus
+/// documents, and so do all counters (a batch is applied atomically).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyLayout {
     prefix: String,
@@ -494,6 +514,16 @@ impl KeyLayout {
         format!("{}:sess:{{{}}}", self.prefix, key.escaped())
     }
 
+    /// The sorted set listing a tenant's sessions.
+    pub fn session_index(&self, tenant: &str) -> String {
+        format!("{}:sessidx:{{{}}}", self.prefix, escape(tenant))
+    }
+
+    /// A session's member in its tenant's index: `<channel>:<user>`, escaped.
+    pub fn session_index_member(key: &SessionKey) -> String {
+        format!("{}:{}", escape(key.channel()), escape(key.user()))
+    }
+
     /// The key of a focus document.
     pub fn focus(&self, key: &FocusKey) -> String {
         format!(
@@ -502,6 +532,11 @@ impl KeyLayout {
             escape(key.scope()),
             escape(key.name())
         )
+    }
+
+    /// The set of a scope's focus document names.
+    pub fn focus_index(&self, scope: &str) -> String {
+        format!("{}:focusidx:{{{}}}", self.prefix, escape(scope))
     }
 
     /// The key of a cache entry.
@@ -514,9 +549,28 @@ impl KeyLayout {
         )
     }
 
-    /// The key of a counter.
-    pub fn counter(&self, key: &CounterKey) -> String {
-        format!("{}:cnt:{key}", self.prefix)
+    /// The SCAN pattern of a namespace's keys starting with `key_prefix` (escaping
+    /// leaves no glob character in the ids).
+    pub fn cache_pattern(&self, namespace: &str, key_prefix: &str) -> String {
+        format!(
+            "{}:kv:{}:{}*",
+            self.prefix,
+            escape(namespace),
+            escape(key_prefix)
+        )
+    }
+
+    /// The hash holding the counters of `name` in `bucket`.
+    pub fn counter_hash(&self, name: &str, bucket: Option<Bucket>) -> String {
+        match bucket {
+            Some(b) => format!("{}:cnt:{{counters}}:{}@{b}", self.prefix, escape(name)),
+            None => format!("{}:cnt:{{counters}}:{}", self.prefix, escape(name)),
+        }
+    }
+
+    /// The key recording that a counter batch was applied.
+    pub fn counter_batch(&self, id: &str) -> String {
+        format!("{}:cnt:{{counters}}:batch:{}", self.prefix, escape(id))
     }
 }
 
@@ -588,6 +642,18 @@ mod tests {
         assert_eq!(a.escaped(), "a=1,b=2");
         let tricky = Labels::from_pairs([("k", "v=1,x")]).unwrap();
         assert_eq!(tricky.escaped(), "k=v%3D1%2Cx");
+    }
+
+    #[test]
+    fn labels_escaped_form_parses_back() {
+        for labels in [
+            Labels::new(),
+            Labels::from_pairs([("type", "timeout")]).unwrap(),
+            Labels::from_pairs([("k=1", "v,2"), ("a b", "🙂:%")]).unwrap(),
+        ] {
+            assert_eq!(Labels::parse_escaped(&labels.escaped()), Some(labels));
+        }
+        assert_eq!(Labels::parse_escaped("novalue"), None);
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! The connection: one multiplexed, self-reconnecting connection for every ordinary
+//! command, round-trip accounting, scripts sent once, and Redis errors mapped to
+//! chatstate's.
+//!
+//! Why a multiplexed connection and not a pool checkout per call: on the project's
+//! 2-core machine one shared multiplexed connection carried ~270–290k GET/s from 64
+//! tasks, a deadpool checkout per call ~50k/s (each checkout of a reused connection
+//! sends its own health check). The deadpool pool is kept for work that must hold a
+//! connection alone (WATCH, blocking reads, pub/sub); see `BENCHMARKS.md`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chatstate_core::{Error, ErrorKind, Result};
+use redis::aio::ConnectionManager;
+use redis::{Cmd, FromRedisValue, Pipeline, Value};
+use serde::Serialize;
+
+/// Round trips and commands this store sent, counted by the store itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RoundTrips {
+    /// Requests sent and answered (a pipeline or a script is one).
+    pub round_trips: u64,
+    /// Redis commands inside them (a pipeline of 3 counts 3; a script counts 1).
+    pub commands: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    round_trips: AtomicU64,
+    commands: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> RoundTrips {
+        RoundTrips {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, commands: u64) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands, Ordering::Relaxed);
+    }
+}
+
+/// A Lua script, sent by hash (EVALSHA) and by source (EVAL) only when the server
+/// does not know it yet (NOSCRIPT: a restart, a SCRIPT FLUSH, a new server).
+pub(crate) struct Script {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub sha: String,
+}
+
+impl Script {
+    pub fn new(name: &'static str, source: &'static str) -> Self {
+        let sha = redis::Script::new(source).get_hash().to_string();
+        Script { name, source, sha }
+    }
+}
+
+/// Maps a Redis error to a chatstate error; `key` names the key concerned.
+pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>) -> Error {
+    let (kind, message): (ErrorKind, String) = if e.is_timeout() {
+        (ErrorKind::Timeout, "Redis did not answer in time".into())
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        (ErrorKind::Unavailable, "Redis is unreachable".into())
+    } else {
+        match e.code() {
+            Some("WRONGTYPE") => (
+                ErrorKind::WrongType,
+                "a key chatstate uses holds another Redis type (written by something else?)".into(),
+            ),
+            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => (
+                ErrorKind::Config,
+                format!(
+                    "Redis refused the credentials or permissions ({})",
+                    e.code().unwrap_or("")
+                ),
+            ),
+            Some(
+                "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "OOM",
+            ) => (
+                ErrorKind::Unavailable,
+                format!(
+                    "Redis cannot serve the request now ({})",
+                    e.code().unwrap_or("")
+                ),
+            ),
+            _ if e.detail().is_some_and(|d| d.contains("overflow")) => (
+                ErrorKind::InvalidInput,
+                "counter increment would overflow an i64".into(),
+            ),
+            _ if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed) => {
+                (ErrorKind::Config, "Redis refused the credentials".into())
+            }
+            _ => (ErrorKind::Internal, "Redis returned an error".into()),
+        }
+    };
+    let mut err = Error::new(kind, message).with_operation(op).with_source(e);
+    if let Some(key) = key {
+        err = err.with_key(key);
+    }
+    err
+}
+
+/// The shared connection, with accounting.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub manager: ConnectionManager,
+    pub counters: std::sync::Arc<Counters>,
+}
+
+impl Conn {
+    /// Sends one command: one round trip.
+    pub async fn cmd<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        op: &'static str,
+        key: Option<&str>,
+    ) -> Result<T> {
+        let mut con = self.manager.clone();
+        self.counters.count(1);
+        cmd.query_async(&mut con)
+            .await
+            .map_err(|e| map_err(e, op, key))
+    }
+
+    /// Sends a pipeline of `n` commands: one round trip.
+    pub async fn pipe<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        n: usize,
+        op: &'static str,
+        key: Option<&str>,
+    ) -> Result<T> {
+        let mut con = self.manager.clone();
+        self.counters.count(n as u64);
+        pipe.query_async(&mut con)
+            .await
+            .map_err(|e| map_err(e, op, key))
+    }
+
+    /// Runs a script: one round trip (two the first time a server sees it).
+    pub async fn script(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+        op: &'static str,
+    ) -> Result<Value> {
+        let key = keys.first().copied();
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(&script.sha).arg(keys.len()).arg(keys);
+        for a in args {
+            evalsha.arg(*a);
+        }
+        let mut con = self.manager.clone();
+        self.counters.count(1);
+        match evalsha.query_async::<Value>(&mut con).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                tracing::debug!(script = script.name, "loading script");
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(script.source).arg(keys.len()).arg(keys);
+                for a in args {
+                    eval.arg(*a);
+                }
+                self.counters.count(1);
+                eval.query_async(&mut con)
+                    .await
+                    .map_err(|e| map_err(e, op, key))
+            }
+            other => other.map_err(|e| map_err(e, op, key)),
+        }
+    }
+}
+
+/// Decode helpers for script replies.
+pub(crate) mod reply {
+    use chatstate_core::{Error, Result};
+    use redis::Value;
+
+    fn bad(what: &str) -> Error {
+        Error::decode(format!("unexpected Redis reply shape: {what}"))
+    }
+
+    pub fn int(v: &Value) -> Result<i64> {
+        match v {
+            Value::Int(i) => Ok(*i),
+            Value::BulkString(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("a number")),
+            _ => Err(bad("a number")),
+        }
+    }
+
+    pub fn array(v: Value) -> Result<Vec<Value>> {
+        match v {
+            Value::Array(a) | Value::Set(a) => Ok(a),
+            Value::Nil => Ok(Vec::new()),
+            _ => Err(bad("an array")),
+        }
+    }
+
+    pub fn bytes(v: Value) -> Result<Option<Vec<u8>>> {
+        match v {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) => Ok(Some(b)),
+            Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+            Value::Int(i) => Ok(Some(i.to_string().into_bytes())),
+            _ => Err(bad("a string")),
+        }
+    }
+
+    /// A flat `[field, value, field, value, ...]` array (or a RESP3 map) as pairs.
+    pub fn pairs(v: Value) -> Result<Vec<(String, Vec<u8>)>> {
+        let items: Vec<(Value, Value)> = match v {
+            Value::Map(m) => m,
+            other => {
+                let flat = array(other)?;
+                if flat.len() % 2 != 0 {
+                    return Err(bad("an even-length array"));
+                }
+                let mut it = flat.into_iter();
+                let mut out = Vec::new();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    out.push((k, v));
+                }
+                out
+            }
+        };
+        items
+            .into_iter()
+            .map(|(k, v)| {
+                let k = bytes(k)?.ok_or_else(|| bad("a field name"))?;
+                let k = String::from_utf8(k).map_err(|_| bad("a UTF-8 field name"))?;
+                Ok((k, bytes(v)?.unwrap_or_default()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,215 @@
+//! CounterSink on Redis: a hash per counter name (and bucket), one field per label
+//! set, all under the `{counters}` hash tag so a batch of any number of counters is
+//! one script — one round trip, atomic, and idempotent by its batch id.
+//!
+//! Counters have no TTL (delete them when no longer wanted); a batch id key lives
+//! for the configured batch retention.
+
+use async_trait::async_trait;
+use chatstate_core::key::check_scope;
+use chatstate_core::{
+    BatchOutcome, Bucket, CounterBatch, CounterKey, CounterSink, Error, Labels, Result,
+};
+use redis::Value;
+
+use crate::RedisStore;
+use crate::conn::{Script, reply};
+
+/// Applies a batch once. KEYS: batch id key, counter hashes... ARGV: retention_ms,
+/// then (key index, field, delta) per counter. Returns 1 applied, 0 duplicate.
+///
+/// Lua numbers are doubles, so a batch that would take a counter beyond ±2^62 is
+/// refused whole (before any write) instead of risking a partial overflow; `add`
+/// (a single HINCRBY) is exact to i64.
+const APPLY: &str = r#"
+local n = (#ARGV - 1) / 3
+for i = 0, n - 1 do
+  local key = KEYS[tonumber(ARGV[2 + 3 * i])]
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a hash')
+  end
+  local cur = tonumber(redis.call('HGET', key, ARGV[3 + 3 * i]) or '0')
+  if math.abs(cur + tonumber(ARGV[4 + 3 * i])) >= 4611686018427387904 then
+    return redis.error_reply('ERR counter increment would overflow')
+  end
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for i = 0, n - 1 do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[2 + 3 * i])], ARGV[3 + 3 * i], ARGV[4 + 3 * i])
+end
+return 1
+"#;
+
+pub(crate) struct CounterScripts {
+    apply: Script,
+}
+
+impl CounterScripts {
+    pub fn new() -> Self {
+        CounterScripts {
+            apply: Script::new("counter_apply", APPLY),
+        }
+    }
+}
+
+impl RedisStore {
+    fn counter_location(&self, key: &CounterKey) -> (String, String) {
+        (
+            self.inner.layout.counter_hash(key.name(), key.bucket()),
+            key.labels().escaped(),
+        )
+    }
+}
+
+fn value_of(v: Value, key: &str) -> Result<i64> {
+    match v {
+        Value::Nil => Ok(0),
+        other => {
+            reply::int(&other).map_err(|_| Error::decode("a counter is not a number").with_key(key))
+        }
+    }
+}
+
+#[async_trait]
+impl CounterSink for RedisStore {
+    async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
+        let (hash, field) = self.counter_location(key);
+        self.inner
+            .conn
+            .cmd(
+                redis::cmd("HINCRBY").arg(&hash).arg(&field).arg(delta),
+                "add",
+                Some(&hash),
+            )
+            .await
+    }
+
+    async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
+        // An empty batch still records its id, so a replay is a Duplicate.
+        let mut keys = vec![self.inner.layout.counter_batch(batch.id())];
+        let mut args: Vec<Vec<u8>> = vec![
+            self.inner
+                .settings
+                .batch_retention
+                .as_millis()
+                .to_string()
+                .into_bytes(),
+        ];
+        for (key, delta) in batch.deltas() {
+            let (hash, field) = self.counter_location(key);
+            let index = match keys.iter().position(|k| *k == hash) {
+                Some(i) => i + 1,
+                None => {
+                    keys.push(hash);
+                    keys.len()
+                }
+            };
+            args.push(index.to_string().into_bytes());
+            args.push(field.into_bytes());
+            args.push(delta.to_string().into_bytes());
+        }
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.counters.apply,
+                &key_refs,
+                &arg_refs,
+                "apply",
+            )
+            .await
+            .map_err(|e| {
+                if e.to_string().contains("overflow") {
+                    Error::invalid_input("counter increment would overflow").with_operation("apply")
+                } else {
+                    e
+                }
+            })?;
+        Ok(if reply::int(&v)? == 1 {
+            BatchOutcome::Applied
+        } else {
+            BatchOutcome::Duplicate
+        })
+    }
+
+    async fn get(&self, key: &CounterKey) -> Result<i64> {
+        let (hash, field) = self.counter_location(key);
+        let v: Value = self
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("HGET").arg(&hash).arg(&field),
+                "get",
+                Some(&hash),
+            )
+            .await?;
+        value_of(v, &hash)
+    }
+
+    async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let locations: Vec<(String, String)> =
+            keys.iter().map(|k| self.counter_location(k)).collect();
+        for (hash, field) in &locations {
+            pipe.cmd("HGET").arg(hash).arg(field);
+        }
+        let replies: Vec<Value> = self
+            .inner
+            .conn
+            .pipe(
+                &pipe,
+                keys.len(),
+                "get_many",
+                locations.first().map(|(h, _)| h.as_str()),
+            )
+            .await?;
+        replies
+            .into_iter()
+            .zip(&locations)
+            .map(|(v, (hash, _))| value_of(v, hash))
+            .collect()
+    }
+
+    async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
+        check_scope("counter name", name).map_err(|e| e.with_operation("list"))?;
+        let hash = self.inner.layout.counter_hash(name, bucket);
+        let v: Value = self
+            .inner
+            .conn
+            .cmd(redis::cmd("HGETALL").arg(&hash), "list", Some(&hash))
+            .await?;
+        let mut out = Vec::new();
+        for (field, raw) in reply::pairs(v)? {
+            let labels = Labels::parse_escaped(&field).ok_or_else(|| {
+                Error::decode("a counter field is not a label set").with_key(&hash)
+            })?;
+            let value = std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| Error::decode("a counter is not a number").with_key(&hash))?;
+            out.push((labels, value));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &CounterKey) -> Result<bool> {
+        let (hash, field) = self.counter_location(key);
+        let n: i64 = self
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("HDEL").arg(&hash).arg(&field),
+                "delete",
+                Some(&hash),
+            )
+            .await?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,244 @@
+//! FocusStore on Redis: a hash per document (`value`, `version`, `updated_at`) and a
+//! set of a scope's names, both under the scope's hash tag so one script reads or
+//! writes them together.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chatstate_core::key::{check_scope, unescape};
+use chatstate_core::{
+    Error, ErrorKind, FocusDoc, FocusKey, FocusStore, PutMode, Result, StoreSettings, Timestamp,
+};
+use redis::Value;
+
+use crate::RedisStore;
+use crate::conn::{Script, reply};
+
+/// Writes a document under a precondition.
+/// KEYS: doc, index. ARGV: mode (0 overwrite, 1 create, 2 if version), expected,
+/// value, now, ttl_ms, escaped name.
+/// Returns {-1, version} exists (create), {-2, version or 0} conflict, {version} written.
+const PUT: &str = r#"
+for i, want in ipairs({'hash', 'set'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', expected a ' .. want)
+  end
+end
+local v = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == '1' and v then return {-1, tonumber(v)} end
+if ARGV[1] == '2' and (not v or tonumber(v) ~= tonumber(ARGV[2])) then return {-2, tonumber(v or 0)} end
+local nv = tonumber(v or 0) + 1
+redis.call('HSET', KEYS[1], 'value', ARGV[3], 'version', nv, 'updated_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[6])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+return {nv}
+"#;
+
+/// Deletes a document and its index entry. KEYS: doc, index. ARGV: escaped name.
+const DELETE: &str = r#"
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return n
+"#;
+
+/// Reads every live document of a scope, dropping index entries of expired ones.
+/// KEYS: index. ARGV: the document key prefix. Returns {name, value, version,
+/// updated_at, ...}.
+const LIST: &str = r#"
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local d = redis.call('HMGET', ARGV[1] .. name, 'value', 'version', 'updated_at')
+  if d[2] then
+    table.insert(out, name); table.insert(out, d[1]); table.insert(out, d[2]); table.insert(out, d[3])
+  else
+    redis.call('SREM', KEYS[1], name)
+  end
+end
+return out
+"#;
+
+pub(crate) struct FocusScripts {
+    put: Script,
+    delete: Script,
+    list: Script,
+}
+
+impl FocusScripts {
+    pub fn new() -> Self {
+        FocusScripts {
+            put: Script::new("focus_put", PUT),
+            delete: Script::new("focus_delete", DELETE),
+            list: Script::new("focus_list", LIST),
+        }
+    }
+}
+
+fn doc_from(
+    key: FocusKey,
+    value: Value,
+    version: Value,
+    updated_at: Value,
+    redis_key: &str,
+) -> Result<FocusDoc> {
+    let bad = || Error::decode("a focus document hash is malformed").with_key(redis_key);
+    Ok(FocusDoc {
+        key,
+        value: Bytes::from(reply::bytes(value)?.ok_or_else(bad)?),
+        version: u64::try_from(reply::int(&version).map_err(|_| bad())?).map_err(|_| bad())?,
+        updated_at: Timestamp(reply::int(&updated_at).map_err(|_| bad())?),
+    })
+}
+
+#[async_trait]
+impl FocusStore for RedisStore {
+    async fn put(
+        &self,
+        key: &FocusKey,
+        value: Bytes,
+        mode: PutMode,
+        ttl: Option<Duration>,
+    ) -> Result<FocusDoc> {
+        let settings = &self.inner.settings;
+        settings
+            .check_value_len("focus value", value.len())
+            .map_err(|e| e.with_operation("put"))?;
+        let ttl =
+            StoreSettings::ttl_or(ttl, settings.focus_ttl).map_err(|e| e.with_operation("put"))?;
+        let doc_key = self.inner.layout.focus(key);
+        let index = self.inner.layout.focus_index(key.scope());
+        let (mode_arg, expected) = match mode {
+            PutMode::Overwrite => ("0", 0),
+            PutMode::Create => ("1", 0),
+            PutMode::IfVersion(v) => ("2", v),
+        };
+        let now = self.inner.clock.now();
+        let name = chatstate_core::key::escape(key.name()).into_owned();
+        let owned: Vec<Vec<u8>> = vec![
+            mode_arg.as_bytes().to_vec(),
+            expected.to_string().into_bytes(),
+            value.to_vec(),
+            now.0.to_string().into_bytes(),
+            ttl.as_millis().to_string().into_bytes(),
+            name.into_bytes(),
+        ];
+        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.focus.put,
+                &[&doc_key, &index],
+                &refs,
+                "put",
+            )
+            .await?;
+        let r = reply::array(v)?;
+        let first = reply::int(r.first().unwrap_or(&Value::Nil))?;
+        let other = r.get(1).map(reply::int).transpose()?.unwrap_or(0);
+        match first {
+            -1 => Err(
+                Error::new(ErrorKind::AlreadyExists, "the document already exists")
+                    .with_operation("put")
+                    .with_key(key),
+            ),
+            -2 if other == 0 => Err(Error::conflict(format!(
+                "expected version {expected}, there is no document"
+            ))
+            .with_operation("put")
+            .with_key(key)),
+            -2 => Err(Error::conflict(format!(
+                "expected version {expected}, the document is at version {other}"
+            ))
+            .with_operation("put")
+            .with_key(key)),
+            version => Ok(FocusDoc {
+                key: key.clone(),
+                value,
+                version: u64::try_from(version).unwrap_or(0),
+                updated_at: now,
+            }),
+        }
+    }
+
+    async fn get(&self, key: &FocusKey) -> Result<Option<FocusDoc>> {
+        let doc_key = self.inner.layout.focus(key);
+        let v: Vec<Value> = self
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(&doc_key)
+                    .arg("value")
+                    .arg("version")
+                    .arg("updated_at"),
+                "get",
+                Some(&doc_key),
+            )
+            .await?;
+        let mut it = v.into_iter();
+        let (value, version, updated_at) = (
+            it.next().unwrap_or(Value::Nil),
+            it.next().unwrap_or(Value::Nil),
+            it.next().unwrap_or(Value::Nil),
+        );
+        if version == Value::Nil {
+            return Ok(None);
+        }
+        doc_from(key.clone(), value, version, updated_at, &doc_key).map(Some)
+    }
+
+    async fn delete(&self, key: &FocusKey) -> Result<bool> {
+        let doc_key = self.inner.layout.focus(key);
+        let index = self.inner.layout.focus_index(key.scope());
+        let name = chatstate_core::key::escape(key.name()).into_owned();
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.focus.delete,
+                &[&doc_key, &index],
+                &[name.as_bytes()],
+                "delete",
+            )
+            .await?;
+        Ok(reply::int(&v)? > 0)
+    }
+
+    async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
+        check_scope("focus scope", scope).map_err(|e| e.with_operation("list"))?;
+        let index = self.inner.layout.focus_index(scope);
+        // Every document key of the scope is this prefix plus the escaped name.
+        let probe = FocusKey::new(scope, "x")?;
+        let full = self.inner.layout.focus(&probe);
+        let prefix = &full[..full.len() - 1];
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.focus.list,
+                &[&index],
+                &[prefix.as_bytes()],
+                "list",
+            )
+            .await?;
+        let mut flat = reply::array(v)?.into_iter();
+        let mut docs = Vec::new();
+        while let (Some(name), Some(value), Some(version), Some(updated_at)) =
+            (flat.next(), flat.next(), flat.next(), flat.next())
+        {
+            let name = reply::bytes(name)?
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|n| unescape(&n))
+                .ok_or_else(|| {
+                    Error::decode("a focus index entry is malformed").with_key(&index)
+                })?;
+            let key = FocusKey::new(scope, name)?;
+            docs.push(doc_from(key, value, version, updated_at, &index)?);
+        }
+        docs.sort_by(|a, b| a.key.name().cmp(b.key.name()));
+        Ok(docs)
+    }
+}

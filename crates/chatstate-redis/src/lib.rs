@@ -1,0 +1,266 @@
+//! # chatstate-redis
+//!
+//! The Redis backend: all four chatstate traits on Redis (redis-rs 1.x with
+//! deadpool-redis 0.23), one round trip per logical operation.
+//!
+//! ## Layout
+//!
+//! - [`RedisStore`] (this file): the store and its builder; configuration from
+//!   [`chatstate_core::Config`].
+//! - `conn`: the shared multiplexed connection (reconnecting, a timeout on every
+//!   call), round-trip accounting ([`RoundTrips`]), scripts sent by hash with a
+//!   fallback on NOSCRIPT, and Redis errors mapped to chatstate kinds.
+//! - `session`, `focus`, `counters`, `cache`: each trait, with its Lua scripts next
+//!   to the Rust that calls them.
+//!
+//! ## Round trips
+//!
+//! | operation | round trips | how |
+//! | --- | --- | --- |
+//! | append messages (push, trim, TTL of every part, last_activity) | 1 | script + index update, pipelined |
+//! | load a session with its messages | 1 | script |
+//! | create, get_or_create, update, touch | 1 | script (create also updates the index in the same pipeline) |
+//! | get / get_many sessions | 1 | pipelined HGETALL |
+//! | lock acquire (with fencing number), extend, release | 1 each | script: `SET NX PX` + `INCR`; token compared in Lua |
+//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET / MULTI of `SET PX` / DEL |
+//! | counter flush (`apply`) of any number of counters | 1 | script, idempotent by batch id |
+//! | focus put (compare-and-set), list | 1 each | script |
+//! | clear a cache prefix | 1 per SCAN step + 1 per UNLINK batch | never KEYS |
+//! | list a tenant's sessions | 2 per page (+1 to clean dead entries) | sorted-set index |
+//!
+//! A script the server does not know (first use, restart, SCRIPT FLUSH) costs one
+//! more round trip, once. [`RedisStore::round_trips`] counts what the store sent.
+//!
+//! ## Keys
+//!
+//! The layout is [`chatstate_core::KeyLayout`]'s, under a configurable prefix,
+//! readable in `redis-cli`. Every key chatstate writes has a TTL, except counters
+//! (delete them when done; a day-bucketed counter's hash is one key per name and
+//! day) and the fencing numbers' retention follows the session TTL.
+//!
+//! ## Deployment notes
+//!
+//! Standalone Redis (and anything speaking its protocol on one endpoint). A
+//! session's keys share a hash tag, so the layout is ready for Redis Cluster, but this
+//! crate does not yet connect to a cluster or through Sentinel.
+//!
+//! ## What it must never do
+//!
+//! Send KEYS, FLUSHALL or FLUSHDB; print the password (the URL is shown redacted);
+//! panic on what Redis returns.
+
+#![warn(missing_docs)]
+
+mod cache;
+mod conn;
+mod counters;
+mod focus;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatstate_core::{
+    Config, Error, KeyLayout, RedisUrl, Result, SharedClock, StoreSettings, system_clock,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use conn::RoundTrips;
+
+struct Scripts {
+    session: session::SessionScripts,
+    focus: focus::FocusScripts,
+    counters: counters::CounterScripts,
+}
+
+struct Inner {
+    conn: conn::Conn,
+    pool: deadpool_redis::Pool,
+    layout: KeyLayout,
+    settings: StoreSettings,
+    clock: SharedClock,
+    scripts: Scripts,
+    url: RedisUrl,
+}
+
+/// All four chatstate stores on Redis. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.layout.prefix())
+            .field("round_trips", &self.round_trips())
+            .finish()
+    }
+}
+
+/// Configures a [`RedisStore`].
+#[derive(Debug)]
+pub struct RedisStoreBuilder {
+    url: RedisUrl,
+    prefix: String,
+    settings: StoreSettings,
+    clock: SharedClock,
+    pool_size: usize,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// The key prefix (default `chatstate`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The TTLs, window and limits.
+    pub fn settings(mut self, settings: StoreSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The clock session and document timestamps come from (TTLs are Redis's).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Connections in the deadpool pool (for work that holds a connection alone).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The timeout of every command.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Connects. An unreachable server is `Unavailable`, refused credentials are
+    /// `Config`; neither error shows the password.
+    pub async fn connect(self) -> Result<RedisStore> {
+        self.settings.validate()?;
+        let layout = KeyLayout::new(self.prefix)?;
+        let client = redis::Client::open(self.url.expose()).map_err(|e| {
+            Error::config(format!(
+                "REDIS_URL {} is not usable: {}",
+                self.url,
+                e.category()
+            ))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| {
+                let err = conn::map_err(e, "connect", None);
+                Error::new(
+                    err.kind(),
+                    format!("cannot connect to {}: {}", self.url, err.message()),
+                )
+            })?;
+        let pool = deadpool_redis::Config {
+            url: Some(self.url.expose().to_string()),
+            connection: None,
+            pool: Some(deadpool_redis::PoolConfig {
+                max_size: self.pool_size,
+                timeouts: deadpool_redis::Timeouts {
+                    wait: Some(self.command_timeout),
+                    create: Some(self.connect_timeout),
+                    recycle: Some(self.command_timeout),
+                },
+                ..deadpool_redis::PoolConfig::default()
+            }),
+        }
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|_| Error::config(format!("cannot build a connection pool for {}", self.url)))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn: conn::Conn {
+                    manager,
+                    counters: Arc::default(),
+                },
+                pool,
+                layout,
+                settings: self.settings,
+                clock: self.clock,
+                scripts: Scripts {
+                    session: session::SessionScripts::new(),
+                    focus: focus::FocusScripts::new(),
+                    counters: counters::CounterScripts::new(),
+                },
+                url: self.url,
+            }),
+        })
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store at `url`.
+    pub fn builder(url: RedisUrl) -> RedisStoreBuilder {
+        let defaults = Config::default();
+        RedisStoreBuilder {
+            url,
+            prefix: defaults.key_prefix,
+            settings: defaults.store,
+            clock: system_clock(),
+            pool_size: defaults.redis.pool_size,
+            connect_timeout: defaults.redis.connect_timeout,
+            command_timeout: defaults.redis.command_timeout,
+        }
+    }
+
+    /// Connects as `config` says (`REDIS_URL`, prefix, pool, timeouts, settings).
+    pub async fn from_config(config: &Config) -> Result<RedisStore> {
+        RedisStore::builder(config.redis.url.clone())
+            .prefix(config.key_prefix.clone())
+            .settings(config.store.clone())
+            .pool_size(config.redis.pool_size)
+            .connect_timeout(config.redis.connect_timeout)
+            .command_timeout(config.redis.command_timeout)
+            .connect()
+            .await
+    }
+
+    /// Round trips and commands this store (and its clones) sent so far.
+    pub fn round_trips(&self) -> RoundTrips {
+        self.inner.conn.counters.snapshot()
+    }
+
+    /// The deadpool pool, for work that must hold a connection alone (WATCH,
+    /// blocking reads, pub/sub). Ordinary commands use the shared multiplexed
+    /// connection instead: see the crate docs.
+    pub fn pool(&self) -> &deadpool_redis::Pool {
+        &self.inner.pool
+    }
+
+    /// The key layout (prefix) in use.
+    pub fn layout(&self) -> &KeyLayout {
+        &self.inner.layout
+    }
+}
+
+/// A PTTL reply as a remaining TTL: `None` for a missing key; a key with no
+/// expiry (written outside chatstate) reads as `Duration::MAX`.
+fn pttl_to_duration(pttl: i64) -> Option<Duration> {
+    match pttl {
+        -2 => None,
+        -1 => Some(Duration::MAX),
+        ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+    }
+}

@@ -1,0 +1,872 @@
+//! SessionStore on Redis: the Lua scripts and the Rust that calls them, side by side.
+//!
+//! A session is a hash (`…:ctx`, one field per session field, readable with
+//! `HGETALL`) and a list (`…:msgs`, `<seq>:<message JSON>` per message), both under
+//! the session's hash tag, always written together with the same TTL by one script.
+//! A tenant's sessions are also members of `…:sessidx:{<tenant>}`, added in the same
+//! pipeline as the write (one round trip) and cleaned lazily by `list`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chatstate_core::key::{check_lock_name, check_scope, unescape};
+use chatstate_core::model::random_id;
+use chatstate_core::{
+    AppendReceipt, Change, Error, ErrorKind, Expected, KeyLayout, Lease, LoadedSession, Message,
+    NewMessage, Page, Result, Role, Session, SessionKey, SessionPatch, SessionStore, StoreSettings,
+    Timestamp,
+};
+use redis::Value;
+use serde::{Deserialize, Serialize};
+
+use crate::RedisStore;
+use crate::conn::{Script, reply};
+
+/// Shared Lua: refuse to touch a key that holds another type (no partial writes).
+macro_rules! lua_prelude {
+    () => {
+        r#"
+local function wrongtype(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a ' .. want)
+  end
+  return nil
+end
+local function apply_patch(ctx, argv, at)
+  local nsets = tonumber(argv[at])
+  for i = 0, nsets - 1 do
+    redis.call('HSET', ctx, argv[at + 1 + 2 * i], argv[at + 2 + 2 * i])
+  end
+  local d = at + 1 + 2 * nsets
+  local ndels = tonumber(argv[d])
+  for i = 1, ndels do
+    redis.call('HDEL', ctx, argv[d + i])
+  end
+end
+"#
+    };
+}
+
+/// Creates a session (mode 0: refuse an existing one; mode 1: return it).
+/// KEYS: ctx, msgs. ARGV: now, ttl_ms, id, mode, patch (nsets, f, v, ..., ndels, f, ...).
+/// Returns {0} when it exists (mode 0), {1, hash} when it exists (mode 1), {2, hash}
+/// when created.
+const CREATE: &str = concat!(
+    lua_prelude!(),
+    r#"
+local ctx, msgs = KEYS[1], KEYS[2]
+local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
+if e then return e end
+if redis.call('EXISTS', ctx) == 1 then
+  if ARGV[4] == '0' then return {0} end
+  return {1, redis.call('HGETALL', ctx)}
+end
+redis.call('DEL', msgs)
+redis.call('HSET', ctx, 'id', ARGV[3], 'created_at', ARGV[1], 'last_activity', ARGV[1],
+  'updated_at', ARGV[1], 'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
+apply_patch(ctx, ARGV, 5)
+redis.call('PEXPIRE', ctx, ARGV[2])
+return {2, redis.call('HGETALL', ctx)}
+"#
+);
+
+/// Appends messages: numbers them, trims to the window, refreshes every part's TTL
+/// and last_activity, creating the session when missing.
+/// KEYS: ctx, msgs. ARGV: now, ttl_ms, window, new id, n, message JSON × n.
+/// Returns {message_count, window length, created (0/1)}.
+const APPEND: &str = concat!(
+    lua_prelude!(),
+    r#"
+local ctx, msgs = KEYS[1], KEYS[2]
+local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
+if e then return e end
+local created = 0
+if redis.call('EXISTS', ctx) == 0 then
+  redis.call('DEL', msgs)
+  redis.call('HSET', ctx, 'id', ARGV[4], 'created_at', ARGV[1], 'updated_at', ARGV[1],
+    'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
+  created = 1
+end
+local n = tonumber(ARGV[5])
+local count = redis.call('HINCRBY', ctx, 'message_count', n)
+for i = 1, n do
+  redis.call('RPUSH', msgs, (count - n + i) .. ':' .. ARGV[5 + i])
+end
+redis.call('LTRIM', msgs, -tonumber(ARGV[3]), -1)
+redis.call('HSET', ctx, 'last_activity', ARGV[1])
+redis.call('PEXPIRE', ctx, ARGV[2])
+redis.call('PEXPIRE', msgs, ARGV[2])
+return {count, redis.call('LLEN', msgs), created}
+"#
+);
+
+/// Reads the record and the window together. KEYS: ctx, msgs.
+/// Returns nil, or {hash, messages}.
+const LOAD: &str = r#"
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return nil end
+return {h, redis.call('LRANGE', KEYS[2], 0, -1)}
+"#;
+
+/// Applies a patch, optionally only at an expected version.
+/// KEYS: ctx, msgs. ARGV: now, ttl_ms, expected version (-1: any), patch.
+/// Returns {0} missing, {1, version} conflict, {2, hash} done.
+const UPDATE: &str = concat!(
+    lua_prelude!(),
+    r#"
+local ctx, msgs = KEYS[1], KEYS[2]
+local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
+if e then return e end
+if redis.call('EXISTS', ctx) == 0 then return {0} end
+local version = tonumber(redis.call('HGET', ctx, 'version'))
+if ARGV[3] ~= '-1' and version ~= tonumber(ARGV[3]) then return {1, version} end
+apply_patch(ctx, ARGV, 4)
+redis.call('HSET', ctx, 'version', version + 1, 'updated_at', ARGV[1])
+redis.call('PEXPIRE', ctx, ARGV[2])
+redis.call('PEXPIRE', msgs, ARGV[2])
+return {2, redis.call('HGETALL', ctx)}
+"#
+);
+
+/// Sets last_activity and refreshes the TTL. KEYS: ctx, msgs. ARGV: now, ttl_ms.
+const TOUCH: &str = concat!(
+    lua_prelude!(),
+    r#"
+local e = wrongtype(KEYS[1], 'hash')
+if e then return e end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_activity', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"#
+);
+
+/// Takes a lock and its next fencing number.
+/// KEYS: lock, fence. ARGV: token, lease_ms, fence retention_ms. Returns the fence, or 0.
+const TRY_LOCK: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local fence = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return fence
+end
+return 0
+"#;
+
+/// Extends a lock held with this token. KEYS: lock, fence. ARGV: token, lease_ms,
+/// retention_ms.
+const EXTEND_LOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+  return 1
+end
+return 0
+"#;
+
+/// Releases a lock held with this token. KEYS: lock. ARGV: token.
+const RELEASE_LOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// The session scripts, hashed once per store.
+pub(crate) struct SessionScripts {
+    create: Script,
+    append: Script,
+    load: Script,
+    update: Script,
+    touch: Script,
+    try_lock: Script,
+    extend_lock: Script,
+    release_lock: Script,
+}
+
+impl SessionScripts {
+    pub fn new() -> Self {
+        SessionScripts {
+            create: Script::new("create", CREATE),
+            append: Script::new("append", APPEND),
+            load: Script::new("load", LOAD),
+            update: Script::new("update", UPDATE),
+            touch: Script::new("touch", TOUCH),
+            try_lock: Script::new("try_lock", TRY_LOCK),
+            extend_lock: Script::new("extend_lock", EXTEND_LOCK),
+            release_lock: Script::new("release_lock", RELEASE_LOCK),
+        }
+    }
+}
+
+/// A message as stored in the list, after its `<seq>:`.
+#[derive(Serialize, Deserialize)]
+struct StoredMessage {
+    role: Role,
+    content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<Bytes>,
+    at: Timestamp,
+}
+
+struct Keys {
+    ctx: String,
+    msgs: String,
+    index: String,
+    member: String,
+}
+
+fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
+    let base = layout.session_base(key);
+    Keys {
+        ctx: format!("{base}:ctx"),
+        msgs: format!("{base}:msgs"),
+        index: layout.session_index(key.tenant()),
+        member: KeyLayout::session_index_member(key),
+    }
+}
+
+fn ms(d: Duration) -> Vec<u8> {
+    d.as_millis().to_string().into_bytes()
+}
+
+fn num(n: impl ToString) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// The patch as script arguments: nsets, field, value, ..., ndels, field, ...
+fn patch_args(patch: &SessionPatch) -> Vec<Vec<u8>> {
+    let mut sets: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut dels: Vec<&str> = Vec::new();
+    let mut text = |name: &'static str, c: &Change<String>| match c {
+        Change::Keep => {}
+        Change::Set(v) => sets.push((name, v.clone().into_bytes())),
+        Change::Clear => dels.push(name),
+    };
+    text("summary", &patch.summary);
+    text("focus", &patch.focus);
+    for (name, c) in [
+        ("metadata", &patch.metadata),
+        ("context", &patch.context),
+        ("stats", &patch.stats),
+    ] {
+        match c {
+            Change::Keep => {}
+            Change::Set(v) => sets.push((name, v.to_vec())),
+            Change::Clear => dels.push(name),
+        }
+    }
+    if let Some(p) = patch.paused {
+        sets.push(("paused", if p { b"1".to_vec() } else { b"0".to_vec() }));
+    }
+    if let Some(t) = patch.token_estimate {
+        sets.push(("token_estimate", num(t)));
+    }
+    let mut out = vec![num(sets.len())];
+    for (f, v) in sets {
+        out.push(f.as_bytes().to_vec());
+        out.push(v);
+    }
+    out.push(num(dels.len()));
+    out.extend(dels.into_iter().map(|f| f.as_bytes().to_vec()));
+    out
+}
+
+fn corrupt(key: &str, what: &str) -> Error {
+    Error::decode(format!("session hash {what}")).with_key(key)
+}
+
+/// A session record from its hash fields.
+fn session_from(
+    key: &SessionKey,
+    redis_key: &str,
+    fields: Vec<(String, Vec<u8>)>,
+) -> Result<Session> {
+    let mut map: HashMap<String, Vec<u8>> = fields.into_iter().collect();
+    let text = |map: &mut HashMap<String, Vec<u8>>, f: &str| -> Result<Option<String>> {
+        map.remove(f)
+            .map(|b| {
+                String::from_utf8(b)
+                    .map_err(|_| corrupt(redis_key, &format!("field {f} is not UTF-8")))
+            })
+            .transpose()
+    };
+    let int = |map: &mut HashMap<String, Vec<u8>>, f: &str| -> Result<i64> {
+        let raw = map
+            .remove(f)
+            .ok_or_else(|| corrupt(redis_key, &format!("lacks field {f}")))?;
+        std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| corrupt(redis_key, &format!("field {f} is not a number")))
+    };
+    let unsigned = |v: i64, f: &str| {
+        u64::try_from(v).map_err(|_| corrupt(redis_key, &format!("field {f} is negative")))
+    };
+    let id = text(&mut map, "id")?.ok_or_else(|| corrupt(redis_key, "lacks field id"))?;
+    let created_at = Timestamp(int(&mut map, "created_at")?);
+    let last_activity = Timestamp(int(&mut map, "last_activity").unwrap_or(created_at.0));
+    let updated_at = Timestamp(int(&mut map, "updated_at")?);
+    let paused = int(&mut map, "paused")? != 0;
+    let token_estimate = unsigned(int(&mut map, "token_estimate")?, "token_estimate")?;
+    let message_count = unsigned(int(&mut map, "message_count")?, "message_count")?;
+    let version = unsigned(int(&mut map, "version")?, "version")?;
+    Ok(Session {
+        key: key.clone(),
+        id,
+        created_at,
+        last_activity,
+        updated_at,
+        summary: text(&mut map, "summary")?,
+        focus: text(&mut map, "focus")?,
+        metadata: map.remove("metadata").map(Bytes::from),
+        context: map.remove("context").map(Bytes::from),
+        stats: map.remove("stats").map(Bytes::from),
+        paused,
+        token_estimate,
+        message_count,
+        version,
+    })
+}
+
+fn message_from(raw: &[u8], redis_key: &str) -> Result<Message> {
+    let bad = || Error::decode("a stored message is malformed").with_key(redis_key);
+    let text = std::str::from_utf8(raw).map_err(|_| bad())?;
+    let (seq, json) = text.split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse().map_err(|_| bad())?;
+    let m: StoredMessage = serde_json::from_str(json).map_err(|e| bad().with_source(e))?;
+    Ok(Message {
+        seq,
+        role: m.role,
+        content: m.content,
+        metadata: m.metadata,
+        at: m.at,
+    })
+}
+
+/// The `{created/exists, hash}` reply of CREATE and UPDATE: the status and the hash.
+fn status_and_hash(v: Value) -> Result<(i64, Option<Value>)> {
+    let mut items = reply::array(v)?.into_iter();
+    let status = reply::int(&items.next().unwrap_or(Value::Nil))?;
+    Ok((status, items.next()))
+}
+
+impl RedisStore {
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn ttl_ms(&self) -> Vec<u8> {
+        ms(self.inner.settings.session_ttl)
+    }
+
+    /// Runs a session-writing script and adds the session to its tenant's index in
+    /// the same round trip.
+    async fn session_write(
+        &self,
+        script: &Script,
+        k: &Keys,
+        args: Vec<Vec<u8>>,
+        op: &'static str,
+    ) -> Result<Value> {
+        let mut pipe = redis::pipe();
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(&script.sha).arg(2).arg(&k.ctx).arg(&k.msgs);
+        for a in &args {
+            evalsha.arg(a.as_slice());
+        }
+        pipe.add_command(evalsha);
+        pipe.cmd("ZADD")
+            .arg(&k.index)
+            .arg(0)
+            .arg(&k.member)
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&k.index)
+            .arg(self.ttl_ms())
+            .ignore();
+        match self
+            .inner
+            .conn
+            .pipe::<(Value,)>(&pipe, 3, op, Some(&k.ctx))
+            .await
+        {
+            Ok((v,)) => Ok(v),
+            Err(e) if is_noscript(&e) => {
+                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                self.inner
+                    .conn
+                    .script(script, &[&k.ctx, &k.msgs], &refs, op)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn is_noscript(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<redis::RedisError>())
+        .is_some_and(|r| r.code() == Some("NOSCRIPT"))
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
+        let init = init
+            .normalize(&self.inner.settings)
+            .map_err(|e| e.with_operation("create"))?;
+        let k = keys(&self.inner.layout, key);
+        let mut args = vec![
+            num(self.now().0),
+            self.ttl_ms(),
+            random_id().into_bytes(),
+            b"0".to_vec(),
+        ];
+        args.extend(patch_args(&init));
+        let v = self
+            .session_write(&self.inner.scripts.session.create, &k, args, "create")
+            .await?;
+        match status_and_hash(v)? {
+            (0, _) => Err(
+                Error::new(ErrorKind::AlreadyExists, "a live session has this key")
+                    .with_operation("create")
+                    .with_key(key),
+            ),
+            (_, Some(h)) => session_from(key, &k.ctx, reply::pairs(h)?),
+            _ => Err(corrupt(&k.ctx, "create returned no record")),
+        }
+    }
+
+    async fn get_or_create(&self, key: &SessionKey) -> Result<Session> {
+        let k = keys(&self.inner.layout, key);
+        let mut args = vec![
+            num(self.now().0),
+            self.ttl_ms(),
+            random_id().into_bytes(),
+            b"1".to_vec(),
+        ];
+        args.extend(patch_args(&SessionPatch::new()));
+        let v = self
+            .session_write(
+                &self.inner.scripts.session.create,
+                &k,
+                args,
+                "get_or_create",
+            )
+            .await?;
+        match status_and_hash(v)? {
+            (_, Some(h)) => session_from(key, &k.ctx, reply::pairs(h)?),
+            _ => Err(corrupt(&k.ctx, "get_or_create returned no record")),
+        }
+    }
+
+    async fn get(&self, key: &SessionKey) -> Result<Option<Session>> {
+        Ok(self
+            .get_many(std::slice::from_ref(key))
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    async fn get_many(&self, keys_in: &[SessionKey]) -> Result<Vec<Option<Session>>> {
+        if keys_in.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<Keys> = keys_in
+            .iter()
+            .map(|k| keys(&self.inner.layout, k))
+            .collect();
+        let mut pipe = redis::pipe();
+        for k in &ks {
+            pipe.cmd("HGETALL").arg(&k.ctx);
+        }
+        let replies: Vec<Value> = self
+            .inner
+            .conn
+            .pipe(
+                &pipe,
+                ks.len(),
+                "get_many",
+                ks.first().map(|k| k.ctx.as_str()),
+            )
+            .await?;
+        replies
+            .into_iter()
+            .zip(keys_in.iter().zip(&ks))
+            .map(|(v, (key, k))| {
+                let pairs = reply::pairs(v)?;
+                if pairs.is_empty() {
+                    Ok(None)
+                } else {
+                    session_from(key, &k.ctx, pairs).map(Some)
+                }
+            })
+            .collect()
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>> {
+        let k = keys(&self.inner.layout, key);
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.session.load,
+                &[&k.ctx, &k.msgs],
+                &[],
+                "load",
+            )
+            .await?;
+        if v == Value::Nil {
+            return Ok(None);
+        }
+        let mut parts = reply::array(v)?.into_iter();
+        let hash = parts
+            .next()
+            .ok_or_else(|| corrupt(&k.ctx, "load reply lacks the record"))?;
+        let session = session_from(key, &k.ctx, reply::pairs(hash)?)?;
+        let messages = reply::array(parts.next().unwrap_or(Value::Nil))?
+            .into_iter()
+            .map(|m| {
+                let raw = reply::bytes(m)?.unwrap_or_default();
+                message_from(&raw, &k.msgs)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(LoadedSession { session, messages }))
+    }
+
+    async fn append_messages(
+        &self,
+        key: &SessionKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<AppendReceipt> {
+        if messages.is_empty() {
+            return Err(
+                Error::invalid_input("append_messages needs at least one message")
+                    .with_operation("append_messages"),
+            );
+        }
+        for m in &messages {
+            m.check(&self.inner.settings)
+                .map_err(|e| e.with_operation("append_messages"))?;
+        }
+        let now = self.now();
+        let k = keys(&self.inner.layout, key);
+        let mut args = vec![
+            num(now.0),
+            self.ttl_ms(),
+            num(self.inner.settings.window_size),
+            random_id().into_bytes(),
+            num(messages.len()),
+        ];
+        for m in messages {
+            let stored = StoredMessage {
+                role: m.role,
+                content: m.content,
+                metadata: m.metadata,
+                at: m.at.unwrap_or(now),
+            };
+            args.push(serde_json::to_vec(&stored).map_err(|e| {
+                Error::new(ErrorKind::Internal, "a message does not encode").with_source(e)
+            })?);
+        }
+        let v = self
+            .session_write(
+                &self.inner.scripts.session.append,
+                &k,
+                args,
+                "append_messages",
+            )
+            .await?;
+        let r = reply::array(v)?;
+        if r.len() != 3 {
+            return Err(corrupt(&k.ctx, "append reply has the wrong shape"));
+        }
+        let count = reply::int(&r[0])?;
+        let len = reply::int(&r[1])?;
+        Ok(AppendReceipt {
+            message_count: u64::try_from(count).unwrap_or(0),
+            window_len: usize::try_from(len).unwrap_or(0),
+            created: reply::int(&r[2])? == 1,
+        })
+    }
+
+    async fn update(
+        &self,
+        key: &SessionKey,
+        patch: SessionPatch,
+        expected: Expected,
+    ) -> Result<Session> {
+        let patch = patch
+            .normalize(&self.inner.settings)
+            .map_err(|e| e.with_operation("update"))?;
+        let k = keys(&self.inner.layout, key);
+        let expected_arg = match expected {
+            Expected::Any => b"-1".to_vec(),
+            Expected::Version(v) => num(v),
+        };
+        let mut args = vec![num(self.now().0), self.ttl_ms(), expected_arg];
+        args.extend(patch_args(&patch));
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.session.update,
+                &[&k.ctx, &k.msgs],
+                &refs,
+                "update",
+            )
+            .await?;
+        match status_and_hash(v)? {
+            (0, _) => Err(Error::not_found("no live session has this key")
+                .with_operation("update")
+                .with_key(key)),
+            (1, have) => {
+                let have = have.map(|h| reply::int(&h)).transpose()?.unwrap_or(0);
+                let want = match expected {
+                    Expected::Version(v) => v,
+                    Expected::Any => 0,
+                };
+                Err(Error::conflict(format!(
+                    "expected version {want}, the session is at version {have}"
+                ))
+                .with_operation("update")
+                .with_key(key))
+            }
+            (_, Some(h)) => session_from(key, &k.ctx, reply::pairs(h)?),
+            _ => Err(corrupt(&k.ctx, "update returned no record")),
+        }
+    }
+
+    async fn touch(&self, key: &SessionKey) -> Result<bool> {
+        let k = keys(&self.inner.layout, key);
+        let now = num(self.now().0);
+        let ttl = self.ttl_ms();
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.session.touch,
+                &[&k.ctx, &k.msgs],
+                &[&now, &ttl],
+                "touch",
+            )
+            .await?;
+        Ok(reply::int(&v)? == 1)
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        let k = keys(&self.inner.layout, key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&k.ctx).arg(&k.msgs);
+        pipe.cmd("ZREM").arg(&k.index).arg(&k.member).ignore();
+        // The record and the window are written and expire together, so "a key was
+        // deleted" is "the session existed".
+        let (deleted,): (i64,) = self
+            .inner
+            .conn
+            .pipe(&pipe, 2, "delete", Some(&k.ctx))
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>> {
+        let k = keys(&self.inner.layout, key);
+        let pttl: i64 = self
+            .inner
+            .conn
+            .cmd(redis::cmd("PTTL").arg(&k.ctx), "ttl", Some(&k.ctx))
+            .await?;
+        Ok(crate::pttl_to_duration(pttl))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<SessionKey>> {
+        check_scope("tenant", tenant).map_err(|e| e.with_operation("list"))?;
+        if limit == 0 {
+            return Err(
+                Error::invalid_input("list limit must be at least 1").with_operation("list")
+            );
+        }
+        let layout = &self.inner.layout;
+        let index = layout.session_index(tenant);
+        let mut start = match &cursor {
+            Some(c) => {
+                if c.is_empty() || c.contains(['\0', ' ']) || unescape(c).is_none() {
+                    return Err(
+                        Error::invalid_input("list cursor is malformed").with_operation("list")
+                    );
+                }
+                format!("({c}")
+            }
+            None => "-".to_string(),
+        };
+        let mut items: Vec<(String, SessionKey)> = Vec::new();
+        // Read members in index order, keep the live ones, drop the dead ones, until
+        // the page is full plus one (to know whether there is a next page).
+        loop {
+            let want = limit + 1 - items.len();
+            let batch = want.max(16);
+            let members: Vec<String> = self
+                .inner
+                .conn
+                .cmd(
+                    redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("BYLEX")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch),
+                    "list",
+                    Some(&index),
+                )
+                .await?;
+            if members.is_empty() {
+                break;
+            }
+            let mut candidates = Vec::new();
+            for m in &members {
+                let parsed = m
+                    .split_once(':')
+                    .and_then(|(c, u)| Some((unescape(c)?, unescape(u)?)))
+                    .and_then(|(c, u)| SessionKey::new(tenant, c, u).ok());
+                if let Some(key) = parsed {
+                    candidates.push((m.clone(), key));
+                }
+            }
+            let mut pipe = redis::pipe();
+            for (_, key) in &candidates {
+                pipe.cmd("EXISTS")
+                    .arg(format!("{}:ctx", layout.session_base(key)));
+            }
+            let alive: Vec<i64> = if candidates.is_empty() {
+                Vec::new()
+            } else {
+                self.inner
+                    .conn
+                    .pipe(&pipe, candidates.len(), "list", Some(&index))
+                    .await?
+            };
+            let mut dead = Vec::new();
+            for ((member, key), live) in candidates.into_iter().zip(alive) {
+                if live == 1 {
+                    if items.len() <= limit {
+                        items.push((member, key));
+                    }
+                } else {
+                    dead.push(member);
+                }
+            }
+            if !dead.is_empty() {
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(&index).arg(&dead);
+                // Cleaning is best effort: a failure leaves dead members for next time.
+                let _ = self
+                    .inner
+                    .conn
+                    .cmd::<i64>(&zrem, "list", Some(&index))
+                    .await;
+            }
+            if items.len() > limit || members.len() < batch {
+                break;
+            }
+            if let Some(last) = members.last() {
+                start = format!("({last}");
+            }
+        }
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page {
+            next_cursor: if more {
+                items.last().map(|(m, _)| m.clone())
+            } else {
+                None
+            },
+            items: items.into_iter().map(|(_, k)| k).collect(),
+        })
+    }
+
+    async fn try_lock(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        lease: Duration,
+    ) -> Result<Option<Lease>> {
+        check_lock_name(name).map_err(|e| e.with_operation("try_lock"))?;
+        let lease =
+            StoreSettings::ttl_or(Some(lease), lease).map_err(|e| e.with_operation("try_lock"))?;
+        let (lock, fence) = lock_keys(&self.inner.layout, key, name);
+        let token = random_id();
+        let retention = ms(self.inner.settings.session_ttl.max(lease));
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.session.try_lock,
+                &[&lock, &fence],
+                &[token.as_bytes(), &ms(lease), &retention],
+                "try_lock",
+            )
+            .await?;
+        let fence = reply::int(&v)?;
+        Ok((fence > 0).then(|| Lease {
+            key: key.clone(),
+            name: name.to_string(),
+            token,
+            fence: fence as u64,
+        }))
+    }
+
+    async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
+        let lease = StoreSettings::ttl_or(Some(lease), lease)
+            .map_err(|e| e.with_operation("extend_lock"))?;
+        let (lock, fence) = lock_keys(&self.inner.layout, &held.key, &held.name);
+        let retention = ms(self.inner.settings.session_ttl.max(lease));
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.session.extend_lock,
+                &[&lock, &fence],
+                &[held.token.as_bytes(), &ms(lease), &retention],
+                "extend_lock",
+            )
+            .await?;
+        Ok(reply::int(&v)? == 1)
+    }
+
+    async fn release_lock(&self, held: &Lease) -> Result<bool> {
+        let (lock, _) = lock_keys(&self.inner.layout, &held.key, &held.name);
+        let v = self
+            .inner
+            .conn
+            .script(
+                &self.inner.scripts.session.release_lock,
+                &[&lock],
+                &[held.token.as_bytes()],
+                "release_lock",
+            )
+            .await?;
+        Ok(reply::int(&v)? == 1)
+    }
+}
+
+fn lock_keys(layout: &KeyLayout, key: &SessionKey, name: &str) -> (String, String) {
+    let base = layout.session_base(key);
+    let name = chatstate_core::key::escape(name);
+    (
+        format!("{base}:lock:{name}"),
+        format!("{base}:fence:{name}"),
+    )
+}

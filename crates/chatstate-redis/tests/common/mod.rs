@@ -1,0 +1,180 @@
+//! Throwaway `redis-server` processes for tests: each on a free loopback port, with
+//! no persistence, stopped when the test drops it — or, if the test process dies,
+//! by a watchdog shell that waits for the test process to exit. Never port 6379,
+//! never a server the tests did not start.
+//!
+//! A missing `redis-server` fails the test with a clear message: Redis tests must
+//! run (`cargo xtask test` and `.ci/run` install it when missing).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A running throwaway server.
+pub struct RedisServer {
+    pub port: u16,
+    pid: u32,
+    watchdog: Child,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn redis_server_path() -> String {
+    match Command::new("redis-server").arg("--version").output() {
+        Ok(o) if o.status.success() => "redis-server".to_string(),
+        _ => panic!(
+            "redis-server is not installed: the Redis tests need it \
+             (apt-get install -y redis-server; `cargo xtask test` installs it)"
+        ),
+    }
+}
+
+impl RedisServer {
+    /// Starts a server with extra `redis-server` arguments (e.g. `--requirepass x`).
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let bin = redis_server_path();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
+            let quoted: Vec<String> = args
+                .iter()
+                .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+                .collect();
+            // The shell starts the server, prints its pid, and kills it once the test
+            // process (its parent) is gone.
+            let script = format!(
+                "{bin} {} >/dev/null 2>&1 & srv=$!; echo $srv; \
+                 while kill -0 {parent} 2>/dev/null && kill -0 $srv 2>/dev/null; do sleep 0.2; done; \
+                 kill $srv 2>/dev/null",
+                quoted.join(" "),
+                parent = std::process::id()
+            );
+            let mut watchdog = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sh starts");
+            let mut line = String::new();
+            BufReader::new(watchdog.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("the watchdog prints the server pid");
+            let pid: u32 = line.trim().parse().expect("a pid");
+            let server = RedisServer {
+                port,
+                pid,
+                watchdog,
+            };
+            if server.wait_ready(extra) {
+                return server;
+            }
+            drop(server);
+        }
+        panic!("redis-server did not start on a free port after 5 attempts");
+    }
+
+    fn wait_ready(&self, extra: &[&str]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut cli = vec!["-p".to_string(), self.port.to_string()];
+        if let Some(i) = extra.iter().position(|a| *a == "--requirepass") {
+            cli.push("--no-auth-warning".into());
+            cli.push("-a".into());
+            cli.push(extra[i + 1].to_string());
+        }
+        cli.push("PING".into());
+        while Instant::now() < deadline {
+            if let Ok(o) = Command::new("redis-cli").args(&cli).output()
+                && String::from_utf8_lossy(&o.stdout).contains("PONG")
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Stops the server (as a crash or an operator would).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.pid.to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && Command::new("kill")
+                .arg("-0")
+                .arg(self.pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// One server shared by every test of this process (tests isolate by key prefix).
+pub fn shared() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start(&[]))
+}
+
+/// A key prefix no other fixture of this server uses.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
