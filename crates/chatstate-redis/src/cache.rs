@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::key::check_scope;
-use chatstate_core::{CacheKey, KvCache, Result, StoreSettings};
+use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
 
 use crate::RedisStore;
@@ -16,8 +16,17 @@ use crate::conn::reply;
 /// Keys asked per SCAN step and unlinked per UNLINK.
 const SCAN_BATCH: usize = 1000;
 
-fn value(v: Value) -> Result<Option<Bytes>> {
-    Ok(reply::bytes(v)?.map(Bytes::from))
+/// A stored value, refused when it is over the value limit (written by something
+/// else: chatstate never stores one).
+fn value(v: Value, max: usize, key: &str) -> Result<Option<Bytes>> {
+    match reply::bytes(v)? {
+        Some(b) if b.len() > max => Err(Error::invalid_input(format!(
+            "stored value is {} bytes, more than the limit of {max} (CHATSTATE_MAX_VALUE_BYTES)",
+            b.len()
+        ))
+        .with_key(key)),
+        other => Ok(other.map(Bytes::from)),
+    }
 }
 
 #[async_trait]
@@ -29,7 +38,7 @@ impl KvCache for RedisStore {
             .conn
             .cmd(redis::cmd("GET").arg(&k), "get", Some(&k))
             .await?;
-        value(v)
+        value(v, self.inner.settings.max_value_bytes, &k)
     }
 
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
@@ -46,7 +55,11 @@ impl KvCache for RedisStore {
                 ks.first().map(String::as_str),
             )
             .await?;
-        v.into_iter().map(value).collect()
+        let max = self.inner.settings.max_value_bytes;
+        v.into_iter()
+            .zip(&ks)
+            .map(|(v, k)| value(v, max, k))
+            .collect()
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
@@ -99,7 +112,7 @@ impl KvCache for RedisStore {
         let _: Value = self
             .inner
             .conn
-            .pipe(&pipe, entries.len() + 2, "set_many", Some(&first))
+            .pipe(&pipe, "set_many", Some(&first))
             .await?;
         Ok(())
     }

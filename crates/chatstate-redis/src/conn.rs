@@ -8,6 +8,8 @@
 //! sends its own health check). The deadpool pool is kept for work that must hold a
 //! connection alone (WATCH, blocking reads, pub/sub); see `BENCHMARKS.md`.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chatstate_core::{Error, ErrorKind, Result};
@@ -28,6 +30,15 @@ pub struct RoundTrips {
 pub(crate) struct Counters {
     round_trips: AtomicU64,
     commands: AtomicU64,
+    by_name: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The command name of `cmd` (`EVALSHA`, `MGET`, ...), upper case.
+fn name_of(cmd: &Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).to_ascii_uppercase(),
+        _ => "?".to_string(),
+    }
 }
 
 impl Counters {
@@ -38,9 +49,21 @@ impl Counters {
         }
     }
 
-    fn count(&self, commands: u64) {
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        self.by_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts one round trip carrying `cmds`.
+    fn count<'a>(&self, cmds: impl IntoIterator<Item = &'a Cmd>) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(commands, Ordering::Relaxed);
+        let mut by_name = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        for cmd in cmds {
+            self.commands.fetch_add(1, Ordering::Relaxed);
+            *by_name.entry(name_of(cmd)).or_insert(0) += 1;
+        }
     }
 }
 
@@ -59,6 +82,20 @@ impl Script {
     }
 }
 
+/// The error code (`WRONGTYPE`, `NOSCRIPT`, ...) of a Redis error, also for a
+/// failed pipeline, whose code redis-rs reports only for the codes it knows.
+pub(crate) fn code_of(e: &redis::RedisError) -> Option<String> {
+    if let Some(code) = e.code() {
+        return Some(code.to_string());
+    }
+    // "Pipeline failure: [(Index 0, error: \"WRONGTYPE\": ...)]"
+    let text = e.to_string();
+    let start = text.find("error: \"")? + "error: \"".len();
+    let code = &text[start..];
+    let end = code.find('"')?;
+    Some(code[..end].to_string()).filter(|c| c.chars().all(|ch| ch.is_ascii_uppercase()))
+}
+
 /// Maps a Redis error to a chatstate error; `key` names the key concerned.
 pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>) -> Error {
     let (kind, message): (ErrorKind, String) = if e.is_timeout() {
@@ -66,7 +103,7 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         (ErrorKind::Unavailable, "Redis is unreachable".into())
     } else {
-        match e.code() {
+        match code_of(&e).as_deref() {
             Some("WRONGTYPE") => (
                 ErrorKind::WrongType,
                 "a key chatstate uses holds another Redis type (written by something else?)".into(),
@@ -120,22 +157,31 @@ impl Conn {
         key: Option<&str>,
     ) -> Result<T> {
         let mut con = self.manager.clone();
-        self.counters.count(1);
+        self.counters.count([cmd]);
         cmd.query_async(&mut con)
             .await
             .map_err(|e| map_err(e, op, key))
     }
 
-    /// Sends a pipeline of `n` commands: one round trip.
+    /// Sends a pipeline: one round trip (the MULTI and EXEC of an atomic one count
+    /// as commands too).
     pub async fn pipe<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
-        n: usize,
         op: &'static str,
         key: Option<&str>,
     ) -> Result<T> {
         let mut con = self.manager.clone();
-        self.counters.count(n as u64);
+        if pipe.is_transaction() {
+            let (multi, exec) = (redis::cmd("MULTI"), redis::cmd("EXEC"));
+            self.counters.count(
+                std::iter::once(&multi)
+                    .chain(pipe.cmd_iter())
+                    .chain(std::iter::once(&exec)),
+            );
+        } else {
+            self.counters.count(pipe.cmd_iter());
+        }
         pipe.query_async(&mut con)
             .await
             .map_err(|e| map_err(e, op, key))
@@ -156,7 +202,7 @@ impl Conn {
             evalsha.arg(*a);
         }
         let mut con = self.manager.clone();
-        self.counters.count(1);
+        self.counters.count([&evalsha]);
         match evalsha.query_async::<Value>(&mut con).await {
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 tracing::debug!(script = script.name, "loading script");
@@ -165,7 +211,7 @@ impl Conn {
                 for a in args {
                     eval.arg(*a);
                 }
-                self.counters.count(1);
+                self.counters.count([&eval]);
                 eval.query_async(&mut con)
                     .await
                     .map_err(|e| map_err(e, op, key))

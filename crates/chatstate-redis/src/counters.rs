@@ -164,7 +164,6 @@ impl CounterSink for RedisStore {
             .conn
             .pipe(
                 &pipe,
-                keys.len(),
                 "get_many",
                 locations.first().map(|(h, _)| h.as_str()),
             )

@@ -242,6 +242,12 @@ impl RedisStore {
         self.inner.conn.counters.snapshot()
     }
 
+    /// Commands sent so far, by name (`EVALSHA`, `MGET`, ...): what
+    /// [`RedisStore::round_trips`] counts, itemised.
+    pub fn commands_by_name(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner.conn.counters.by_name()
+    }
+
     /// The deadpool pool, for work that must hold a connection alone (WATCH,
     /// blocking reads, pub/sub). Ordinary commands use the shared multiplexed
     /// connection instead: see the crate docs.

@@ -392,7 +392,7 @@ impl RedisStore {
         match self
             .inner
             .conn
-            .pipe::<(Value,)>(&pipe, 3, op, Some(&k.ctx))
+            .pipe::<(Value,)>(&pipe, op, Some(&k.ctx))
             .await
         {
             Ok((v,)) => Ok(v),
@@ -411,7 +411,7 @@ impl RedisStore {
 fn is_noscript(e: &Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<redis::RedisError>())
-        .is_some_and(|r| r.code() == Some("NOSCRIPT"))
+        .is_some_and(|r| crate::conn::code_of(r).as_deref() == Some("NOSCRIPT"))
 }
 
 #[async_trait]
@@ -488,12 +488,7 @@ impl SessionStore for RedisStore {
         let replies: Vec<Value> = self
             .inner
             .conn
-            .pipe(
-                &pipe,
-                ks.len(),
-                "get_many",
-                ks.first().map(|k| k.ctx.as_str()),
-            )
+            .pipe(&pipe, "get_many", ks.first().map(|k| k.ctx.as_str()))
             .await?;
         replies
             .into_iter()
@@ -667,11 +662,7 @@ impl SessionStore for RedisStore {
         pipe.cmd("ZREM").arg(&k.index).arg(&k.member).ignore();
         // The record and the window are written and expire together, so "a key was
         // deleted" is "the session existed".
-        let (deleted,): (i64,) = self
-            .inner
-            .conn
-            .pipe(&pipe, 2, "delete", Some(&k.ctx))
-            .await?;
+        let (deleted,): (i64,) = self.inner.conn.pipe(&pipe, "delete", Some(&k.ctx)).await?;
         Ok(deleted > 0)
     }
 
@@ -753,10 +744,7 @@ impl SessionStore for RedisStore {
             let alive: Vec<i64> = if candidates.is_empty() {
                 Vec::new()
             } else {
-                self.inner
-                    .conn
-                    .pipe(&pipe, candidates.len(), "list", Some(&index))
-                    .await?
+                self.inner.conn.pipe(&pipe, "list", Some(&index)).await?
             };
             let mut dead = Vec::new();
             for ((member, key), live) in candidates.into_iter().zip(alive) {

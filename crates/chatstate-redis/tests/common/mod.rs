@@ -140,12 +140,14 @@ impl RedisServer {
         let _ = Command::new("kill")
             .arg("-9")
             .arg(self.pid.to_string())
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
             && Command::new("kill")
                 .arg("-0")
                 .arg(self.pid.to_string())
+                .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         {

@@ -1,0 +1,530 @@
+//! What is particular to Redis: round trips and command counts (checked against the
+//! server's INFO commandstats), bad data written by others, auth, a server that goes
+//! away and comes back, timeouts. Each test that reads server-wide statistics or
+//! stops a server starts its own throwaway server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatstate_core::{
+    CacheKey, Codec, CounterBatch, CounterKey, CounterSink, ErrorKind, Expected, FocusKey,
+    FocusStore, KvCache, KvCacheExt, NewMessage, PutMode, RedisUrl, SessionKey, SessionPatch,
+    SessionStore, SessionStoreExt, StoreSettings,
+};
+use chatstate_redis::RedisStore;
+use common::RedisServer;
+
+async fn connect(url: &str) -> RedisStore {
+    RedisStore::builder(RedisUrl::parse(url).expect("a valid URL"))
+        .prefix(common::unique_prefix())
+        .connect()
+        .await
+        .expect("connects to the test server")
+}
+
+fn skey(user: &str) -> SessionKey {
+    SessionKey::new("acme", "whatsapp", user).expect("a valid key")
+}
+
+/// The store's own count of round trips for one call.
+macro_rules! trips {
+    ($store:expr, $call:expr) => {{
+        let before = $store.round_trips().round_trips;
+        $call.await.expect("the operation succeeds");
+        $store.round_trips().round_trips - before
+    }};
+}
+
+#[tokio::test]
+async fn every_logical_operation_is_one_round_trip() {
+    let server = common::shared();
+    let s = connect(&server.url()).await;
+    let k = skey("u1");
+    let ck: Vec<CacheKey> = (0..50)
+        .map(|i| CacheKey::new("customers", i.to_string()).unwrap())
+        .collect();
+    let counters: Vec<CounterKey> = (0..1000)
+        .map(|i| {
+            CounterKey::new(format!("c{}", i % 7))
+                .unwrap()
+                .with_labels(chatstate_core::Labels::from_pairs([("n", i.to_string())]).unwrap())
+        })
+        .collect();
+    // Warm-up: the server learns every script once (that first use costs one more).
+    s.append_message(&k, NewMessage::user("warm"))
+        .await
+        .unwrap();
+    s.load(&k).await.unwrap();
+    s.update(&k, SessionPatch::new().summary("s"), Expected::Any)
+        .await
+        .unwrap();
+    s.touch(&k).await.unwrap();
+    let lease = s
+        .try_lock(&k, "warm", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    s.extend_lock(&lease, Duration::from_secs(5)).await.unwrap();
+    s.release_lock(&lease).await.unwrap();
+    s.apply(&CounterBatch::new()).await.unwrap();
+    let f = FocusKey::new("flow", "x").unwrap();
+    s.put(&f, Bytes::from_static(b"v"), PutMode::Overwrite, None)
+        .await
+        .unwrap();
+    FocusStore::list(&s, "flow").await.unwrap();
+    s.create(&skey("warm2"), SessionPatch::new()).await.unwrap();
+
+    let messages: Vec<NewMessage> = (0..5).map(|i| NewMessage::user(format!("m{i}"))).collect();
+    let entries: Vec<(CacheKey, Bytes)> = ck
+        .iter()
+        .map(|k| (k.clone(), Bytes::from_static(b"v")))
+        .collect();
+    let mut batch = CounterBatch::new();
+    for c in &counters {
+        batch.add(c, 1);
+    }
+    let many_sessions: Vec<SessionKey> = (0..20).map(|i| skey(&format!("u{i}"))).collect();
+    assert_eq!(
+        trips!(s, s.append_messages(&k, messages)),
+        1,
+        "append (5 messages)"
+    );
+    assert_eq!(trips!(s, s.load(&k)), 1, "load with messages");
+    assert_eq!(
+        trips!(s, SessionStore::get_many(&s, &many_sessions)),
+        1,
+        "get_many of 20 sessions"
+    );
+    assert_eq!(
+        trips!(s, s.create(&skey("new"), SessionPatch::new().focus("f"))),
+        1,
+        "create"
+    );
+    assert_eq!(
+        trips!(s, s.get_or_create(&skey("new2"))),
+        1,
+        "get_or_create"
+    );
+    assert_eq!(
+        trips!(
+            s,
+            s.update(&k, SessionPatch::new().paused(true), Expected::Any)
+        ),
+        1,
+        "update"
+    );
+    assert_eq!(trips!(s, s.touch(&k)), 1, "touch");
+    assert_eq!(
+        trips!(s, SessionStore::delete(&s, &skey("new2"))),
+        1,
+        "delete"
+    );
+    let before = s.round_trips().round_trips;
+    let lease = s
+        .try_lock(&k, "job", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.round_trips().round_trips - before,
+        1,
+        "lock acquire with fence"
+    );
+    assert_eq!(
+        trips!(s, s.extend_lock(&lease, Duration::from_secs(5))),
+        1,
+        "lock extend"
+    );
+    assert_eq!(trips!(s, s.release_lock(&lease)), 1, "lock release");
+    assert_eq!(
+        trips!(s, s.set_many(entries.clone(), None)),
+        1,
+        "set_many of 50 with TTL"
+    );
+    assert_eq!(trips!(s, KvCache::get_many(&s, &ck)), 1, "get_many of 50");
+    assert_eq!(trips!(s, s.delete_many(&ck)), 1, "delete_many of 50");
+    assert_eq!(trips!(s, s.apply(&batch)), 1, "flush of 1000 counters");
+    assert_eq!(trips!(s, s.add(&counters[0], 1)), 1, "counter add");
+    assert_eq!(
+        trips!(s, CounterSink::get_many(&s, &counters[..100])),
+        1,
+        "counter get_many"
+    );
+    assert_eq!(
+        trips!(
+            s,
+            s.put(&f, Bytes::from_static(b"w"), PutMode::IfVersion(1), None)
+        ),
+        1,
+        "focus CAS"
+    );
+    assert_eq!(trips!(s, FocusStore::list(&s, "flow")), 1, "focus list");
+    let page_trips = trips!(s, SessionStore::list(&s, "acme", None, 10));
+    assert!(
+        page_trips <= 3,
+        "a listing page is at most 3 round trips, was {page_trips}"
+    );
+}
+
+fn commandstats(server: &RedisServer) -> BTreeMap<String, u64> {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_ascii_uppercase(), calls.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn command_counts_match_the_server_commandstats() {
+    let server = RedisServer::start(&[]);
+    let s = connect(&server.url()).await;
+    let k = skey("u");
+    let ck: Vec<CacheKey> = (0..10)
+        .map(|i| CacheKey::new("ns", i.to_string()).unwrap())
+        .collect();
+    // Warm the scripts, then start counting on both sides.
+    s.append_message(&k, NewMessage::user("x")).await.unwrap();
+    s.load(&k).await.unwrap();
+    s.apply(&CounterBatch::new()).await.unwrap();
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let ours_before = s.commands_by_name();
+    let total_before = s.round_trips();
+
+    for i in 0..10 {
+        s.append_message(&k, NewMessage::user(format!("m{i}")))
+            .await
+            .unwrap();
+        s.load(&k).await.unwrap();
+    }
+    for _ in 0..3 {
+        s.set_many(
+            ck.iter()
+                .map(|k| (k.clone(), Bytes::from_static(b"v")))
+                .collect(),
+            None,
+        )
+        .await
+        .unwrap();
+        KvCache::get_many(&s, &ck).await.unwrap();
+    }
+    for i in 0..4 {
+        let mut b = CounterBatch::new();
+        b.add(&CounterKey::new(format!("c{i}")).unwrap(), 1);
+        s.apply(&b).await.unwrap();
+    }
+    s.clear_prefix("ns", "").await.unwrap();
+
+    let ours: BTreeMap<String, u64> = s
+        .commands_by_name()
+        .into_iter()
+        .map(|(name, n)| {
+            let before = ours_before.get(&name).copied().unwrap_or(0);
+            (name, n - before)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let server_stats = commandstats(&server);
+    // Commands the scripts never call themselves: the server's count is exactly ours.
+    for name in ["EVALSHA", "ZADD", "MGET", "MULTI", "EXEC", "SCAN", "UNLINK"] {
+        assert_eq!(
+            server_stats.get(name).copied().unwrap_or(0),
+            ours.get(name).copied().unwrap_or(0),
+            "{name}: server counted {server_stats:?}, we counted {ours:?}"
+        );
+    }
+    // Every command we sent was seen by the server (scripts add their own calls).
+    for (name, n) in &ours {
+        assert!(server_stats.get(name).copied().unwrap_or(0) >= *n, "{name}");
+    }
+    let total = s.round_trips();
+    assert_eq!(
+        total.commands - total_before.commands,
+        ours.values().sum::<u64>()
+    );
+    assert_eq!(
+        ours.get("EVALSHA"),
+        Some(&(10 + 10 + 4)),
+        "appends, loads and flushes are scripts"
+    );
+    assert_eq!(ours.get("SET"), Some(&30), "3 set_many of 10, each SET PX");
+}
+
+#[tokio::test]
+async fn keys_of_the_wrong_type_are_wrong_type_errors_naming_the_key() {
+    let server = common::shared();
+    let prefix = common::unique_prefix();
+    let s = RedisStore::builder(RedisUrl::parse(&server.url()).unwrap())
+        .prefix(prefix.clone())
+        .connect()
+        .await
+        .unwrap();
+    let k = skey("victim");
+    let base = s.layout().session_base(&k);
+    server.cli(&["SET", &format!("{base}:ctx"), "a plain string"]);
+    for (what, err) in [
+        ("load", s.load(&k).await.map(|_| ()).unwrap_err()),
+        (
+            "append",
+            s.append_message(&k, NewMessage::user("x"))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "update",
+            s.update(&k, SessionPatch::new().summary("x"), Expected::Any)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "get",
+            SessionStore::get(&s, &k).await.map(|_| ()).unwrap_err(),
+        ),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::WrongType, "{what}: {err}");
+        assert!(
+            err.to_string().contains("victim"),
+            "{what} names the key: {err}"
+        );
+    }
+    assert_eq!(
+        server.cli(&["GET", &format!("{base}:ctx")]).trim(),
+        "a plain string",
+        "nothing was overwritten"
+    );
+    let ck = CacheKey::new("ns", "k").unwrap();
+    server.cli(&["HSET", &s.layout().cache(&ck), "f", "v"]);
+    let err = KvCache::get(&s, &ck).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    let counter = CounterKey::new("hits").unwrap();
+    server.cli(&["SET", &s.layout().counter_hash("hits", None), "x"]);
+    assert_eq!(
+        s.add(&counter, 1).await.unwrap_err().kind(),
+        ErrorKind::WrongType
+    );
+    let mut b = CounterBatch::new();
+    b.add(&counter, 1);
+    assert_eq!(s.apply(&b).await.unwrap_err().kind(), ErrorKind::WrongType);
+    assert_eq!(
+        s.apply(&b).await.unwrap_err().kind(),
+        ErrorKind::WrongType,
+        "the refused batch was not recorded"
+    );
+}
+
+#[tokio::test]
+async fn undecodable_data_is_a_decode_error_not_a_panic() {
+    let server = common::shared();
+    let s = connect(&server.url()).await;
+    let k = skey("garbled");
+    s.append_message(&k, NewMessage::user("ok")).await.unwrap();
+    let base = s.layout().session_base(&k);
+    server.cli(&["RPUSH", &format!("{base}:msgs"), "not-a-message"]);
+    assert_eq!(s.load(&k).await.unwrap_err().kind(), ErrorKind::Decode);
+    server.cli(&["HSET", &format!("{base}:ctx"), "version", "banana"]);
+    assert_eq!(
+        SessionStore::get(&s, &k).await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+
+    let ck = CacheKey::new("ns", "bytes").unwrap();
+    server.cli(&["SET", &s.layout().cache(&ck), "\u{1}\u{2}garbage"]);
+    let err = s
+        .get_value::<Vec<String>>(&ck, Codec::Bincode)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    let counter = CounterKey::new("weird").unwrap();
+    server.cli(&["HSET", &s.layout().counter_hash("weird", None), "", "NaN"]);
+    assert_eq!(
+        CounterSink::get(&s, &counter).await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+}
+
+#[tokio::test]
+async fn an_oversize_stored_value_is_refused_on_read() {
+    let server = common::shared();
+    let s = RedisStore::builder(RedisUrl::parse(&server.url()).unwrap())
+        .prefix(common::unique_prefix())
+        .settings(StoreSettings {
+            max_value_bytes: 1024,
+            ..StoreSettings::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    let ck = CacheKey::new("ns", "huge").unwrap();
+    server.cli(&["SET", &s.layout().cache(&ck), &"x".repeat(4096)]);
+    let err = KvCache::get(&s, &ck).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("4096"), "{err}");
+    let err = s
+        .set(&ck, Bytes::from(vec![0u8; 1025]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn acl_user_and_password_work_and_the_password_never_shows() {
+    let server = RedisServer::start(&[
+        "--requirepass",
+        "admin-s3cret",
+        "--user",
+        "bot",
+        "on",
+        ">bot-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let good = format!("redis://bot:bot-s3cret@127.0.0.1:{}", server.port);
+    let s = connect(&good).await;
+    s.append_message(&skey("u"), NewMessage::user("hi"))
+        .await
+        .unwrap();
+    assert_eq!(s.load(&skey("u")).await.unwrap().unwrap().messages.len(), 1);
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("bot-s3cret"), "{shown}");
+    assert!(shown.contains("127.0.0.1"), "{shown}");
+
+    for bad in [
+        format!("redis://bot:wrong-pass@127.0.0.1:{}", server.port),
+        format!("redis://127.0.0.1:{}", server.port),
+    ] {
+        let r = RedisStore::builder(RedisUrl::parse(&bad).unwrap())
+            .connect()
+            .await;
+        match r {
+            Ok(store) => {
+                // Some servers accept the connection and refuse the first command.
+                let err = store.load(&skey("u")).await.unwrap_err();
+                assert!(!err.to_string().contains("wrong-pass"), "{err}");
+                assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+                assert!(!err.to_string().contains("wrong-pass"), "{err}");
+                assert!(!format!("{err:?}").contains("wrong-pass"), "{err:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_and_the_store_recovers_after_a_restart() {
+    // Nothing listens here: connecting is a clear, temporary error.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err =
+        RedisStore::builder(RedisUrl::parse(&format!("redis://:pw-x@127.0.0.1:{port}")).unwrap())
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(!err.to_string().contains("pw-x"), "{err}");
+
+    let mut server = RedisServer::start(&[]);
+    let s = RedisStore::builder(RedisUrl::parse(&server.url()).unwrap())
+        .prefix(common::unique_prefix())
+        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let k = skey("u");
+    s.append_message(&k, NewMessage::user("before"))
+        .await
+        .unwrap();
+    let port = server.port;
+    server.stop();
+    let err = s
+        .append_message(&k, NewMessage::user("during"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_temporary(),
+        "a stopped server is a temporary error: {err}"
+    );
+
+    // The same port again: the connection comes back by itself.
+    let restarted = restart_on(port);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if s.append_message(&k, NewMessage::user("after"))
+            .await
+            .is_ok()
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the store reconnects after a restart");
+    // No persistence: the restarted server starts empty, the new append created it.
+    assert_eq!(
+        s.load(&k)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .last()
+            .unwrap()
+            .content,
+        "after"
+    );
+    drop(restarted);
+}
+
+fn restart_on(port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server restarts")
+}
+
+#[tokio::test]
+async fn a_slow_server_is_a_timeout() {
+    let server = RedisServer::start(&[]);
+    let s = RedisStore::builder(RedisUrl::parse(&server.url()).unwrap())
+        .prefix(common::unique_prefix())
+        .command_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    s.get_or_create(&skey("u")).await.unwrap();
+    // Pause every client for 2 s; our command must give up after 200 ms.
+    server.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
+    let started = std::time::Instant::now();
+    let err = s.load(&skey("u")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.is_temporary());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "it gave up before the pause ended"
+    );
+}
