@@ -3,8 +3,9 @@
 //! Run it with `cargo run --example tour`; run it again and the conversation is still
 //! there.
 //!
-//! The backend and settings come from the environment (`CHATSTATE_BACKEND=memory`,
-//! `CHATSTATE_FILE_DIR`, `CHATSTATE_WINDOW_SIZE`, ...; see `chatstate_core::config`).
+//! The backend and settings come from the environment (`USE_REDIS=1` with
+//! `REDIS_URL`, `CHATSTATE_BACKEND=memory`, `CHATSTATE_FILE_DIR`,
+//! `CHATSTATE_WINDOW_SIZE`, ...; see `chatstate_core::config`).
 //! A malformed variable stops the tour with an error that names it.
 
 use std::process::ExitCode;
@@ -16,9 +17,9 @@ use chatstate_core::{
     FocusKey, FocusStore, FocusStoreExt, KvCache, KvCacheExt, Labels, NewMessage, PutMode,
     SessionKey, SessionPatch, SessionStore, Timestamp,
 };
-use chatstate_core::{Error, ErrorKind};
 use chatstate_file::FileStore;
 use chatstate_memory::MemoryStore;
+use chatstate_redis::RedisStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -53,7 +54,7 @@ struct Stores {
     cache: Arc<dyn KvCache>,
 }
 
-fn open(config: &Config) -> chatstate_core::Result<Stores> {
+async fn open(config: &Config) -> chatstate_core::Result<Stores> {
     fn all<S: SessionStore + FocusStore + CounterSink + KvCache + 'static>(s: S) -> Stores {
         let s = Arc::new(s);
         Stores {
@@ -66,10 +67,7 @@ fn open(config: &Config) -> chatstate_core::Result<Stores> {
     match config.backend {
         BackendKind::Memory => Ok(all(MemoryStore::from_config(config))),
         BackendKind::File => Ok(all(FileStore::from_config(config)?)),
-        BackendKind::Redis => Err(Error::new(
-            ErrorKind::Unsupported,
-            "USE_REDIS=1 selects Redis, whose backend is not in this build yet; unset it to use the file store",
-        )),
+        BackendKind::Redis => Ok(all(RedisStore::from_config(config).await?)),
     }
 }
 
@@ -80,10 +78,14 @@ async fn tour() -> chatstate_core::Result<()> {
         focus,
         counters,
         cache,
-    } = open(&config)?;
+    } = open(&config).await?;
     let codec = Codec::Json;
     match config.backend {
         BackendKind::File => println!("backend: file store in {}", config.file_dir.display()),
+        BackendKind::Redis => println!(
+            "backend: Redis at {} (prefix {})",
+            config.redis.url, config.key_prefix
+        ),
         other => println!("backend: {other:?}"),
     }
     println!(

@@ -15,28 +15,40 @@ use redis::Value;
 use crate::RedisStore;
 use crate::conn::{Script, reply};
 
-/// Applies a batch once. KEYS: batch id key, counter hashes... ARGV: retention_ms,
-/// then (key index, field, delta) per counter. Returns 1 applied, 0 duplicate.
+/// Applies a batch once. KEYS: batch id key, then each counter hash once.
+/// ARGV: retention_ms, then per hash: n, (field, delta) × n.
+/// Returns 1 applied, 0 duplicate.
 ///
-/// Lua numbers are doubles, so a batch that would take a counter beyond ±2^62 is
-/// refused whole (before any write) instead of risking a partial overflow; `add`
-/// (a single HINCRBY) is exact to i64.
+/// Every hash's type and every new value are checked before anything is written, so
+/// a refused batch writes nothing. Lua numbers are doubles, so a batch that would take
+/// a counter beyond ±2^62 is refused whole rather than risking a partial overflow;
+/// `add` (a single HINCRBY) is exact to i64.
 const APPLY: &str = r#"
-local n = (#ARGV - 1) / 3
-for i = 0, n - 1 do
-  local key = KEYS[tonumber(ARGV[2 + 3 * i])]
+local a, plan = 2, {}
+for k = 2, #KEYS do
+  local key = KEYS[k]
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= 'hash' then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a hash')
   end
-  local cur = tonumber(redis.call('HGET', key, ARGV[3 + 3 * i]) or '0')
-  if math.abs(cur + tonumber(ARGV[4 + 3 * i])) >= 4611686018427387904 then
-    return redis.error_reply('ERR counter increment would overflow')
+  local n = tonumber(ARGV[a]); a = a + 1
+  local fields, deltas = {}, {}
+  for i = 1, n do fields[i] = ARGV[a]; deltas[i] = tonumber(ARGV[a + 1]); a = a + 2 end
+  for from = 1, n, 500 do
+    local chunk = {}
+    for i = from, math.min(n, from + 499) do chunk[#chunk + 1] = fields[i] end
+    local cur = redis.call('HMGET', key, unpack(chunk))
+    for j = 1, #chunk do
+      if math.abs(tonumber(cur[j] or '0') + deltas[from + j - 1]) >= 4611686018427387904 then
+        return redis.error_reply('ERR counter increment would overflow')
+      end
+    end
   end
+  plan[#plan + 1] = {key, fields, deltas}
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-for i = 0, n - 1 do
-  redis.call('HINCRBY', KEYS[tonumber(ARGV[2 + 3 * i])], ARGV[3 + 3 * i], ARGV[4 + 3 * i])
+for _, p in ipairs(plan) do
+  for i = 1, #p[2] do redis.call('HINCRBY', p[1], p[2][i], p[3][i]) end
 end
 return 1
 "#;
@@ -87,6 +99,13 @@ impl CounterSink for RedisStore {
 
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
         // An empty batch still records its id, so a replay is a Duplicate.
+        // Group the deltas by hash: each hash is one key of the script.
+        let mut by_hash: std::collections::BTreeMap<String, Vec<(String, i64)>> =
+            std::collections::BTreeMap::new();
+        for (key, delta) in batch.deltas() {
+            let (hash, field) = self.counter_location(key);
+            by_hash.entry(hash).or_default().push((field, delta));
+        }
         let mut keys = vec![self.inner.layout.counter_batch(batch.id())];
         let mut args: Vec<Vec<u8>> = vec![
             self.inner
@@ -96,18 +115,13 @@ impl CounterSink for RedisStore {
                 .to_string()
                 .into_bytes(),
         ];
-        for (key, delta) in batch.deltas() {
-            let (hash, field) = self.counter_location(key);
-            let index = match keys.iter().position(|k| *k == hash) {
-                Some(i) => i + 1,
-                None => {
-                    keys.push(hash);
-                    keys.len()
-                }
-            };
-            args.push(index.to_string().into_bytes());
-            args.push(field.into_bytes());
-            args.push(delta.to_string().into_bytes());
+        for (hash, fields) in by_hash {
+            keys.push(hash);
+            args.push(fields.len().to_string().into_bytes());
+            for (field, delta) in fields {
+                args.push(field.into_bytes());
+                args.push(delta.to_string().into_bytes());
+            }
         }
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();

@@ -1,0 +1,304 @@
+//! Criterion benchmarks of the Redis backend against raw redis-rs doing the same
+//! work, on a throwaway `redis-server` this bench starts on a free loopback port.
+//! Run: `cargo bench --bench redis` (also part of `cargo xtask bench`).
+//!
+//! For each operation three contenders:
+//! - `chatstate`: the store, through its trait;
+//! - `raw_pipelined`: redis-rs sending the same Redis work in one round trip (the
+//!   floor: what chatstate's own overhead is measured against);
+//! - `raw_naive`: redis-rs sending one command per call, as hand-rolled code often
+//!   does (what chatstate's round-trip discipline saves).
+//!
+//! And the connection question: 64 tasks doing GETs through one shared multiplexed
+//! connection, or through a deadpool checkout per call.
+
+#[path = "../crates/chatstate-redis/tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatstate_core::{
+    CacheKey, CounterBatch, CounterKey, CounterSink, KvCache, Labels, NewMessage, RedisUrl,
+    SessionKey, SessionStore, SessionStoreExt,
+};
+use chatstate_redis::RedisStore;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+fn benches(c: &mut Criterion) {
+    let server = common::RedisServer::start(&[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = server.url();
+    let store = rt.block_on(async {
+        RedisStore::builder(RedisUrl::parse(&url).expect("url"))
+            .prefix("bench")
+            .connect()
+            .await
+            .expect("store")
+    });
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let raw: ConnectionManager = rt
+        .block_on(ConnectionManager::new(client))
+        .expect("raw connection");
+
+    let key = SessionKey::new("acme", "whatsapp", "5511999990000").expect("key");
+    let ctx = format!("{}:ctx", store.layout().session_base(&key));
+    let msgs = format!("{}:msgs", store.layout().session_base(&key));
+    let raw_ctx = "raw:sess:{acme:whatsapp:5511999990000}:ctx";
+    let raw_msgs = "raw:sess:{acme:whatsapp:5511999990000}:msgs";
+    let message = r#"{"role":"user","content":"oi, tudo bem?","at":1795323723456}"#;
+    rt.block_on(async {
+        for i in 0..20 {
+            store
+                .append_message(&key, NewMessage::user(format!("message {i}")))
+                .await
+                .expect("append");
+        }
+        let mut con = raw.clone();
+        let _: () = redis::pipe()
+            .hset(raw_ctx, "id", "x")
+            .rpush(raw_msgs, vec![message; 20])
+            .query_async(&mut con)
+            .await
+            .expect("seed raw");
+    });
+    let _ = (&ctx, &msgs);
+
+    let mut g = c.benchmark_group("redis");
+    g.measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+
+    // Append one message: push, trim to 20, TTL of both keys, last_activity.
+    g.bench_function(BenchmarkId::new("append_message", "chatstate"), |b| {
+        b.to_async(&rt).iter(|| async {
+            store
+                .append_message(&key, NewMessage::user("oi, tudo bem?"))
+                .await
+                .expect("append")
+        })
+    });
+    g.bench_function(BenchmarkId::new("append_message", "raw_pipelined"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let _: () = redis::pipe()
+                .rpush(raw_msgs, message)
+                .ltrim(raw_msgs, -20, -1)
+                .hset(raw_ctx, "last_activity", 1)
+                .pexpire(raw_ctx, 259_200_000)
+                .pexpire(raw_msgs, 259_200_000)
+                .ignore()
+                .query_async(&mut con)
+                .await
+                .expect("raw pipeline");
+        })
+    });
+    g.bench_function(BenchmarkId::new("append_message", "raw_naive"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let _: () = con.rpush(raw_msgs, message).await.expect("rpush");
+            let _: () = con.ltrim(raw_msgs, -20, -1).await.expect("ltrim");
+            let _: () = con.hset(raw_ctx, "last_activity", 1).await.expect("hset");
+            let _: () = con.pexpire(raw_ctx, 259_200_000).await.expect("pexpire");
+            let _: () = con.pexpire(raw_msgs, 259_200_000).await.expect("pexpire");
+        })
+    });
+
+    // Load the record and its 20 messages.
+    g.bench_function(BenchmarkId::new("load_session", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { store.load(&key).await.expect("load") })
+    });
+    g.bench_function(BenchmarkId::new("load_session", "raw_pipelined"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let r: (std::collections::HashMap<String, Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+                .hgetall(raw_ctx)
+                .lrange(raw_msgs, 0, -1)
+                .query_async(&mut con)
+                .await
+                .expect("raw load");
+            r
+        })
+    });
+
+    // The cache: one value, and 50 at once.
+    let ck = CacheKey::new("customers", "42").expect("key");
+    let raw_key = "raw:kv:customers:42";
+    let value = Bytes::from(vec![7u8; 256]);
+    g.bench_function(BenchmarkId::new("cache_set_256b", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { store.set(&ck, value.clone(), None).await.expect("set") })
+    });
+    g.bench_function(BenchmarkId::new("cache_set_256b", "raw_pipelined"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let _: () = con
+                .pset_ex(raw_key, value.as_ref(), 3_600_000)
+                .await
+                .expect("psetex");
+        })
+    });
+    g.bench_function(BenchmarkId::new("cache_get_256b", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { KvCache::get(&store, &ck).await.expect("get") })
+    });
+    g.bench_function(BenchmarkId::new("cache_get_256b", "raw_pipelined"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let v: Option<Vec<u8>> = con.get(raw_key).await.expect("get");
+            v
+        })
+    });
+    let many: Vec<CacheKey> = (0..50)
+        .map(|i| CacheKey::new("customers", i.to_string()).expect("key"))
+        .collect();
+    let raw_many: Vec<String> = (0..50).map(|i| format!("raw:kv:customers:{i}")).collect();
+    rt.block_on(async {
+        store
+            .set_many(
+                many.iter().map(|k| (k.clone(), value.clone())).collect(),
+                None,
+            )
+            .await
+            .expect("seed");
+        let mut con = raw.clone();
+        for k in &raw_many {
+            let _: () = con
+                .pset_ex(k, value.as_ref(), 3_600_000)
+                .await
+                .expect("seed raw");
+        }
+    });
+    g.throughput(Throughput::Elements(50));
+    g.bench_function(BenchmarkId::new("cache_get_many_50", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { KvCache::get_many(&store, &many).await.expect("get_many") })
+    });
+    g.bench_function(
+        BenchmarkId::new("cache_get_many_50", "raw_pipelined"),
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut con = raw.clone();
+                let v: Vec<Option<Vec<u8>>> = con.mget(&raw_many).await.expect("mget");
+                v
+            })
+        },
+    );
+    g.bench_function(BenchmarkId::new("cache_get_many_50", "raw_naive"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            for k in &raw_many {
+                let _: Option<Vec<u8>> = con.get(k).await.expect("get");
+            }
+        })
+    });
+
+    // A flush of 1000 counters.
+    let counters: Vec<CounterKey> = (0..1000)
+        .map(|i| {
+            CounterKey::new(format!("events{}", i % 10))
+                .expect("name")
+                .with_labels(Labels::from_pairs([("type", format!("t{i}"))]).expect("labels"))
+        })
+        .collect();
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function(BenchmarkId::new("flush_1000_counters", "chatstate"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut batch = CounterBatch::new();
+            for k in &counters {
+                batch.add(k, 1);
+            }
+            store.apply(&batch).await.expect("apply")
+        })
+    });
+    g.bench_function(
+        BenchmarkId::new("flush_1000_counters", "raw_pipelined"),
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut pipe = redis::pipe();
+                for i in 0..1000 {
+                    pipe.hincr(format!("raw:cnt:events{}", i % 10), format!("type=t{i}"), 1)
+                        .ignore();
+                }
+                let mut con = raw.clone();
+                let _: () = pipe.query_async(&mut con).await.expect("raw flush");
+            })
+        },
+    );
+    g.bench_function(BenchmarkId::new("flush_1000_counters", "raw_naive"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            for i in 0..1000 {
+                let _: () = con
+                    .hincr(format!("raw:cnt:events{}", i % 10), format!("type=t{i}"), 1)
+                    .await
+                    .expect("hincrby");
+            }
+        })
+    });
+
+    // Connections: 64 tasks × 100 GETs, shared multiplexed vs a pool checkout per call.
+    let pool = store.pool().clone();
+    g.throughput(Throughput::Elements(6400));
+    g.sample_size(20);
+    g.bench_function(
+        BenchmarkId::new("get_64_tasks", "multiplexed_shared"),
+        |b| {
+            b.to_async(&rt).iter(|| {
+                let raw = raw.clone();
+                async move {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|_| {
+                            let raw = raw.clone();
+                            tokio::spawn(async move {
+                                for _ in 0..100 {
+                                    let mut con = raw.clone();
+                                    let _: Option<Vec<u8>> = con.get(raw_key).await.expect("get");
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task");
+                    }
+                }
+            })
+        },
+    );
+    g.bench_function(
+        BenchmarkId::new("get_64_tasks", "deadpool_checkout_per_call"),
+        |b| {
+            b.to_async(&rt).iter(|| {
+                let pool = pool.clone();
+                async move {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|_| {
+                            let pool = pool.clone();
+                            tokio::spawn(async move {
+                                for _ in 0..100 {
+                                    let mut con = pool.get().await.expect("checkout");
+                                    let _: Option<Vec<u8>> = con.get(raw_key).await.expect("get");
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task");
+                    }
+                }
+            })
+        },
+    );
+    g.finish();
+    let trips = store.round_trips();
+    eprintln!("chatstate round trips during the bench: {trips:?}");
+}
+
+criterion_group!(redis_benches, benches);
+criterion_main!(redis_benches);
