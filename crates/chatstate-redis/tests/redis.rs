@@ -528,3 +528,92 @@ async fn a_slow_server_is_a_timeout() {
         "it gave up before the pause ended"
     );
 }
+
+#[tokio::test]
+async fn every_key_has_a_ttl_except_counters_and_the_layout_is_readable() {
+    let server = common::shared();
+    let prefix = common::unique_prefix();
+    let s = RedisStore::builder(RedisUrl::parse(&server.url()).expect("url"))
+        .prefix(prefix.clone())
+        .connect()
+        .await
+        .expect("store");
+    let k = skey("ttl");
+    s.append_message(&k, NewMessage::user("x")).await.unwrap();
+    s.update(&k, SessionPatch::new().summary("s"), Expected::Any)
+        .await
+        .unwrap();
+    let lease = s
+        .try_lock(&k, "job", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    s.put(
+        &FocusKey::new("flow", "doc").unwrap(),
+        Bytes::from_static(b"v"),
+        PutMode::Create,
+        None,
+    )
+    .await
+    .unwrap();
+    KvCache::set(
+        &s,
+        &CacheKey::new("ns", "k").unwrap(),
+        Bytes::from_static(b"v"),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut b = CounterBatch::new();
+    b.add(&CounterKey::new("hits").unwrap(), 1);
+    s.apply(&b).await.unwrap();
+    s.release_lock(&lease).await.unwrap();
+    let lease = s
+        .try_lock(&k, "job", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.fence, 2);
+
+    let keys: Vec<String> = server
+        .cli(&["--scan", "--pattern", &format!("{prefix}:*")])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want = [
+        format!("{prefix}:sess:{{acme:whatsapp:ttl}}:ctx"),
+        format!("{prefix}:sess:{{acme:whatsapp:ttl}}:msgs"),
+        format!("{prefix}:sess:{{acme:whatsapp:ttl}}:lock:job"),
+        format!("{prefix}:sess:{{acme:whatsapp:ttl}}:fence:job"),
+        format!("{prefix}:sessidx:{{acme}}"),
+        format!("{prefix}:focus:{{flow}}:doc"),
+        format!("{prefix}:focusidx:{{flow}}"),
+        format!("{prefix}:kv:ns:k"),
+        format!("{prefix}:cnt:{{counters}}:hits"),
+        format!("{prefix}:cnt:{{counters}}:batch:{}", b.id()),
+    ];
+    let mut sorted = keys.clone();
+    sorted.sort();
+    let mut want_sorted = want.to_vec();
+    want_sorted.sort();
+    assert_eq!(sorted, want_sorted, "the documented layout");
+    for key in keys {
+        let pttl: i64 = server.cli(&["PTTL", &key]).trim().parse().expect("a PTTL");
+        if key.contains(":cnt:{counters}:hits") {
+            assert_eq!(pttl, -1, "counters are kept until deleted");
+        } else {
+            assert!(pttl > 0, "{key} has a TTL (PTTL {pttl})");
+        }
+    }
+    assert_eq!(
+        server
+            .cli(&[
+                "HGET",
+                &format!("{prefix}:sess:{{acme:whatsapp:ttl}}:ctx"),
+                "summary"
+            ])
+            .trim(),
+        "s",
+        "session fields are readable in redis-cli"
+    );
+}
