@@ -16,6 +16,8 @@
 //! - [`key`]: validated keys and their escaping; [`KeyLayout`], the documented
 //!   string-key layout.
 //! - [`codec`]: bincode/JSON with a versioned header on every typed value.
+//! - [`invalidation`]: the bus tiered caches use to drop other instances' local
+//!   copies ([`InvalidationBus`], [`LocalBus`]).
 //! - [`config`]: [`Config`] from the environment (`USE_REDIS`, `REDIS_URL`, ...).
 //! - [`clock`]: [`Timestamp`], [`Clock`], [`ManualClock`] for tests that move time.
 //! - [`error`]: [`Error`] with an [`ErrorKind`] to branch on.
@@ -54,6 +56,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ext;
+pub mod invalidation;
 pub mod key;
 pub mod model;
 pub mod traits;
@@ -63,6 +66,7 @@ pub use codec::Codec;
 pub use config::{BackendKind, Config, RedisUrl, StoreSettings};
 pub use error::{Error, ErrorKind, Result};
 pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
+pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};
 pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, SessionKey};
 pub use model::{
     AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,

@@ -12,6 +12,8 @@
 //!   fallback on NOSCRIPT, and Redis errors mapped to chatstate kinds.
 //! - `session`, `focus`, `counters`, `cache`: each trait, with its Lua scripts next
 //!   to the Rust that calls them.
+//! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
+//!   tiered cache in `chatstate-layers`).
 //!
 //! ## Round trips
 //!
@@ -51,6 +53,7 @@
 
 #![warn(missing_docs)]
 
+mod bus;
 mod cache;
 mod conn;
 mod counters;
@@ -65,6 +68,7 @@ use chatstate_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use bus::RedisBus;
 pub use conn::RoundTrips;
 
 struct Scripts {

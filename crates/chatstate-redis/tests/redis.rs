@@ -461,7 +461,7 @@ async fn redis_down_is_unavailable_and_the_store_recovers_after_a_restart() {
     );
 
     // The same port again: the connection comes back by itself.
-    let restarted = restart_on(port);
+    let _restarted = common::Restarted::on(port);
     let mut recovered = false;
     for _ in 0..50 {
         if s.append_message(&k, NewMessage::user("after"))
@@ -486,25 +486,6 @@ async fn redis_down_is_unavailable_and_the_store_recovers_after_a_restart() {
             .content,
         "after"
     );
-    drop(restarted);
-}
-
-fn restart_on(port: u16) -> std::process::Child {
-    std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server restarts")
 }
 
 #[tokio::test]

@@ -180,3 +180,36 @@ pub fn unique_prefix() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A server restarted on a port a stopped [`RedisServer`] had, killed on drop (even
+/// when the test fails before the end).
+pub struct Restarted(Child);
+
+impl Restarted {
+    /// Starts `redis-server` again on `port` (empty: no persistence).
+    pub fn on(port: u16) -> Restarted {
+        let child = Command::new(redis_server_path())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server restarts");
+        Restarted(child)
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

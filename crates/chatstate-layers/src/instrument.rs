@@ -1,0 +1,504 @@
+//! Instrumentation: a layer that wraps any store and records, per operation and
+//! namespace, the count, errors (by kind), a latency histogram and, for cache reads,
+//! hits and misses.
+//!
+//! Three outputs, from the same measurements:
+//! - [`Instrumented::snapshot`]: a serializable [`MetricsSnapshot`] with p50/p95/p99
+//!   (hdrhistogram, microseconds) and the hit rate — for a `/metrics` JSON endpoint or
+//!   a test; [`Instrumented::reset`] starts over.
+//! - the [`metrics`] facade: `chatstate_operations_total`, `chatstate_errors_total`,
+//!   `chatstate_operation_seconds`, `chatstate_cache_reads_total{result=hit|miss}`, all
+//!   labelled `op` and `ns` — plug in Prometheus or whatever recorder the app runs.
+//! - [`tracing`]: every call runs in a `chatstate` debug span with `op` and `ns`.
+//!
+//! The namespace label is the cache namespace, the focus scope, the counter name, or
+//! `sessions` (tenant ids are not labels: they are unbounded).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chatstate_core::{
+    AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
+    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, NewMessage, Page,
+    PutMode, Result, Session, SessionKey, SessionPatch, SessionStore,
+};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tracing::Instrument as _;
+
+struct OpStats {
+    count: u64,
+    errors: BTreeMap<&'static str, u64>,
+    latency_us: Histogram<u64>,
+    hits: u64,
+    misses: u64,
+}
+
+impl OpStats {
+    fn new() -> Self {
+        OpStats {
+            count: 0,
+            errors: BTreeMap::new(),
+            // 1 µs to 1 hour, 3 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant, valid histogram bounds"),
+            hits: 0,
+            misses: 0,
+        }
+    }
+}
+
+/// One operation's figures in a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpSnapshot {
+    /// The operation (`get`, `append_messages`, ...).
+    pub op: &'static str,
+    /// The namespace label.
+    pub ns: String,
+    /// Calls.
+    pub count: u64,
+    /// Failed calls, by error kind.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Latency percentiles, microseconds.
+    pub p50_us: u64,
+    /// 95th percentile, microseconds.
+    pub p95_us: u64,
+    /// 99th percentile, microseconds.
+    pub p99_us: u64,
+    /// Cache reads that found a value.
+    pub hits: u64,
+    /// Cache reads that found none.
+    pub misses: u64,
+}
+
+/// Everything recorded since the last reset.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    /// Per operation and namespace, sorted.
+    pub ops: Vec<OpSnapshot>,
+    /// Cache reads that found a value, all namespaces.
+    pub hits: u64,
+    /// Cache reads that found none.
+    pub misses: u64,
+    /// hits / (hits + misses), or 0 with no reads.
+    pub hit_rate: f64,
+}
+
+#[derive(Default)]
+struct Recorder {
+    ops: Mutex<BTreeMap<(&'static str, String), OpStats>>,
+}
+
+impl Recorder {
+    fn record(
+        &self,
+        op: &'static str,
+        ns: &str,
+        elapsed: Duration,
+        error: Option<&'static str>,
+        reads: (u64, u64),
+    ) {
+        let labels = [("op", op.to_string()), ("ns", ns.to_string())];
+        metrics::counter!("chatstate_operations_total", &labels).increment(1);
+        metrics::histogram!("chatstate_operation_seconds", &labels).record(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            let l = [
+                ("op", op.to_string()),
+                ("ns", ns.to_string()),
+                ("kind", kind.to_string()),
+            ];
+            metrics::counter!("chatstate_errors_total", &l).increment(1);
+        }
+        let (hits, misses) = reads;
+        if hits > 0 {
+            let l = [
+                ("op", op.to_string()),
+                ("ns", ns.to_string()),
+                ("result", "hit".to_string()),
+            ];
+            metrics::counter!("chatstate_cache_reads_total", &l).increment(hits);
+        }
+        if misses > 0 {
+            let l = [
+                ("op", op.to_string()),
+                ("ns", ns.to_string()),
+                ("result", "miss".to_string()),
+            ];
+            metrics::counter!("chatstate_cache_reads_total", &l).increment(misses);
+        }
+        let mut ops = self.ops.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = ops.entry((op, ns.to_string())).or_insert_with(OpStats::new);
+        stats.count += 1;
+        if let Some(kind) = error {
+            *stats.errors.entry(kind).or_insert(0) += 1;
+        }
+        stats.hits += hits;
+        stats.misses += misses;
+        let us = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        stats.latency_us.saturating_record(us);
+    }
+}
+
+/// Any store, measured. Implements every trait the wrapped store implements.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> chatstate_core::Result<()> {
+/// use std::sync::Arc;
+/// use chatstate_core::{CacheKey, KvCache, StoreSettings};
+/// use chatstate_layers::Instrumented;
+/// use chatstate_memory::MemoryStore;
+///
+/// let cache = Instrumented::new(MemoryStore::new(StoreSettings::default()));
+/// let key = CacheKey::new("customers", "42")?;
+/// cache.get(&key).await?; // a miss
+/// let snap = cache.snapshot();
+/// assert_eq!((snap.hits, snap.misses), (0, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Instrumented<S> {
+    inner: S,
+    recorder: Arc<Recorder>,
+}
+
+impl<S> std::fmt::Debug for Instrumented<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instrumented").finish_non_exhaustive()
+    }
+}
+
+impl<S> Instrumented<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Instrumented {
+            inner,
+            recorder: Arc::default(),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Everything recorded since the last reset.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let ops = self
+            .recorder
+            .ops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut snap = MetricsSnapshot::default();
+        for ((op, ns), s) in ops.iter() {
+            snap.hits += s.hits;
+            snap.misses += s.misses;
+            snap.ops.push(OpSnapshot {
+                op,
+                ns: ns.clone(),
+                count: s.count,
+                errors: s.errors.clone(),
+                p50_us: s.latency_us.value_at_quantile(0.50),
+                p95_us: s.latency_us.value_at_quantile(0.95),
+                p99_us: s.latency_us.value_at_quantile(0.99),
+                hits: s.hits,
+                misses: s.misses,
+            });
+        }
+        let reads = snap.hits + snap.misses;
+        snap.hit_rate = if reads == 0 {
+            0.0
+        } else {
+            snap.hits as f64 / reads as f64
+        };
+        snap
+    }
+
+    /// Forgets everything recorded (the `metrics` facade's counters are the
+    /// recorder's to reset).
+    pub fn reset(&self) {
+        self.recorder
+            .ops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    async fn measure<T, F>(
+        &self,
+        op: &'static str,
+        ns: &str,
+        reads: impl FnOnce(&T) -> (u64, u64),
+        call: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let span = tracing::debug_span!("chatstate", op, ns);
+        let started = Instant::now();
+        let result = call.instrument(span).await;
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(v) => self.recorder.record(op, ns, elapsed, None, reads(v)),
+            Err(e) => self
+                .recorder
+                .record(op, ns, elapsed, Some(e.kind().as_str()), (0, 0)),
+        }
+        result
+    }
+}
+
+fn none<T>(_: &T) -> (u64, u64) {
+    (0, 0)
+}
+
+fn one(v: &Option<Bytes>) -> (u64, u64) {
+    if v.is_some() { (1, 0) } else { (0, 1) }
+}
+
+#[allow(clippy::ptr_arg)] // called as `reads(&Vec<_>)` by `measure`
+fn many(v: &Vec<Option<Bytes>>) -> (u64, u64) {
+    let hits = v.iter().filter(|x| x.is_some()).count() as u64;
+    (hits, v.len() as u64 - hits)
+}
+
+const SESSIONS: &str = "sessions";
+
+#[async_trait]
+impl<S: KvCache> KvCache for Instrumented<S> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
+        self.measure("get", key.namespace(), one, self.inner.get(key))
+            .await
+    }
+    async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
+        let ns = keys.first().map_or("", |k| k.namespace());
+        self.measure("get_many", ns, many, self.inner.get_many(keys))
+            .await
+    }
+    async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        self.measure(
+            "set",
+            key.namespace(),
+            none,
+            self.inner.set(key, value, ttl),
+        )
+        .await
+    }
+    async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+        let ns = entries
+            .first()
+            .map_or(String::new(), |(k, _)| k.namespace().to_string());
+        self.measure("set_many", &ns, none, self.inner.set_many(entries, ttl))
+            .await
+    }
+    async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        self.measure("delete", key.namespace(), none, self.inner.delete(key))
+            .await
+    }
+    async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
+        let ns = keys.first().map_or("", |k| k.namespace());
+        self.measure("delete_many", ns, none, self.inner.delete_many(keys))
+            .await
+    }
+    async fn exists(&self, key: &CacheKey) -> Result<bool> {
+        self.measure("exists", key.namespace(), none, self.inner.exists(key))
+            .await
+    }
+    async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
+        self.measure("expire", key.namespace(), none, self.inner.expire(key, ttl))
+            .await
+    }
+    async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>> {
+        self.measure("ttl", key.namespace(), none, self.inner.ttl(key))
+            .await
+    }
+    async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
+        self.measure(
+            "clear_prefix",
+            namespace,
+            none,
+            self.inner.clear_prefix(namespace, key_prefix),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore> SessionStore for Instrumented<S> {
+    async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
+        self.measure("create", SESSIONS, none, self.inner.create(key, init))
+            .await
+    }
+    async fn get_or_create(&self, key: &SessionKey) -> Result<Session> {
+        self.measure(
+            "get_or_create",
+            SESSIONS,
+            none,
+            self.inner.get_or_create(key),
+        )
+        .await
+    }
+    async fn get(&self, key: &SessionKey) -> Result<Option<Session>> {
+        self.measure("get", SESSIONS, none, self.inner.get(key))
+            .await
+    }
+    async fn get_many(&self, keys: &[SessionKey]) -> Result<Vec<Option<Session>>> {
+        self.measure("get_many", SESSIONS, none, self.inner.get_many(keys))
+            .await
+    }
+    async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>> {
+        self.measure("load", SESSIONS, none, self.inner.load(key))
+            .await
+    }
+    async fn append_messages(
+        &self,
+        key: &SessionKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<AppendReceipt> {
+        self.measure(
+            "append_messages",
+            SESSIONS,
+            none,
+            self.inner.append_messages(key, messages),
+        )
+        .await
+    }
+    async fn update(
+        &self,
+        key: &SessionKey,
+        patch: SessionPatch,
+        expected: Expected,
+    ) -> Result<Session> {
+        self.measure(
+            "update",
+            SESSIONS,
+            none,
+            self.inner.update(key, patch, expected),
+        )
+        .await
+    }
+    async fn touch(&self, key: &SessionKey) -> Result<bool> {
+        self.measure("touch", SESSIONS, none, self.inner.touch(key))
+            .await
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        self.measure("delete", SESSIONS, none, self.inner.delete(key))
+            .await
+    }
+    async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>> {
+        self.measure("ttl", SESSIONS, none, self.inner.ttl(key))
+            .await
+    }
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<SessionKey>> {
+        self.measure(
+            "list",
+            SESSIONS,
+            none,
+            self.inner.list(tenant, cursor, limit),
+        )
+        .await
+    }
+    async fn try_lock(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        lease: Duration,
+    ) -> Result<Option<Lease>> {
+        self.measure(
+            "try_lock",
+            SESSIONS,
+            none,
+            self.inner.try_lock(key, name, lease),
+        )
+        .await
+    }
+    async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
+        self.measure(
+            "extend_lock",
+            SESSIONS,
+            none,
+            self.inner.extend_lock(held, lease),
+        )
+        .await
+    }
+    async fn release_lock(&self, held: &Lease) -> Result<bool> {
+        self.measure(
+            "release_lock",
+            SESSIONS,
+            none,
+            self.inner.release_lock(held),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl<S: FocusStore> FocusStore for Instrumented<S> {
+    async fn put(
+        &self,
+        key: &FocusKey,
+        value: Bytes,
+        mode: PutMode,
+        ttl: Option<Duration>,
+    ) -> Result<FocusDoc> {
+        self.measure(
+            "put",
+            key.scope(),
+            none,
+            self.inner.put(key, value, mode, ttl),
+        )
+        .await
+    }
+    async fn get(&self, key: &FocusKey) -> Result<Option<FocusDoc>> {
+        self.measure("get", key.scope(), none, self.inner.get(key))
+            .await
+    }
+    async fn delete(&self, key: &FocusKey) -> Result<bool> {
+        self.measure("delete", key.scope(), none, self.inner.delete(key))
+            .await
+    }
+    async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
+        self.measure("list", scope, none, self.inner.list(scope))
+            .await
+    }
+}
+
+#[async_trait]
+impl<S: CounterSink> CounterSink for Instrumented<S> {
+    async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
+        self.measure("add", key.name(), none, self.inner.add(key, delta))
+            .await
+    }
+    async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
+        self.measure("apply", "batch", none, self.inner.apply(batch))
+            .await
+    }
+    async fn get(&self, key: &CounterKey) -> Result<i64> {
+        self.measure("get", key.name(), none, self.inner.get(key))
+            .await
+    }
+    async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>> {
+        let ns = keys.first().map_or("", |k| k.name());
+        self.measure("get_many", ns, none, self.inner.get_many(keys))
+            .await
+    }
+    async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
+        self.measure("list", name, none, self.inner.list(name, bucket))
+            .await
+    }
+    async fn delete(&self, key: &CounterKey) -> Result<bool> {
+        self.measure("delete", key.name(), none, self.inner.delete(key))
+            .await
+    }
+}

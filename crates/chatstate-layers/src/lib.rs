@@ -1,0 +1,31 @@
+//! # chatstate-layers
+//!
+//! Generic wrappers over the chatstate traits, written once and working over any
+//! backend — the way tower or OpenDAL layers wrap a service.
+//!
+//! ## Layout
+//!
+//! - [`tiered`]: [`TieredCache`], a bounded local tier (moka) in front of any
+//!   [`chatstate_core::KvCache`], with other instances' local copies dropped through
+//!   an [`chatstate_core::InvalidationBus`] (in process: [`chatstate_core::LocalBus`];
+//!   across instances: `chatstate_redis::RedisBus`, Redis pub/sub); `get_or_load` with
+//!   one loader per key, `get_many_or_load` with batched loads.
+//! - [`batched`]: [`BatchedCounters`], local adds flushed every interval as one
+//!   idempotent batch; a failed or ambiguous flush is retried without counting twice.
+//! - [`instrument`]: [`Instrumented`], counts, errors, latency percentiles and hit
+//!   rates per operation and namespace, through a snapshot, the `metrics` facade and
+//!   `tracing` spans.
+//!
+//! ## What it must never do
+//!
+//! Know which backend it wraps, or hold a lock across an `.await` on a remote call.
+
+#![warn(missing_docs)]
+
+pub mod batched;
+pub mod instrument;
+pub mod tiered;
+
+pub use batched::{BatchedCounters, FlushStats, Read};
+pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
+pub use tiered::{TierStats, TieredCache, TieredConfig};

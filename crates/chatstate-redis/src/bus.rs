@@ -1,0 +1,132 @@
+//! [`RedisBus`]: cross-instance cache invalidation over Redis pub/sub.
+//!
+//! Publishing is one `PUBLISH` on the shared connection. Listening needs a connection
+//! of its own (a subscribed connection can do nothing else), held by a background
+//! task: it subscribes to `{prefix}:invalidate`, forwards every message to this
+//! process's listeners, and whenever its connection is lost — or re-established —
+//! sends [`BusEvent::Reset`], so every tiered cache drops its local tier instead of
+//! serving a value it may not have heard about. It reconnects with a backoff of
+//! 100 ms doubling to 2 s, and stops when the bus is dropped.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatstate_core::{BusEvent, Error, ErrorKind, Invalidation, InvalidationBus, Result};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::RedisStore;
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    origin: String,
+    what: Invalidation,
+}
+
+/// Cache invalidations between instances over Redis pub/sub.
+pub struct RedisBus {
+    store: RedisStore,
+    channel: String,
+    tx: broadcast::Sender<BusEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RedisBus {
+    /// A bus on the channel `{prefix}:invalidate` of `store`'s server. Must be called
+    /// inside a tokio runtime (it spawns the listening task).
+    pub fn new(store: &RedisStore) -> Result<RedisBus> {
+        let channel = format!("{}:invalidate", store.layout().prefix());
+        let client = redis::Client::open(store.inner.url.expose()).map_err(|e| {
+            Error::config(format!(
+                "REDIS_URL {} is not usable: {}",
+                store.inner.url,
+                e.category()
+            ))
+        })?;
+        let (tx, _) = broadcast::channel(1024);
+        let task = tokio::spawn(listen(client, channel.clone(), tx.clone()));
+        Ok(RedisBus {
+            store: store.clone(),
+            channel,
+            tx,
+            task,
+        })
+    }
+}
+
+async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<BusEvent>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(&channel).await.is_ok() {
+                    backoff = Duration::from_millis(100);
+                    // Whatever was published before this moment may have been missed.
+                    let _ = tx.send(BusEvent::Reset);
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let event = match serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
+                            Ok(w) => BusEvent::Invalidate {
+                                origin: w.origin,
+                                what: w.what,
+                            },
+                            // Not ours to read: drop everything rather than guess.
+                            Err(_) => BusEvent::Reset,
+                        };
+                        let _ = tx.send(event);
+                    }
+                }
+                tracing::warn!("chatstate invalidation subscription lost; local tiers are dropped");
+                let _ = tx.send(BusEvent::Reset);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.category(), "chatstate invalidation subscription cannot connect")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[async_trait]
+impl InvalidationBus for RedisBus {
+    async fn publish(&self, origin: &str, what: &Invalidation) -> Result<()> {
+        let payload = serde_json::to_vec(&Wire {
+            origin: origin.to_string(),
+            what: what.clone(),
+        })
+        .map_err(|e| {
+            Error::new(ErrorKind::Internal, "an invalidation does not encode").with_source(e)
+        })?;
+        let _: i64 = self
+            .store
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("PUBLISH").arg(&self.channel).arg(payload),
+                "publish",
+                Some(&self.channel),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
+        self.tx.subscribe()
+    }
+}
