@@ -144,7 +144,9 @@ impl StoreSettings {
                 "a TTL or lease must be at most ten years",
             ));
         }
-        Ok(ttl)
+        // Backends keep time in whole milliseconds (Redis PX): round up, never to 0.
+        let ms = ttl.as_nanos().div_ceil(1_000_000);
+        Ok(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
     }
 
     /// Checks the settings for values no store can work with (a zero window or TTL).
@@ -164,6 +166,10 @@ impl StoreSettings {
             None => Ok(()),
         }
     }
+}
+
+fn is_secret_param(name: &str) -> bool {
+    name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password")
 }
 
 /// A Redis URL whose password never appears in `Debug` or `Display`.
@@ -197,9 +203,9 @@ impl RedisUrl {
         self.0.as_str()
     }
 
-    /// Whether the URL carries a password.
+    /// Whether the URL carries a password (`user:pass@`, or a `pass` query).
     pub fn has_password(&self) -> bool {
-        self.0.password().is_some()
+        self.0.password().is_some() || self.0.query_pairs().any(|(k, _)| is_secret_param(&k))
     }
 
     /// The URL with any password replaced by `***`, safe to log.
@@ -208,6 +214,22 @@ impl RedisUrl {
         if u.password().is_some() {
             // Only fails for URLs that cannot have a password, which this one has.
             let _ = u.set_password(Some("***"));
+        }
+        // redis-rs reads the password of redis+unix:// and unix:// URLs from the
+        // query (`?pass=`): redact it there too.
+        if u.query().is_some() {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let value = if is_secret_param(&k) {
+                        "***".to_string()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), value)
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
         }
         u.to_string()
     }
@@ -583,6 +605,16 @@ mod tests {
         }
         let err = cfg(&[("REDIS_URL", "http://u:hunter2@h")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
+        let unix = cfg(&[(
+            "REDIS_URL",
+            "redis+unix:///run/redis.sock?db=2&pass=hunter2",
+        )])
+        .unwrap();
+        assert!(unix.redis.url.has_password());
+        assert!(unix.redis.url.expose().contains("hunter2"));
+        let shown = format!("{:?} {}", unix, unix.redis.url);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db=2"), "{shown}");
     }
 
     #[test]
@@ -600,6 +632,15 @@ mod tests {
     #[test]
     fn ttl_or_rejects_zero_and_huge() {
         let d = Duration::from_secs(5);
+        assert_eq!(
+            StoreSettings::ttl_or(Some(Duration::from_micros(500)), d).unwrap(),
+            Duration::from_millis(1),
+            "sub-millisecond TTLs round up, never to zero"
+        );
+        assert_eq!(
+            StoreSettings::ttl_or(Some(Duration::from_micros(1500)), d).unwrap(),
+            Duration::from_millis(2)
+        );
         assert_eq!(StoreSettings::ttl_or(None, d).unwrap(), d);
         assert_eq!(
             StoreSettings::ttl_or(Some(Duration::from_millis(1)), d).unwrap(),

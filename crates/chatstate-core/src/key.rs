@@ -455,7 +455,7 @@ impl CounterKey {
 
 impl fmt::Display for CounterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&escape(&self.name))?;
+        f.write_str(&escape(&self.name).replace('@', "%40"))?;
         if !self.labels.is_empty() {
             write!(f, "{{{}}}", self.labels.escaped())?;
         }
@@ -560,11 +560,13 @@ impl KeyLayout {
         )
     }
 
-    /// The hash holding the counters of `name` in `bucket`.
+    /// The hash holding the counters of `name` in `bucket`. `@` separates the bucket,
+    /// so it is escaped in the name: the name `hits@2026-11-22` is not a bucket.
     pub fn counter_hash(&self, name: &str, bucket: Option<Bucket>) -> String {
+        let name = escape(name).replace('@', "%40");
         match bucket {
-            Some(b) => format!("{}:cnt:{{counters}}:{}@{b}", self.prefix, escape(name)),
-            None => format!("{}:cnt:{{counters}}:{}", self.prefix, escape(name)),
+            Some(b) => format!("{}:cnt:{{counters}}:{name}@{b}", self.prefix),
+            None => format!("{}:cnt:{{counters}}:{name}", self.prefix),
         }
     }
 
@@ -623,6 +625,19 @@ mod tests {
         let base = KeyLayout::new("cs").unwrap().session_base(&k);
         assert_eq!(base.matches('{').count(), 1);
         assert_eq!(base.matches('}').count(), 1);
+    }
+
+    #[test]
+    fn a_counter_name_with_at_is_not_a_bucket() {
+        let layout = KeyLayout::new("cs").unwrap();
+        let day = Bucket::day_of(Timestamp(0));
+        assert_ne!(
+            layout.counter_hash("hits@1970-01-01", None),
+            layout.counter_hash("hits", Some(day))
+        );
+        let named = CounterKey::new("hits@1970-01-01").unwrap();
+        let bucketed = CounterKey::new("hits").unwrap().in_bucket(day);
+        assert_ne!(named.to_string(), bucketed.to_string());
     }
 
     #[test]

@@ -472,7 +472,7 @@ impl SessionStore for MemoryStore {
         let mut items: Vec<SessionKey> = sessions
             .range_from(bound, now)
             .take_while(|((t, _, _), _)| t == tenant)
-            .take(limit + 1)
+            .take(limit.saturating_add(1))
             .map(|(_, e)| e.session.key.clone())
             .collect();
         let next_cursor = if items.len() > limit {

@@ -187,6 +187,26 @@ impl Conn {
             .map_err(|e| map_err(e, op, key))
     }
 
+    /// Runs a script by its source (EVAL): when the server is known not to have it.
+    pub async fn eval(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+        op: &'static str,
+    ) -> Result<Value> {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(script.source).arg(keys.len()).arg(keys);
+        for a in args {
+            eval.arg(*a);
+        }
+        let mut con = self.manager.clone();
+        self.counters.count([&eval]);
+        eval.query_async(&mut con)
+            .await
+            .map_err(|e| map_err(e, op, keys.first().copied()))
+    }
+
     /// Runs a script: one round trip (two the first time a server sees it).
     pub async fn script(
         &self,

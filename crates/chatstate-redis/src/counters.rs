@@ -19,11 +19,13 @@ use crate::conn::{Script, reply};
 /// ARGV: retention_ms, then per hash: n, (field, delta) × n.
 /// Returns 1 applied, 0 duplicate.
 ///
-/// Every hash's type and every new value are checked before anything is written, so
-/// a refused batch writes nothing. Lua numbers are doubles, so a batch that would take
-/// a counter beyond ±2^62 is refused whole rather than risking a partial overflow;
-/// `add` (a single HINCRBY) is exact to i64.
+/// A batch id seen before is a duplicate at once. Then every hash's type and every
+/// value are checked before anything is written, so a refused batch writes nothing
+/// and records nothing. Lua numbers are doubles, so the range check refuses a batch
+/// whose counter could pass ±2^62 (rather than risk a partial overflow); the
+/// increments themselves are the client's exact integer strings.
 const APPLY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local a, plan = 2, {}
 for k = 2, #KEYS do
   local key = KEYS[k]
@@ -33,21 +35,26 @@ for k = 2, #KEYS do
   end
   local n = tonumber(ARGV[a]); a = a + 1
   local fields, deltas = {}, {}
-  for i = 1, n do fields[i] = ARGV[a]; deltas[i] = tonumber(ARGV[a + 1]); a = a + 2 end
+  for i = 1, n do fields[i] = ARGV[a]; deltas[i] = ARGV[a + 1]; a = a + 2 end
   for from = 1, n, 500 do
     local chunk = {}
     for i = from, math.min(n, from + 499) do chunk[#chunk + 1] = fields[i] end
     local cur = redis.call('HMGET', key, unpack(chunk))
     for j = 1, #chunk do
-      if math.abs(tonumber(cur[j] or '0') + deltas[from + j - 1]) >= 4611686018427387904 then
+      local now = tonumber(cur[j] or '0')
+      if not now then
+        return redis.error_reply('ERR counter field ' .. chunk[j] .. ' of ' .. key .. ' is not a number')
+      end
+      if math.abs(now) + math.abs(tonumber(deltas[from + j - 1])) >= 4611686018427387904 then
         return redis.error_reply('ERR counter increment would overflow')
       end
     end
   end
   plan[#plan + 1] = {key, fields, deltas}
 end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 for _, p in ipairs(plan) do
+  -- The deltas stay the strings the client sent: exact to i64, never a float.
   for i = 1, #p[2] do redis.call('HINCRBY', p[1], p[2][i], p[3][i]) end
 end
 return 1
@@ -134,14 +141,7 @@ impl CounterSink for RedisStore {
                 &arg_refs,
                 "apply",
             )
-            .await
-            .map_err(|e| {
-                if e.to_string().contains("overflow") {
-                    Error::invalid_input("counter increment would overflow").with_operation("apply")
-                } else {
-                    e
-                }
-            })?;
+            .await?;
         Ok(if reply::int(&v)? == 1 {
             BatchOutcome::Applied
         } else {

@@ -39,13 +39,21 @@ return {nv}
 
 /// Deletes a document and its index entry. KEYS: doc, index. ARGV: escaped name.
 const DELETE: &str = r#"
+for i, want in ipairs({'hash', 'set'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', expected a ' .. want)
+  end
+end
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return n
 "#;
 
 /// Reads every live document of a scope, dropping index entries of expired ones.
-/// KEYS: index. ARGV: the document key prefix. Returns {name, value, version,
+/// KEYS: index. ARGV: the document key prefix. (The documents' keys are built from
+/// the index inside the script; they share the index's hash tag, so the script
+/// stays within one Cluster slot.) Returns {name, value, version,
 /// updated_at, ...}.
 const LIST: &str = r#"
 local out = {}

@@ -122,6 +122,7 @@ local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
 if e then return e end
 if redis.call('EXISTS', ctx) == 0 then return {0} end
 local version = tonumber(redis.call('HGET', ctx, 'version'))
+if not version then return redis.error_reply('ERR session hash ' .. ctx .. ' has no numeric version') end
 if ARGV[3] ~= '-1' and version ~= tonumber(ARGV[3]) then return {1, version} end
 apply_patch(ctx, ARGV, 4)
 redis.call('HSET', ctx, 'version', version + 1, 'updated_at', ARGV[1])
@@ -145,9 +146,33 @@ return 1
 "#
 );
 
+/// Which of a page of index members still have a session; removes the others from
+/// the index in the same step. KEYS: index, then each member's ctx key. ARGV: the
+/// members. Returns 1/0 per member.
+const LIST_LIVE: &str = r#"
+local out = {}
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    out[i] = 1
+  else
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    out[i] = 0
+  end
+end
+return out
+"#;
+
 /// Takes a lock and its next fencing number.
 /// KEYS: lock, fence. ARGV: token, lease_ms, fence retention_ms. Returns the fence, or 0.
 const TRY_LOCK: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'string' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', expected a string')
+end
+local f = redis.call('TYPE', KEYS[2])['ok']
+if f ~= 'none' and (f ~= 'string' or not tonumber(redis.call('GET', KEYS[2]))) then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is not a fencing number')
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -183,6 +208,7 @@ pub(crate) struct SessionScripts {
     load: Script,
     update: Script,
     touch: Script,
+    list_live: Script,
     try_lock: Script,
     extend_lock: Script,
     release_lock: Script,
@@ -196,6 +222,7 @@ impl SessionScripts {
             load: Script::new("load", LOAD),
             update: Script::new("update", UPDATE),
             touch: Script::new("touch", TOUCH),
+            list_live: Script::new("list_live", LIST_LIVE),
             try_lock: Script::new("try_lock", TRY_LOCK),
             extend_lock: Script::new("extend_lock", EXTEND_LOCK),
             release_lock: Script::new("release_lock", RELEASE_LOCK),
@@ -374,44 +401,43 @@ impl RedisStore {
         op: &'static str,
     ) -> Result<Value> {
         let mut pipe = redis::pipe();
+        // Each reply is kept, errors included: the script's decides the outcome; the
+        // index's is best effort (the session is written either way, and a retry
+        // would write it twice).
+        pipe.ignore_errors();
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg(&script.sha).arg(2).arg(&k.ctx).arg(&k.msgs);
         for a in &args {
             evalsha.arg(a.as_slice());
         }
         pipe.add_command(evalsha);
-        pipe.cmd("ZADD")
-            .arg(&k.index)
-            .arg(0)
-            .arg(&k.member)
-            .ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&k.index)
-            .arg(self.ttl_ms())
-            .ignore();
-        match self
-            .inner
-            .conn
-            .pipe::<(Value,)>(&pipe, op, Some(&k.ctx))
-            .await
-        {
-            Ok((v,)) => Ok(v),
-            Err(e) if is_noscript(&e) => {
+        pipe.cmd("ZADD").arg(&k.index).arg(0).arg(&k.member);
+        pipe.cmd("PEXPIRE").arg(&k.index).arg(self.ttl_ms());
+        let replies: Vec<Value> = self.inner.conn.pipe(&pipe, op, Some(&k.ctx)).await?;
+        let mut replies = replies.into_iter();
+        let script_reply = replies.next().unwrap_or(Value::Nil);
+        for index_reply in replies {
+            if let Value::ServerError(e) = index_reply {
+                tracing::warn!(code = %e.code(), key = %k.index, "chatstate could not update a session index");
+            }
+        }
+        match script_reply {
+            // The server does not know the script (yet): send its source, once.
+            Value::ServerError(e) if e.code() == "NOSCRIPT" => {
                 let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
                 self.inner
                     .conn
-                    .script(script, &[&k.ctx, &k.msgs], &refs, op)
+                    .eval(script, &[&k.ctx, &k.msgs], &refs, op)
                     .await
             }
-            Err(e) => Err(e),
+            Value::ServerError(e) => Err(crate::conn::map_err(
+                redis::RedisError::from(e),
+                op,
+                Some(&k.ctx),
+            )),
+            v => Ok(v),
         }
     }
-}
-
-fn is_noscript(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<redis::RedisError>())
-        .is_some_and(|r| crate::conn::code_of(r).as_deref() == Some("NOSCRIPT"))
 }
 
 #[async_trait]
@@ -606,16 +632,8 @@ impl SessionStore for RedisStore {
         };
         let mut args = vec![num(self.now().0), self.ttl_ms(), expected_arg];
         args.extend(patch_args(&patch));
-        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         let v = self
-            .inner
-            .conn
-            .script(
-                &self.inner.scripts.session.update,
-                &[&k.ctx, &k.msgs],
-                &refs,
-                "update",
-            )
+            .session_write(&self.inner.scripts.session.update, &k, args, "update")
             .await?;
         match status_and_hash(v)? {
             (0, _) => Err(Error::not_found("no live session has this key")
@@ -640,17 +658,11 @@ impl SessionStore for RedisStore {
 
     async fn touch(&self, key: &SessionKey) -> Result<bool> {
         let k = keys(&self.inner.layout, key);
-        let now = num(self.now().0);
-        let ttl = self.ttl_ms();
+        let args = vec![num(self.now().0), self.ttl_ms()];
+        // Through the index pipeline too, so the index lives as long as its sessions
+        // (a touch of a missing session adds a member `list` cleans up).
         let v = self
-            .inner
-            .conn
-            .script(
-                &self.inner.scripts.session.touch,
-                &[&k.ctx, &k.msgs],
-                &[&now, &ttl],
-                "touch",
-            )
+            .session_write(&self.inner.scripts.session.touch, &k, args, "touch")
             .await?;
         Ok(reply::int(&v)? == 1)
     }
@@ -705,8 +717,8 @@ impl SessionStore for RedisStore {
         // Read members in index order, keep the live ones, drop the dead ones, until
         // the page is full plus one (to know whether there is a next page).
         loop {
-            let want = limit + 1 - items.len();
-            let batch = want.max(16);
+            let want = limit.saturating_add(1) - items.len();
+            let batch = want.clamp(64, 1000);
             let members: Vec<String> = self
                 .inner
                 .conn
@@ -736,35 +748,37 @@ impl SessionStore for RedisStore {
                     candidates.push((m.clone(), key));
                 }
             }
-            let mut pipe = redis::pipe();
-            for (_, key) in &candidates {
-                pipe.cmd("EXISTS")
-                    .arg(format!("{}:ctx", layout.session_base(key)));
-            }
+            // One script checks which candidates live and drops the dead from the
+            // index atomically, so a session re-created meanwhile is never dropped.
+            let ctx_keys: Vec<String> = candidates
+                .iter()
+                .map(|(_, key)| format!("{}:ctx", layout.session_base(key)))
+                .collect();
             let alive: Vec<i64> = if candidates.is_empty() {
                 Vec::new()
             } else {
-                self.inner.conn.pipe(&pipe, "list", Some(&index)).await?
-            };
-            let mut dead = Vec::new();
-            for ((member, key), live) in candidates.into_iter().zip(alive) {
-                if live == 1 {
-                    if items.len() <= limit {
-                        items.push((member, key));
-                    }
-                } else {
-                    dead.push(member);
-                }
-            }
-            if !dead.is_empty() {
-                let mut zrem = redis::cmd("ZREM");
-                zrem.arg(&index).arg(&dead);
-                // Cleaning is best effort: a failure leaves dead members for next time.
-                let _ = self
+                let mut script_keys: Vec<&str> = vec![index.as_str()];
+                script_keys.extend(ctx_keys.iter().map(String::as_str));
+                let members: Vec<&[u8]> = candidates.iter().map(|(m, _)| m.as_bytes()).collect();
+                let v = self
                     .inner
                     .conn
-                    .cmd::<i64>(&zrem, "list", Some(&index))
-                    .await;
+                    .script(
+                        &self.inner.scripts.session.list_live,
+                        &script_keys,
+                        &members,
+                        "list",
+                    )
+                    .await?;
+                reply::array(v)?
+                    .iter()
+                    .map(reply::int)
+                    .collect::<Result<_>>()?
+            };
+            for ((member, key), live) in candidates.into_iter().zip(alive) {
+                if live == 1 && items.len() <= limit {
+                    items.push((member, key));
+                }
             }
             if items.len() > limit || members.len() < batch {
                 break;

@@ -598,3 +598,152 @@ async fn every_key_has_a_ttl_except_counters_and_the_layout_is_readable() {
         "session fields are readable in redis-cli"
     );
 }
+
+#[tokio::test]
+async fn touch_and_update_keep_a_session_listed() {
+    let server = common::shared();
+    let s = RedisStore::builder(RedisUrl::parse(&server.url()).expect("url"))
+        .prefix(common::unique_prefix())
+        .settings(StoreSettings {
+            session_ttl: Duration::from_secs(2),
+            ..StoreSettings::default()
+        })
+        .connect()
+        .await
+        .expect("store");
+    let (a, bk) = (skey("a"), skey("b"));
+    s.create(&a, SessionPatch::new()).await.unwrap();
+    s.create(&bk, SessionPatch::new()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(s.touch(&a).await.unwrap());
+    s.update(&bk, SessionPatch::new().summary("x"), Expected::Any)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let page = SessionStore::list(&s, "acme", None, 10).await.unwrap();
+    assert_eq!(
+        page.items.len(),
+        2,
+        "sessions kept alive by touch/update stay listed: {page:?}"
+    );
+    let huge = SessionStore::list(&s, "acme", None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(huge.items.len(), 2, "a huge limit is fine");
+}
+
+#[tokio::test]
+async fn counter_batches_are_exact_and_never_half_applied() {
+    let server = common::shared();
+    let s = connect(&server.url()).await;
+    let (a, z) = (CounterKey::new("a").unwrap(), CounterKey::new("z").unwrap());
+    let big: i64 = 100_000_000_000_000_001; // not representable as a double
+    let mut b = CounterBatch::new();
+    b.add(&a, 5);
+    b.add(&z, big);
+    s.apply(&b).await.unwrap();
+    assert_eq!(
+        CounterSink::get(&s, &z).await.unwrap(),
+        big,
+        "exact beyond 2^53"
+    );
+    let mut over = CounterBatch::new();
+    over.add(&a, 1);
+    over.add(&z, i64::MAX - 10);
+    let err = s.apply(&over).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(
+        CounterSink::get(&s, &a).await.unwrap(),
+        5,
+        "nothing of the refused batch was applied"
+    );
+    let mut retry = CounterBatch::with_id(over.id());
+    retry.add(&a, 1);
+    assert_eq!(
+        s.apply(&retry).await.unwrap(),
+        chatstate_core::BatchOutcome::Applied,
+        "a refused batch is not recorded as applied"
+    );
+    // A counter whose name says "overflow" is still a wrong-type error when it is one.
+    let named = CounterKey::new("overflow_events").unwrap();
+    server.cli(&[
+        "SET",
+        &s.layout().counter_hash("overflow_events", None),
+        "x",
+    ]);
+    let mut wt = CounterBatch::new();
+    wt.add(&named, 1);
+    assert_eq!(s.apply(&wt).await.unwrap_err().kind(), ErrorKind::WrongType);
+    // "hits@<day>" the name is not the "hits" counter of that day.
+    let at = CounterKey::new("hits@1970-01-01").unwrap();
+    let bucketed = CounterKey::new("hits")
+        .unwrap()
+        .in_bucket(chatstate_core::Bucket::Day(0));
+    s.add(&at, 5).await.unwrap();
+    assert_eq!(CounterSink::get(&s, &bucketed).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_costs_one_extra_round_trip() {
+    let server = RedisServer::start(&[]);
+    let s = connect(&server.url()).await;
+    let k = skey("u");
+    s.append_message(&k, NewMessage::user("a")).await.unwrap();
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert_eq!(
+        trips!(s, s.append_message(&k, NewMessage::user("b"))),
+        2,
+        "EVALSHA, then EVAL once"
+    );
+    assert_eq!(
+        trips!(s, s.append_message(&k, NewMessage::user("c"))),
+        1,
+        "known again"
+    );
+    assert_eq!(
+        s.load(&k).await.unwrap().unwrap().messages.len(),
+        3,
+        "nothing lost or doubled"
+    );
+}
+
+#[tokio::test]
+async fn broken_records_and_fences_are_refused_before_any_write() {
+    let server = common::shared();
+    let s = connect(&server.url()).await;
+    let k = skey("broken");
+    s.create(&k, SessionPatch::new().summary("old"))
+        .await
+        .unwrap();
+    let base = s.layout().session_base(&k);
+    server.cli(&["HDEL", &format!("{base}:ctx"), "version"]);
+    assert!(
+        s.update(&k, SessionPatch::new().summary("new"), Expected::Any)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        server
+            .cli(&["HGET", &format!("{base}:ctx"), "summary"])
+            .trim(),
+        "old",
+        "the refused update wrote nothing"
+    );
+    server.cli(&["SET", &format!("{base}:fence:job"), "not-a-number"]);
+    let err = s
+        .try_lock(&k, "job", Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    assert_eq!(
+        server.cli(&["EXISTS", &format!("{base}:lock:job")]).trim(),
+        "0",
+        "no orphan lock"
+    );
+    // Sub-millisecond leases round up to a millisecond instead of failing.
+    let lease = s
+        .try_lock(&skey("quick"), "job", Duration::from_micros(500))
+        .await
+        .unwrap();
+    assert!(lease.is_some());
+}
