@@ -391,6 +391,25 @@ impl NewMessage {
     }
 }
 
+/// Checks an append before any backend writes it: at least one message, each within
+/// the value limit. The rule every backend applies, written once.
+pub fn check_append(messages: &[NewMessage], settings: &StoreSettings) -> Result<()> {
+    if messages.is_empty() {
+        return Err(Error::invalid_input(
+            "append_messages needs at least one message",
+        ));
+    }
+    messages.iter().try_for_each(|m| m.check(settings))
+}
+
+/// Checks a listing's page size (at least 1).
+pub fn check_list_limit(limit: usize) -> Result<()> {
+    if limit == 0 {
+        return Err(Error::invalid_input("list limit must be at least 1"));
+    }
+    Ok(())
+}
+
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {

@@ -492,15 +492,8 @@ impl SessionStore for FileStore {
         key: &SessionKey,
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
-        if messages.is_empty() {
-            return Err(
-                Error::invalid_input("append_messages needs at least one message")
-                    .with_operation("append_messages"),
-            );
-        }
-        for m in &messages {
-            with_op(m.check(&self.inner.settings), "append_messages")?;
-        }
+        chatstate_core::model::check_append(&messages, &self.inner.settings)
+            .map_err(|e| e.with_operation("append_messages"))?;
         let key = key.clone();
         self.blocking(move |inner| {
             let _g = inner.stripes.lock(&inner.layout.session(&key))?;
@@ -611,11 +604,7 @@ impl SessionStore for FileStore {
         limit: usize,
     ) -> Result<Page<SessionKey>> {
         with_op(check_scope("tenant", tenant), "list")?;
-        if limit == 0 {
-            return Err(
-                Error::invalid_input("list limit must be at least 1").with_operation("list")
-            );
-        }
+        chatstate_core::model::check_list_limit(limit).map_err(|e| e.with_operation("list"))?;
         if let Some(c) = &cursor
             && !is_record_name(c)
         {

@@ -346,15 +346,8 @@ impl SessionStore for MemoryStore {
         key: &SessionKey,
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
-        if messages.is_empty() {
-            return Err(
-                Error::invalid_input("append_messages needs at least one message")
-                    .with_operation("append_messages"),
-            );
-        }
-        for m in &messages {
-            with_op(m.check(&self.inner.settings), "append_messages")?;
-        }
+        chatstate_core::model::check_append(&messages, &self.inner.settings)
+            .map_err(|e| e.with_operation("append_messages"))?;
         let now = self.inner.now();
         let window = self.inner.settings.window_size;
         let mut sessions = lock(&self.inner.sessions);
@@ -448,11 +441,7 @@ impl SessionStore for MemoryStore {
         limit: usize,
     ) -> Result<Page<SessionKey>> {
         with_op(check_scope("tenant", tenant), "list")?;
-        if limit == 0 {
-            return Err(
-                Error::invalid_input("list limit must be at least 1").with_operation("list")
-            );
-        }
+        chatstate_core::model::check_list_limit(limit).map_err(|e| e.with_operation("list"))?;
         let start: Triple = match &cursor {
             None => (tenant.to_string(), String::new(), String::new()),
             Some(c) => {

@@ -565,16 +565,8 @@ impl SessionStore for RedisStore {
         key: &SessionKey,
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
-        if messages.is_empty() {
-            return Err(
-                Error::invalid_input("append_messages needs at least one message")
-                    .with_operation("append_messages"),
-            );
-        }
-        for m in &messages {
-            m.check(&self.inner.settings)
-                .map_err(|e| e.with_operation("append_messages"))?;
-        }
+        chatstate_core::model::check_append(&messages, &self.inner.settings)
+            .map_err(|e| e.with_operation("append_messages"))?;
         let now = self.now();
         let k = keys(&self.inner.layout, key);
         let mut args = vec![
@@ -695,11 +687,7 @@ impl SessionStore for RedisStore {
         limit: usize,
     ) -> Result<Page<SessionKey>> {
         check_scope("tenant", tenant).map_err(|e| e.with_operation("list"))?;
-        if limit == 0 {
-            return Err(
-                Error::invalid_input("list limit must be at least 1").with_operation("list")
-            );
-        }
+        chatstate_core::model::check_list_limit(limit).map_err(|e| e.with_operation("list"))?;
         let layout = &self.inner.layout;
         let index = layout.session_index(tenant);
         let mut start = match &cursor {
