@@ -72,10 +72,13 @@ impl TieredConfig {
 }
 
 /// A local copy: the value (`None`: known missing) and how long it may be served.
+/// `loaded` tells a loader's "not found" from a remote miss seen by `get`: only the
+/// first answers `get_or_load` without calling the loader.
 #[derive(Clone, Debug)]
 struct Local {
     value: Option<Bytes>,
     ttl: Duration,
+    loaded: bool,
 }
 
 struct PerEntryTtl;
@@ -118,6 +121,9 @@ pub struct TierStats {
     pub invalidations: u64,
     /// Times the whole local tier was dropped (bus reset).
     pub resets: u64,
+    /// Announcements that could not be published (other instances may then serve
+    /// their copy until their local TTL runs out).
+    pub publish_failures: u64,
 }
 
 #[derive(Default)]
@@ -129,6 +135,7 @@ struct Stats {
     loads: AtomicU64,
     invalidations: AtomicU64,
     resets: AtomicU64,
+    publish_failures: AtomicU64,
 }
 
 struct Shared {
@@ -137,8 +144,10 @@ struct Shared {
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     config: TieredConfig,
-    /// Grows with every invalidation heard: a remote read that started before one is
-    /// not kept locally, since it may predate the change.
+    /// Grows with every change this instance makes or hears of. A copy read or
+    /// written while it moved is dropped right after it is kept, since it may
+    /// predate the change (keep first, then check: an invalidation that lands in
+    /// between still wins).
     epoch: AtomicU64,
     stats: Stats,
 }
@@ -236,6 +245,7 @@ impl TieredCache {
             loads: s.loads.load(Ordering::Relaxed),
             invalidations: s.invalidations.load(Ordering::Relaxed),
             resets: s.resets.load(Ordering::Relaxed),
+            publish_failures: s.publish_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -260,9 +270,14 @@ impl TieredCache {
         Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
     {
         let shared = &self.shared;
-        if let Some(hit) = shared.local.get(key).await {
-            shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit.value);
+        match shared.local.get(key).await {
+            // A remote miss seen by `get` is not the loader's answer: load.
+            Some(hit) if hit.value.is_none() && !hit.loaded => shared.local.invalidate(key).await,
+            Some(hit) => {
+                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.value);
+            }
+            None => {}
         }
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
         let epoch = shared.epoch.load(Ordering::SeqCst);
@@ -272,6 +287,7 @@ impl TieredCache {
                 return Ok(Local {
                     value: Some(v),
                     ttl: shared.config.local_ttl,
+                    loaded: false,
                 });
             }
             shared.stats.remote_misses.fetch_add(1, Ordering::Relaxed);
@@ -284,11 +300,13 @@ impl TieredCache {
                     Ok(Local {
                         value: Some(v),
                         ttl: shared.local_ttl_for(ttl),
+                        loaded: true,
                     })
                 }
                 None => Ok(Local {
                     value: None,
                     ttl: shared.config.negative_ttl.unwrap_or(Duration::ZERO),
+                    loaded: true,
                 }),
             }
         };
@@ -304,8 +322,10 @@ impl TieredCache {
     }
 
     /// The values of `keys` (in order), loading the missing ones: local hits first,
-    /// then one `get_many` for the rest, then `load` for what is still missing, in
-    /// batches of `load_batch` keys, and one `set_many` writing back what was loaded.
+    /// then one `get_many` for the rest, then `load` for what is still missing (each
+    /// key once, however often it is asked for), in batches of `load_batch` keys, and
+    /// one `set_many` writing back what was loaded. The TTL jitter applies per call:
+    /// keys loaded by one call share one (jittered) TTL, successive calls are spread.
     pub async fn get_many_or_load<F, Fut>(
         &self,
         keys: &[CacheKey],
@@ -317,7 +337,12 @@ impl TieredCache {
         Fut: std::future::Future<Output = Result<Vec<(CacheKey, Bytes)>>> + Send,
     {
         let mut out = self.get_many(keys).await?;
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        let mut missing: Vec<CacheKey> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if out[i].is_none() && !missing.contains(k) {
+                missing.push(k.clone());
+            }
+        }
         if missing.is_empty() {
             return Ok(out);
         }
@@ -325,27 +350,33 @@ impl TieredCache {
         let mut loaded: Vec<(CacheKey, Bytes)> = Vec::new();
         for chunk in missing.chunks(shared.config.load_batch.max(1)) {
             shared.stats.loads.fetch_add(1, Ordering::Relaxed);
-            let wanted: Vec<CacheKey> = chunk.iter().map(|&i| keys[i].clone()).collect();
-            for (k, v) in load(wanted).await? {
-                if let Some(&i) = chunk.iter().find(|&&i| keys[i] == k) {
-                    out[i] = Some(v.clone());
+            for (k, v) in load(chunk.to_vec()).await? {
+                // Only keys that were asked for, once each.
+                if chunk.contains(&k) && !loaded.iter().any(|(l, _)| *l == k) {
                     loaded.push((k, v));
                 }
             }
         }
+        for (i, k) in keys.iter().enumerate() {
+            if out[i].is_none()
+                && let Some((_, v)) = loaded.iter().find(|(l, _)| l == k)
+            {
+                out[i] = Some(v.clone());
+            }
+        }
         if !loaded.is_empty() {
             let ttl = shared.jittered(ttl)?;
-            shared.remote.set_many(loaded.clone(), ttl).await?;
+            let loaded_keys: Vec<CacheKey> = loaded.iter().map(|(k, _)| k.clone()).collect();
+            let (written, epoch) = shared
+                .write(&loaded_keys, shared.remote.set_many(loaded.clone(), ttl))
+                .await;
+            written?;
             for (k, v) in &loaded {
                 shared
                     .keep(k, Some(v.clone()), shared.local_ttl_for(ttl))
                     .await;
             }
-            shared
-                .announce(Invalidation::Keys(
-                    loaded.into_iter().map(|(k, _)| k).collect(),
-                ))
-                .await;
+            shared.drop_if_moved(&loaded_keys, epoch).await;
         }
         Ok(out)
     }
@@ -373,14 +404,51 @@ impl Shared {
 
     async fn keep(&self, key: &CacheKey, value: Option<Bytes>, ttl: Duration) {
         if !ttl.is_zero() {
-            self.local.insert(key.clone(), Local { value, ttl }).await;
+            let loaded = false;
+            self.local
+                .insert(key.clone(), Local { value, ttl, loaded })
+                .await;
         }
+    }
+
+    /// Drops the local copies of `keys` if anything changed since `epoch` was read.
+    async fn drop_if_moved(&self, keys: &[CacheKey], epoch: u64) {
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            for k in keys {
+                self.local.invalidate(k).await;
+            }
+        }
+    }
+
+    /// Runs a remote write of `keys`. Before it, moves the epoch (so a read in flight
+    /// does not keep what it read) and drops the local copies; after it — failed or
+    /// not, since a failed write may still have landed — announces the change.
+    /// Returns the result and the epoch as it stood right before the write: a copy
+    /// kept afterwards is dropped again if anything moved it since (another
+    /// instance's newer write heard while ours was on the wire).
+    async fn write<T>(
+        &self,
+        keys: &[CacheKey],
+        write: impl std::future::Future<Output = Result<T>>,
+    ) -> (Result<T>, u64) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        for k in keys {
+            self.local.invalidate(k).await;
+        }
+        let result = write.await;
+        let what = match keys {
+            [one] => Invalidation::Key(one.clone()),
+            many => Invalidation::Keys(many.to_vec()),
+        };
+        self.announce(what).await;
+        (result, epoch)
     }
 
     async fn announce(&self, what: Invalidation) {
         if let Err(e) = self.bus.publish(&self.origin, &what).await {
             // The write itself succeeded; other instances may serve their copy for up
             // to their local TTL.
+            self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "chatstate could not announce a cache change");
         }
     }
@@ -418,6 +486,25 @@ impl Shared {
             }
         }
     }
+
+    /// Keeps what a remote read returned (a value, or a remote miss when negative
+    /// caching is on), unless something changed since `epoch`.
+    async fn keep_read(&self, key: &CacheKey, value: &Option<Bytes>, epoch: u64) {
+        let counter = if value.is_some() {
+            &self.stats.remote_hits
+        } else {
+            &self.stats.remote_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match value {
+            Some(v) => self.keep(key, Some(v.clone()), self.config.local_ttl).await,
+            None => match self.config.negative_ttl {
+                Some(ttl) => self.keep(key, None, ttl).await,
+                None => return,
+            },
+        }
+        self.drop_if_moved(std::slice::from_ref(key), epoch).await;
+    }
 }
 
 #[async_trait]
@@ -431,26 +518,7 @@ impl KvCache for TieredCache {
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
         let epoch = shared.epoch.load(Ordering::SeqCst);
         let value = shared.remote.get(key).await?;
-        let counter = if value.is_some() {
-            &shared.stats.remote_hits
-        } else {
-            &shared.stats.remote_misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if shared.epoch.load(Ordering::SeqCst) == epoch {
-            match &value {
-                Some(v) => {
-                    shared
-                        .keep(key, Some(v.clone()), shared.config.local_ttl)
-                        .await
-                }
-                None => {
-                    if let Some(ttl) = shared.config.negative_ttl {
-                        shared.keep(key, None, ttl).await;
-                    }
-                }
-            }
-        }
+        shared.keep_read(key, &value, epoch).await;
         Ok(value)
     }
 
@@ -477,28 +545,8 @@ impl KvCache for TieredCache {
         let epoch = shared.epoch.load(Ordering::SeqCst);
         let wanted: Vec<CacheKey> = misses.iter().map(|&i| keys[i].clone()).collect();
         let values = shared.remote.get_many(&wanted).await?;
-        let fresh = shared.epoch.load(Ordering::SeqCst) == epoch;
         for (&i, v) in misses.iter().zip(values) {
-            let counter = if v.is_some() {
-                &shared.stats.remote_hits
-            } else {
-                &shared.stats.remote_misses
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if fresh {
-                match &v {
-                    Some(b) => {
-                        shared
-                            .keep(&keys[i], Some(b.clone()), shared.config.local_ttl)
-                            .await
-                    }
-                    None => {
-                        if let Some(ttl) = shared.config.negative_ttl {
-                            shared.keep(&keys[i], None, ttl).await;
-                        }
-                    }
-                }
-            }
+            shared.keep_read(&keys[i], &v, epoch).await;
             out[i] = v;
         }
         Ok(out)
@@ -506,45 +554,44 @@ impl KvCache for TieredCache {
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let shared = &self.shared;
-        shared.remote.set(key, value.clone(), ttl).await?;
+        let keys = std::slice::from_ref(key);
+        let (written, epoch) = shared
+            .write(keys, shared.remote.set(key, value.clone(), ttl))
+            .await;
+        written?;
         shared
             .keep(key, Some(value), shared.local_ttl_for(ttl))
             .await;
-        shared.announce(Invalidation::Key(key.clone())).await;
+        shared.drop_if_moved(keys, epoch).await;
         Ok(())
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         let shared = &self.shared;
-        shared.remote.set_many(entries.clone(), ttl).await?;
-        let local_ttl = shared.local_ttl_for(ttl);
-        for (k, v) in &entries {
-            shared.keep(k, Some(v.clone()), local_ttl).await;
-        }
-        shared
-            .announce(Invalidation::Keys(
-                entries.into_iter().map(|(k, _)| k).collect(),
-            ))
+        let keys: Vec<CacheKey> = entries.iter().map(|(k, _)| k.clone()).collect();
+        let (written, epoch) = shared
+            .write(&keys, shared.remote.set_many(entries.clone(), ttl))
             .await;
+        written?;
+        let local_ttl = shared.local_ttl_for(ttl);
+        for (k, v) in entries {
+            shared.keep(&k, Some(v), local_ttl).await;
+        }
+        shared.drop_if_moved(&keys, epoch).await;
         Ok(())
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         let shared = &self.shared;
-        let existed = shared.remote.delete(key).await?;
-        shared.local.invalidate(key).await;
-        shared.announce(Invalidation::Key(key.clone())).await;
-        Ok(existed)
+        shared
+            .write(std::slice::from_ref(key), shared.remote.delete(key))
+            .await
+            .0
     }
 
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         let shared = &self.shared;
-        let n = shared.remote.delete_many(keys).await?;
-        for k in keys {
-            shared.local.invalidate(k).await;
-        }
-        shared.announce(Invalidation::Keys(keys.to_vec())).await;
-        Ok(n)
+        shared.write(keys, shared.remote.delete_many(keys)).await.0
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
@@ -552,15 +599,19 @@ impl KvCache for TieredCache {
             self.shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.value.is_some());
         }
+        self.shared
+            .stats
+            .local_misses
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.remote.exists(key).await
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
         let shared = &self.shared;
-        let found = shared.remote.expire(key, ttl).await?;
-        shared.local.invalidate(key).await;
-        shared.announce(Invalidation::Key(key.clone())).await;
-        Ok(found)
+        shared
+            .write(std::slice::from_ref(key), shared.remote.expire(key, ttl))
+            .await
+            .0
     }
 
     async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>> {
@@ -569,13 +620,14 @@ impl KvCache for TieredCache {
 
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
         let shared = &self.shared;
-        let n = shared.remote.clear_prefix(namespace, key_prefix).await?;
         let what = Invalidation::Prefix {
             namespace: namespace.to_string(),
             prefix: key_prefix.to_string(),
         };
+        shared.epoch.fetch_add(1, Ordering::SeqCst);
         shared.drop_local(&what).await;
+        let result = shared.remote.clear_prefix(namespace, key_prefix).await;
         shared.announce(what).await;
-        Ok(n)
+        result
     }
 }
