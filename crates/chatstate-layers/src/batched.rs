@@ -6,19 +6,23 @@
 //! every pending delta into one [`CounterBatch`] with a fresh id and applies it with
 //! [`CounterSink::apply`] — one round trip on Redis, atomic, idempotent by the id.
 //!
-//! **Failures.** A failed or timed-out flush keeps its batch, with the same id, and
-//! the next flush applies it again before anything newer. If the first attempt had in
-//! fact been applied (the reply was lost), the sink recognises the id and answers
-//! `Duplicate`: nothing is counted twice. New adds meanwhile wait in the shards for
-//! the next batch.
+//! **Failures.** A flush that fails with a temporary error (or times out) keeps its
+//! batch, with the same id, and the next flush applies it again before anything
+//! newer. If the first attempt had in fact been applied (the reply was lost), the sink
+//! recognises the id and answers `Duplicate`: nothing is counted twice — as long as
+//! the retry comes within the sink's batch retention (24 h by default). A permanent
+//! error (a counter of the wrong type, an overflow) does not block the others: the
+//! batch is split into one batch per counter, and only a counter that still fails is
+//! dropped (logged, and counted in [`FlushStats::dropped_counters`]). New adds wait in
+//! the shards for the next batch.
 //!
 //! **What can be lost.** [`BatchedCounters::shutdown`] flushes before it returns. A
-//! process killed abruptly loses what was added since the last successful flush — at
-//! most one interval's worth, plus a batch still being retried. That is the price of
-//! counting without a round trip; use the sink directly for counts that must never be
-//! lost.
+//! process killed abruptly loses what was added since the last successful flush: one
+//! interval's worth while the sink is reachable, everything counted during an outage
+//! while it is not. That is the price of counting without a round trip; use the sink
+//! directly for counts that must never be lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,19 +53,29 @@ pub struct FlushStats {
     pub duplicates: u64,
     /// Flush attempts that failed or timed out (their batch is kept).
     pub failures: u64,
+    /// Counters whose delta was refused permanently (wrong type, overflow) and
+    /// dropped.
+    pub dropped_counters: u64,
 }
 
 struct Shared {
     sink: Arc<dyn CounterSink>,
     shards: Vec<Mutex<HashMap<CounterKey, i64>>>,
     hasher: std::collections::hash_map::RandomState,
-    /// A batch taken from the shards whose apply is not confirmed yet. The async
-    /// mutex also makes flushes one at a time.
-    in_flight: tokio::sync::Mutex<Option<CounterBatch>>,
+    /// Batches taken from the shards whose apply is not confirmed yet, oldest first.
+    /// A sync mutex, never held across an await: readers see pending deltas without
+    /// waiting for a flush's round trip. Shards are drained into it under its lock,
+    /// so a delta is always in exactly one of the two.
+    queue: Mutex<VecDeque<CounterBatch>>,
+    /// Makes flushes one at a time (held across the sink call, by design).
+    flushing: tokio::sync::Mutex<()>,
+    /// Grows each time a batch is confirmed applied; reads retry around it.
+    generation: AtomicU64,
     flush_timeout: Duration,
     applied: AtomicU64,
     duplicates: AtomicU64,
     failures: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// Counters added locally and flushed to a [`CounterSink`] in batches.
@@ -104,12 +118,17 @@ impl BatchedCounters {
             sink,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
-            in_flight: tokio::sync::Mutex::new(None),
+            queue: Mutex::new(VecDeque::new()),
+            flushing: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
             flush_timeout,
             applied: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         });
+        // tokio's interval panics on zero.
+        let interval = interval.max(Duration::from_millis(1));
         let task = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let weak = Arc::downgrade(&shared);
             rt.spawn(async move {
@@ -143,22 +162,17 @@ impl BatchedCounters {
         }
     }
 
-    /// This instance's deltas for `key` not yet confirmed stored.
+    /// This instance's deltas for `key` not yet confirmed stored (in the shards or
+    /// in a batch being flushed). Never waits for a flush.
     pub async fn pending(&self, key: &CounterKey) -> i64 {
-        let in_flight = self
-            .shared
-            .in_flight
-            .lock()
-            .await
-            .as_ref()
-            .map(|b| {
-                b.deltas()
-                    .filter(|(k, _)| *k == key)
-                    .map(|(_, d)| d)
-                    .sum::<i64>()
-            })
-            .unwrap_or(0);
-        let mut total = in_flight;
+        let queue = lock(&self.shared.queue);
+        let mut total: i64 = queue
+            .iter()
+            .flat_map(|b| b.deltas())
+            .filter(|(k, _)| *k == key)
+            .map(|(_, d)| d)
+            .fold(0, i64::saturating_add);
+        // Still under the queue lock: a flush cannot move deltas between the two.
         for shard in &self.shared.shards {
             total = total.saturating_add(lock(shard).get(key).copied().unwrap_or(0));
         }
@@ -166,12 +180,24 @@ impl BatchedCounters {
     }
 
     /// The counter's value, with or without this instance's pending deltas.
+    ///
+    /// With [`Read::IncludingPending`] the read is retried if a flush completed
+    /// while it ran; it can still count a batch twice for the instant between the
+    /// sink applying it and the flush hearing so.
     pub async fn get(&self, key: &CounterKey, read: Read) -> Result<i64> {
-        let stored = self.shared.sink.get(key).await?;
-        Ok(match read {
-            Read::Stored => stored,
-            Read::IncludingPending => stored.saturating_add(self.pending(key).await),
-        })
+        if read == Read::Stored {
+            return self.shared.sink.get(key).await;
+        }
+        let mut tries = 0;
+        loop {
+            let generation = self.shared.generation.load(Ordering::SeqCst);
+            let stored = self.shared.sink.get(key).await?;
+            let pending = self.pending(key).await;
+            tries += 1;
+            if self.shared.generation.load(Ordering::SeqCst) == generation || tries == 3 {
+                return Ok(stored.saturating_add(pending));
+            }
+        }
     }
 
     /// Writes every pending delta now, in one `apply` (two when a failed batch is
@@ -195,6 +221,7 @@ impl BatchedCounters {
             batches_applied: self.shared.applied.load(Ordering::Relaxed),
             duplicates: self.shared.duplicates.load(Ordering::Relaxed),
             failures: self.shared.failures.load(Ordering::Relaxed),
+            dropped_counters: self.shared.dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -224,13 +251,9 @@ async fn apply_once(shared: &Shared, batch: &CounterBatch) -> Result<()> {
     }
 }
 
-async fn flush(shared: &Shared) -> Result<()> {
-    let mut in_flight = shared.in_flight.lock().await;
-    // A batch whose apply was not confirmed goes first, with its own id.
-    if let Some(batch) = in_flight.as_ref() {
-        apply_once(shared, batch).await?;
-        *in_flight = None;
-    }
+/// Moves every shard's deltas into a new batch at the back of the queue.
+fn drain_shards(shared: &Shared) {
+    let mut queue = lock(&shared.queue);
     let mut batch = CounterBatch::new();
     for shard in &shared.shards {
         let taken = std::mem::take(&mut *lock(shard));
@@ -238,13 +261,47 @@ async fn flush(shared: &Shared) -> Result<()> {
             batch.add(&key, delta);
         }
     }
-    if batch.is_empty() {
-        return Ok(());
+    if !batch.is_empty() {
+        queue.push_back(batch);
     }
-    *in_flight = Some(batch);
-    if let Some(batch) = in_flight.as_ref() {
-        apply_once(shared, batch).await?;
+}
+
+async fn flush(shared: &Shared) -> Result<()> {
+    let _one_at_a_time = shared.flushing.lock().await;
+    drain_shards(shared);
+    loop {
+        let Some(batch) = lock(&shared.queue).front().cloned() else {
+            return Ok(());
+        };
+        match apply_once(shared, &batch).await {
+            Ok(()) => {}
+            Err(e) if e.is_temporary() => return Err(e),
+            Err(e) if batch.len() > 1 => {
+                // One counter's permanent error must not block the others: retry
+                // each counter alone (nothing was applied: apply is atomic).
+                tracing::warn!(error = %e, counters = batch.len(), "chatstate counter batch refused; retrying counter by counter");
+                let singles: Vec<CounterBatch> = batch
+                    .deltas()
+                    .enumerate()
+                    .map(|(i, (key, delta))| {
+                        let mut one = CounterBatch::with_id(format!("{}/{i}", batch.id()));
+                        one.add(key, delta);
+                        one
+                    })
+                    .collect();
+                let mut queue = lock(&shared.queue);
+                queue.pop_front();
+                for one in singles.into_iter().rev() {
+                    queue.push_front(one);
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "chatstate counter delta refused permanently and dropped");
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        lock(&shared.queue).pop_front();
+        shared.generation.fetch_add(1, Ordering::SeqCst);
     }
-    *in_flight = None;
-    Ok(())
 }

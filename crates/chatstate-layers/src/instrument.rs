@@ -11,8 +11,10 @@
 //!   labelled `op` and `ns` — plug in Prometheus or whatever recorder the app runs.
 //! - [`tracing`]: every call runs in a `chatstate` debug span with `op` and `ns`.
 //!
-//! The namespace label is the cache namespace, the focus scope, the counter name, or
-//! `sessions` (tenant ids are not labels: they are unbounded).
+//! Labels: `store` (`cache`, `sessions`, `focus`, `counters`), `op`, and `ns` — the
+//! cache namespace (for a many-key call, its first key's), or the counter name;
+//! empty for sessions and focus documents, whose tenants and scopes are unbounded
+//! and would make a label per tenant.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -55,6 +57,8 @@ impl OpStats {
 /// One operation's figures in a snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OpSnapshot {
+    /// The store (`cache`, `sessions`, `focus`, `counters`).
+    pub store: &'static str,
     /// The operation (`get`, `append_messages`, ...).
     pub op: &'static str,
     /// The namespace label.
@@ -90,23 +94,28 @@ pub struct MetricsSnapshot {
 
 #[derive(Default)]
 struct Recorder {
-    ops: Mutex<BTreeMap<(&'static str, String), OpStats>>,
+    ops: Mutex<BTreeMap<(&'static str, &'static str, String), OpStats>>,
 }
 
 impl Recorder {
     fn record(
         &self,
-        op: &'static str,
+        (store, op): (&'static str, &'static str),
         ns: &str,
         elapsed: Duration,
         error: Option<&'static str>,
         reads: (u64, u64),
     ) {
-        let labels = [("op", op.to_string()), ("ns", ns.to_string())];
+        let labels = [
+            ("store", store.to_string()),
+            ("op", op.to_string()),
+            ("ns", ns.to_string()),
+        ];
         metrics::counter!("chatstate_operations_total", &labels).increment(1);
         metrics::histogram!("chatstate_operation_seconds", &labels).record(elapsed.as_secs_f64());
         if let Some(kind) = error {
             let l = [
+                ("store", store.to_string()),
                 ("op", op.to_string()),
                 ("ns", ns.to_string()),
                 ("kind", kind.to_string()),
@@ -116,6 +125,7 @@ impl Recorder {
         let (hits, misses) = reads;
         if hits > 0 {
             let l = [
+                ("store", store.to_string()),
                 ("op", op.to_string()),
                 ("ns", ns.to_string()),
                 ("result", "hit".to_string()),
@@ -124,6 +134,7 @@ impl Recorder {
         }
         if misses > 0 {
             let l = [
+                ("store", store.to_string()),
                 ("op", op.to_string()),
                 ("ns", ns.to_string()),
                 ("result", "miss".to_string()),
@@ -131,7 +142,9 @@ impl Recorder {
             metrics::counter!("chatstate_cache_reads_total", &l).increment(misses);
         }
         let mut ops = self.ops.lock().unwrap_or_else(PoisonError::into_inner);
-        let stats = ops.entry((op, ns.to_string())).or_insert_with(OpStats::new);
+        let stats = ops
+            .entry((store, op, ns.to_string()))
+            .or_insert_with(OpStats::new);
         stats.count += 1;
         if let Some(kind) = error {
             *stats.errors.entry(kind).or_insert(0) += 1;
@@ -196,10 +209,11 @@ impl<S> Instrumented<S> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut snap = MetricsSnapshot::default();
-        for ((op, ns), s) in ops.iter() {
+        for ((store, op, ns), s) in ops.iter() {
             snap.hits += s.hits;
             snap.misses += s.misses;
             snap.ops.push(OpSnapshot {
+                store,
                 op,
                 ns: ns.clone(),
                 count: s.count,
@@ -232,7 +246,7 @@ impl<S> Instrumented<S> {
 
     async fn measure<T, F>(
         &self,
-        op: &'static str,
+        (store, op): (&'static str, &'static str),
         ns: &str,
         reads: impl FnOnce(&T) -> (u64, u64),
         call: F,
@@ -240,15 +254,18 @@ impl<S> Instrumented<S> {
     where
         F: Future<Output = Result<T>>,
     {
-        let span = tracing::debug_span!("chatstate", op, ns);
+        let span = tracing::debug_span!("chatstate", store, op, ns);
         let started = Instant::now();
         let result = call.instrument(span).await;
         let elapsed = started.elapsed();
         match &result {
-            Ok(v) => self.recorder.record(op, ns, elapsed, None, reads(v)),
-            Err(e) => self
+            Ok(v) => self
                 .recorder
-                .record(op, ns, elapsed, Some(e.kind().as_str()), (0, 0)),
+                .record((store, op), ns, elapsed, None, reads(v)),
+            Err(e) => {
+                let kind = Some(e.kind().as_str());
+                self.recorder.record((store, op), ns, elapsed, kind, (0, 0))
+            }
         }
         result
     }
@@ -268,22 +285,23 @@ fn many(v: &Vec<Option<Bytes>>) -> (u64, u64) {
     (hits, v.len() as u64 - hits)
 }
 
-const SESSIONS: &str = "sessions";
+/// The `ns` label of stores whose keys are unbounded (tenants, scopes).
+const NO_NS: &str = "";
 
 #[async_trait]
 impl<S: KvCache> KvCache for Instrumented<S> {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
-        self.measure("get", key.namespace(), one, self.inner.get(key))
+        self.measure(("cache", "get"), key.namespace(), one, self.inner.get(key))
             .await
     }
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
         let ns = keys.first().map_or("", |k| k.namespace());
-        self.measure("get_many", ns, many, self.inner.get_many(keys))
+        self.measure(("cache", "get_many"), ns, many, self.inner.get_many(keys))
             .await
     }
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.measure(
-            "set",
+            ("cache", "set"),
             key.namespace(),
             none,
             self.inner.set(key, value, ttl),
@@ -294,33 +312,58 @@ impl<S: KvCache> KvCache for Instrumented<S> {
         let ns = entries
             .first()
             .map_or(String::new(), |(k, _)| k.namespace().to_string());
-        self.measure("set_many", &ns, none, self.inner.set_many(entries, ttl))
-            .await
+        self.measure(
+            ("cache", "set_many"),
+            &ns,
+            none,
+            self.inner.set_many(entries, ttl),
+        )
+        .await
     }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
-        self.measure("delete", key.namespace(), none, self.inner.delete(key))
-            .await
+        self.measure(
+            ("cache", "delete"),
+            key.namespace(),
+            none,
+            self.inner.delete(key),
+        )
+        .await
     }
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         let ns = keys.first().map_or("", |k| k.namespace());
-        self.measure("delete_many", ns, none, self.inner.delete_many(keys))
-            .await
+        self.measure(
+            ("cache", "delete_many"),
+            ns,
+            none,
+            self.inner.delete_many(keys),
+        )
+        .await
     }
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        self.measure("exists", key.namespace(), none, self.inner.exists(key))
-            .await
+        self.measure(
+            ("cache", "exists"),
+            key.namespace(),
+            none,
+            self.inner.exists(key),
+        )
+        .await
     }
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        self.measure("expire", key.namespace(), none, self.inner.expire(key, ttl))
-            .await
+        self.measure(
+            ("cache", "expire"),
+            key.namespace(),
+            none,
+            self.inner.expire(key, ttl),
+        )
+        .await
     }
     async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>> {
-        self.measure("ttl", key.namespace(), none, self.inner.ttl(key))
+        self.measure(("cache", "ttl"), key.namespace(), none, self.inner.ttl(key))
             .await
     }
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
         self.measure(
-            "clear_prefix",
+            ("cache", "clear_prefix"),
             namespace,
             none,
             self.inner.clear_prefix(namespace, key_prefix),
@@ -332,28 +375,38 @@ impl<S: KvCache> KvCache for Instrumented<S> {
 #[async_trait]
 impl<S: SessionStore> SessionStore for Instrumented<S> {
     async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
-        self.measure("create", SESSIONS, none, self.inner.create(key, init))
-            .await
+        self.measure(
+            ("sessions", "create"),
+            NO_NS,
+            none,
+            self.inner.create(key, init),
+        )
+        .await
     }
     async fn get_or_create(&self, key: &SessionKey) -> Result<Session> {
         self.measure(
-            "get_or_create",
-            SESSIONS,
+            ("sessions", "get_or_create"),
+            NO_NS,
             none,
             self.inner.get_or_create(key),
         )
         .await
     }
     async fn get(&self, key: &SessionKey) -> Result<Option<Session>> {
-        self.measure("get", SESSIONS, none, self.inner.get(key))
+        self.measure(("sessions", "get"), NO_NS, none, self.inner.get(key))
             .await
     }
     async fn get_many(&self, keys: &[SessionKey]) -> Result<Vec<Option<Session>>> {
-        self.measure("get_many", SESSIONS, none, self.inner.get_many(keys))
-            .await
+        self.measure(
+            ("sessions", "get_many"),
+            NO_NS,
+            none,
+            self.inner.get_many(keys),
+        )
+        .await
     }
     async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>> {
-        self.measure("load", SESSIONS, none, self.inner.load(key))
+        self.measure(("sessions", "load"), NO_NS, none, self.inner.load(key))
             .await
     }
     async fn append_messages(
@@ -362,8 +415,8 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
         self.measure(
-            "append_messages",
-            SESSIONS,
+            ("sessions", "append_messages"),
+            NO_NS,
             none,
             self.inner.append_messages(key, messages),
         )
@@ -376,23 +429,23 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         expected: Expected,
     ) -> Result<Session> {
         self.measure(
-            "update",
-            SESSIONS,
+            ("sessions", "update"),
+            NO_NS,
             none,
             self.inner.update(key, patch, expected),
         )
         .await
     }
     async fn touch(&self, key: &SessionKey) -> Result<bool> {
-        self.measure("touch", SESSIONS, none, self.inner.touch(key))
+        self.measure(("sessions", "touch"), NO_NS, none, self.inner.touch(key))
             .await
     }
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
-        self.measure("delete", SESSIONS, none, self.inner.delete(key))
+        self.measure(("sessions", "delete"), NO_NS, none, self.inner.delete(key))
             .await
     }
     async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>> {
-        self.measure("ttl", SESSIONS, none, self.inner.ttl(key))
+        self.measure(("sessions", "ttl"), NO_NS, none, self.inner.ttl(key))
             .await
     }
     async fn list(
@@ -402,8 +455,8 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         limit: usize,
     ) -> Result<Page<SessionKey>> {
         self.measure(
-            "list",
-            SESSIONS,
+            ("sessions", "list"),
+            NO_NS,
             none,
             self.inner.list(tenant, cursor, limit),
         )
@@ -416,8 +469,8 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         lease: Duration,
     ) -> Result<Option<Lease>> {
         self.measure(
-            "try_lock",
-            SESSIONS,
+            ("sessions", "try_lock"),
+            NO_NS,
             none,
             self.inner.try_lock(key, name, lease),
         )
@@ -425,8 +478,8 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
     }
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
         self.measure(
-            "extend_lock",
-            SESSIONS,
+            ("sessions", "extend_lock"),
+            NO_NS,
             none,
             self.inner.extend_lock(held, lease),
         )
@@ -434,8 +487,8 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
     }
     async fn release_lock(&self, held: &Lease) -> Result<bool> {
         self.measure(
-            "release_lock",
-            SESSIONS,
+            ("sessions", "release_lock"),
+            NO_NS,
             none,
             self.inner.release_lock(held),
         )
@@ -453,23 +506,23 @@ impl<S: FocusStore> FocusStore for Instrumented<S> {
         ttl: Option<Duration>,
     ) -> Result<FocusDoc> {
         self.measure(
-            "put",
-            key.scope(),
+            ("focus", "put"),
+            NO_NS,
             none,
             self.inner.put(key, value, mode, ttl),
         )
         .await
     }
     async fn get(&self, key: &FocusKey) -> Result<Option<FocusDoc>> {
-        self.measure("get", key.scope(), none, self.inner.get(key))
+        self.measure(("focus", "get"), NO_NS, none, self.inner.get(key))
             .await
     }
     async fn delete(&self, key: &FocusKey) -> Result<bool> {
-        self.measure("delete", key.scope(), none, self.inner.delete(key))
+        self.measure(("focus", "delete"), NO_NS, none, self.inner.delete(key))
             .await
     }
     async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
-        self.measure("list", scope, none, self.inner.list(scope))
+        self.measure(("focus", "list"), NO_NS, none, self.inner.list(scope))
             .await
     }
 }
@@ -477,28 +530,53 @@ impl<S: FocusStore> FocusStore for Instrumented<S> {
 #[async_trait]
 impl<S: CounterSink> CounterSink for Instrumented<S> {
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
-        self.measure("add", key.name(), none, self.inner.add(key, delta))
-            .await
+        self.measure(
+            ("counters", "add"),
+            key.name(),
+            none,
+            self.inner.add(key, delta),
+        )
+        .await
     }
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
-        self.measure("apply", "batch", none, self.inner.apply(batch))
-            .await
+        self.measure(
+            ("counters", "apply"),
+            "batch",
+            none,
+            self.inner.apply(batch),
+        )
+        .await
     }
     async fn get(&self, key: &CounterKey) -> Result<i64> {
-        self.measure("get", key.name(), none, self.inner.get(key))
+        self.measure(("counters", "get"), key.name(), none, self.inner.get(key))
             .await
     }
     async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>> {
         let ns = keys.first().map_or("", |k| k.name());
-        self.measure("get_many", ns, none, self.inner.get_many(keys))
-            .await
+        self.measure(
+            ("counters", "get_many"),
+            ns,
+            none,
+            self.inner.get_many(keys),
+        )
+        .await
     }
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
-        self.measure("list", name, none, self.inner.list(name, bucket))
-            .await
+        self.measure(
+            ("counters", "list"),
+            name,
+            none,
+            self.inner.list(name, bucket),
+        )
+        .await
     }
     async fn delete(&self, key: &CounterKey) -> Result<bool> {
-        self.measure("delete", key.name(), none, self.inner.delete(key))
-            .await
+        self.measure(
+            ("counters", "delete"),
+            key.name(),
+            none,
+            self.inner.delete(key),
+        )
+        .await
     }
 }

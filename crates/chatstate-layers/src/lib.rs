@@ -18,7 +18,9 @@
 //!
 //! ## What it must never do
 //!
-//! Know which backend it wraps, or hold a lock across an `.await` on a remote call.
+//! Know which backend it wraps, or make a reader wait for a remote call: the only
+//! lock held across one is the batched counters' flush lock, which serialises
+//! flushes and nothing else.
 
 #![warn(missing_docs)]
 

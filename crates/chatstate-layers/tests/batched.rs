@@ -332,3 +332,68 @@ fn many_threads_adding_lose_nothing() {
         "adds racing the background flushes are all counted once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_refused_counter_does_not_block_the_others() {
+    for (backend, sink) in sinks().await {
+        let x = key("near_max");
+        sink.add(&x, i64::MAX - 1).await.unwrap();
+        let counters = BatchedCounters::new(
+            sink.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+        );
+        let y = key("ordinary");
+        counters.add(&x, i64::MAX / 2); // would overflow: refused permanently
+        counters.add(&y, 1);
+        counters.flush().await.unwrap();
+        assert_eq!(
+            sink.get(&y).await.unwrap(),
+            1,
+            "{backend}: the other counter was flushed"
+        );
+        assert_eq!(
+            sink.get(&x).await.unwrap(),
+            i64::MAX - 1,
+            "{backend}: the refused delta changed nothing"
+        );
+        assert_eq!(counters.stats().dropped_counters, 1, "{backend}");
+        counters.add(&y, 1);
+        counters.flush().await.unwrap();
+        assert_eq!(
+            sink.get(&y).await.unwrap(),
+            2,
+            "{backend}: later flushes carry on"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_pending_deltas_do_not_wait_for_a_flush() {
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    let flaky = Flaky::new(sink);
+    let counters = Arc::new(BatchedCounters::new(
+        flaky.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(5),
+    ));
+    let k = key("messages");
+    counters.add(&k, 5);
+    flaky.inject(Fault::Hang(Duration::from_millis(500)));
+    let flushing = {
+        let counters = counters.clone();
+        tokio::spawn(async move { counters.flush().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // the flush is on the wire
+    counters.add(&k, 2);
+    let pending = tokio::time::timeout(Duration::from_millis(200), counters.pending(&k))
+        .await
+        .expect("pending() does not wait for the flush's round trip");
+    assert_eq!(
+        pending, 7,
+        "the in-flight batch and the new add both count as pending"
+    );
+    flushing.await.unwrap().unwrap();
+    assert_eq!(counters.get(&k, Read::IncludingPending).await.unwrap(), 7);
+    assert_eq!(counters.get(&k, Read::Stored).await.unwrap(), 5);
+}

@@ -52,7 +52,7 @@ where
     let find = |op: &str, ns: &str| {
         snap.ops
             .iter()
-            .find(|o| o.op == op && o.ns == ns)
+            .find(|o| o.op == op && o.ns == ns && (ns != "" || o.store == "sessions"))
             .unwrap_or_else(|| panic!("{backend}: no {op}/{ns} in {snap:?}"))
             .clone()
     };
@@ -71,7 +71,13 @@ where
         Some(&1),
         "{backend}: errors by kind"
     );
-    assert_eq!(find("append_messages", "sessions").count, 1, "{backend}");
+    assert_eq!(find("append_messages", "").count, 1, "{backend}");
+    assert!(snap.ops.iter().all(|o| !o.store.is_empty()));
+    assert_eq!(
+        find("get", "customers").store,
+        "cache",
+        "{backend}: the store label"
+    );
     assert_eq!(find("add", "messages").count, 1, "{backend}");
     assert_eq!((snap.hits, snap.misses), (4, 2), "{backend}");
     assert!((snap.hit_rate - 4.0 / 6.0).abs() < 1e-9, "{backend}");
