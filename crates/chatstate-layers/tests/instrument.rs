@@ -52,7 +52,7 @@ where
     let find = |op: &str, ns: &str| {
         snap.ops
             .iter()
-            .find(|o| o.op == op && o.ns == ns && (ns != "" || o.store == "sessions"))
+            .find(|o| o.op == op && o.ns == ns && (!ns.is_empty() || o.store == "sessions"))
             .unwrap_or_else(|| panic!("{backend}: no {op}/{ns} in {snap:?}"))
             .clone()
     };
