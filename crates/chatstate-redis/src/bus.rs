@@ -5,8 +5,10 @@
 //! task: it subscribes to `{prefix}:invalidate`, forwards every message to this
 //! process's listeners, and whenever its connection is lost — or re-established —
 //! sends [`BusEvent::Reset`], so every tiered cache drops its local tier instead of
-//! serving a value it may not have heard about. It reconnects with a backoff of
-//! 100 ms doubling to 2 s, and stops when the bus is dropped.
+//! serving a value it may not have heard about. A subscriber only receives, so a
+//! silently dead connection would never be noticed: the task pings it every 5 s and
+//! treats no answer within 3 s as lost. It reconnects with a backoff of 100 ms
+//! doubling to 2 s, and stops when the bus is dropped.
 
 use std::time::Duration;
 
@@ -69,6 +71,12 @@ impl RedisBus {
     }
 }
 
+/// How often the listener pings its subscription, and how long it waits for the
+/// answer: a half-open connection (a NAT that forgot it, a failover that moved the
+/// address) is noticed within about `PING_EVERY + PING_TIMEOUT`.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<BusEvent>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -78,17 +86,30 @@ async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<Bu
                     backoff = Duration::from_millis(100);
                     // Whatever was published before this moment may have been missed.
                     let _ = tx.send(BusEvent::Reset);
-                    let mut messages = pubsub.into_on_message();
-                    while let Some(msg) = messages.next().await {
-                        let event = match serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
-                            Ok(w) => BusEvent::Invalidate {
-                                origin: w.origin,
-                                what: w.what,
-                            },
-                            // Not ours to read: drop everything rather than guess.
-                            Err(_) => BusEvent::Reset,
-                        };
-                        let _ = tx.send(event);
+                    let (mut sink, mut messages) = pubsub.split();
+                    let mut ping = tokio::time::interval(PING_EVERY);
+                    ping.tick().await;
+                    loop {
+                        tokio::select! {
+                            msg = messages.next() => {
+                                let Some(msg) = msg else { break };
+                                let event = match serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
+                                    Ok(w) => BusEvent::Invalidate {
+                                        origin: w.origin,
+                                        what: w.what,
+                                    },
+                                    // Not ours to read: drop everything rather than guess.
+                                    Err(_) => BusEvent::Reset,
+                                };
+                                let _ = tx.send(event);
+                            }
+                            _ = ping.tick() => {
+                                let alive = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                                if !matches!(alive, Ok(Ok(_))) {
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
                 tracing::warn!("chatstate invalidation subscription lost; local tiers are dropped");

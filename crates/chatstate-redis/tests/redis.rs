@@ -747,3 +747,20 @@ async fn broken_records_and_fences_are_refused_before_any_write() {
         .unwrap();
     assert!(lease.is_some());
 }
+
+#[tokio::test]
+async fn the_invalidation_bus_notices_a_silent_subscription() {
+    use chatstate_core::{BusEvent, InvalidationBus};
+    let server = RedisServer::start(&[]);
+    let s = connect(&server.url()).await;
+    let bus = chatstate_redis::RedisBus::new(&s).expect("bus");
+    let mut rx = bus.subscribe();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert_eq!(first.expect("subscribed").expect("event"), BusEvent::Reset, "subscribing resets");
+    // The server stops answering (as a half-open connection would look): the ping
+    // goes unanswered and the listener resets within ping interval + timeout.
+    server.cli(&["CLIENT", "PAUSE", "15000", "ALL"]);
+    let next = tokio::time::timeout(Duration::from_secs(12), rx.recv()).await;
+    assert_eq!(next.expect("noticed in time").expect("event"), BusEvent::Reset);
+    server.cli(&["CLIENT", "UNPAUSE"]);
+}
