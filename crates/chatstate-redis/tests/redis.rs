@@ -756,11 +756,18 @@ async fn the_invalidation_bus_notices_a_silent_subscription() {
     let bus = chatstate_redis::RedisBus::new(&s).expect("bus");
     let mut rx = bus.subscribe();
     let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-    assert_eq!(first.expect("subscribed").expect("event"), BusEvent::Reset, "subscribing resets");
+    assert_eq!(
+        first.expect("subscribed").expect("event"),
+        BusEvent::Reset,
+        "subscribing resets"
+    );
     // The server stops answering (as a half-open connection would look): the ping
     // goes unanswered and the listener resets within ping interval + timeout.
     server.cli(&["CLIENT", "PAUSE", "15000", "ALL"]);
     let next = tokio::time::timeout(Duration::from_secs(12), rx.recv()).await;
-    assert_eq!(next.expect("noticed in time").expect("event"), BusEvent::Reset);
+    assert_eq!(
+        next.expect("noticed in time").expect("event"),
+        BusEvent::Reset
+    );
     server.cli(&["CLIENT", "UNPAUSE"]);
 }
