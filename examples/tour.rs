@@ -9,17 +9,13 @@
 //! A malformed variable stops the tour with an error that names it.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chatstate_core::{
-    BackendKind, Bucket, CacheKey, Codec, Config, CounterBatch, CounterKey, CounterSink, Expected,
-    FocusKey, FocusStore, FocusStoreExt, KvCache, KvCacheExt, Labels, NewMessage, PutMode,
-    SessionKey, SessionPatch, SessionStore, Timestamp,
+use chatstate::{
+    BackendKind, Bucket, CacheKey, Codec, Config, CounterBatch, CounterKey, Expected, FocusKey,
+    FocusStoreExt, KvCacheExt, Labels, NewMessage, PutMode, SessionKey, SessionPatch, Stores,
+    Timestamp,
 };
-use chatstate_file::FileStore;
-use chatstate_memory::MemoryStore;
-use chatstate_redis::RedisStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -46,39 +42,12 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The four stores of the backend the configuration selects.
-struct Stores {
-    sessions: Arc<dyn SessionStore>,
-    focus: Arc<dyn FocusStore>,
-    counters: Arc<dyn CounterSink>,
-    cache: Arc<dyn KvCache>,
-}
-
-async fn open(config: &Config) -> chatstate_core::Result<Stores> {
-    fn all<S: SessionStore + FocusStore + CounterSink + KvCache + 'static>(s: S) -> Stores {
-        let s = Arc::new(s);
-        Stores {
-            sessions: s.clone(),
-            focus: s.clone(),
-            counters: s.clone(),
-            cache: s,
-        }
-    }
-    match config.backend {
-        BackendKind::Memory => Ok(all(MemoryStore::from_config(config))),
-        BackendKind::File => Ok(all(FileStore::from_config(config)?)),
-        BackendKind::Redis => Ok(all(RedisStore::from_config(config).await?)),
-    }
-}
-
-async fn tour() -> chatstate_core::Result<()> {
+async fn tour() -> chatstate::Result<()> {
     let config = Config::from_env()?;
-    let Stores {
-        sessions,
-        focus,
-        counters,
-        cache,
-    } = open(&config).await?;
+    // The facade opens the backend the environment selects (USE_REDIS, ...).
+    let stores = Stores::open(&config).await?;
+    let (sessions, focus, counters, cache) =
+        (stores.sessions, stores.focus, stores.counters, stores.cache);
     let codec = Codec::Json;
     match config.backend {
         BackendKind::File => println!("backend: file store in {}", config.file_dir.display()),

@@ -1,0 +1,75 @@
+//! Switching backends with the environment: each backend keeps its own data, and
+//! switching back finds it.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+
+use chatstate::{BackendKind, Config, NewMessage, SessionKey, SessionStoreExt, Stores};
+
+fn config(vars: &[(&str, &str)]) -> Config {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_lookup(|name| map.get(name).cloned()).unwrap()
+}
+
+#[tokio::test]
+async fn the_flag_picks_the_backend_and_switching_back_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let key = SessionKey::new("acme", "whatsapp", "u1").unwrap();
+
+    let file = config(&[("USE_REDIS", "0"), ("CHATSTATE_FILE_DIR", &dir_s)]);
+    let stores = Stores::open(&file).await.unwrap();
+    assert_eq!(stores.backend, BackendKind::File);
+    stores
+        .sessions
+        .append_message(&key, NewMessage::user("kept on disk"))
+        .await
+        .unwrap();
+    drop(stores);
+
+    let memory = config(&[("CHATSTATE_BACKEND", "memory")]);
+    let stores = Stores::open(&memory).await.unwrap();
+    assert_eq!(stores.backend, BackendKind::Memory);
+    assert!(
+        stores.sessions.load(&key).await.unwrap().is_none(),
+        "memory starts empty"
+    );
+
+    let back = Stores::open(&file).await.unwrap();
+    let loaded = back.sessions.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.messages[0].content, "kept on disk",
+        "switching back finds the data"
+    );
+
+    let tiered = back.tiered_cache(&file);
+    let counters = back.batched_counters(&file);
+    let c = chatstate::CounterKey::new("messages").unwrap();
+    counters.add(&c, 2);
+    counters.shutdown().await.unwrap();
+    assert_eq!(back.counters.get(&c).await.unwrap(), 2);
+    drop(tiered);
+}
+
+#[tokio::test]
+async fn use_redis_with_no_server_is_a_clear_temporary_error() {
+    // A loopback port nothing listens on (never 6379).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://:s3cret@127.0.0.1:{port}");
+    let redis = config(&[
+        ("USE_REDIS", "1"),
+        ("REDIS_URL", &url),
+        ("REDIS_CONNECT_TIMEOUT_MS", "300"),
+    ]);
+    let err = Stores::open(&redis).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
