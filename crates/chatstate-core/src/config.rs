@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::key::check_prefix;
+use crate::key::{CacheKey, check_prefix};
 
 /// The longest TTL or lease accepted: ten years.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -147,6 +147,34 @@ impl StoreSettings {
         // Backends keep time in whole milliseconds (Redis PX): round up, never to 0.
         let ms = ttl.as_nanos().div_ceil(1_000_000);
         Ok(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
+    }
+
+    /// An explicit TTL or lease, checked as [`StoreSettings::ttl_or`] does.
+    pub fn check_ttl(ttl: Duration) -> Result<Duration> {
+        StoreSettings::ttl_or(Some(ttl), ttl)
+    }
+
+    /// The TTL of a cache write (`ttl`, or the cache TTL), after checking every value
+    /// (given as key and length) against the value limit; the error names the key.
+    /// Every backend checks a write this way before touching anything.
+    pub fn cache_write_ttl<'a>(
+        &self,
+        values: impl IntoIterator<Item = (&'a CacheKey, usize)>,
+        ttl: Option<Duration>,
+    ) -> Result<Duration> {
+        let ttl = StoreSettings::ttl_or(ttl, self.cache_ttl)?;
+        for (key, len) in values {
+            self.check_value_len("cache value", len)
+                .map_err(|e| e.with_key(key))?;
+        }
+        Ok(ttl)
+    }
+
+    /// The TTL of a focus put (`ttl`, or the focus TTL), after checking the value's
+    /// length against the value limit.
+    pub fn focus_put_ttl(&self, value_len: usize, ttl: Option<Duration>) -> Result<Duration> {
+        self.check_value_len("focus value", value_len)?;
+        StoreSettings::ttl_or(ttl, self.focus_ttl)
     }
 
     /// Checks the settings for values no store can work with (a zero window or TTL).

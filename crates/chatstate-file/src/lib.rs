@@ -658,7 +658,7 @@ impl SessionStore for FileStore {
         lease: Duration,
     ) -> Result<Option<Lease>> {
         with_op(check_lock_name(name), "try_lock")?;
-        let lease = with_op(StoreSettings::ttl_or(Some(lease), lease), "try_lock")?;
+        let lease = with_op(StoreSettings::check_ttl(lease), "try_lock")?;
         let (key, name) = (key.clone(), name.to_string());
         self.blocking(move |inner| {
             let path = inner.layout.session_lock(&key, &name);
@@ -694,7 +694,7 @@ impl SessionStore for FileStore {
     }
 
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
-        let lease = with_op(StoreSettings::ttl_or(Some(lease), lease), "extend_lock")?;
+        let lease = with_op(StoreSettings::check_ttl(lease), "extend_lock")?;
         let held = held.clone();
         self.blocking(move |inner| {
             let path = inner.layout.session_lock(&held.key, &held.name);
@@ -801,8 +801,7 @@ impl FocusStore for FileStore {
         ttl: Option<Duration>,
     ) -> Result<FocusDoc> {
         let settings = &self.inner.settings;
-        with_op(settings.check_value_len("focus value", value.len()), "put")?;
-        let ttl = with_op(StoreSettings::ttl_or(ttl, settings.focus_ttl), "put")?;
+        let ttl = with_op(settings.focus_put_ttl(value.len(), ttl), "put")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let path = inner.layout.focus(&key);
@@ -1063,12 +1062,10 @@ impl KvCache for FileStore {
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         let settings = &self.inner.settings;
-        let ttl = with_op(StoreSettings::ttl_or(ttl, settings.cache_ttl), "set_many")?;
-        for (key, value) in &entries {
-            settings
-                .check_value_len("cache value", value.len())
-                .map_err(|e| e.with_operation("set_many").with_key(key))?;
-        }
+        let ttl = with_op(
+            settings.cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl),
+            "set_many",
+        )?;
         self.blocking(move |inner| {
             for (key, value) in entries {
                 let path = inner.layout.cache(&key);
@@ -1116,7 +1113,7 @@ impl KvCache for FileStore {
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        let ttl = with_op(StoreSettings::ttl_or(Some(ttl), ttl), "expire")?;
+        let ttl = with_op(StoreSettings::check_ttl(ttl), "expire")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let path = inner.layout.cache(&key);

@@ -394,7 +394,7 @@ impl Shared {
             let factor = 1.0 + j * (fastrand::f64() * 2.0 - 1.0);
             ttl.mul_f64(factor).max(Duration::from_millis(1))
         };
-        StoreSettings::ttl_or(Some(spread), spread).map(Some)
+        StoreSettings::check_ttl(spread).map(Some)
     }
 
     /// How long a copy written with remote `ttl` may be served locally.

@@ -475,7 +475,7 @@ impl SessionStore for MemoryStore {
         lease: Duration,
     ) -> Result<Option<Lease>> {
         with_op(check_lock_name(name), "try_lock")?;
-        let lease = with_op(StoreSettings::ttl_or(Some(lease), lease), "try_lock")?;
+        let lease = with_op(StoreSettings::check_ttl(lease), "try_lock")?;
         let now = self.inner.now();
         let mut locks = lock(&self.inner.locks);
         let k = (triple(key), name.to_string());
@@ -503,7 +503,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
-        let lease = with_op(StoreSettings::ttl_or(Some(lease), lease), "extend_lock")?;
+        let lease = with_op(StoreSettings::check_ttl(lease), "extend_lock")?;
         let now = self.inner.now();
         let mut locks = lock(&self.inner.locks);
         let k = (triple(&held.key), held.name.clone());
@@ -562,8 +562,7 @@ impl FocusStore for MemoryStore {
         ttl: Option<Duration>,
     ) -> Result<FocusDoc> {
         let settings = &self.inner.settings;
-        with_op(settings.check_value_len("focus value", value.len()), "put")?;
-        let ttl = with_op(StoreSettings::ttl_or(ttl, settings.focus_ttl), "put")?;
+        let ttl = with_op(settings.focus_put_ttl(value.len(), ttl), "put")?;
         let now = self.inner.now();
         let mut focus = lock(&self.inner.focus);
         let k = focus_key(key);
@@ -714,12 +713,10 @@ impl KvCache for MemoryStore {
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         let settings = &self.inner.settings;
-        let ttl = with_op(StoreSettings::ttl_or(ttl, settings.cache_ttl), "set_many")?;
-        for (key, value) in &entries {
-            settings
-                .check_value_len("cache value", value.len())
-                .map_err(|e| e.with_operation("set_many").with_key(key))?;
-        }
+        let ttl = with_op(
+            settings.cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl),
+            "set_many",
+        )?;
         let now = self.inner.now();
         let deadline = now.plus(ttl);
         let mut cache = lock(&self.inner.cache);
@@ -751,7 +748,7 @@ impl KvCache for MemoryStore {
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        let ttl = with_op(StoreSettings::ttl_or(Some(ttl), ttl), "expire")?;
+        let ttl = with_op(StoreSettings::check_ttl(ttl), "expire")?;
         let now = self.inner.now();
         Ok(lock(&self.inner.cache).set_deadline(&cache_key(key), now.plus(ttl), now))
     }

@@ -63,12 +63,11 @@ impl KvCache for RedisStore {
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        let settings = &self.inner.settings;
-        let ttl =
-            StoreSettings::ttl_or(ttl, settings.cache_ttl).map_err(|e| e.with_operation("set"))?;
-        settings
-            .check_value_len("cache value", value.len())
-            .map_err(|e| e.with_operation("set").with_key(key))?;
+        let ttl = self
+            .inner
+            .settings
+            .cache_write_ttl([(key, value.len())], ttl)
+            .map_err(|e| e.with_operation("set"))?;
         let k = self.inner.layout.cache(key);
         let _: Value = self
             .inner
@@ -87,14 +86,11 @@ impl KvCache for RedisStore {
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
-        let settings = &self.inner.settings;
-        let ttl = StoreSettings::ttl_or(ttl, settings.cache_ttl)
+        let ttl = self
+            .inner
+            .settings
+            .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
             .map_err(|e| e.with_operation("set_many"))?;
-        for (key, value) in &entries {
-            settings
-                .check_value_len("cache value", value.len())
-                .map_err(|e| e.with_operation("set_many").with_key(key))?;
-        }
         if entries.is_empty() {
             return Ok(());
         }
@@ -149,7 +145,7 @@ impl KvCache for RedisStore {
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        let ttl = StoreSettings::ttl_or(Some(ttl), ttl).map_err(|e| e.with_operation("expire"))?;
+        let ttl = StoreSettings::check_ttl(ttl).map_err(|e| e.with_operation("expire"))?;
         let k = self.inner.layout.cache(key);
         let n: i64 = self
             .inner

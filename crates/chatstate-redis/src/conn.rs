@@ -67,6 +67,24 @@ impl Counters {
     }
 }
 
+/// Lua shared by the scripts: `wrongtype(key, want)` is a WRONGTYPE error reply when
+/// `key` exists with another type than `want`, else `nil`. Scripts call it for every
+/// key before their first write, so a refused script has written nothing.
+macro_rules! lua_wrongtype {
+    () => {
+        r#"
+local function wrongtype(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a ' .. want)
+  end
+  return nil
+end
+"#
+    };
+}
+pub(crate) use lua_wrongtype;
+
 /// A Lua script, sent by hash (EVALSHA) and by source (EVAL) only when the server
 /// does not know it yet (NOSCRIPT: a restart, a SCRIPT FLUSH, a new server).
 pub(crate) struct Script {
@@ -79,6 +97,25 @@ impl Script {
     pub fn new(name: &'static str, source: &'static str) -> Self {
         let sha = redis::Script::new(source).get_hash().to_string();
         Script { name, source, sha }
+    }
+
+    /// `EVALSHA` of this script (or `EVAL` of its source, `by_source`) on `keys`
+    /// and `args`.
+    pub fn command<A: AsRef<[u8]>>(&self, by_source: bool, keys: &[&str], args: &[A]) -> Cmd {
+        let mut cmd = if by_source {
+            let mut c = redis::cmd("EVAL");
+            c.arg(self.source);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(&self.sha);
+            c
+        };
+        cmd.arg(keys.len()).arg(keys);
+        for a in args {
+            cmd.arg(a.as_ref());
+        }
+        cmd
     }
 }
 
@@ -195,16 +232,8 @@ impl Conn {
         args: &[&[u8]],
         op: &'static str,
     ) -> Result<Value> {
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(script.source).arg(keys.len()).arg(keys);
-        for a in args {
-            eval.arg(*a);
-        }
-        let mut con = self.manager.clone();
-        self.counters.count([&eval]);
-        eval.query_async(&mut con)
+        self.cmd(&script.command(true, keys, args), op, keys.first().copied())
             .await
-            .map_err(|e| map_err(e, op, keys.first().copied()))
     }
 
     /// Runs a script: one round trip (two the first time a server sees it).
@@ -216,25 +245,13 @@ impl Conn {
         op: &'static str,
     ) -> Result<Value> {
         let key = keys.first().copied();
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(&script.sha).arg(keys.len()).arg(keys);
-        for a in args {
-            evalsha.arg(*a);
-        }
+        let evalsha = script.command(false, keys, args);
         let mut con = self.manager.clone();
         self.counters.count([&evalsha]);
         match evalsha.query_async::<Value>(&mut con).await {
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 tracing::debug!(script = script.name, "loading script");
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(script.source).arg(keys.len()).arg(keys);
-                for a in args {
-                    eval.arg(*a);
-                }
-                self.counters.count([&eval]);
-                eval.query_async(&mut con)
-                    .await
-                    .map_err(|e| map_err(e, op, key))
+                self.eval(script, keys, args, op).await
             }
             other => other.map_err(|e| map_err(e, op, key)),
         }

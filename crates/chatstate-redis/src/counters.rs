@@ -13,7 +13,7 @@ use chatstate_core::{
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::{Script, reply};
+use crate::conn::{Script, lua_wrongtype, reply};
 
 /// Applies a batch once. KEYS: batch id key, then each counter hash once.
 /// ARGV: retention_ms, then per hash: n, (field, delta) × n.
@@ -24,15 +24,15 @@ use crate::conn::{Script, reply};
 /// and records nothing. Lua numbers are doubles, so the range check refuses a batch
 /// whose counter could pass ±2^62 (rather than risk a partial overflow); the
 /// increments themselves are the client's exact integer strings.
-const APPLY: &str = r#"
+const APPLY: &str = concat!(
+    lua_wrongtype!(),
+    r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local a, plan = 2, {}
 for k = 2, #KEYS do
   local key = KEYS[k]
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= 'hash' then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a hash')
-  end
+  local e = wrongtype(key, 'hash')
+  if e then return e end
   local n = tonumber(ARGV[a]); a = a + 1
   local fields, deltas = {}, {}
   for i = 1, n do fields[i] = ARGV[a]; deltas[i] = ARGV[a + 1]; a = a + 2 end
@@ -58,7 +58,8 @@ for _, p in ipairs(plan) do
   for i = 1, #p[2] do redis.call('HINCRBY', p[1], p[2][i], p[3][i]) end
 end
 return 1
-"#;
+"#
+);
 
 pub(crate) struct CounterScripts {
     apply: Script,

@@ -8,24 +8,22 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::key::{check_scope, unescape};
 use chatstate_core::{
-    Error, ErrorKind, FocusDoc, FocusKey, FocusStore, PutMode, Result, StoreSettings, Timestamp,
+    Error, ErrorKind, FocusDoc, FocusKey, FocusStore, PutMode, Result, Timestamp,
 };
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::{Script, reply};
+use crate::conn::{Script, lua_wrongtype, reply};
 
 /// Writes a document under a precondition.
 /// KEYS: doc, index. ARGV: mode (0 overwrite, 1 create, 2 if version), expected,
 /// value, now, ttl_ms, escaped name.
 /// Returns {-1, version} exists (create), {-2, version or 0} conflict, {version} written.
-const PUT: &str = r#"
-for i, want in ipairs({'hash', 'set'}) do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', expected a ' .. want)
-  end
-end
+const PUT: &str = concat!(
+    lua_wrongtype!(),
+    r#"
+local e = wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'set')
+if e then return e end
 local v = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '1' and v then return {-1, tonumber(v)} end
 if ARGV[1] == '2' and (not v or tonumber(v) ~= tonumber(ARGV[2])) then return {-2, tonumber(v or 0)} end
@@ -35,20 +33,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[6])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
 return {nv}
-"#;
+"#
+);
 
 /// Deletes a document and its index entry. KEYS: doc, index. ARGV: escaped name.
-const DELETE: &str = r#"
-for i, want in ipairs({'hash', 'set'}) do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', expected a ' .. want)
-  end
-end
+const DELETE: &str = concat!(
+    lua_wrongtype!(),
+    r#"
+local e = wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'set')
+if e then return e end
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return n
-"#;
+"#
+);
 
 /// Reads every live document of a scope, dropping index entries of expired ones.
 /// KEYS: index. ARGV: the document key prefix. (The documents' keys are built from
@@ -109,12 +107,11 @@ impl FocusStore for RedisStore {
         mode: PutMode,
         ttl: Option<Duration>,
     ) -> Result<FocusDoc> {
-        let settings = &self.inner.settings;
-        settings
-            .check_value_len("focus value", value.len())
+        let ttl = self
+            .inner
+            .settings
+            .focus_put_ttl(value.len(), ttl)
             .map_err(|e| e.with_operation("put"))?;
-        let ttl =
-            StoreSettings::ttl_or(ttl, settings.focus_ttl).map_err(|e| e.with_operation("put"))?;
         let doc_key = self.inner.layout.focus(key);
         let index = self.inner.layout.focus_index(key.scope());
         let (mode_arg, expected) = match mode {

@@ -22,19 +22,12 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::RedisStore;
-use crate::conn::{Script, reply};
+use crate::conn::{Script, lua_wrongtype, reply};
 
 /// Shared Lua: refuse to touch a key that holds another type (no partial writes).
 macro_rules! lua_prelude {
     () => {
         r#"
-local function wrongtype(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a ' .. want)
-  end
-  return nil
-end
 local function apply_patch(ctx, argv, at)
   local nsets = tonumber(argv[at])
   for i = 0, nsets - 1 do
@@ -55,6 +48,7 @@ end
 /// Returns {0} when it exists (mode 0), {1, hash} when it exists (mode 1), {2, hash}
 /// when created.
 const CREATE: &str = concat!(
+    lua_wrongtype!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
@@ -78,6 +72,7 @@ return {2, redis.call('HGETALL', ctx)}
 /// KEYS: ctx, msgs. ARGV: now, ttl_ms, window, new id, n, message JSON × n.
 /// Returns {message_count, window length, created (0/1)}.
 const APPEND: &str = concat!(
+    lua_wrongtype!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
@@ -115,6 +110,7 @@ return {h, redis.call('LRANGE', KEYS[2], 0, -1)}
 /// KEYS: ctx, msgs. ARGV: now, ttl_ms, expected version (-1: any), patch.
 /// Returns {0} missing, {1, version} conflict, {2, hash} done.
 const UPDATE: &str = concat!(
+    lua_wrongtype!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
@@ -134,6 +130,7 @@ return {2, redis.call('HGETALL', ctx)}
 
 /// Sets last_activity and refreshes the TTL. KEYS: ctx, msgs. ARGV: now, ttl_ms.
 const TOUCH: &str = concat!(
+    lua_wrongtype!(),
     lua_prelude!(),
     r#"
 local e = wrongtype(KEYS[1], 'hash')
@@ -164,13 +161,12 @@ return out
 
 /// Takes a lock and its next fencing number.
 /// KEYS: lock, fence. ARGV: token, lease_ms, fence retention_ms. Returns the fence, or 0.
-const TRY_LOCK: &str = r#"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'none' and t ~= 'string' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', expected a string')
-end
-local f = redis.call('TYPE', KEYS[2])['ok']
-if f ~= 'none' and (f ~= 'string' or not tonumber(redis.call('GET', KEYS[2]))) then
+const TRY_LOCK: &str = concat!(
+    lua_wrongtype!(),
+    r#"
+local e = wrongtype(KEYS[1], 'string') or wrongtype(KEYS[2], 'string')
+if e then return e end
+if redis.call('EXISTS', KEYS[2]) == 1 and not tonumber(redis.call('GET', KEYS[2])) then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is not a fencing number')
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -179,7 +175,8 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return fence
 end
 return 0
-"#;
+"#
+);
 
 /// Extends a lock held with this token. KEYS: lock, fence. ARGV: token, lease_ms,
 /// retention_ms.
@@ -405,12 +402,7 @@ impl RedisStore {
         // index's is best effort (the session is written either way, and a retry
         // would write it twice).
         pipe.ignore_errors();
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(&script.sha).arg(2).arg(&k.ctx).arg(&k.msgs);
-        for a in &args {
-            evalsha.arg(a.as_slice());
-        }
-        pipe.add_command(evalsha);
+        pipe.add_command(script.command(false, &[&k.ctx, &k.msgs], &args));
         pipe.cmd("ZADD").arg(&k.index).arg(0).arg(&k.member);
         pipe.cmd("PEXPIRE").arg(&k.index).arg(self.ttl_ms());
         let replies: Vec<Value> = self.inner.conn.pipe(&pipe, op, Some(&k.ctx)).await?;
@@ -794,8 +786,7 @@ impl SessionStore for RedisStore {
         lease: Duration,
     ) -> Result<Option<Lease>> {
         check_lock_name(name).map_err(|e| e.with_operation("try_lock"))?;
-        let lease =
-            StoreSettings::ttl_or(Some(lease), lease).map_err(|e| e.with_operation("try_lock"))?;
+        let lease = StoreSettings::check_ttl(lease).map_err(|e| e.with_operation("try_lock"))?;
         let (lock, fence) = lock_keys(&self.inner.layout, key, name);
         let token = random_id();
         let retention = ms(self.inner.settings.session_ttl.max(lease));
@@ -819,8 +810,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
-        let lease = StoreSettings::ttl_or(Some(lease), lease)
-            .map_err(|e| e.with_operation("extend_lock"))?;
+        let lease = StoreSettings::check_ttl(lease).map_err(|e| e.with_operation("extend_lock"))?;
         let (lock, fence) = lock_keys(&self.inner.layout, &held.key, &held.name);
         let retention = ms(self.inner.settings.session_ttl.max(lease));
         let v = self
