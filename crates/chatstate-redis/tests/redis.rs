@@ -169,6 +169,15 @@ async fn every_logical_operation_is_one_round_trip() {
     );
 }
 
+fn reads_processed(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO stats has total_reads_processed")
+}
+
 fn commandstats(server: &RedisServer) -> BTreeMap<String, u64> {
     server
         .cli(&["INFO", "commandstats"])
@@ -197,6 +206,7 @@ async fn command_counts_match_the_server_commandstats() {
     server.cli(&["CONFIG", "RESETSTAT"]);
     let ours_before = s.commands_by_name();
     let total_before = s.round_trips();
+    let reads_before = reads_processed(&server);
 
     for i in 0..10 {
         s.append_message(&k, NewMessage::user(format!("m{i}")))
@@ -220,6 +230,18 @@ async fn command_counts_match_the_server_commandstats() {
         b.add(&CounterKey::new(format!("c{i}")).unwrap(), 1);
         s.apply(&b).await.unwrap();
     }
+    // The server's own count of requests read, independent of ours: each round trip
+    // is one read; redis-cli's INFO between the two readings adds 2 (its close, and
+    // the second INFO itself). (Measured before the prefix clear: SCAN + UNLINK show
+    // 2 more reads than requests on this server, which their command counts below
+    // do not; left unexplained.)
+    let reads = reads_processed(&server);
+    let trips = s.round_trips().round_trips - total_before.round_trips;
+    assert_eq!(
+        reads - reads_before - 2,
+        trips,
+        "the server read as many requests as the store counted round trips"
+    );
     s.clear_prefix("ns", "").await.unwrap();
 
     let ours: BTreeMap<String, u64> = s
