@@ -19,13 +19,14 @@
 //! - [`invalidation`]: the bus tiered caches use to drop other instances' local
 //!   copies ([`InvalidationBus`], [`LocalBus`]).
 //! - [`config`]: [`Config`] from the environment (`USE_REDIS`, `REDIS_URL`, ...).
+//! - [`background`]: the periodic loop stores run their sweepers and flushes in.
 //! - [`clock`]: [`Timestamp`], [`Clock`], [`ManualClock`] for tests that move time.
 //! - [`error`]: [`Error`] with an [`ErrorKind`] to branch on.
 //! - `mock` (feature `mock`): mockall mocks of the four traits.
 //!
 //! ## What this crate must never do
 //!
-//! Talk to a backend, spawn tasks, or read the environment anywhere but
+//! Talk to a backend, spawn tasks (it builds loops, callers spawn them), or read the environment anywhere but
 //! [`Config::from_env`]. Backends store bytes and structure; this crate owns meaning
 //! (encoding, validation, truncation, preconditions) so it is written once.
 //!
@@ -51,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+pub mod background;
 pub mod clock;
 pub mod codec;
 pub mod config;

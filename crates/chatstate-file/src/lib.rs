@@ -204,15 +204,10 @@ fn check_format_file(root: &Path, durability: Durability) -> Result<()> {
     }
 }
 
+/// The sweeper: one pass per interval (on the blocking pool) while the store lives.
 async fn sweep_loop(store: Weak<Inner>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = store.upgrade() else { return };
-        let result = tokio::task::spawn_blocking(move || sweep::sweep(&inner)).await;
-        match result {
+    chatstate_core::background::every(store, interval, |inner: Arc<Inner>| async move {
+        match tokio::task::spawn_blocking(move || sweep::sweep(&inner)).await {
             Ok(Ok(report)) if report.removed > 0 || report.corrupt > 0 => {
                 tracing::debug!(?report, "chatstate-file sweep")
             }
@@ -220,7 +215,8 @@ async fn sweep_loop(store: Weak<Inner>, interval: Duration) {
             Ok(Err(e)) => tracing::warn!(error = %e, "chatstate-file sweep failed"),
             Err(e) => tracing::warn!(error = %e, "chatstate-file sweep task failed"),
         }
-    }
+    })
+    .await
 }
 
 /// All four chatstate stores on a local folder. Cheap to clone; clones share state.

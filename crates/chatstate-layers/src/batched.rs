@@ -127,22 +127,13 @@ impl BatchedCounters {
             failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         });
-        // tokio's interval panics on zero.
-        let interval = interval.max(Duration::from_millis(1));
         let task = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let weak = Arc::downgrade(&shared);
-            rt.spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let Some(shared) = weak.upgrade() else { return };
-                    if let Err(e) = flush(&shared).await {
-                        tracing::warn!(error = %e, "chatstate counter flush failed; its batch is kept and retried");
-                    }
+            rt.spawn(chatstate_core::background::every(weak, interval, |shared: Arc<Shared>| async move {
+                if let Err(e) = flush(&shared).await {
+                    tracing::warn!(error = %e, "chatstate counter flush failed; its batch is kept and retried");
                 }
-            })
+            }))
         });
         BatchedCounters {
             shared,

@@ -176,18 +176,15 @@ impl MemoryStoreBuilder {
 
 /// The sweeper: holds only a weak reference, so it never keeps the store alive, and
 /// ends when the store is dropped (which also aborts it).
+/// The sweeper: one pass per interval while the store lives.
 async fn sweep_loop(store: Weak<Inner>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = store.upgrade() else { return };
+    chatstate_core::background::every(store, interval, |inner: Arc<Inner>| async move {
         let freed = inner.sweep();
         if freed > 0 {
             tracing::trace!(freed, "chatstate-memory swept expired entries");
         }
-    }
+    })
+    .await
 }
 
 impl Inner {
