@@ -158,6 +158,18 @@ impl Error {
     }
 }
 
+/// Attaches the failing operation to an error result, where the operation is known.
+pub trait ResultExt<T> {
+    /// The result, its error (if any) naming `operation`.
+    fn in_op(self, operation: &'static str) -> Result<T>;
+}
+
+impl<T> ResultExt<T> for Result<T> {
+    fn in_op(self, operation: &'static str) -> Result<T> {
+        self.map_err(|e| e.with_operation(operation))
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)?;

@@ -66,7 +66,7 @@ pub mod traits;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use codec::Codec;
 pub use config::{BackendKind, Config, RedisUrl, StoreSettings};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
 pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};
 pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, SessionKey};

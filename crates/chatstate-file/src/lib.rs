@@ -77,6 +77,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatstate_core::ResultExt;
 use chatstate_core::key::check_lock_name;
 use chatstate_core::key::check_scope;
 use chatstate_core::model::{check_put, checked_counter_add, random_id};
@@ -405,14 +406,10 @@ struct CountersFile {
     applied: Vec<(String, Timestamp)>,
 }
 
-fn with_op<T>(r: Result<T>, op: &'static str) -> Result<T> {
-    r.map_err(|e| e.with_operation(op))
-}
-
 #[async_trait]
 impl SessionStore for FileStore {
     async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
-        let init = with_op(init.normalize(&self.inner.settings), "create")?;
+        let init = init.normalize(&self.inner.settings).in_op("create")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let _g = inner.stripes.lock(&inner.layout.session(&key))?;
@@ -428,7 +425,7 @@ impl SessionStore for FileStore {
             Ok(file.session)
         })
         .await
-        .map_err(|e| e.with_operation("create"))
+        .in_op("create")
     }
 
     async fn get_or_create(&self, key: &SessionKey) -> Result<Session> {
@@ -447,14 +444,14 @@ impl SessionStore for FileStore {
             Ok(file.session)
         })
         .await
-        .map_err(|e| e.with_operation("get_or_create"))
+        .in_op("get_or_create")
     }
 
     async fn get(&self, key: &SessionKey) -> Result<Option<Session>> {
         let key = key.clone();
         self.blocking(move |inner| Ok(inner.read_session(&key, inner.now())?.map(|f| f.session)))
             .await
-            .map_err(|e| e.with_operation("get"))
+            .in_op("get")
     }
 
     async fn get_many(&self, keys: &[SessionKey]) -> Result<Vec<Option<Session>>> {
@@ -466,7 +463,7 @@ impl SessionStore for FileStore {
                 .collect()
         })
         .await
-        .map_err(|e| e.with_operation("get_many"))
+        .in_op("get_many")
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>> {
@@ -480,7 +477,7 @@ impl SessionStore for FileStore {
                 }))
         })
         .await
-        .map_err(|e| e.with_operation("load"))
+        .in_op("load")
     }
 
     async fn append_messages(
@@ -489,7 +486,7 @@ impl SessionStore for FileStore {
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
         chatstate_core::model::check_append(&messages, &self.inner.settings)
-            .map_err(|e| e.with_operation("append_messages"))?;
+            .in_op("append_messages")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let _g = inner.stripes.lock(&inner.layout.session(&key))?;
@@ -517,7 +514,7 @@ impl SessionStore for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("append_messages"))
+        .in_op("append_messages")
     }
 
     async fn update(
@@ -526,7 +523,7 @@ impl SessionStore for FileStore {
         patch: SessionPatch,
         expected: Expected,
     ) -> Result<Session> {
-        let patch = with_op(patch.normalize(&self.inner.settings), "update")?;
+        let patch = patch.normalize(&self.inner.settings).in_op("update")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let _g = inner.stripes.lock(&inner.layout.session(&key))?;
@@ -548,7 +545,7 @@ impl SessionStore for FileStore {
             Ok(file.session)
         })
         .await
-        .map_err(|e| e.with_operation("update"))
+        .in_op("update")
     }
 
     async fn touch(&self, key: &SessionKey) -> Result<bool> {
@@ -564,7 +561,7 @@ impl SessionStore for FileStore {
             Ok(true)
         })
         .await
-        .map_err(|e| e.with_operation("touch"))
+        .in_op("touch")
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
@@ -575,7 +572,7 @@ impl SessionStore for FileStore {
             remove_record(inner, &path)
         })
         .await
-        .map_err(|e| e.with_operation("delete"))
+        .in_op("delete")
     }
 
     async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>> {
@@ -590,7 +587,7 @@ impl SessionStore for FileStore {
             }
         })
         .await
-        .map_err(|e| e.with_operation("ttl"))
+        .in_op("ttl")
     }
 
     async fn list(
@@ -599,8 +596,8 @@ impl SessionStore for FileStore {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<Page<SessionKey>> {
-        with_op(check_scope("tenant", tenant), "list")?;
-        chatstate_core::model::check_list_limit(limit).map_err(|e| e.with_operation("list"))?;
+        check_scope("tenant", tenant).in_op("list")?;
+        chatstate_core::model::check_list_limit(limit).in_op("list")?;
         if let Some(c) = &cursor
             && !is_record_name(c)
         {
@@ -644,7 +641,7 @@ impl SessionStore for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("list"))
+        .in_op("list")
     }
 
     async fn try_lock(
@@ -653,8 +650,8 @@ impl SessionStore for FileStore {
         name: &str,
         lease: Duration,
     ) -> Result<Option<Lease>> {
-        with_op(check_lock_name(name), "try_lock")?;
-        let lease = with_op(StoreSettings::check_ttl(lease), "try_lock")?;
+        check_lock_name(name).in_op("try_lock")?;
+        let lease = StoreSettings::check_ttl(lease).in_op("try_lock")?;
         let (key, name) = (key.clone(), name.to_string());
         self.blocking(move |inner| {
             let path = inner.layout.session_lock(&key, &name);
@@ -686,11 +683,11 @@ impl SessionStore for FileStore {
             }))
         })
         .await
-        .map_err(|e| e.with_operation("try_lock"))
+        .in_op("try_lock")
     }
 
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
-        let lease = with_op(StoreSettings::check_ttl(lease), "extend_lock")?;
+        let lease = StoreSettings::check_ttl(lease).in_op("extend_lock")?;
         let held = held.clone();
         self.blocking(move |inner| {
             let path = inner.layout.session_lock(&held.key, &held.name);
@@ -713,7 +710,7 @@ impl SessionStore for FileStore {
             }
         })
         .await
-        .map_err(|e| e.with_operation("extend_lock"))
+        .in_op("extend_lock")
     }
 
     async fn release_lock(&self, held: &Lease) -> Result<bool> {
@@ -740,7 +737,7 @@ impl SessionStore for FileStore {
             }
         })
         .await
-        .map_err(|e| e.with_operation("release_lock"))
+        .in_op("release_lock")
     }
 }
 
@@ -797,7 +794,7 @@ impl FocusStore for FileStore {
         ttl: Option<Duration>,
     ) -> Result<FocusDoc> {
         let settings = &self.inner.settings;
-        let ttl = with_op(settings.focus_put_ttl(value.len(), ttl), "put")?;
+        let ttl = settings.focus_put_ttl(value.len(), ttl).in_op("put")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let path = inner.layout.focus(&key);
@@ -826,7 +823,7 @@ impl FocusStore for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("put"))
+        .in_op("put")
     }
 
     async fn get(&self, key: &FocusKey) -> Result<Option<FocusDoc>> {
@@ -839,7 +836,7 @@ impl FocusStore for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("get"))
+        .in_op("get")
     }
 
     async fn delete(&self, key: &FocusKey) -> Result<bool> {
@@ -850,11 +847,11 @@ impl FocusStore for FileStore {
             remove_record(inner, &path)
         })
         .await
-        .map_err(|e| e.with_operation("delete"))
+        .in_op("delete")
     }
 
     async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
-        with_op(check_scope("focus scope", scope), "list")?;
+        check_scope("focus scope", scope).in_op("list")?;
         let scope = scope.to_string();
         self.blocking(move |inner| {
             let dir = inner.layout.focus_dir(&scope);
@@ -871,7 +868,7 @@ impl FocusStore for FileStore {
             Ok(docs)
         })
         .await
-        .map_err(|e| e.with_operation("list"))
+        .in_op("list")
     }
 }
 
@@ -928,7 +925,7 @@ impl CounterSink for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("add"))
+        .in_op("add")
     }
 
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
@@ -955,7 +952,7 @@ impl CounterSink for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("apply"))
+        .in_op("apply")
     }
 
     async fn get(&self, key: &CounterKey) -> Result<i64> {
@@ -969,7 +966,7 @@ impl CounterSink for FileStore {
                 .map_or(0, |(_, v)| *v))
         })
         .await
-        .map_err(|e| e.with_operation("get"))
+        .in_op("get")
     }
 
     async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>> {
@@ -983,11 +980,11 @@ impl CounterSink for FileStore {
                 .collect())
         })
         .await
-        .map_err(|e| e.with_operation("get_many"))
+        .in_op("get_many")
     }
 
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
-        with_op(check_scope("counter name", name), "list")?;
+        check_scope("counter name", name).in_op("list")?;
         let name = name.to_string();
         self.blocking(move |inner| {
             let mut out: Vec<(Labels, i64)> = inner
@@ -1001,7 +998,7 @@ impl CounterSink for FileStore {
             Ok(out)
         })
         .await
-        .map_err(|e| e.with_operation("list"))
+        .in_op("list")
     }
 
     async fn delete(&self, key: &CounterKey) -> Result<bool> {
@@ -1013,7 +1010,7 @@ impl CounterSink for FileStore {
             })
         })
         .await
-        .map_err(|e| e.with_operation("delete"))
+        .in_op("delete")
     }
 }
 
@@ -1035,7 +1032,7 @@ impl KvCache for FileStore {
         let key = key.clone();
         self.blocking(move |inner| Ok(read_cache(inner, &key, inner.now())?.map(|(v, _)| v)))
             .await
-            .map_err(|e| e.with_operation("get"))
+            .in_op("get")
     }
 
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
@@ -1047,21 +1044,20 @@ impl KvCache for FileStore {
                 .collect()
         })
         .await
-        .map_err(|e| e.with_operation("get_many"))
+        .in_op("get_many")
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.set_many(vec![(key.clone(), value)], ttl)
             .await
-            .map_err(|e| e.with_operation("set"))
+            .in_op("set")
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         let settings = &self.inner.settings;
-        let ttl = with_op(
-            settings.cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl),
-            "set_many",
-        )?;
+        let ttl = settings
+            .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
+            .in_op("set_many")?;
         self.blocking(move |inner| {
             for (key, value) in entries {
                 let path = inner.layout.cache(&key);
@@ -1072,7 +1068,7 @@ impl KvCache for FileStore {
             Ok(())
         })
         .await
-        .map_err(|e| e.with_operation("set_many"))
+        .in_op("set_many")
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
@@ -1083,7 +1079,7 @@ impl KvCache for FileStore {
             remove_record(inner, &path)
         })
         .await
-        .map_err(|e| e.with_operation("delete"))
+        .in_op("delete")
     }
 
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
@@ -1098,18 +1094,18 @@ impl KvCache for FileStore {
             Ok(n)
         })
         .await
-        .map_err(|e| e.with_operation("delete_many"))
+        .in_op("delete_many")
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
         let key = key.clone();
         self.blocking(move |inner| Ok(read_cache(inner, &key, inner.now())?.is_some()))
             .await
-            .map_err(|e| e.with_operation("exists"))
+            .in_op("exists")
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        let ttl = with_op(StoreSettings::check_ttl(ttl), "expire")?;
+        let ttl = StoreSettings::check_ttl(ttl).in_op("expire")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let path = inner.layout.cache(&key);
@@ -1128,7 +1124,7 @@ impl KvCache for FileStore {
             Ok(true)
         })
         .await
-        .map_err(|e| e.with_operation("expire"))
+        .in_op("expire")
     }
 
     async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>> {
@@ -1138,11 +1134,11 @@ impl KvCache for FileStore {
             Ok(read_cache(inner, &key, now)?.map(|(_, deadline)| now.until(deadline)))
         })
         .await
-        .map_err(|e| e.with_operation("ttl"))
+        .in_op("ttl")
     }
 
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
-        with_op(check_scope("cache namespace", namespace), "clear_prefix")?;
+        check_scope("cache namespace", namespace).in_op("clear_prefix")?;
         let (namespace, key_prefix) = (namespace.to_string(), key_prefix.to_string());
         self.blocking(move |inner| {
             let dir = inner.layout.cache_dir(&namespace);
@@ -1166,6 +1162,6 @@ impl KvCache for FileStore {
             Ok(removed)
         })
         .await
-        .map_err(|e| e.with_operation("clear_prefix"))
+        .in_op("clear_prefix")
     }
 }

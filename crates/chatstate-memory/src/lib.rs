@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatstate_core::ResultExt;
 use chatstate_core::key::{check_lock_name, check_scope, escape, unescape};
 use chatstate_core::model::{check_put, checked_counter_add, random_id};
 use chatstate_core::{
@@ -270,14 +271,10 @@ impl MemoryStore {
     }
 }
 
-fn with_op<T>(r: Result<T>, op: &'static str) -> Result<T> {
-    r.map_err(|e| e.with_operation(op))
-}
-
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
-        let init = with_op(init.normalize(&self.inner.settings), "create")?;
+        let init = init.normalize(&self.inner.settings).in_op("create")?;
         let now = self.inner.now();
         let mut sessions = lock(&self.inner.sessions);
         let k = triple(key);
@@ -339,7 +336,7 @@ impl SessionStore for MemoryStore {
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
         chatstate_core::model::check_append(&messages, &self.inner.settings)
-            .map_err(|e| e.with_operation("append_messages"))?;
+            .in_op("append_messages")?;
         let now = self.inner.now();
         let window = self.inner.settings.window_size;
         let mut sessions = lock(&self.inner.sessions);
@@ -373,7 +370,7 @@ impl SessionStore for MemoryStore {
         patch: SessionPatch,
         expected: Expected,
     ) -> Result<Session> {
-        let patch = with_op(patch.normalize(&self.inner.settings), "update")?;
+        let patch = patch.normalize(&self.inner.settings).in_op("update")?;
         let now = self.inner.now();
         let mut sessions = lock(&self.inner.sessions);
         let k = triple(key);
@@ -432,8 +429,8 @@ impl SessionStore for MemoryStore {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<Page<SessionKey>> {
-        with_op(check_scope("tenant", tenant), "list")?;
-        chatstate_core::model::check_list_limit(limit).map_err(|e| e.with_operation("list"))?;
+        check_scope("tenant", tenant).in_op("list")?;
+        chatstate_core::model::check_list_limit(limit).in_op("list")?;
         let start: Triple = match &cursor {
             None => (tenant.to_string(), String::new(), String::new()),
             Some(c) => {
@@ -471,8 +468,8 @@ impl SessionStore for MemoryStore {
         name: &str,
         lease: Duration,
     ) -> Result<Option<Lease>> {
-        with_op(check_lock_name(name), "try_lock")?;
-        let lease = with_op(StoreSettings::check_ttl(lease), "try_lock")?;
+        check_lock_name(name).in_op("try_lock")?;
+        let lease = StoreSettings::check_ttl(lease).in_op("try_lock")?;
         let now = self.inner.now();
         let mut locks = lock(&self.inner.locks);
         let k = (triple(key), name.to_string());
@@ -500,7 +497,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
-        let lease = with_op(StoreSettings::check_ttl(lease), "extend_lock")?;
+        let lease = StoreSettings::check_ttl(lease).in_op("extend_lock")?;
         let now = self.inner.now();
         let mut locks = lock(&self.inner.locks);
         let k = (triple(&held.key), held.name.clone());
@@ -559,7 +556,7 @@ impl FocusStore for MemoryStore {
         ttl: Option<Duration>,
     ) -> Result<FocusDoc> {
         let settings = &self.inner.settings;
-        let ttl = with_op(settings.focus_put_ttl(value.len(), ttl), "put")?;
+        let ttl = settings.focus_put_ttl(value.len(), ttl).in_op("put")?;
         let now = self.inner.now();
         let mut focus = lock(&self.inner.focus);
         let k = focus_key(key);
@@ -589,7 +586,7 @@ impl FocusStore for MemoryStore {
     }
 
     async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
-        with_op(check_scope("focus scope", scope), "list")?;
+        check_scope("focus scope", scope).in_op("list")?;
         let now = self.inner.now();
         let start = (scope.to_string(), String::new());
         Ok(lock(&self.inner.focus)
@@ -615,7 +612,7 @@ impl CounterSink for MemoryStore {
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
         let mut counters = lock(&self.inner.counters);
         let current = counters.values.get(key).copied().unwrap_or(0);
-        let value = with_op(checked_counter_add(key, current, delta), "add")?;
+        let value = checked_counter_add(key, current, delta).in_op("add")?;
         set_counter(&mut counters.values, key, value);
         Ok(value)
     }
@@ -636,7 +633,7 @@ impl CounterSink for MemoryStore {
             let current = counters.values.get(key).copied().unwrap_or(0);
             updates.push((
                 key,
-                with_op(checked_counter_add(key, current, delta), "apply")?,
+                checked_counter_add(key, current, delta).in_op("apply")?,
             ));
         }
         for (key, value) in updates {
@@ -667,7 +664,7 @@ impl CounterSink for MemoryStore {
 
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
         // CounterKey::new(name) checks the name and is the smallest key of that name.
-        let start = with_op(CounterKey::new(name), "list")?;
+        let start = CounterKey::new(name).in_op("list")?;
         Ok(lock(&self.inner.counters)
             .values
             .range(start..)
@@ -705,15 +702,14 @@ impl KvCache for MemoryStore {
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.set_many(vec![(key.clone(), value)], ttl)
             .await
-            .map_err(|e| e.with_operation("set"))
+            .in_op("set")
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         let settings = &self.inner.settings;
-        let ttl = with_op(
-            settings.cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl),
-            "set_many",
-        )?;
+        let ttl = settings
+            .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
+            .in_op("set_many")?;
         let now = self.inner.now();
         let deadline = now.plus(ttl);
         let mut cache = lock(&self.inner.cache);
@@ -745,7 +741,7 @@ impl KvCache for MemoryStore {
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        let ttl = with_op(StoreSettings::check_ttl(ttl), "expire")?;
+        let ttl = StoreSettings::check_ttl(ttl).in_op("expire")?;
         let now = self.inner.now();
         Ok(lock(&self.inner.cache).set_deadline(&cache_key(key), now.plus(ttl), now))
     }
@@ -758,7 +754,7 @@ impl KvCache for MemoryStore {
     }
 
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
-        with_op(check_scope("cache namespace", namespace), "clear_prefix")?;
+        check_scope("cache namespace", namespace).in_op("clear_prefix")?;
         let now = self.inner.now();
         let mut cache = lock(&self.inner.cache);
         let start = (namespace.to_string(), key_prefix.to_string());

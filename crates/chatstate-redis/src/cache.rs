@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatstate_core::ResultExt;
 use chatstate_core::key::check_scope;
 use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
@@ -67,7 +68,7 @@ impl KvCache for RedisStore {
             .inner
             .settings
             .cache_write_ttl([(key, value.len())], ttl)
-            .map_err(|e| e.with_operation("set"))?;
+            .in_op("set")?;
         let k = self.inner.layout.cache(key);
         let _: Value = self
             .inner
@@ -90,7 +91,7 @@ impl KvCache for RedisStore {
             .inner
             .settings
             .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
-            .map_err(|e| e.with_operation("set_many"))?;
+            .in_op("set_many")?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -145,7 +146,7 @@ impl KvCache for RedisStore {
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
-        let ttl = StoreSettings::check_ttl(ttl).map_err(|e| e.with_operation("expire"))?;
+        let ttl = StoreSettings::check_ttl(ttl).in_op("expire")?;
         let k = self.inner.layout.cache(key);
         let n: i64 = self
             .inner
@@ -170,7 +171,7 @@ impl KvCache for RedisStore {
     }
 
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
-        check_scope("cache namespace", namespace).map_err(|e| e.with_operation("clear_prefix"))?;
+        check_scope("cache namespace", namespace).in_op("clear_prefix")?;
         let pattern = self.inner.layout.cache_pattern(namespace, key_prefix);
         let mut cursor: u64 = 0;
         let mut removed = 0;

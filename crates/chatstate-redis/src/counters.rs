@@ -6,6 +6,7 @@
 //! for the configured batch retention.
 
 use async_trait::async_trait;
+use chatstate_core::ResultExt;
 use chatstate_core::key::check_scope;
 use chatstate_core::{
     BatchOutcome, Bucket, CounterBatch, CounterKey, CounterSink, Error, Labels, Result,
@@ -191,7 +192,7 @@ impl CounterSink for RedisStore {
     }
 
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
-        check_scope("counter name", name).map_err(|e| e.with_operation("list"))?;
+        check_scope("counter name", name).in_op("list")?;
         let hash = self.inner.layout.counter_hash(name, bucket);
         let v: Value = self
             .inner

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatstate_core::ResultExt;
 use chatstate_core::key::{check_scope, unescape};
 use chatstate_core::{
     Error, ErrorKind, FocusDoc, FocusKey, FocusStore, PutMode, Result, Timestamp,
@@ -111,7 +112,7 @@ impl FocusStore for RedisStore {
             .inner
             .settings
             .focus_put_ttl(value.len(), ttl)
-            .map_err(|e| e.with_operation("put"))?;
+            .in_op("put")?;
         let doc_key = self.inner.layout.focus(key);
         let index = self.inner.layout.focus_index(key.scope());
         let (mode_arg, expected) = match mode {
@@ -213,7 +214,7 @@ impl FocusStore for RedisStore {
     }
 
     async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
-        check_scope("focus scope", scope).map_err(|e| e.with_operation("list"))?;
+        check_scope("focus scope", scope).in_op("list")?;
         let index = self.inner.layout.focus_index(scope);
         // Every document key of the scope is this prefix plus the escaped name.
         let probe = FocusKey::new(scope, "x")?;

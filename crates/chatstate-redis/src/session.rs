@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatstate_core::ResultExt;
 use chatstate_core::key::{check_lock_name, check_scope, unescape};
 use chatstate_core::model::random_id;
 use chatstate_core::{
@@ -435,9 +436,7 @@ impl RedisStore {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
-        let init = init
-            .normalize(&self.inner.settings)
-            .map_err(|e| e.with_operation("create"))?;
+        let init = init.normalize(&self.inner.settings).in_op("create")?;
         let k = keys(&self.inner.layout, key);
         let mut args = vec![
             num(self.now().0),
@@ -558,7 +557,7 @@ impl SessionStore for RedisStore {
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
         chatstate_core::model::check_append(&messages, &self.inner.settings)
-            .map_err(|e| e.with_operation("append_messages"))?;
+            .in_op("append_messages")?;
         let now = self.now();
         let k = keys(&self.inner.layout, key);
         let mut args = vec![
@@ -606,9 +605,7 @@ impl SessionStore for RedisStore {
         patch: SessionPatch,
         expected: Expected,
     ) -> Result<Session> {
-        let patch = patch
-            .normalize(&self.inner.settings)
-            .map_err(|e| e.with_operation("update"))?;
+        let patch = patch.normalize(&self.inner.settings).in_op("update")?;
         let k = keys(&self.inner.layout, key);
         let expected_arg = match expected {
             Expected::Any => b"-1".to_vec(),
@@ -678,8 +675,8 @@ impl SessionStore for RedisStore {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<Page<SessionKey>> {
-        check_scope("tenant", tenant).map_err(|e| e.with_operation("list"))?;
-        chatstate_core::model::check_list_limit(limit).map_err(|e| e.with_operation("list"))?;
+        check_scope("tenant", tenant).in_op("list")?;
+        chatstate_core::model::check_list_limit(limit).in_op("list")?;
         let layout = &self.inner.layout;
         let index = layout.session_index(tenant);
         let mut start = match &cursor {
@@ -785,8 +782,8 @@ impl SessionStore for RedisStore {
         name: &str,
         lease: Duration,
     ) -> Result<Option<Lease>> {
-        check_lock_name(name).map_err(|e| e.with_operation("try_lock"))?;
-        let lease = StoreSettings::check_ttl(lease).map_err(|e| e.with_operation("try_lock"))?;
+        check_lock_name(name).in_op("try_lock")?;
+        let lease = StoreSettings::check_ttl(lease).in_op("try_lock")?;
         let (lock, fence) = lock_keys(&self.inner.layout, key, name);
         let token = random_id();
         let retention = ms(self.inner.settings.session_ttl.max(lease));
@@ -810,7 +807,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
-        let lease = StoreSettings::check_ttl(lease).map_err(|e| e.with_operation("extend_lock"))?;
+        let lease = StoreSettings::check_ttl(lease).in_op("extend_lock")?;
         let (lock, fence) = lock_keys(&self.inner.layout, &held.key, &held.name);
         let retention = ms(self.inner.settings.session_ttl.max(lease));
         let v = self
