@@ -36,6 +36,10 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::key::{CacheKey, check_prefix};
 
+/// How many flush intervals an applied counter batch id must be remembered at least
+/// (see [`StoreSettings::check_flush_interval`]).
+pub const BATCH_RETENTION_FACTOR: u32 = 10;
+
 /// The longest TTL or lease accepted: ten years.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 
@@ -175,6 +179,34 @@ impl StoreSettings {
     pub fn focus_put_ttl(&self, value_len: usize, ttl: Option<Duration>) -> Result<Duration> {
         self.check_value_len("focus value", value_len)?;
         StoreSettings::ttl_or(ttl, self.focus_ttl)
+    }
+
+    /// How long a lock's fencing number is kept after an acquire, extend or release
+    /// that leaves `lease_left` on the lease: the lease plus the session TTL. Every
+    /// backend keeps a fence at least this long (never shortening an earlier
+    /// deadline), so a new holder's fence is larger than a stale holder's even when the
+    /// lease is longer than the session TTL.
+    pub fn fence_retention(&self, lease_left: Duration) -> Duration {
+        lease_left.saturating_add(self.session_ttl)
+    }
+
+    /// Checks that applied batch ids are remembered long enough for a batched-counter
+    /// layer flushing every `flush_interval`: at least
+    /// [`BATCH_RETENTION_FACTOR`] intervals, so a batch retried on the next flushes
+    /// after a lost reply is still recognised. A [`crate::ErrorKind::Config`] error
+    /// otherwise.
+    pub fn check_flush_interval(&self, flush_interval: Duration) -> Result<()> {
+        let needed = flush_interval.saturating_mul(BATCH_RETENTION_FACTOR);
+        if self.batch_retention < needed {
+            return Err(Error::config(format!(
+                "counter batch retention ({} s, CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS) must be at least \
+                 {BATCH_RETENTION_FACTOR} flush intervals ({} s, CHATSTATE_COUNTER_FLUSH_SECONDS), \
+                 or a retried flush could be counted twice",
+                self.batch_retention.as_secs_f64(),
+                flush_interval.as_secs_f64()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the settings for values no store can work with (a zero window or TTL).
@@ -514,6 +546,7 @@ impl Config {
             cfg.local_cache.ttl = d;
         }
         cfg.store.validate()?;
+        cfg.store.check_flush_interval(cfg.counter_flush_interval)?;
         Ok(cfg)
     }
 }
@@ -643,6 +676,35 @@ mod tests {
         let shown = format!("{:?} {}", unix, unix.redis.url);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("db=2"), "{shown}");
+    }
+
+    #[test]
+    fn batch_retention_must_cover_ten_flush_intervals() {
+        let err = cfg(&[
+            ("CHATSTATE_COUNTER_FLUSH_SECONDS", "600"),
+            ("CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS", "3600"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.message()
+                .contains("CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS"),
+            "{err}"
+        );
+        cfg(&[
+            ("CHATSTATE_COUNTER_FLUSH_SECONDS", "360"),
+            ("CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS", "3600"),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn fence_retention_is_lease_plus_session_ttl() {
+        let s = StoreSettings::default();
+        assert_eq!(
+            s.fence_retention(Duration::from_secs(10)),
+            s.session_ttl + Duration::from_secs(10)
+        );
     }
 
     #[test]
