@@ -6,8 +6,9 @@
 //! ## Layout
 //!
 //! - [`Backend`]: what a backend crate implements to be tested: open a fresh,
-//!   isolated set of stores with given [`StoreSettings`], and say what it can do
-//!   ([`Capabilities`]).
+//!   isolated set of stores with given [`StoreSettings`]. What the stores can do
+//!   ([`Capabilities`]) is asked of the stores themselves at run time
+//!   ([`Fixture::capabilities`]), never listed in a test crate.
 //! - [`cases`]: the cases, one `async fn` each, grouped by trait. Each takes a
 //!   [`Ctx`] and returns an [`Outcome`]; a failed assertion panics with a message
 //!   that names the behaviour.
@@ -27,7 +28,7 @@
 //!
 //! ## Skips are never silent
 //!
-//! A case that needs a capability the backend declares it lacks returns
+//! A case that needs a capability the stores report they lack returns
 //! [`Outcome::Skipped`]; the test passes, prints `SKIPPED` with the reason, and
 //! appends a line to `$CHATSTATE_SKIP_LOG_DIR/skipped.log` (when that variable is
 //! set, as `cargo xtask test` does), which `cargo xtask test` prints at the end of
@@ -50,25 +51,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use chatstate_core::Capabilities;
 use chatstate_core::{
     CounterSink, FocusStore, KvCache, ManualClock, Result, SessionStore, StoreSettings,
 };
 
 pub mod cases;
 pub mod model;
-
-/// What a backend can do, where backends differ. The suite skips (and reports) a
-/// case whose capability is `false`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capabilities {
-    /// Data outlives the store object: [`Backend::reopen`] sees what was written.
-    pub persistent: bool,
-}
-
-impl Capabilities {
-    /// Every capability.
-    pub const ALL: Capabilities = Capabilities { persistent: true };
-}
 
 /// How a fixture's time moves.
 #[derive(Clone, Debug)]
@@ -98,6 +87,15 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// What the four stores can do together, as they report it themselves.
+    pub fn capabilities(&self) -> Capabilities {
+        self.sessions
+            .capabilities()
+            .and(self.focus.capabilities())
+            .and(self.counters.capabilities())
+            .and(self.cache.capabilities())
+    }
+
     /// Lets `d` pass for the stores: moves the manual clock, or sleeps.
     pub async fn advance(&self, d: Duration) {
         match &self.time {
@@ -113,11 +111,6 @@ pub trait Backend: Send + Sync + 'static {
     /// The backend's name, for reports.
     fn name(&self) -> &'static str;
 
-    /// What the backend can do.
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::ALL
-    }
-
     /// The unit TTL cases build their times from: TTLs of a few units, waits of a
     /// fraction of one. 1 s by default; a backend on real time may want more margin.
     fn time_unit(&self) -> Duration {
@@ -128,7 +121,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn open(&self, settings: StoreSettings) -> Result<Fixture>;
 
     /// Opens the same data again, as a restarted process would (only called when
-    /// [`Capabilities::persistent`] holds).
+    /// the stores report [`Capabilities::persistent`]).
     async fn reopen(&self, fixture: &Fixture) -> Result<Fixture> {
         let _ = fixture;
         Err(chatstate_core::Error::new(
@@ -162,11 +155,6 @@ impl Ctx {
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
-    }
-
-    /// The backend's capabilities.
-    pub fn capabilities(&self) -> Capabilities {
-        self.backend.capabilities()
     }
 
     /// The backend's time unit.
@@ -296,12 +284,14 @@ macro_rules! conformance_suite {
             session_list_skips_expired,
             session_concurrent_appends_lose_nothing,
             session_data_survives_reopen,
+            session_corrupt_values_never_shown_in_errors,
             // locks
             lock_excludes_second_holder,
             lock_release_only_by_owner,
             lock_expires_after_lease,
             lock_extend_by_owner_only,
             lock_fence_only_grows,
+            lock_fence_outlives_a_lease_longer_than_the_ttl,
             lock_concurrent_acquire_has_one_winner,
             lock_names_are_independent,
             // isolation and input validation
@@ -329,6 +319,9 @@ macro_rules! conformance_suite {
             counter_list_by_name_and_bucket,
             counter_get_many_and_delete,
             counter_concurrent_adds_lose_nothing,
+            counter_range_edges_on_add_and_apply,
+            counter_refused_batch_writes_and_records_nothing,
+            counter_out_of_range_bucket_is_invalid_input,
             // cache
             kv_set_get_overwrite,
             kv_get_missing_is_none,
@@ -344,6 +337,7 @@ macro_rules! conformance_suite {
             kv_binary_values_roundtrip,
             kv_typed_values_and_decode_errors,
             kv_get_or_load_caches_and_does_not_cache_errors,
+            kv_decode_errors_never_show_the_value,
         }
 
         #[test]

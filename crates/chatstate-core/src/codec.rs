@@ -103,9 +103,8 @@ impl Codec {
         match self {
             Codec::Bincode => {
                 let (value, used) =
-                    bincode::serde::decode_from_slice::<T, _>(body, bincode_config()).map_err(
-                        |e| Error::decode("stored bincode value is corrupt").with_source(e),
-                    )?;
+                    bincode::serde::decode_from_slice::<T, _>(body, bincode_config())
+                        .map_err(|e| bincode_decode_error("stored bincode value", &e))?;
                 if used != body.len() {
                     return Err(Error::decode(format!(
                         "stored bincode value has {} trailing bytes",
@@ -114,8 +113,9 @@ impl Codec {
                 }
                 Ok(value)
             }
-            Codec::Json => serde_json::from_slice(body)
-                .map_err(|e| Error::decode("stored JSON value is corrupt").with_source(e)),
+            Codec::Json => {
+                serde_json::from_slice(body).map_err(|e| json_decode_error("stored JSON value", &e))
+            }
         }
     }
 
@@ -152,6 +152,46 @@ impl Codec {
             ))),
         }
     }
+}
+
+/// A [`ErrorKind::Decode`] error for JSON that did not decode: what went wrong (its
+/// category) and where (line and column), never the offending value. serde's own
+/// message quotes the value (`invalid type: string "+5511…"`), and stored values —
+/// phone numbers, messages — must not reach errors or logs, so the serde error is
+/// neither quoted nor kept as the source. `what` names the data ("stored JSON
+/// value", "session record", ...).
+pub fn json_decode_error(what: &str, e: &serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let problem = match e.classify() {
+        Category::Syntax => "is not valid JSON",
+        Category::Data => "does not match the expected type",
+        Category::Eof => "ends early (truncated)",
+        Category::Io => "could not be read",
+    };
+    Error::decode(format!(
+        "{what} {problem} (at line {}, column {})",
+        e.line(),
+        e.column()
+    ))
+}
+
+/// A [`ErrorKind::Decode`] error for bincode that did not decode: the category of
+/// the failure, never the value (see [`json_decode_error`] for why).
+pub fn bincode_decode_error(what: &str, e: &bincode::error::DecodeError) -> Error {
+    use bincode::error::DecodeError as D;
+    let problem = match e {
+        D::UnexpectedEnd { .. } => "ends early (truncated)",
+        D::LimitExceeded => "declares a length over the decoding limit",
+        D::Utf8 { .. } | D::InvalidCharEncoding(_) => "holds text that is not UTF-8",
+        D::InvalidBooleanValue(_) => "holds an invalid boolean",
+        D::UnexpectedVariant { .. } | D::EmptyEnum { .. } => "holds an unknown enum variant",
+        D::InvalidIntegerType { .. }
+        | D::NonZeroTypeIsZero { .. }
+        | D::OutsideUsizeRange(_)
+        | D::ArrayLengthMismatch { .. } => "holds a number or length out of range",
+        _ => "does not match the expected type",
+    };
+    Error::decode(format!("{what} {problem}"))
 }
 
 fn bincode_config() -> impl bincode::config::Config {
@@ -254,6 +294,49 @@ mod tests {
                 ErrorKind::Decode
             );
         }
+    }
+
+    /// A stored value that does not decode as the asked type: no error path may carry
+    /// the value (a phone number here) in its message, Display, Debug or source.
+    #[test]
+    fn decode_errors_never_quote_the_stored_value() {
+        let secret = "+5511987654321";
+        let mut cases: Vec<Error> = Vec::new();
+        for codec in [Codec::Bincode, Codec::Json] {
+            let bytes = codec.encode(&(secret, secret)).unwrap();
+            cases.push(codec.decode::<Customer>(&bytes).unwrap_err());
+            cases.push(codec.decode::<u64>(&bytes).unwrap_err());
+            cases.push(codec.decode::<Vec<u8>>(&bytes).unwrap_err());
+            let one = codec.encode(secret).unwrap();
+            cases.push(codec.decode::<bool>(&one).unwrap_err());
+            cases.push(codec.decode::<(u8, u8)>(&one).unwrap_err());
+        }
+        let mut json = b"CS1J{\"id\":\"".to_vec();
+        json.extend_from_slice(secret.as_bytes());
+        json.extend_from_slice(b"\"}");
+        cases.push(Codec::Json.decode::<Customer>(&json).unwrap_err());
+        cases.push(
+            Codec::Json
+                .decode::<Customer>(&json[..json.len() - 1])
+                .unwrap_err(),
+        );
+        for err in cases {
+            assert_eq!(err.kind(), ErrorKind::Decode);
+            let shown = format!("{err} {err:?} {:?}", std::error::Error::source(&err));
+            assert!(!shown.contains("5511987654321"), "value leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn json_decode_errors_say_where() {
+        let err = Codec::Json
+            .decode::<Customer>(b"CS1J{\"id\": \"x\"}")
+            .unwrap_err();
+        assert!(
+            err.message().contains("does not match the expected type"),
+            "{err}"
+        );
+        assert!(err.message().contains("column"), "{err}");
     }
 
     #[test]

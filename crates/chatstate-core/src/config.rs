@@ -73,7 +73,7 @@ pub enum BackendKind {
     Memory,
     /// Files in a local folder: the embedded default, and the fallback without Redis.
     File,
-    /// A Redis server, cluster or sentinel.
+    /// A Redis server (standalone; Sentinel and Cluster are not connected to yet).
     Redis,
 }
 
@@ -710,13 +710,17 @@ mod tests {
     #[test]
     fn prefix_is_validated() {
         assert_eq!(
-            cfg(&[("CHATSTATE_KEY_PREFIX", "bot:v2")])
+            cfg(&[("CHATSTATE_KEY_PREFIX", "bot.v2")])
                 .unwrap()
                 .key_prefix,
-            "bot:v2"
+            "bot.v2"
         );
-        let err = cfg(&[("CHATSTATE_KEY_PREFIX", "a{b}")]).unwrap_err();
-        assert!(err.message().starts_with("CHATSTATE_KEY_PREFIX"), "{err}");
+        // `:` would let one deployment's prefix clear match another's keys
+        // (`app` vs `app:staging`).
+        for bad in ["a{b}", "bot:v2", "app:"] {
+            let err = cfg(&[("CHATSTATE_KEY_PREFIX", bad)]).unwrap_err();
+            assert!(err.message().starts_with("CHATSTATE_KEY_PREFIX"), "{err}");
+        }
     }
 
     #[test]

@@ -369,6 +369,28 @@ impl Bucket {
         Bucket::Hour(t.0.div_euclid(3_600_000))
     }
 
+    /// The first day a bucket may count: 0001-01-01, as days since the epoch.
+    pub const FIRST_DAY: i64 = -719_162;
+    /// The last day a bucket may count: 9999-12-31, as days since the epoch.
+    pub const LAST_DAY: i64 = 2_932_896;
+
+    /// Checks that the bucket lies in the years 0001 to 9999, where its name (the
+    /// UTC date, used in keys) is unique: an [`crate::ErrorKind::InvalidInput`] error
+    /// otherwise, so two far-off buckets can never share a stored counter.
+    pub fn check(self) -> Result<()> {
+        let in_range = match self {
+            Bucket::Day(d) => (Self::FIRST_DAY..=Self::LAST_DAY).contains(&d),
+            Bucket::Hour(h) => (Self::FIRST_DAY * 24..=Self::LAST_DAY * 24 + 23).contains(&h),
+        };
+        if in_range {
+            Ok(())
+        } else {
+            Err(Error::invalid_input(
+                "counter bucket is outside the years 0001 to 9999",
+            ))
+        }
+    }
+
     /// When the bucket starts.
     pub fn start(self) -> Timestamp {
         match self {
@@ -450,6 +472,15 @@ impl CounterKey {
     /// The counter's bucket, if bucketed.
     pub fn bucket(&self) -> Option<Bucket> {
         self.bucket
+    }
+
+    /// Checks what [`CounterKey::in_bucket`] cannot: that the bucket is in range
+    /// ([`Bucket::check`]). Every backend calls it before using a counter key; the
+    /// error names the counter.
+    pub fn check(&self) -> Result<()> {
+        self.bucket
+            .map_or(Ok(()), Bucket::check)
+            .map_err(|e| e.with_key(self))
     }
 }
 
@@ -576,18 +607,21 @@ impl KeyLayout {
     }
 }
 
-/// Checks a key prefix: 1 to 64 characters from `A-Z a-z 0-9 _ - . :`.
+/// Checks a key prefix: 1 to 64 characters from `A-Z a-z 0-9 _ - .`.
+///
+/// No `:`: the layout separates the prefix from the rest with `:`, so a prefix
+/// `app:staging` would make one deployment's clear (`app:*`) match another's keys.
 pub fn check_prefix(prefix: &str) -> Result<()> {
     let ok = !prefix.is_empty()
         && prefix.len() <= 64
         && prefix
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
         Err(Error::invalid_input(
-            "key prefix must be 1 to 64 characters from A-Z a-z 0-9 _ - . :",
+            "key prefix must be 1 to 64 characters from A-Z a-z 0-9 _ - . (no `:`, which separates the prefix from the key)",
         ))
     }
 }
@@ -675,6 +709,35 @@ mod tests {
     fn too_many_labels_rejected() {
         let pairs: Vec<_> = (0..=MAX_LABELS).map(|i| (format!("l{i}"), "v")).collect();
         assert!(Labels::from_pairs(pairs).is_err());
+    }
+
+    #[test]
+    fn buckets_out_of_the_years_1_to_9999_are_invalid_input() {
+        for ok in [
+            Bucket::Day(Bucket::FIRST_DAY),
+            Bucket::Day(Bucket::LAST_DAY),
+            Bucket::Hour(Bucket::LAST_DAY * 24 + 23),
+            Bucket::day_of(Timestamp(0)),
+        ] {
+            ok.check().unwrap();
+        }
+        assert_eq!(Bucket::Day(Bucket::FIRST_DAY).to_string(), "0001-01-01");
+        assert_eq!(Bucket::Day(Bucket::LAST_DAY).to_string(), "9999-12-31");
+        for bad in [
+            Bucket::Day(Bucket::LAST_DAY + 1),
+            Bucket::Day(i64::MAX),
+            Bucket::Day(i64::MIN),
+            Bucket::Hour(Bucket::LAST_DAY * 24 + 24),
+            Bucket::Hour(Bucket::FIRST_DAY * 24 - 1),
+        ] {
+            assert_eq!(
+                bad.check().unwrap_err().kind(),
+                crate::ErrorKind::InvalidInput
+            );
+            let key = CounterKey::new("hits").unwrap().in_bucket(bad);
+            let err = key.check().unwrap_err();
+            assert_eq!(err.key(), Some(key.to_string().as_str()));
+        }
     }
 
     #[test]

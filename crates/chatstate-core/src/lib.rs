@@ -13,6 +13,8 @@
 //!   get-or-load), for every store through blanket impls.
 //! - [`model`]: sessions, messages, patches, leases, focus documents, counter
 //!   batches, and the shared rules (summary truncation, put preconditions).
+//! - [`transition`]: session, lock and counter transitions as pure functions, which
+//!   the memory and file backends call and the Redis scripts mirror.
 //! - [`key`]: validated keys and their escaping; [`KeyLayout`], the documented
 //!   string-key layout.
 //! - [`codec`]: bincode/JSON with a versioned header on every typed value.
@@ -62,6 +64,7 @@ pub mod invalidation;
 pub mod key;
 pub mod model;
 pub mod traits;
+pub mod transition;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use codec::Codec;
@@ -74,7 +77,7 @@ pub use model::{
     AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
     Message, NewMessage, Page, PutMode, Role, Session, SessionPatch,
 };
-pub use traits::{CounterSink, FocusStore, KvCache, SessionStore};
+pub use traits::{Capabilities, CounterSink, FocusStore, KvCache, SessionStore};
 
 /// mockall mocks of the four traits, for unit tests of code that uses chatstate.
 ///

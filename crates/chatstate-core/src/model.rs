@@ -625,11 +625,9 @@ pub enum BatchOutcome {
 }
 
 /// Adds `delta` to `value`, or an [`crate::ErrorKind::InvalidInput`] error on
-/// overflow.
+/// overflow: [`crate::transition::counter_add`].
 pub fn checked_counter_add(key: &CounterKey, value: i64, delta: i64) -> Result<i64> {
-    value.checked_add(delta).ok_or_else(|| {
-        Error::invalid_input("counter increment would overflow an i64").with_key(key)
-    })
+    crate::transition::counter_add(key, value, delta)
 }
 
 #[cfg(test)]

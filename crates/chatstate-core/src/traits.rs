@@ -21,6 +21,43 @@ use crate::model::{
     NewMessage, Page, PutMode, Session, SessionPatch,
 };
 
+/// What a store can do, where backends differ, reported by the store itself at run
+/// time (every trait has a `capabilities()` method), so the conformance suite and
+/// tools ask the store rather than keep a list. Wrappers (layers) report their inner
+/// store's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Data outlives the store object: a store opened again on the same place (a
+    /// restarted process) sees what was written.
+    pub persistent: bool,
+    /// Stores opened on the same place by other processes see the same data, with
+    /// the same atomicity (the file store's folder, a Redis server).
+    pub shared: bool,
+}
+
+impl Capabilities {
+    /// Nothing claimed: the trait methods' default, for a store that does not say.
+    pub const NONE: Capabilities = Capabilities {
+        persistent: false,
+        shared: false,
+    };
+
+    /// Data outlives the process and is shared between processes.
+    pub const DURABLE_SHARED: Capabilities = Capabilities {
+        persistent: true,
+        shared: true,
+    };
+
+    /// What both `self` and `other` can do (for a set of stores used together).
+    pub fn and(self, other: Capabilities) -> Capabilities {
+        Capabilities {
+            persistent: self.persistent && other.persistent,
+            shared: self.shared && other.shared,
+        }
+    }
+}
+
 /// Conversations: a record plus a sliding window of recent messages per
 /// [`SessionKey`], with a sliding TTL, and per-session locks.
 ///
@@ -124,6 +161,11 @@ pub trait SessionStore: Send + Sync {
     /// Releases the lock if `held` still holds it. `false` when the lease expired or
     /// someone else holds the lock (which is then left alone).
     async fn release_lock(&self, held: &Lease) -> Result<bool>;
+
+    /// What this store can do ([`Capabilities::NONE`] unless the store says).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
 }
 
 /// Small named documents with a TTL and a version: what the bot is focused on per
@@ -152,6 +194,11 @@ pub trait FocusStore: Send + Sync {
 
     /// The live documents of `scope`, sorted by name.
     async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>>;
+
+    /// What this store can do ([`Capabilities::NONE`] unless the store says).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
 }
 
 /// Named counters with labels and optional day/hour buckets.
@@ -186,6 +233,11 @@ pub trait CounterSink: Send + Sync {
 
     /// Deletes the counter. `false` when it did not exist.
     async fn delete(&self, key: &CounterKey) -> Result<bool>;
+
+    /// What this store can do ([`Capabilities::NONE`] unless the store says).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
 }
 
 /// A byte cache of namespaced keys with TTLs: the customers, contacts and slow
@@ -230,4 +282,9 @@ pub trait KvCache: Send + Sync {
     /// the namespace for `""`); returns how many. Other namespaces are never touched,
     /// even ones whose name starts with `namespace` (`users` vs `users:archive`).
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64>;
+
+    /// What this store can do ([`Capabilities::NONE`] unless the store says).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
 }

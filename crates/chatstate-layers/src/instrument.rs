@@ -370,6 +370,10 @@ impl<S: KvCache> KvCache for Instrumented<S> {
         )
         .await
     }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        KvCache::capabilities(&self.inner)
+    }
 }
 
 #[async_trait]
@@ -494,6 +498,10 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         )
         .await
     }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        SessionStore::capabilities(&self.inner)
+    }
 }
 
 #[async_trait]
@@ -524,6 +532,10 @@ impl<S: FocusStore> FocusStore for Instrumented<S> {
     async fn list(&self, scope: &str) -> Result<Vec<FocusDoc>> {
         self.measure(("focus", "list"), NO_NS, none, self.inner.list(scope))
             .await
+    }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        FocusStore::capabilities(&self.inner)
     }
 }
 
@@ -578,5 +590,9 @@ impl<S: CounterSink> CounterSink for Instrumented<S> {
             self.inner.delete(key),
         )
         .await
+    }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        CounterSink::capabilities(&self.inner)
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chatstate_conformance::{Backend, Capabilities, Fixture, TimeControl};
+use chatstate_conformance::{Backend, Fixture, TimeControl};
 use chatstate_core::{ManualClock, Result, StoreSettings};
 use chatstate_layers::Instrumented;
 use chatstate_memory::MemoryStore;
@@ -16,10 +16,6 @@ struct InstrumentedMemory;
 impl Backend for InstrumentedMemory {
     fn name(&self) -> &'static str {
         "instrumented-memory"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { persistent: false }
     }
 
     async fn open(&self, settings: StoreSettings) -> Result<Fixture> {

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chatstate_conformance::{Backend, Capabilities, Fixture, TimeControl};
+use chatstate_conformance::{Backend, Fixture, TimeControl};
 use chatstate_core::{ManualClock, Result, StoreSettings};
 use chatstate_memory::MemoryStore;
 
 /// Fresh memory stores on a manual clock. Memory does not outlive the store, so the
-/// backend declares it is not persistent and the reopen case is reported skipped.
+/// stores report they are not persistent and the reopen case is reported skipped.
 #[derive(Default)]
 struct MemoryBackend;
 
@@ -16,10 +16,6 @@ struct MemoryBackend;
 impl Backend for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { persistent: false }
     }
 
     async fn open(&self, settings: StoreSettings) -> Result<Fixture> {

@@ -566,3 +566,166 @@ pub async fn counter_concurrent_adds_lose_nothing(ctx: Ctx) -> Outcome {
     }
     Outcome::Passed
 }
+
+/// One counter range on every backend: all of i64. Values and deltas around ±2^62
+/// (where floating-point arithmetic starts to round) are exact; `i64::MAX - 1` then
+/// `+1` reaches `i64::MAX`; one more overflows (`InvalidInput`, nothing changed). The
+/// same through `add` and through `apply`.
+pub async fn counter_range_edges_on_add_and_apply(ctx: Ctx) -> Outcome {
+    let fx = ctx.open().await;
+    let c = &fx.counters;
+    let p62 = 1_i64 << 62;
+    for via_apply in [false, true] {
+        let tag = if via_apply { "apply" } else { "add" };
+        let add = |name: String, delta: i64| {
+            let c = c.clone();
+            async move {
+                let key = counter(&name);
+                if via_apply {
+                    let mut batch = CounterBatch::new();
+                    batch.add(&key, delta);
+                    c.apply(&batch).await?;
+                    c.get(&key).await
+                } else {
+                    c.add(&key, delta).await
+                }
+            }
+        };
+        let up = format!("up_{tag}");
+        assert_eq!(
+            add(up.clone(), p62).await.must("add 2^62"),
+            p62,
+            "{tag}: 2^62"
+        );
+        assert_eq!(
+            add(up.clone(), p62 - 1).await.must("add 2^62 - 1"),
+            i64::MAX,
+            "{tag}: 2^62 + (2^62 - 1) is exactly i64::MAX"
+        );
+        let edge = format!("edge_{tag}");
+        assert_eq!(
+            add(edge.clone(), i64::MAX - 1).await.must("MAX-1"),
+            i64::MAX - 1
+        );
+        assert_eq!(
+            add(edge.clone(), 1).await.must("+1"),
+            i64::MAX,
+            "{tag}: i64::MAX - 1 then +1"
+        );
+        expect_err(
+            add(edge.clone(), 1).await,
+            ErrorKind::InvalidInput,
+            &format!("{tag}: i64::MAX + 1"),
+        );
+        assert_eq!(
+            c.get(&counter(&edge)).await.must("get edge"),
+            i64::MAX,
+            "{tag}: an overflow by one changes nothing"
+        );
+        let down = format!("down_{tag}");
+        assert_eq!(add(down.clone(), -p62).await.must("-2^62"), -p62);
+        assert_eq!(
+            add(down.clone(), -p62).await.must("-2^62 again"),
+            i64::MIN,
+            "{tag}: -2^62 - 2^62 is exactly i64::MIN"
+        );
+        expect_err(
+            add(down.clone(), -1).await,
+            ErrorKind::InvalidInput,
+            &format!("{tag}: i64::MIN - 1"),
+        );
+        assert_eq!(c.get(&counter(&down)).await.must("get down"), i64::MIN);
+        let near = format!("near_{tag}");
+        assert_eq!(
+            add(near.clone(), p62 + 1).await.must("2^62 + 1"),
+            p62 + 1,
+            "{tag}: 2^62 + 1 is not rounded"
+        );
+        assert_eq!(
+            add(near.clone(), -(p62 - 3)).await.must("back down"),
+            4,
+            "{tag}: exact arithmetic near 2^62"
+        );
+    }
+    Outcome::Passed
+}
+
+/// A batch refused for one counter's overflow writes nothing: no other counter of the
+/// batch changes and the batch id is not recorded, so the same id applies later once
+/// the cause is gone.
+pub async fn counter_refused_batch_writes_and_records_nothing(ctx: Ctx) -> Outcome {
+    let fx = ctx.open().await;
+    let c = &fx.counters;
+    let (a, full, z) = (counter("a_first"), counter("m_full"), counter("z_last"));
+    c.add(&full, i64::MAX).await.must("fill");
+    let mut batch = CounterBatch::new();
+    batch.add(&a, 5);
+    batch.add(&full, 1);
+    batch.add(&z, 7);
+    expect_err(
+        c.apply(&batch).await,
+        ErrorKind::InvalidInput,
+        "apply an overflowing batch",
+    );
+    assert_eq!(
+        c.get_many(&[a.clone(), full.clone(), z.clone()])
+            .await
+            .must("get after refusal"),
+        vec![0, i64::MAX, 0],
+        "a refused batch changes no counter, before or after the refused one"
+    );
+    assert!(
+        c.list("a_first", None).await.must("list").is_empty(),
+        "a refused batch creates no counter"
+    );
+    c.add(&full, -10).await.must("make room");
+    assert_eq!(
+        c.apply(&batch).await.must("apply the same batch again"),
+        BatchOutcome::Applied,
+        "a refused batch's id was not recorded"
+    );
+    assert_eq!(
+        c.get_many(&[a, full, z]).await.must("get after apply"),
+        vec![5, i64::MAX - 9, 7]
+    );
+    Outcome::Passed
+}
+
+/// A bucket outside the years 0001–9999 (whose name in keys would not be unique) is
+/// `InvalidInput` on every counter call, and nothing is written.
+pub async fn counter_out_of_range_bucket_is_invalid_input(ctx: Ctx) -> Outcome {
+    let fx = ctx.open().await;
+    let c = &fx.counters;
+    for bucket in [
+        Bucket::Day(i64::MAX),
+        Bucket::Day(Bucket::LAST_DAY + 1),
+        Bucket::Hour(i64::MIN),
+    ] {
+        let key = counter("hits").in_bucket(bucket);
+        expect_err(c.add(&key, 1).await, ErrorKind::InvalidInput, "add");
+        expect_err(c.get(&key).await, ErrorKind::InvalidInput, "get");
+        expect_err(
+            c.get_many(&[counter("hits"), key.clone()]).await,
+            ErrorKind::InvalidInput,
+            "get_many",
+        );
+        expect_err(c.delete(&key).await, ErrorKind::InvalidInput, "delete");
+        expect_err(
+            c.list("hits", Some(bucket)).await,
+            ErrorKind::InvalidInput,
+            "list",
+        );
+        let mut batch = CounterBatch::new();
+        batch.add(&counter("hits"), 1);
+        batch.add(&key, 1);
+        expect_err(c.apply(&batch).await, ErrorKind::InvalidInput, "apply");
+    }
+    assert_eq!(
+        c.get(&counter("hits")).await.must("get unbucketed"),
+        0,
+        "the refused batch wrote nothing"
+    );
+    let last = counter("hits").in_bucket(Bucket::Day(Bucket::LAST_DAY));
+    assert_eq!(c.add(&last, 1).await.must("add on the last day"), 1);
+    Outcome::Passed
+}

@@ -234,3 +234,37 @@ pub async fn lock_names_are_independent(ctx: Ctx) -> Outcome {
     );
     Outcome::Passed
 }
+
+/// With a lease longer than the session TTL, the lock's fence is still remembered
+/// after the lease ends: the next holder's fence is larger than the stale holder's,
+/// whether the stale lease expired, was extended, or was released.
+pub async fn lock_fence_outlives_a_lease_longer_than_the_ttl(ctx: Ctx) -> Outcome {
+    let fx = ctx.open_with_ttl(1).await;
+    let s = fx.sessions.as_ref();
+    let u = ctx.unit();
+    let long = u * 2;
+    let expired = take(s, "u", "expires", long).await.expect("free lock");
+    let extended = take(s, "u", "extended", u / 2).await.expect("free lock");
+    assert!(
+        s.extend_lock(&extended, long).await.must("extend"),
+        "the holder extends its lease"
+    );
+    let released = take(s, "u", "released", long).await.expect("free lock");
+    assert!(s.release_lock(&released).await.must("release"));
+    // Past every lease and past a session TTL after each was taken.
+    fx.advance(long + u / 2).await;
+    for (name, stale) in [
+        ("expires", &expired),
+        ("extended", &extended),
+        ("released", &released),
+    ] {
+        let next = take(s, "u", name, u).await.expect("the lock is free again");
+        assert!(
+            next.fence > stale.fence,
+            "lock {name}: the new holder's fence {} must be above the stale holder's {}",
+            next.fence,
+            stale.fence
+        );
+    }
+    Outcome::Passed
+}

@@ -1089,10 +1089,10 @@ pub async fn session_concurrent_appends_lose_nothing(ctx: Ctx) -> Outcome {
 /// Everything written is there after the store is opened again (persistent
 /// backends only).
 pub async fn session_data_survives_reopen(ctx: Ctx) -> Outcome {
-    if !ctx.capabilities().persistent {
-        return Outcome::Skipped("the backend declares it is not persistent".into());
-    }
     let fx = ctx.open().await;
+    if !fx.capabilities().persistent {
+        return Outcome::Skipped("the stores report they are not persistent".into());
+    }
     let k = skey("t", "c", "u");
     fx.sessions
         .create(&k, SessionPatch::new().summary("kept"))
@@ -1156,5 +1156,51 @@ pub async fn session_data_survives_reopen(ctx: Ctx) -> Outcome {
         again.sessions.release_lock(&lease).await.must("release"),
         "the holder can release"
     );
+    Outcome::Passed
+}
+
+/// A session's context and a focus document that do not decode as the asked type
+/// fail with `Decode`, and no error shows the stored value.
+pub async fn session_corrupt_values_never_shown_in_errors(ctx: Ctx) -> Outcome {
+    use chatstate_core::{Codec, ErrorKind, FocusStoreExt};
+    let fx = ctx.open().await;
+    let phone = "+5511987654321";
+    let k = skey("t", "c", "u");
+    let session = fx
+        .sessions
+        .create(
+            &k,
+            SessionPatch::new()
+                .context(&phone, Codec::Json)
+                .must("encode")
+                .metadata(&phone, Codec::Bincode)
+                .must("encode"),
+        )
+        .await
+        .must("create");
+    let fk = FocusKey::new("flow", "phone").must("focus key");
+    fx.focus
+        .put_value(&fk, &phone, PutMode::Overwrite, None, Codec::Json)
+        .await
+        .must("put focus");
+    let errors = vec![
+        session.context_as::<u64>(Codec::Json).map(|_| ()),
+        session.metadata_as::<bool>(Codec::Bincode).map(|_| ()),
+        fx.focus
+            .get_value::<u64>(&fk, Codec::Json)
+            .await
+            .map(|_| ()),
+    ];
+    for r in errors {
+        let e = crate::cases::expect_err(r, ErrorKind::Decode, "decode as the wrong type");
+        let shown = format!(
+            "{e} {e:?} {:?}",
+            std::error::Error::source(&e).map(|s| s.to_string())
+        );
+        assert!(
+            !shown.contains("5511987654321"),
+            "the stored value leaked: {shown}"
+        );
+    }
     Outcome::Passed
 }
