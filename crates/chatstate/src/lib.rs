@@ -60,12 +60,17 @@ pub struct Stores {
     /// The bus a [`TieredCache`] over [`Stores::cache`] should listen on: Redis
     /// pub/sub for Redis, an in-process bus otherwise.
     pub bus: Arc<dyn InvalidationBus>,
+    /// The codec for typed values, from `CHATSTATE_CODEC` (bincode by default): pass
+    /// it to the typed calls (`set_value`, `get_value`, `SessionPatch::context`, ...)
+    /// so one setting decides how every typed value is stored.
+    pub codec: Codec,
 }
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stores")
             .field("backend", &self.backend)
+            .field("codec", &self.codec)
             .finish_non_exhaustive()
     }
 }
@@ -78,38 +83,53 @@ impl Stores {
 
     /// Opens the backend `config` selects. Must be called inside a tokio runtime.
     pub async fn open(config: &Config) -> Result<Stores> {
-        fn all<S>(backend: BackendKind, s: S, bus: Arc<dyn InvalidationBus>) -> Stores
-        where
-            S: SessionStore + FocusStore + CounterSink + KvCache + 'static,
-        {
-            let s = Arc::new(s);
-            Stores {
-                backend,
-                sessions: s.clone(),
-                focus: s.clone(),
-                counters: s.clone(),
-                cache: s,
-                bus,
-            }
-        }
+        let codec = config.codec;
         let local_bus = || -> Arc<dyn InvalidationBus> { Arc::new(LocalBus::new()) };
         Ok(match config.backend {
-            BackendKind::Memory => all(
+            BackendKind::Memory => Stores::of(
                 BackendKind::Memory,
                 MemoryStore::from_config(config),
                 local_bus(),
+                codec,
             ),
-            BackendKind::File => all(
+            BackendKind::File => Stores::of(
                 BackendKind::File,
                 FileStore::from_config(config)?,
                 local_bus(),
+                codec,
             ),
             BackendKind::Redis => {
                 let store = RedisStore::from_config(config).await?;
                 let bus: Arc<dyn InvalidationBus> = Arc::new(RedisBus::new(&store)?);
-                all(BackendKind::Redis, store, bus)
+                Stores::of(BackendKind::Redis, store, bus, codec)
             }
         })
+    }
+
+    fn of<S>(backend: BackendKind, s: S, bus: Arc<dyn InvalidationBus>, codec: Codec) -> Stores
+    where
+        S: SessionStore + FocusStore + CounterSink + KvCache + 'static,
+    {
+        let s = Arc::new(s);
+        Stores {
+            backend,
+            sessions: s.clone(),
+            focus: s.clone(),
+            counters: s.clone(),
+            cache: s,
+            bus,
+            codec,
+        }
+    }
+
+    /// What the stores can do, as they report it ([`Capabilities`]): whether data
+    /// outlives the process and is shared with other processes.
+    pub fn capabilities(&self) -> Capabilities {
+        self.sessions
+            .capabilities()
+            .and(self.focus.capabilities())
+            .and(self.counters.capabilities())
+            .and(self.cache.capabilities())
     }
 
     /// A [`TieredCache`] over this backend's cache, sized by `config`.

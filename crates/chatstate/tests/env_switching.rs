@@ -73,3 +73,36 @@ async fn use_redis_with_no_server_is_a_clear_temporary_error() {
     assert!(err.is_temporary(), "{err}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
+
+/// `CHATSTATE_CODEC` reaches the stores: typed values written with `stores.codec`
+/// are stored in that codec (JSON here, readable by other languages).
+#[tokio::test]
+async fn chatstate_codec_is_the_stores_codec() {
+    use chatstate::{CacheKey, Codec, KvCache, KvCacheExt};
+    let stores = Stores::open(&config(&[
+        ("CHATSTATE_BACKEND", "memory"),
+        ("CHATSTATE_CODEC", "json"),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(stores.codec, Codec::Json);
+    let key = CacheKey::new("customers", "42").unwrap();
+    stores
+        .cache
+        .set_value(&key, &("Ana", 31), None, stores.codec)
+        .await
+        .unwrap();
+    let raw = KvCache::get(stores.cache.as_ref(), &key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&raw[..], b"CS1J[\"Ana\",31]");
+    let default = Stores::open(&config(&[("CHATSTATE_BACKEND", "memory")]))
+        .await
+        .unwrap();
+    assert_eq!(default.codec, Codec::Bincode);
+    assert!(
+        !default.capabilities().persistent,
+        "memory reports it is not persistent"
+    );
+}
