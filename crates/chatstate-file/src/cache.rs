@@ -168,4 +168,8 @@ impl KvCache for FileStore {
         .await
         .in_op("clear_prefix")
     }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        FileStore::capabilities(self)
+    }
 }

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chatstate_core::ResultExt;
 use chatstate_core::key::check_scope;
-use chatstate_core::model::checked_counter_add;
+use chatstate_core::transition::{apply_batch, counter_add};
 use chatstate_core::{
-    BatchOutcome, Bucket, CounterBatch, CounterKey, CounterSink, Labels, Result, Timestamp,
+    BatchOutcome, Bucket, Capabilities, CounterBatch, CounterKey, CounterSink, Labels, Result,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,7 @@ impl CounterSink for FileStore {
         self.blocking(move |inner| {
             inner.change_counters(|values, _| {
                 let v = values.entry(key.clone()).or_insert(0);
-                *v = checked_counter_add(&key, *v, delta)?;
+                *v = counter_add(&key, *v, delta)?;
                 Ok((*v, true))
             })
         })
@@ -79,11 +80,8 @@ impl CounterSink for FileStore {
                 {
                     return Ok((BatchOutcome::Duplicate, false));
                 }
-                let mut updates = Vec::with_capacity(batch.len());
-                for (key, delta) in batch.deltas() {
-                    let current = values.get(key).copied().unwrap_or(0);
-                    updates.push((key.clone(), checked_counter_add(key, current, delta)?));
-                }
+                let updates = apply_batch(&batch, |k| Ok(values.get(k).copied().unwrap_or(0)))?;
+                let updates: Vec<_> = updates.into_iter().map(|(k, v)| (k.clone(), v)).collect();
                 values.extend(updates);
                 let retention = now.plus(inner.settings.batch_retention);
                 file.applied.push((batch.id().to_string(), retention));
@@ -95,6 +93,7 @@ impl CounterSink for FileStore {
     }
 
     async fn get(&self, key: &CounterKey) -> Result<i64> {
+        key.check().in_op("get")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let file = inner.read_counters()?;
@@ -109,6 +108,9 @@ impl CounterSink for FileStore {
     }
 
     async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>> {
+        keys.iter()
+            .try_for_each(CounterKey::check)
+            .in_op("get_many")?;
         let keys = keys.to_vec();
         self.blocking(move |inner| {
             let values: BTreeMap<CounterKey, i64> =
@@ -124,6 +126,7 @@ impl CounterSink for FileStore {
 
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
         check_scope("counter name", name).in_op("list")?;
+        bucket.map_or(Ok(()), Bucket::check).in_op("list")?;
         let name = name.to_string();
         self.blocking(move |inner| {
             let mut out: Vec<(Labels, i64)> = inner
@@ -141,6 +144,7 @@ impl CounterSink for FileStore {
     }
 
     async fn delete(&self, key: &CounterKey) -> Result<bool> {
+        key.check().in_op("delete")?;
         let key = key.clone();
         self.blocking(move |inner| {
             inner.change_counters(|values, _| {
@@ -150,5 +154,9 @@ impl CounterSink for FileStore {
         })
         .await
         .in_op("delete")
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        FileStore::capabilities(self)
     }
 }

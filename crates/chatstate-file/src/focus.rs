@@ -108,6 +108,10 @@ impl FocusStore for FileStore {
         .await
         .in_op("list")
     }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        FileStore::capabilities(self)
+    }
 }
 
 fn read_focus(inner: &Inner, path: &Path, now: Timestamp) -> Result<Option<FocusDoc>> {

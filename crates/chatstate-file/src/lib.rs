@@ -267,6 +267,12 @@ impl FileStore {
         self.blocking(sweep::verify).await
     }
 
+    /// What this store can do: its data outlives the process, and processes that
+    /// open the same folder share it (with the same atomicity, through `flock`).
+    pub fn capabilities(&self) -> chatstate_core::Capabilities {
+        chatstate_core::Capabilities::DURABLE_SHARED
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -281,15 +287,15 @@ impl FileStore {
     }
 }
 
+/// A corrupt record's metadata: names the file and where the JSON went wrong, never
+/// the stored values (serde's message would quote them: phone numbers, messages).
 fn meta_error(path: &Path, e: serde_json::Error) -> Error {
-    Error::new(
-        ErrorKind::Decode,
-        format!(
-            "file {} is corrupt: metadata does not decode",
-            path.display()
-        ),
-    )
-    .with_source(e)
+    let detail = chatstate_core::codec::json_decode_error("its metadata", &e);
+    Error::decode(format!(
+        "file {} is corrupt: {}",
+        path.display(),
+        detail.message()
+    ))
 }
 
 fn collision(path: &Path) -> Error {

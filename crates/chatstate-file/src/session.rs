@@ -7,10 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatstate_core::ResultExt;
 use chatstate_core::key::{check_lock_name, check_scope};
-use chatstate_core::model::random_id;
+use chatstate_core::transition::{LockState, SessionState};
 use chatstate_core::{
-    AppendReceipt, Error, ErrorKind, Expected, Lease, LoadedSession, Message, NewMessage, Page,
-    Result, Session, SessionKey, SessionPatch, SessionStore, StoreSettings, Timestamp,
+    AppendReceipt, Capabilities, Error, ErrorKind, Expected, Lease, LoadedSession, NewMessage,
+    Page, Result, Session, SessionKey, SessionPatch, SessionStore, StoreSettings, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -18,46 +18,57 @@ use crate::format::Kind;
 use crate::{FileStore, Inner, collision, is_record_name, record_names, remove_record};
 
 impl Inner {
-    fn session_deadline(&self, now: Timestamp) -> Timestamp {
-        now.plus(self.settings.session_ttl)
-    }
-
-    fn read_session(&self, key: &SessionKey, now: Timestamp) -> Result<Option<SessionFile>> {
+    fn read_session(&self, key: &SessionKey, now: Timestamp) -> Result<Option<SessionState>> {
         let path = self.layout.session(key);
-        match self.read_live::<SessionFile>(&path, Kind::Session, now)? {
+        match self.read_live::<SessionState>(&path, Kind::Session, now)? {
             Some((file, _)) if file.session.key == *key => Ok(Some(file)),
             Some(_) => Err(collision(&path)),
             None => Ok(None),
         }
     }
 
-    fn write_session(&self, file: &SessionFile, now: Timestamp) -> Result<()> {
+    /// Writes a session's record and window (the file's JSON metadata is the core's
+    /// [`SessionState`]), expiring a session TTL from `now`.
+    fn write_session(&self, file: &SessionState, now: Timestamp) -> Result<()> {
         let path = self.layout.session(&file.session.key);
-        self.write(&path, Kind::Session, self.session_deadline(now), file, &[])
+        let deadline = SessionState::deadline(&self.settings, now);
+        self.write(&path, Kind::Session, deadline, file, &[])
     }
 
-    fn new_session(&self, key: &SessionKey, init: &SessionPatch, now: Timestamp) -> SessionFile {
-        SessionFile {
-            session: Session::new(key.clone(), random_id(), now, init),
-            messages: Vec::new(),
+    /// Runs a lock transition on `held`'s lock under its stripe; when it succeeds,
+    /// keeps the file (and its fence) for `lease_left` plus the session TTL, never
+    /// shorter than before.
+    fn change_lock(
+        &self,
+        held: &Lease,
+        lease_left: Duration,
+        change: impl FnOnce(&mut LockState, Timestamp) -> bool,
+    ) -> Result<bool> {
+        let path = self.layout.session_lock(&held.key, &held.name);
+        let _g = self.stripes.lock(&path)?;
+        let now = self.now();
+        let Some((mut file, record)) = self.read_live::<LockFile>(&path, Kind::SessionLock, now)?
+        else {
+            return Ok(false);
+        };
+        if file.key != held.key || file.name != held.name || !change(&mut file.state, now) {
+            return Ok(false);
         }
+        let previous = Some(record.header.deadline);
+        let keep = LockState::keep_until(&self.settings, now, lease_left, previous);
+        self.write(&path, Kind::SessionLock, keep, &file, &[])?;
+        Ok(true)
     }
 }
 
-/// A session file's metadata: the record and its message window.
-#[derive(Serialize, Deserialize)]
-struct SessionFile {
-    session: Session,
-    messages: Vec<Message>,
-}
-
-/// A session lock file's metadata.
+/// A session lock file's metadata: which lock, and the core's [`LockState`]
+/// (holder and fence, flattened: the JSON is `{"key", "name", "holder", "fence"}`).
 #[derive(Serialize, Deserialize)]
 struct LockFile {
     key: SessionKey,
     name: String,
-    holder: Option<(String, Timestamp)>,
-    fence: u64,
+    #[serde(flatten)]
+    state: LockState,
 }
 
 #[async_trait]
@@ -74,7 +85,7 @@ impl SessionStore for FileStore {
                         .with_key(&key),
                 );
             }
-            let file = inner.new_session(&key, &init, now);
+            let file = SessionState::create(&key, &init, now);
             inner.write_session(&file, now)?;
             Ok(file.session)
         })
@@ -93,7 +104,7 @@ impl SessionStore for FileStore {
             if let Some(file) = inner.read_session(&key, now)? {
                 return Ok(file.session);
             }
-            let file = inner.new_session(&key, &SessionPatch::new(), now);
+            let file = SessionState::create(&key, &SessionPatch::new(), now);
             inner.write_session(&file, now)?;
             Ok(file.session)
         })
@@ -122,16 +133,9 @@ impl SessionStore for FileStore {
 
     async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>> {
         let key = key.clone();
-        self.blocking(move |inner| {
-            Ok(inner
-                .read_session(&key, inner.now())?
-                .map(|f| LoadedSession {
-                    session: f.session,
-                    messages: f.messages,
-                }))
-        })
-        .await
-        .in_op("load")
+        self.blocking(move |inner| Ok(inner.read_session(&key, inner.now())?.map(|f| f.loaded())))
+            .await
+            .in_op("load")
     }
 
     async fn append_messages(
@@ -145,27 +149,11 @@ impl SessionStore for FileStore {
         self.blocking(move |inner| {
             let _g = inner.stripes.lock(&inner.layout.session(&key))?;
             let now = inner.now();
-            let (mut file, created) = match inner.read_session(&key, now)? {
-                Some(f) => (f, false),
-                None => (inner.new_session(&key, &SessionPatch::new(), now), true),
-            };
-            for m in messages {
-                file.session.message_count += 1;
-                file.messages
-                    .push(m.into_message(file.session.message_count, now));
-            }
-            let window = inner.settings.window_size;
-            if file.messages.len() > window {
-                let excess = file.messages.len() - window;
-                file.messages.drain(..excess);
-            }
-            file.session.last_activity = now;
+            let existing = inner.read_session(&key, now)?;
+            let (file, receipt) =
+                SessionState::append(existing, &key, messages, &inner.settings, now);
             inner.write_session(&file, now)?;
-            Ok(AppendReceipt {
-                message_count: file.session.message_count,
-                window_len: file.messages.len(),
-                created,
-            })
+            Ok(receipt)
         })
         .await
         .in_op("append_messages")
@@ -185,16 +173,8 @@ impl SessionStore for FileStore {
             let mut file = inner
                 .read_session(&key, now)?
                 .ok_or_else(|| Error::not_found("no live session has this key").with_key(&key))?;
-            if let Expected::Version(want) = expected
-                && file.session.version != want
-            {
-                return Err(Error::conflict(format!(
-                    "expected version {want}, the session is at version {}",
-                    file.session.version
-                ))
-                .with_key(&key));
-            }
-            file.session.apply(&patch, now);
+            file.update(&patch, expected, now)
+                .map_err(|e| e.with_key(&key))?;
             inner.write_session(&file, now)?;
             Ok(file.session)
         })
@@ -210,7 +190,7 @@ impl SessionStore for FileStore {
             let Some(mut file) = inner.read_session(&key, now)? else {
                 return Ok(false);
             };
-            file.session.last_activity = now;
+            file.touch(now);
             inner.write_session(&file, now)?;
             Ok(true)
         })
@@ -234,7 +214,7 @@ impl SessionStore for FileStore {
         self.blocking(move |inner| {
             let now = inner.now();
             let path = inner.layout.session(&key);
-            match inner.read_live::<SessionFile>(&path, Kind::Session, now)? {
+            match inner.read_live::<SessionState>(&path, Kind::Session, now)? {
                 Some((file, _)) if file.session.key != key => Err(collision(&path)),
                 Some((_, record)) => Ok(Some(now.until(record.header.deadline))),
                 None => Ok(None),
@@ -271,7 +251,7 @@ impl SessionStore for FileStore {
             let mut more = false;
             for name in names.range((start, Bound::Unbounded)) {
                 let path = dir.join(name);
-                let file = match inner.read_live::<SessionFile>(&path, Kind::Session, now) {
+                let file = match inner.read_live::<SessionState>(&path, Kind::Session, now) {
                     Ok(Some((file, _))) => file,
                     Ok(None) => continue,
                     Err(e) => {
@@ -311,29 +291,31 @@ impl SessionStore for FileStore {
             let path = inner.layout.session_lock(&key, &name);
             let _g = inner.stripes.lock(&path)?;
             let now = inner.now();
-            let mut file = match inner.read_live::<LockFile>(&path, Kind::SessionLock, now)? {
-                Some((f, _)) if f.key != key || f.name != name => return Err(collision(&path)),
-                Some((f, _)) => f,
-                None => LockFile {
-                    key: key.clone(),
-                    name: name.clone(),
-                    holder: None,
-                    fence: 0,
-                },
-            };
-            if file.holder.as_ref().is_some_and(|(_, until)| *until > now) {
+            let (mut file, previous) =
+                match inner.read_live::<LockFile>(&path, Kind::SessionLock, now)? {
+                    Some((f, _)) if f.key != key || f.name != name => {
+                        return Err(collision(&path));
+                    }
+                    Some((f, record)) => (f, Some(record.header.deadline)),
+                    None => (
+                        LockFile {
+                            key: key.clone(),
+                            name: name.clone(),
+                            state: LockState::default(),
+                        },
+                        None,
+                    ),
+                };
+            let Some((token, fence)) = file.state.try_acquire(lease, now) else {
                 return Ok(None);
-            }
-            file.fence += 1;
-            let token = random_id();
-            file.holder = Some((token.clone(), now.plus(lease)));
-            let keep_until = inner.session_deadline(now).max(now.plus(lease));
-            inner.write(&path, Kind::SessionLock, keep_until, &file, &[])?;
+            };
+            let keep = LockState::keep_until(&inner.settings, now, lease, previous);
+            inner.write(&path, Kind::SessionLock, keep, &file, &[])?;
             Ok(Some(Lease {
                 key,
                 name,
                 token,
-                fence: file.fence,
+                fence,
             }))
         })
         .await
@@ -344,24 +326,9 @@ impl SessionStore for FileStore {
         let lease = StoreSettings::check_ttl(lease).in_op("extend_lock")?;
         let held = held.clone();
         self.blocking(move |inner| {
-            let path = inner.layout.session_lock(&held.key, &held.name);
-            let _g = inner.stripes.lock(&path)?;
-            let now = inner.now();
-            let Some((mut file, _)) = inner.read_live::<LockFile>(&path, Kind::SessionLock, now)?
-            else {
-                return Ok(false);
-            };
-            match &file.holder {
-                Some((token, until))
-                    if *token == held.token && *until > now && file.key == held.key =>
-                {
-                    file.holder = Some((token.clone(), now.plus(lease)));
-                    let keep_until = inner.session_deadline(now).max(now.plus(lease));
-                    inner.write(&path, Kind::SessionLock, keep_until, &file, &[])?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
+            inner.change_lock(&held, lease, |state, now| {
+                state.extend(&held.token, lease, now)
+            })
         })
         .await
         .in_op("extend_lock")
@@ -370,27 +337,75 @@ impl SessionStore for FileStore {
     async fn release_lock(&self, held: &Lease) -> Result<bool> {
         let held = held.clone();
         self.blocking(move |inner| {
-            let path = inner.layout.session_lock(&held.key, &held.name);
-            let _g = inner.stripes.lock(&path)?;
-            let now = inner.now();
-            let Some((mut file, record)) =
-                inner.read_live::<LockFile>(&path, Kind::SessionLock, now)?
-            else {
-                return Ok(false);
-            };
-            match &file.holder {
-                Some((token, until))
-                    if *token == held.token && *until > now && file.key == held.key =>
-                {
-                    // Keep the file (and its fence) until its retention runs out.
-                    file.holder = None;
-                    inner.write(&path, Kind::SessionLock, record.header.deadline, &file, &[])?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
+            inner.change_lock(&held, Duration::ZERO, |state, now| {
+                state.release(&held.token, now)
+            })
         })
         .await
         .in_op("release_lock")
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        FileStore::capabilities(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatstate_core::SessionStoreExt;
+
+    /// A session record whose checksums are right but whose metadata holds a stored
+    /// value where another type belongs (a phone number as `message_count`): the
+    /// read is a `Decode` error naming the file, and no error path shows the value.
+    #[tokio::test]
+    async fn corrupt_metadata_errors_never_show_stored_values() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileStore::builder(dir.path())
+            .sweep_interval(None)
+            .open()
+            .expect("open");
+        let key = SessionKey::new("t", "c", "u").expect("key");
+        store
+            .append_message(&key, NewMessage::user("oi"))
+            .await
+            .expect("append");
+        let path = store.inner.layout.session(&key);
+        let record = crate::format::read(&path, Kind::Session)
+            .expect("read")
+            .expect("live record");
+        let meta = String::from_utf8(record.meta().to_vec()).expect("JSON metadata");
+        let count = "\"message_count\":1";
+        assert!(meta.contains(count), "{meta}");
+        let planted = meta.replace(count, "\"message_count\":\"+5511987654321\"");
+        let bytes = crate::format::encode(
+            Kind::Session,
+            record.header.deadline,
+            planted.as_bytes(),
+            &[],
+        );
+        std::fs::write(&path, bytes).expect("plant");
+        let errors = vec![
+            store.get(&key).await.map(|_| ()),
+            store.load(&key).await.map(|_| ()),
+            store
+                .append_message(&key, NewMessage::user("x"))
+                .await
+                .map(|_| ()),
+            store.touch(&key).await.map(|_| ()),
+        ];
+        for r in errors {
+            let e = r.expect_err("a corrupt record fails");
+            assert_eq!(e.kind(), ErrorKind::Decode, "{e}");
+            let shown = format!(
+                "{e} {e:?} {:?}",
+                std::error::Error::source(&e).map(|s| s.to_string())
+            );
+            assert!(!shown.contains("5511987654321"), "value leaked: {shown}");
+            assert!(
+                shown.contains("line 1, column"),
+                "the error says where: {shown}"
+            );
+        }
     }
 }

@@ -312,7 +312,8 @@ async fn records_expire_at_once_and_the_sweeper_frees_them() {
         .unwrap()
         .unwrap();
     assert!(lease.fence >= 1);
-    clock.advance(Duration::from_secs(61));
+    // Past the session TTL and past the lock's fence retention (lease + session TTL).
+    clock.advance(Duration::from_secs(66));
     assert!(
         s.load(&k).await.unwrap().is_none(),
         "invisible at once, before any sweep"
