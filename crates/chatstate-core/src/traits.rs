@@ -145,8 +145,10 @@ pub trait SessionStore: Send + Sync {
 
     /// Takes the lock `name` on the session for `lease`, or `None` when someone holds
     /// it. The lease's fencing number is larger than that of every earlier lease of
-    /// the same lock (for as long as the store remembers the lock: at least the
-    /// session TTL after its last use). The session need not exist.
+    /// the same lock: the store remembers a lock's fence for at least the lease plus
+    /// the session TTL after every acquire, extend and release
+    /// ([`crate::StoreSettings::fence_retention`]), so this holds even for a lease
+    /// longer than the session TTL. The session need not exist.
     async fn try_lock(
         &self,
         key: &SessionKey,
@@ -212,12 +214,16 @@ pub trait FocusStore: Send + Sync {
 #[async_trait]
 pub trait CounterSink: Send + Sync {
     /// Adds `delta` (negative to subtract) and returns the new value. A counter that
-    /// does not exist starts at 0. `InvalidInput` on i64 overflow.
+    /// does not exist starts at 0. Every backend holds all of i64, exactly:
+    /// `InvalidInput` (and nothing changed) when the result would leave it, or when
+    /// the key's bucket is out of range ([`crate::Bucket::check`]).
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64>;
 
     /// Adds every delta of `batch` atomically, once: a batch whose id was applied
-    /// within the configured retention is a `Duplicate` and adds nothing. A delta
-    /// that would overflow fails the whole batch (`InvalidInput`) and adds nothing.
+    /// within the configured retention is a `Duplicate` and adds nothing. A refused
+    /// batch — a delta that would leave the i64 range (`InvalidInput`), a stored
+    /// value that is not an integer (`Decode`) or not a counter (`WrongType`) — adds
+    /// nothing and records nothing: the same id applies later once the cause is gone.
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome>;
 
     /// The counter's value (0 when it does not exist).
