@@ -47,7 +47,9 @@
 //!   warning), and `delete` removes it.
 //! - **Concurrency:** writers of a record hold its stripe lock (in-process mutex +
 //!   `flock`), so appends, counter adds, compare-and-set updates and session locks
-//!   hold across threads and across processes sharing the folder.
+//!   hold across threads and across processes sharing the folder, however each
+//!   spells it (the folder is canonicalized at open and stripes hash paths relative
+//!   to it).
 //! - **TTL:** an expired record is invisible at once (its deadline is in its
 //!   header); the sweeper deletes it later, reading headers only, one folder entry
 //!   at a time, so a folder of 100k expired sessions is swept without loading them.
@@ -156,12 +158,20 @@ impl FileStoreBuilder {
         self
     }
 
-    /// Opens the store, creating the folder if needed. A folder written by another
-    /// format version is a `Config` error.
+    /// Opens the store, creating the folder if needed (mode 0700 on Unix). A folder
+    /// written by another format version is a `Config` error.
+    ///
+    /// The folder is canonicalized (made absolute, symlinks resolved) once, here, so
+    /// processes that spell it differently — `./chatstate-data`, `dir/.`, an absolute
+    /// path, a symlink — share its locks.
     pub fn open(self) -> Result<FileStore> {
         self.settings.validate()?;
-        let layout = Layout::new(self.dir);
-        format::ensure_dir(&layout.root().join("locks"), self.durability)?;
+        format::ensure_dir(&self.dir.join("locks"), self.durability)?;
+        // One folder, one root, however it was spelled: stripes hash paths relative
+        // to this, and every path the store prints starts with it.
+        let root = fs::canonicalize(&self.dir)
+            .map_err(|e| format::io_error(&self.dir, "resolving the folder", e))?;
+        let layout = Layout::new(root);
         check_format_file(layout.root(), self.durability)?;
         let stripes = Stripes::new(&layout);
         let inner = Arc::new(Inner {
@@ -252,7 +262,7 @@ impl FileStore {
             .open()
     }
 
-    /// The store's folder.
+    /// The store's folder, canonicalized at open (absolute, symlinks resolved).
     pub fn dir(&self) -> &Path {
         self.inner.layout.root()
     }
