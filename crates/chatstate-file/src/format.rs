@@ -231,15 +231,35 @@ pub(crate) fn sync_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dir` and any missing parents, syncing each parent whose entries changed.
+/// Folders the store creates are its user's alone: they hold users' conversations.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
+/// Files the store creates (records, `FORMAT`, lock stripes): owner read/write only.
+#[cfg(unix)]
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Options that create a new file with [`FILE_MODE`] (on Unix).
+pub(crate) fn new_file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+    options
+}
+
+/// Creates `dir` and any missing parents (mode 0700 on Unix, before the umask),
+/// syncing each parent whose entries changed.
 pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
-    if dir.is_dir() {
+    // "" is the working directory: the parent of a relative path such as "data".
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         ensure_dir(parent, durability)?;
     }
-    match fs::create_dir(dir) {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+    match builder.create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(io_error(dir, "creating folder", e)),
@@ -250,8 +270,8 @@ pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// fsync, rename, fsync of the folder.
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder (mode
+/// 0600 on Unix), fsync, rename, fsync of the folder.
 pub(crate) fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -264,7 +284,7 @@ pub(crate) fn write_atomic(
     ensure_dir(dir, durability)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{tmp_id}"));
     let result = (|| {
-        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        let create = || new_file_options().write(true).create_new(true).open(&tmp);
         let mut f = match create() {
             // The sweeper removed the (empty) folder after ensure_dir: make it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -343,6 +363,13 @@ mod tests {
         let bytes = encode(Kind::Focus, NEVER, b"{}", b"");
         let err = decode(p(), bytes, Kind::Cache).unwrap_err();
         assert!(err.to_string().contains("expected Cache"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_folder_without_dot_slash_is_created() {
+        // `Path::new("data").parent()` is "", which cannot be created: it is the
+        // working directory and must be taken as existing.
+        assert!(ensure_dir(Path::new(""), Durability::None).is_ok());
     }
 
     #[test]

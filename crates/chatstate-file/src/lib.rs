@@ -50,6 +50,9 @@
 //!   hold across threads and across processes sharing the folder, however each
 //!   spells it (the folder is canonicalized at open and stripes hash paths relative
 //!   to it).
+//! - **Private:** on Unix the folders the store creates are 0700 and its files 0600
+//!   (before the umask), so other users of the box cannot read the conversations.
+//!   A folder that already exists keeps its mode.
 //! - **TTL:** an expired record is invisible at once (its deadline is in its
 //!   header); the sweeper deletes it later, reading headers only, one folder entry
 //!   at a time, so a folder of 100k expired sessions is swept without loading them.

@@ -11,13 +11,13 @@
 //! created or deleted on the hot path, and the folder never fills with them. Two
 //! records in one stripe only wait for each other.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chatstate_core::Result;
 
-use crate::format::io_error;
+use crate::format::{io_error, new_file_options};
 use crate::paths::Layout;
 
 pub(crate) struct Stripes {
@@ -58,7 +58,7 @@ impl Stripes {
             .unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             let path = self.layout.lock_stripe(stripe);
-            let file = OpenOptions::new()
+            let file = new_file_options()
                 .read(true)
                 .write(true)
                 .create(true)

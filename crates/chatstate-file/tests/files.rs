@@ -272,6 +272,70 @@ async fn hostile_ids_stay_inside_the_folder_and_apart() {
     }
 }
 
+/// Every folder and file under `dir` (not `dir` itself).
+fn all_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readable folder") {
+            let p = e.expect("readable entry").path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn folders_are_0700_and_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let base = tempfile::tempdir().unwrap();
+    // The store makes its folder (and a missing parent) itself.
+    let root = base.path().join("parent").join("store");
+    let clock = ManualClock::starting_now();
+    let s = store(&root, &clock);
+    let k = SessionKey::new("t", "c", "u").unwrap();
+    s.append_message(&k, NewMessage::user("secret"))
+        .await
+        .unwrap();
+    s.try_lock(&k, "job", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let f = FocusKey::new("scope", "doc").unwrap();
+    s.put(&f, Bytes::from_static(b"{}"), PutMode::Overwrite, None)
+        .await
+        .unwrap();
+    let c = CacheKey::new("ns", "k").unwrap();
+    KvCache::set(&s, &c, Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    CounterSink::add(&s, &CounterKey::new("n").unwrap(), 1)
+        .await
+        .unwrap();
+
+    let mut seen = (0, 0);
+    for dir in [root.parent().unwrap().to_path_buf(), root.clone()] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for p in all_entries(&root) {
+        if p.is_dir() {
+            assert_eq!(mode(&p), 0o700, "folder {}", p.display());
+            seen.0 += 1;
+        } else {
+            assert_eq!(mode(&p), 0o600, "file {}", p.display());
+            seen.1 += 1;
+        }
+    }
+    // sessions, session-locks, focus, cache (each with a group folder), counters, locks;
+    // FORMAT, the five records and at least one lock stripe.
+    assert!(seen.0 >= 10 && seen.1 >= 7, "{seen:?}");
+}
+
 #[tokio::test]
 async fn another_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
