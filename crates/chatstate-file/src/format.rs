@@ -88,8 +88,33 @@ pub(crate) fn io_error(path: &Path, op: &str, e: io::Error) -> Error {
     Error::new(kind, format!("{op} {} failed", path.display())).with_source(e)
 }
 
-/// Encodes a record.
-pub(crate) fn encode(kind: Kind, deadline: Timestamp, meta: &[u8], payload: &[u8]) -> Vec<u8> {
+/// The longest body (metadata + payload) a record can have: the header stores its
+/// lengths as `u32`. Just under 4 GiB.
+pub(crate) const MAX_BODY_LEN: usize = u32::MAX as usize;
+
+/// An `InvalidInput` error when a record for `path` with this much metadata and
+/// payload would not fit the format; checked before anything is written.
+pub(crate) fn check_body_len(path: &Path, meta_len: usize, payload_len: usize) -> Result<()> {
+    match meta_len.checked_add(payload_len) {
+        Some(len) if len <= MAX_BODY_LEN => Ok(()),
+        _ => Err(Error::invalid_input(format!(
+            "the record for {} would be {meta_len} + {payload_len} bytes, over the file \
+             format's limit of {MAX_BODY_LEN}; nothing was written",
+            path.display()
+        ))),
+    }
+}
+
+/// Encodes a record for `path`; a body over [`MAX_BODY_LEN`] is an `InvalidInput`
+/// error (its length would not fit the header).
+pub(crate) fn encode(
+    path: &Path,
+    kind: Kind,
+    deadline: Timestamp,
+    meta: &[u8],
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    check_body_len(path, meta.len(), payload.len())?;
     let body_len = meta.len() + payload.len();
     let mut out = Vec::with_capacity(HEADER_LEN + body_len);
     out.extend_from_slice(MAGIC);
@@ -106,7 +131,7 @@ pub(crate) fn encode(kind: Kind, deadline: Timestamp, meta: &[u8], payload: &[u8
     out.extend_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(meta);
     out.extend_from_slice(payload);
-    out
+    Ok(out)
 }
 
 /// Decodes and checks a header.
@@ -332,7 +357,14 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let bytes = encode(Kind::Cache, Timestamp(42), b"{\"a\":1}", b"\x00payload");
+        let bytes = encode(
+            p(),
+            Kind::Cache,
+            Timestamp(42),
+            b"{\"a\":1}",
+            b"\x00payload",
+        )
+        .unwrap();
         let r = decode(p(), bytes, Kind::Cache).unwrap();
         assert_eq!(r.header.deadline, Timestamp(42));
         assert_eq!(r.meta(), b"{\"a\":1}");
@@ -341,7 +373,7 @@ mod tests {
 
     #[test]
     fn every_flipped_bit_and_every_truncation_is_detected() {
-        let bytes = encode(Kind::Session, Timestamp(7), b"{\"k\":\"v\"}", b"data");
+        let bytes = encode(p(), Kind::Session, Timestamp(7), b"{\"k\":\"v\"}", b"data").unwrap();
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut b = bytes.clone();
@@ -359,8 +391,17 @@ mod tests {
     }
 
     #[test]
+    fn the_body_length_limit_is_the_u32_in_the_header() {
+        assert!(check_body_len(p(), 10, MAX_BODY_LEN - 10).is_ok());
+        for (meta, payload) in [(11, MAX_BODY_LEN - 10), (0, usize::MAX), (usize::MAX, 1)] {
+            let err = check_body_len(p(), meta, payload).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        }
+    }
+
+    #[test]
     fn wrong_kind_is_a_decode_error() {
-        let bytes = encode(Kind::Focus, NEVER, b"{}", b"");
+        let bytes = encode(p(), Kind::Focus, NEVER, b"{}", b"").unwrap();
         let err = decode(p(), bytes, Kind::Cache).unwrap_err();
         assert!(err.to_string().contains("expected Cache"), "{err}");
     }

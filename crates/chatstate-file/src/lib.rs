@@ -59,8 +59,13 @@
 //! - **Counters** live in one file so a batch is applied atomically with its batch id
 //!   (a retried flush never counts twice). Each `add` rewrites that file: use the
 //!   batched counter layer for per-message counts.
-//! - `set_many` checks every value before writing any, then writes each entry on its
-//!   own: a crash in the middle can leave some entries written.
+//! - **Size:** a record's metadata and payload together must be under 4 GiB (the
+//!   header stores `u32` lengths); a write over that is `InvalidInput`, refused
+//!   before anything is written. `max_value_bytes` (1 MiB by default) normally
+//!   refuses such values first.
+//! - `set_many` checks every value (against `max_value_bytes` and the record limit)
+//!   before writing any, then writes each entry on its own: a crash in the middle
+//!   can leave some entries written.
 //!
 //! ## What it must never do
 //!
@@ -345,12 +350,16 @@ impl Inner {
         meta: &M,
         payload: &[u8],
     ) -> Result<()> {
-        let meta = serde_json::to_vec(meta).map_err(|e| {
-            Error::new(ErrorKind::Internal, "metadata does not encode").with_source(e)
-        })?;
-        let bytes = format::encode(kind, deadline, &meta, payload);
+        let meta = meta_json(meta)?;
+        let bytes = format::encode(path, kind, deadline, &meta, payload)?;
         format::write_atomic(path, &bytes, self.durability, &random_id())
     }
+}
+
+/// A record's metadata as the JSON it is stored as.
+fn meta_json<M: Serialize>(meta: &M) -> Result<Vec<u8>> {
+    serde_json::to_vec(meta)
+        .map_err(|e| Error::new(ErrorKind::Internal, "metadata does not encode").with_source(e))
 }
 
 /// Removes a record under its (held) stripe lock: `true` if it was live or

@@ -336,6 +336,74 @@ async fn folders_are_0700_and_files_0600() {
     assert!(seen.0 >= 10 && seen.1 >= 7, "{seen:?}");
 }
 
+/// The format stores lengths as u32: a record of 4 GiB or more cannot be written,
+/// and must be refused before anything is (not wrapped into a header that lies).
+/// The big value is a zeroed allocation the store never touches, so the test costs
+/// no memory or disk.
+#[tokio::test]
+async fn a_record_over_the_format_limit_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileStore::builder(dir.path())
+        .settings(StoreSettings {
+            // Let the value through the store-wide limit to reach the format's.
+            max_value_bytes: u32::MAX as usize + 1024,
+            ..StoreSettings::default()
+        })
+        .durability(Durability::None)
+        .sweep_interval(None)
+        .open()
+        .unwrap();
+    let huge = Bytes::from(vec![0u8; u32::MAX as usize + 1]);
+    let (k, k2) = (
+        CacheKey::new("ns", "k").unwrap(),
+        CacheKey::new("ns", "k2").unwrap(),
+    );
+    KvCache::set(&s, &k, Bytes::from_static(b"old"), None)
+        .await
+        .unwrap();
+    // Every file but the lock stripes, which writers open (and create) as they go.
+    let records = || {
+        let mut files = all_files(dir.path());
+        files.retain(|p| !p.starts_with(dir.path().join("locks")));
+        files.sort();
+        files
+    };
+    let before = records();
+
+    let err = KvCache::set(&s, &k, huge.clone(), None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert_eq!(
+        KvCache::get(&s, &k).await.unwrap().as_deref(),
+        Some(&b"old"[..]),
+        "the old value stays"
+    );
+
+    // set_many checks every entry before writing any.
+    let err = s
+        .set_many(
+            vec![
+                (k2.clone(), Bytes::from_static(b"small")),
+                (k, huge.clone()),
+            ],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(
+        KvCache::get(&s, &k2).await.unwrap().is_none(),
+        "nothing written"
+    );
+
+    let f = FocusKey::new("scope", "doc").unwrap();
+    let err = s.put(&f, huge, PutMode::Overwrite, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(FocusStore::get(&s, &f).await.unwrap().is_none());
+
+    assert_eq!(records(), before, "no file written, no temp file left");
+}
+
 #[tokio::test]
 async fn another_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
