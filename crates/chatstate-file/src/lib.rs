@@ -223,7 +223,7 @@ fn check_format_file(root: &Path, durability: Durability) -> Result<()> {
 async fn sweep_loop(store: Weak<Inner>, interval: Duration) {
     chatstate_core::background::every(store, interval, |inner: Arc<Inner>| async move {
         match tokio::task::spawn_blocking(move || sweep::sweep(&inner)).await {
-            Ok(Ok(report)) if report.removed > 0 || report.corrupt > 0 => {
+            Ok(Ok(report)) if report.removed > 0 || report.corrupt > 0 || report.skipped > 0 => {
                 tracing::debug!(?report, "chatstate-file sweep")
             }
             Ok(Ok(_)) => {}

@@ -467,6 +467,66 @@ async fn records_expire_at_once_and_the_sweeper_frees_them() {
     );
 }
 
+#[tokio::test]
+async fn the_sweeper_skips_a_file_it_cannot_read_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let s = store(dir.path(), &clock);
+    let keys: Vec<SessionKey> = (0..20)
+        .map(|i| SessionKey::new("t", "c", format!("u{i}")).unwrap())
+        .collect();
+    for k in &keys {
+        s.append_message(k, NewMessage::user("x")).await.unwrap();
+    }
+    let c = CacheKey::new("ns", "k").unwrap();
+    KvCache::set(
+        &s,
+        &c,
+        Bytes::from_static(b"v"),
+        Some(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let sessions = all_files(&dir.path().join("sessions"));
+    assert_eq!(sessions.len(), keys.len());
+    let tenant_dir = sessions[0].parent().unwrap().to_path_buf();
+
+    // Among the expired sessions: an entry that cannot be read as a file, whoever
+    // runs the test (a folder where a record should be: reading it fails, as a
+    // permission error would), and a record nobody may read (unreadable unless the
+    // test runs as root, who reads it anyway).
+    let not_a_file = tenant_dir.join("zz_in_the_way-0123456789abcdef0123456789abcdef.s");
+    fs::create_dir(&not_a_file).unwrap();
+    fs::write(not_a_file.join("inside"), b"x").unwrap();
+    let no_access = sessions[sessions.len() / 2].clone();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&no_access, fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let unreadable = 1 + u64::from(fs::read(&no_access).is_err());
+
+    clock.advance(Duration::from_secs(7 * 24 * 3600));
+    let report = s
+        .sweep()
+        .await
+        .expect("the sweep goes on past a file it cannot read");
+    assert_eq!(report.skipped, unreadable, "{report:?}");
+    assert_eq!(
+        report.removed,
+        keys.len() as u64 + 1 - (unreadable - 1),
+        "every other expired record is removed: {report:?}"
+    );
+    let left = all_files(&dir.path().join("sessions"));
+    assert!(
+        left.iter()
+            .all(|p| *p == no_access || p.starts_with(&not_a_file)),
+        "{left:?}"
+    );
+    assert!(all_files(&dir.path().join("cache")).is_empty());
+    assert!(not_a_file.is_dir(), "an unreadable entry is left in place");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_of_100k_expired_sessions_is_swept() {
     let dir = tempfile::tempdir().unwrap();
