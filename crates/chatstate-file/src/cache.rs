@@ -9,8 +9,8 @@ use chatstate_core::key::check_scope;
 use chatstate_core::{CacheKey, KvCache, Result, StoreSettings, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::format::Kind;
-use crate::{FileStore, Inner, collision, record_names, remove_record};
+use crate::format::{self, Kind};
+use crate::{FileStore, Inner, collision, meta_json, record_names, remove_record};
 
 /// A cache file's metadata (the payload is the value).
 #[derive(Serialize, Deserialize)]
@@ -63,6 +63,11 @@ impl KvCache for FileStore {
             .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
             .in_op("set_many")?;
         self.blocking(move |inner| {
+            // Every entry must fit the record format before any is written.
+            for (key, value) in &entries {
+                let meta = meta_json(&CacheMeta { key: key.clone() })?;
+                format::check_body_len(&inner.layout.cache(key), meta.len(), value.len())?;
+            }
             for (key, value) in entries {
                 let path = inner.layout.cache(&key);
                 let _g = inner.stripes.lock(&path)?;

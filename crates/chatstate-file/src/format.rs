@@ -88,8 +88,33 @@ pub(crate) fn io_error(path: &Path, op: &str, e: io::Error) -> Error {
     Error::new(kind, format!("{op} {} failed", path.display())).with_source(e)
 }
 
-/// Encodes a record.
-pub(crate) fn encode(kind: Kind, deadline: Timestamp, meta: &[u8], payload: &[u8]) -> Vec<u8> {
+/// The longest body (metadata + payload) a record can have: the header stores its
+/// lengths as `u32`. Just under 4 GiB.
+pub(crate) const MAX_BODY_LEN: usize = u32::MAX as usize;
+
+/// An `InvalidInput` error when a record for `path` with this much metadata and
+/// payload would not fit the format; checked before anything is written.
+pub(crate) fn check_body_len(path: &Path, meta_len: usize, payload_len: usize) -> Result<()> {
+    match meta_len.checked_add(payload_len) {
+        Some(len) if len <= MAX_BODY_LEN => Ok(()),
+        _ => Err(Error::invalid_input(format!(
+            "the record for {} would be {meta_len} + {payload_len} bytes, over the file \
+             format's limit of {MAX_BODY_LEN}; nothing was written",
+            path.display()
+        ))),
+    }
+}
+
+/// Encodes a record for `path`; a body over [`MAX_BODY_LEN`] is an `InvalidInput`
+/// error (its length would not fit the header).
+pub(crate) fn encode(
+    path: &Path,
+    kind: Kind,
+    deadline: Timestamp,
+    meta: &[u8],
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    check_body_len(path, meta.len(), payload.len())?;
     let body_len = meta.len() + payload.len();
     let mut out = Vec::with_capacity(HEADER_LEN + body_len);
     out.extend_from_slice(MAGIC);
@@ -106,7 +131,7 @@ pub(crate) fn encode(kind: Kind, deadline: Timestamp, meta: &[u8], payload: &[u8
     out.extend_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(meta);
     out.extend_from_slice(payload);
-    out
+    Ok(out)
 }
 
 /// Decodes and checks a header.
@@ -231,15 +256,35 @@ pub(crate) fn sync_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dir` and any missing parents, syncing each parent whose entries changed.
+/// Folders the store creates are its user's alone: they hold users' conversations.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
+/// Files the store creates (records, `FORMAT`, lock stripes): owner read/write only.
+#[cfg(unix)]
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Options that create a new file with [`FILE_MODE`] (on Unix).
+pub(crate) fn new_file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+    options
+}
+
+/// Creates `dir` and any missing parents (mode 0700 on Unix, before the umask),
+/// syncing each parent whose entries changed.
 pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
-    if dir.is_dir() {
+    // "" is the working directory: the parent of a relative path such as "data".
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         ensure_dir(parent, durability)?;
     }
-    match fs::create_dir(dir) {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+    match builder.create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(io_error(dir, "creating folder", e)),
@@ -250,8 +295,8 @@ pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// fsync, rename, fsync of the folder.
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder (mode
+/// 0600 on Unix), fsync, rename, fsync of the folder.
 pub(crate) fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -264,7 +309,7 @@ pub(crate) fn write_atomic(
     ensure_dir(dir, durability)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{tmp_id}"));
     let result = (|| {
-        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        let create = || new_file_options().write(true).create_new(true).open(&tmp);
         let mut f = match create() {
             // The sweeper removed the (empty) folder after ensure_dir: make it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -312,7 +357,14 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let bytes = encode(Kind::Cache, Timestamp(42), b"{\"a\":1}", b"\x00payload");
+        let bytes = encode(
+            p(),
+            Kind::Cache,
+            Timestamp(42),
+            b"{\"a\":1}",
+            b"\x00payload",
+        )
+        .unwrap();
         let r = decode(p(), bytes, Kind::Cache).unwrap();
         assert_eq!(r.header.deadline, Timestamp(42));
         assert_eq!(r.meta(), b"{\"a\":1}");
@@ -321,7 +373,7 @@ mod tests {
 
     #[test]
     fn every_flipped_bit_and_every_truncation_is_detected() {
-        let bytes = encode(Kind::Session, Timestamp(7), b"{\"k\":\"v\"}", b"data");
+        let bytes = encode(p(), Kind::Session, Timestamp(7), b"{\"k\":\"v\"}", b"data").unwrap();
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut b = bytes.clone();
@@ -339,10 +391,26 @@ mod tests {
     }
 
     #[test]
+    fn the_body_length_limit_is_the_u32_in_the_header() {
+        assert!(check_body_len(p(), 10, MAX_BODY_LEN - 10).is_ok());
+        for (meta, payload) in [(11, MAX_BODY_LEN - 10), (0, usize::MAX), (usize::MAX, 1)] {
+            let err = check_body_len(p(), meta, payload).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        }
+    }
+
+    #[test]
     fn wrong_kind_is_a_decode_error() {
-        let bytes = encode(Kind::Focus, NEVER, b"{}", b"");
+        let bytes = encode(p(), Kind::Focus, NEVER, b"{}", b"").unwrap();
         let err = decode(p(), bytes, Kind::Cache).unwrap_err();
         assert!(err.to_string().contains("expected Cache"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_folder_without_dot_slash_is_created() {
+        // `Path::new("data").parent()` is "", which cannot be created: it is the
+        // working directory and must be taken as existing.
+        assert!(ensure_dir(Path::new(""), Durability::None).is_ok());
     }
 
     #[test]

@@ -47,15 +47,25 @@
 //!   warning), and `delete` removes it.
 //! - **Concurrency:** writers of a record hold its stripe lock (in-process mutex +
 //!   `flock`), so appends, counter adds, compare-and-set updates and session locks
-//!   hold across threads and across processes sharing the folder.
+//!   hold across threads and across processes sharing the folder, however each
+//!   spells it (the folder is canonicalized at open and stripes hash paths relative
+//!   to it).
+//! - **Private:** on Unix the folders the store creates are 0700 and its files 0600
+//!   (before the umask), so other users of the box cannot read the conversations.
+//!   A folder that already exists keeps its mode.
 //! - **TTL:** an expired record is invisible at once (its deadline is in its
 //!   header); the sweeper deletes it later, reading headers only, one folder entry
 //!   at a time, so a folder of 100k expired sessions is swept without loading them.
 //! - **Counters** live in one file so a batch is applied atomically with its batch id
 //!   (a retried flush never counts twice). Each `add` rewrites that file: use the
 //!   batched counter layer for per-message counts.
-//! - `set_many` checks every value before writing any, then writes each entry on its
-//!   own: a crash in the middle can leave some entries written.
+//! - **Size:** a record's metadata and payload together must be under 4 GiB (the
+//!   header stores `u32` lengths); a write over that is `InvalidInput`, refused
+//!   before anything is written. `max_value_bytes` (1 MiB by default) normally
+//!   refuses such values first.
+//! - `set_many` checks every value (against `max_value_bytes` and the record limit)
+//!   before writing any, then writes each entry on its own: a crash in the middle
+//!   can leave some entries written.
 //!
 //! ## What it must never do
 //!
@@ -156,12 +166,20 @@ impl FileStoreBuilder {
         self
     }
 
-    /// Opens the store, creating the folder if needed. A folder written by another
-    /// format version is a `Config` error.
+    /// Opens the store, creating the folder if needed (mode 0700 on Unix). A folder
+    /// written by another format version is a `Config` error.
+    ///
+    /// The folder is canonicalized (made absolute, symlinks resolved) once, here, so
+    /// processes that spell it differently — `./chatstate-data`, `dir/.`, an absolute
+    /// path, a symlink — share its locks.
     pub fn open(self) -> Result<FileStore> {
         self.settings.validate()?;
-        let layout = Layout::new(self.dir);
-        format::ensure_dir(&layout.root().join("locks"), self.durability)?;
+        format::ensure_dir(&self.dir.join("locks"), self.durability)?;
+        // One folder, one root, however it was spelled: stripes hash paths relative
+        // to this, and every path the store prints starts with it.
+        let root = fs::canonicalize(&self.dir)
+            .map_err(|e| format::io_error(&self.dir, "resolving the folder", e))?;
+        let layout = Layout::new(root);
         check_format_file(layout.root(), self.durability)?;
         let stripes = Stripes::new(&layout);
         let inner = Arc::new(Inner {
@@ -205,7 +223,7 @@ fn check_format_file(root: &Path, durability: Durability) -> Result<()> {
 async fn sweep_loop(store: Weak<Inner>, interval: Duration) {
     chatstate_core::background::every(store, interval, |inner: Arc<Inner>| async move {
         match tokio::task::spawn_blocking(move || sweep::sweep(&inner)).await {
-            Ok(Ok(report)) if report.removed > 0 || report.corrupt > 0 => {
+            Ok(Ok(report)) if report.removed > 0 || report.corrupt > 0 || report.skipped > 0 => {
                 tracing::debug!(?report, "chatstate-file sweep")
             }
             Ok(Ok(_)) => {}
@@ -252,7 +270,7 @@ impl FileStore {
             .open()
     }
 
-    /// The store's folder.
+    /// The store's folder, canonicalized at open (absolute, symlinks resolved).
     pub fn dir(&self) -> &Path {
         self.inner.layout.root()
     }
@@ -338,12 +356,16 @@ impl Inner {
         meta: &M,
         payload: &[u8],
     ) -> Result<()> {
-        let meta = serde_json::to_vec(meta).map_err(|e| {
-            Error::new(ErrorKind::Internal, "metadata does not encode").with_source(e)
-        })?;
-        let bytes = format::encode(kind, deadline, &meta, payload);
+        let meta = meta_json(meta)?;
+        let bytes = format::encode(path, kind, deadline, &meta, payload)?;
         format::write_atomic(path, &bytes, self.durability, &random_id())
     }
+}
+
+/// A record's metadata as the JSON it is stored as.
+fn meta_json<M: Serialize>(meta: &M) -> Result<Vec<u8>> {
+    serde_json::to_vec(meta)
+        .map_err(|e| Error::new(ErrorKind::Internal, "metadata does not encode").with_source(e))
 }
 
 /// Removes a record under its (held) stripe lock: `true` if it was live or

@@ -112,6 +112,16 @@ impl Layout {
         self.root.join("locks").join(format!("{stripe:02x}.lock"))
     }
 
+    /// The lock stripe of a record path under this root: one of 256, from a hash of
+    /// the path *relative to the root*. With the root canonicalized at open, every
+    /// process gets the same stripe for a record however it spelled the folder
+    /// (`./data`, `data/.`, an absolute path, a symlink) or wherever the folder is
+    /// mounted.
+    pub fn stripe_of(&self, path: &Path) -> u8 {
+        let relative = path.strip_prefix(&self.root).unwrap_or(path);
+        Sha256::digest(relative.as_os_str().as_encoded_bytes())[0]
+    }
+
     /// The folders the sweeper walks, each two levels deep (`kind/<group>/<file>`).
     pub fn swept_dirs(&self) -> [PathBuf; 4] {
         [
@@ -121,11 +131,6 @@ impl Layout {
             self.root.join("cache"),
         ]
     }
-}
-
-/// The lock stripe of a record path: one of 256, from a hash of the path.
-pub(crate) fn stripe_of(path: &Path) -> u8 {
-    Sha256::digest(path.as_os_str().as_encoded_bytes())[0]
 }
 
 #[cfg(test)]
@@ -170,6 +175,23 @@ mod tests {
         }
         let long = component(&"x".repeat(512));
         assert_eq!(long.len(), 24 + 1 + 32);
+    }
+
+    #[test]
+    fn a_records_stripe_does_not_depend_on_where_the_root_is() {
+        let (a, b) = (
+            Layout::new(PathBuf::from("/srv/chatstate-data")),
+            Layout::new(PathBuf::from("/mnt/other/place")),
+        );
+        let stripes: HashSet<u8> = (0..64)
+            .map(|i| {
+                let k = SessionKey::new("t", "c", format!("u{i}")).unwrap();
+                let stripe = a.stripe_of(&a.session(&k));
+                assert_eq!(stripe, b.stripe_of(&b.session(&k)), "user u{i}");
+                stripe
+            })
+            .collect();
+        assert!(stripes.len() > 1, "records spread over stripes");
     }
 
     #[test]

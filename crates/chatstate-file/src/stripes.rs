@@ -1,7 +1,8 @@
 //! Writer exclusion, within a process and across processes sharing a folder.
 //!
 //! 256 lock files (`locks/00.lock` … `ff.lock`); a record's stripe comes from a hash
-//! of its path. A writer takes the stripe's in-process mutex (threads of one process
+//! of its path relative to the store's (canonical) root, so processes that spell the
+//! folder differently still agree on it. A writer takes the stripe's in-process mutex (threads of one process
 //! share the open file, and `flock` does not exclude holders of the same open file)
 //! and then an exclusive `flock` on it (other processes). Readers take no lock: every
 //! write is an atomic rename, so a reader sees a whole old or a whole new record.
@@ -10,14 +11,14 @@
 //! created or deleted on the hot path, and the folder never fills with them. Two
 //! records in one stripe only wait for each other.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chatstate_core::Result;
 
-use crate::format::io_error;
-use crate::paths::{Layout, stripe_of};
+use crate::format::{io_error, new_file_options};
+use crate::paths::Layout;
 
 pub(crate) struct Stripes {
     layout: Layout,
@@ -51,13 +52,13 @@ impl Stripes {
 
     /// Holds the stripe of `record` exclusively, against threads and processes.
     pub fn lock(&self, record: &Path) -> Result<StripeGuard<'_>> {
-        let stripe = stripe_of(record);
+        let stripe = self.layout.stripe_of(record);
         let mut slot = self.files[usize::from(stripe)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             let path = self.layout.lock_stripe(stripe);
-            let file = OpenOptions::new()
+            let file = new_file_options()
                 .read(true)
                 .write(true)
                 .create(true)

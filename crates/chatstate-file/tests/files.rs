@@ -272,6 +272,138 @@ async fn hostile_ids_stay_inside_the_folder_and_apart() {
     }
 }
 
+/// Every folder and file under `dir` (not `dir` itself).
+fn all_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readable folder") {
+            let p = e.expect("readable entry").path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn folders_are_0700_and_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let base = tempfile::tempdir().unwrap();
+    // The store makes its folder (and a missing parent) itself.
+    let root = base.path().join("parent").join("store");
+    let clock = ManualClock::starting_now();
+    let s = store(&root, &clock);
+    let k = SessionKey::new("t", "c", "u").unwrap();
+    s.append_message(&k, NewMessage::user("secret"))
+        .await
+        .unwrap();
+    s.try_lock(&k, "job", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let f = FocusKey::new("scope", "doc").unwrap();
+    s.put(&f, Bytes::from_static(b"{}"), PutMode::Overwrite, None)
+        .await
+        .unwrap();
+    let c = CacheKey::new("ns", "k").unwrap();
+    KvCache::set(&s, &c, Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    CounterSink::add(&s, &CounterKey::new("n").unwrap(), 1)
+        .await
+        .unwrap();
+
+    let mut seen = (0, 0);
+    for dir in [root.parent().unwrap().to_path_buf(), root.clone()] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for p in all_entries(&root) {
+        if p.is_dir() {
+            assert_eq!(mode(&p), 0o700, "folder {}", p.display());
+            seen.0 += 1;
+        } else {
+            assert_eq!(mode(&p), 0o600, "file {}", p.display());
+            seen.1 += 1;
+        }
+    }
+    // sessions, session-locks, focus, cache (each with a group folder), counters, locks;
+    // FORMAT, the five records and at least one lock stripe.
+    assert!(seen.0 >= 10 && seen.1 >= 7, "{seen:?}");
+}
+
+/// The format stores lengths as u32: a record of 4 GiB or more cannot be written,
+/// and must be refused before anything is (not wrapped into a header that lies).
+/// The big value is a zeroed allocation the store never touches, so the test costs
+/// no memory or disk.
+#[tokio::test]
+async fn a_record_over_the_format_limit_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileStore::builder(dir.path())
+        .settings(StoreSettings {
+            // Let the value through the store-wide limit to reach the format's.
+            max_value_bytes: u32::MAX as usize + 1024,
+            ..StoreSettings::default()
+        })
+        .durability(Durability::None)
+        .sweep_interval(None)
+        .open()
+        .unwrap();
+    let huge = Bytes::from(vec![0u8; u32::MAX as usize + 1]);
+    let (k, k2) = (
+        CacheKey::new("ns", "k").unwrap(),
+        CacheKey::new("ns", "k2").unwrap(),
+    );
+    KvCache::set(&s, &k, Bytes::from_static(b"old"), None)
+        .await
+        .unwrap();
+    // Every file but the lock stripes, which writers open (and create) as they go.
+    let records = || {
+        let mut files = all_files(dir.path());
+        files.retain(|p| !p.starts_with(dir.path().join("locks")));
+        files.sort();
+        files
+    };
+    let before = records();
+
+    let err = KvCache::set(&s, &k, huge.clone(), None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert_eq!(
+        KvCache::get(&s, &k).await.unwrap().as_deref(),
+        Some(&b"old"[..]),
+        "the old value stays"
+    );
+
+    // set_many checks every entry before writing any.
+    let err = s
+        .set_many(
+            vec![
+                (k2.clone(), Bytes::from_static(b"small")),
+                (k, huge.clone()),
+            ],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(
+        KvCache::get(&s, &k2).await.unwrap().is_none(),
+        "nothing written"
+    );
+
+    let f = FocusKey::new("scope", "doc").unwrap();
+    let err = s.put(&f, huge, PutMode::Overwrite, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(FocusStore::get(&s, &f).await.unwrap().is_none());
+
+    assert_eq!(records(), before, "no file written, no temp file left");
+}
+
 #[tokio::test]
 async fn another_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -334,6 +466,66 @@ async fn records_expire_at_once_and_the_sweeper_frees_them() {
         left, 0,
         "the background sweeper removed every expired record"
     );
+}
+
+#[tokio::test]
+async fn the_sweeper_skips_a_file_it_cannot_read_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let s = store(dir.path(), &clock);
+    let keys: Vec<SessionKey> = (0..20)
+        .map(|i| SessionKey::new("t", "c", format!("u{i}")).unwrap())
+        .collect();
+    for k in &keys {
+        s.append_message(k, NewMessage::user("x")).await.unwrap();
+    }
+    let c = CacheKey::new("ns", "k").unwrap();
+    KvCache::set(
+        &s,
+        &c,
+        Bytes::from_static(b"v"),
+        Some(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let sessions = all_files(&dir.path().join("sessions"));
+    assert_eq!(sessions.len(), keys.len());
+    let tenant_dir = sessions[0].parent().unwrap().to_path_buf();
+
+    // Among the expired sessions: an entry that cannot be read as a file, whoever
+    // runs the test (a folder where a record should be: reading it fails, as a
+    // permission error would), and a record nobody may read (unreadable unless the
+    // test runs as root, who reads it anyway).
+    let not_a_file = tenant_dir.join("zz_in_the_way-0123456789abcdef0123456789abcdef.s");
+    fs::create_dir(&not_a_file).unwrap();
+    fs::write(not_a_file.join("inside"), b"x").unwrap();
+    let no_access = sessions[sessions.len() / 2].clone();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&no_access, fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let unreadable = 1 + u64::from(fs::read(&no_access).is_err());
+
+    clock.advance(Duration::from_secs(7 * 24 * 3600));
+    let report = s
+        .sweep()
+        .await
+        .expect("the sweep goes on past a file it cannot read");
+    assert_eq!(report.skipped, unreadable, "{report:?}");
+    assert_eq!(
+        report.removed,
+        keys.len() as u64 + 1 - (unreadable - 1),
+        "every other expired record is removed: {report:?}"
+    );
+    let left = all_files(&dir.path().join("sessions"));
+    assert!(
+        left.iter()
+            .all(|p| *p == no_access || p.starts_with(&not_a_file)),
+        "{left:?}"
+    );
+    assert!(all_files(&dir.path().join("cache")).is_empty());
+    assert!(not_a_file.is_dir(), "an unreadable entry is left in place");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

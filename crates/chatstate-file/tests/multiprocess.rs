@@ -3,7 +3,9 @@
 //!
 //! The test binary re-runs itself as 4 child processes (the test fn
 //! `multiprocess_child_entry`, switched on by environment variables: the folder, a
-//! role and a worker id). Each opens its own `FileStore` on one shared folder, waits
+//! role and a worker id). Each opens its own `FileStore` on one shared folder, each
+//! spelling the folder differently (relative to its working directory, `<dir>/.`,
+//! absolute, and through a symlink: locks must not depend on the spelling), waits
 //! until the parent creates the file `go` (so all of them start together), tries to
 //! take one session lock, then appends 40 messages to one shared session, adds 1 to
 //! a shared counter 40 times and increments a JSON number in a focus document 20
@@ -12,7 +14,10 @@
 //! of 160, a document at 80 with version 81, and exactly one lock holder.
 //!
 //! A second test does the same with 8 `FileStore` instances in one process (each
-//! with its own lock files, as 8 processes would have).
+//! with its own lock files, as 8 processes would have), also under several spellings
+//! of the folder.
+
+#![cfg(unix)] // symlinks: the folder is opened through one
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,6 +68,25 @@ fn open(dir: &Path) -> FileStore {
         .sweep_interval(None)
         .open()
         .expect("the store opens")
+}
+
+/// The shared folder inside `base`, and a symlink to it (`base/link`).
+fn shared_folder(base: &Path) -> PathBuf {
+    let data = base.join("data");
+    std::fs::create_dir(&data).expect("create the shared folder");
+    std::os::unix::fs::symlink(&data, base.join("link")).expect("symlink the shared folder");
+    data
+}
+
+/// How worker `w` spells the shared folder `base/data`: the working directory it
+/// runs in and the path it opens. Every spelling names the same folder.
+fn spelling(base: &Path, w: usize) -> (PathBuf, PathBuf) {
+    match w % 4 {
+        0 => (base.to_path_buf(), PathBuf::from("./data")),
+        1 => (base.to_path_buf(), base.join("data").join(".")),
+        2 => (base.to_path_buf(), base.join("data")),
+        _ => (base.to_path_buf(), base.join("link")),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -177,8 +201,10 @@ async fn worker_main(dir: PathBuf, worker: usize) {
 // ---------------------------------------------------------------------------------
 // The parent.
 
-fn spawn_worker(dir: &Path, worker: usize) -> Child {
+fn spawn_worker(base: &Path, worker: usize) -> Child {
+    let (cwd, dir) = spelling(base, worker);
     Command::new(std::env::current_exe().expect("the test binary's path"))
+        .current_dir(cwd)
         .args([
             "--exact",
             "multiprocess_child_entry",
@@ -227,10 +253,11 @@ fn kill_all(children: &mut [Child]) {
 #[test]
 fn processes_sharing_a_folder_lose_nothing() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let dir = shared_folder(base.path());
     let rt = runtime();
     rt.block_on(async {
-        let store = open(dir.path());
+        let store = open(&dir);
         let v = store
             .put_value(&focus_key(), &0u64, PutMode::Create, None, Codec::Json)
             .await
@@ -241,7 +268,7 @@ fn processes_sharing_a_folder_lose_nothing() {
     let (tx, rx) = mpsc::channel();
     let mut children: Vec<Child> = (0..WORKERS)
         .map(|w| {
-            let mut c = spawn_worker(dir.path(), w);
+            let mut c = spawn_worker(base.path(), w);
             read_lines(w, &mut c, tx.clone());
             c
         })
@@ -277,7 +304,7 @@ fn processes_sharing_a_folder_lose_nothing() {
             }
         }
     }
-    std::fs::File::create(dir.path().join("go")).unwrap();
+    std::fs::File::create(dir.join("go")).unwrap();
     let go_at = Instant::now();
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -337,7 +364,7 @@ fn processes_sharing_a_folder_lose_nothing() {
         .sum();
 
     rt.block_on(async {
-        let store = open(dir.path());
+        let store = open(&dir);
         let loaded = store.load(&session_key()).await.unwrap().unwrap();
         let total = (WORKERS * APPENDS) as u64;
         assert_eq!(loaded.session.message_count, total, "appends lost");
@@ -398,8 +425,18 @@ async fn eight_instances_on_one_folder_lose_nothing() {
     const INSTANCES: usize = 8;
     const EACH: usize = 25;
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let stores: Vec<FileStore> = (0..INSTANCES).map(|_| open(dir.path())).collect();
+    let base = tempfile::tempdir().unwrap();
+    let dir = shared_folder(base.path());
+    // The spellings that need no change of working directory.
+    let spellings = [
+        dir.clone(),
+        dir.join("."),
+        base.path().join("link"),
+        base.path().join("link").join("."),
+    ];
+    let stores: Vec<FileStore> = (0..INSTANCES)
+        .map(|i| open(&spellings[i % spellings.len()]))
+        .collect();
     let tasks: Vec<_> = stores
         .into_iter()
         .enumerate()
@@ -420,7 +457,7 @@ async fn eight_instances_on_one_folder_lose_nothing() {
         t.await.unwrap();
     }
 
-    let store = open(dir.path());
+    let store = open(&dir);
     let loaded = store.load(&session_key()).await.unwrap().unwrap();
     let total = (INSTANCES * EACH) as u64;
     assert_eq!(loaded.session.message_count, total, "appends lost");
