@@ -379,11 +379,13 @@ mod tests {
         assert!(meta.contains(count), "{meta}");
         let planted = meta.replace(count, "\"message_count\":\"+5511987654321\"");
         let bytes = crate::format::encode(
+            &path,
             Kind::Session,
             record.header.deadline,
             planted.as_bytes(),
             &[],
-        );
+        )
+        .expect("encode");
         std::fs::write(&path, bytes).expect("plant");
         let errors = vec![
             store.get(&key).await.map(|_| ()),
