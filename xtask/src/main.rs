@@ -7,21 +7,27 @@
 //!   of conformance cases a backend declared it cannot run (never silent).
 //! - `bench`: the criterion benchmarks (`cargo bench --workspace`); extra arguments
 //!   go to criterion, e.g. `cargo xtask bench -- --quick`.
+//! - `soak [--kills N]`: the file store's SIGKILL crash test
+//!   (`crates/chatstate-file/tests/crash.rs`) with N kills instead of CI's 25
+//!   (default 1,000), then its result. Not part of `test`: it takes minutes.
 //!
 //! Hand-written on `std::process` only: it runs a handful of commands in order,
 //! which needs no dependency (and keeps `cargo xtask` fast to build).
 
 use std::env;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test | bench [-- criterion args]");
+            eprintln!("usage: cargo xtask test | bench [-- criterion args] | soak [--kills N]");
             return ExitCode::from(2);
         }
     };
@@ -173,4 +179,114 @@ fn bench(extra: &[String]) -> Result<(), String> {
     cmd.args(["bench", "--workspace"]);
     cmd.args(extra);
     run("cargo bench", &mut cmd)
+}
+
+/// Kills the file store's crash test does by default in `soak`.
+const DEFAULT_SOAK_KILLS: u64 = 1_000;
+
+/// The number after `--kills` (or in `--kills=N`), or the default.
+fn parse_kills(args: &[String]) -> Result<u64, String> {
+    let mut kills = DEFAULT_SOAK_KILLS;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let value = match arg.strip_prefix("--kills=") {
+            Some(v) => v.to_string(),
+            None if arg == "--kills" => it.next().ok_or("--kills needs a number")?.to_string(),
+            None => {
+                return Err(format!(
+                    "soak: unknown argument {arg:?} (usage: soak [--kills N])"
+                ));
+            }
+        };
+        kills = value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("--kills must be a positive number, not {value:?}"))?;
+    }
+    Ok(kills)
+}
+
+/// Runs the SIGKILL crash test of the file store with `--kills N` kills (each kill is
+/// one round of `a_killed_writer_loses_no_acknowledged_write`, through its
+/// `CHATSTATE_CRASH_ROUNDS` variable), echoing its output, then prints the result.
+fn soak(args: &[String]) -> Result<(), String> {
+    let kills = parse_kills(args)?;
+    let step = format!("file store crash soak: {kills} SIGKILLs");
+    eprintln!("==> {step}");
+    let started = Instant::now();
+    let mut child = Command::new(cargo())
+        .args([
+            "test",
+            "--package",
+            "chatstate-file",
+            "--test",
+            "crash",
+            "--",
+            "--exact",
+            "a_killed_writer_loses_no_acknowledged_write",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CHATSTATE_CRASH_ROUNDS", kills.to_string())
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{step}: could not start: {e}"))?;
+    // Echo the test's lines; keep the seed (to replay) and its summary.
+    let (mut seed, mut summary) = (None, None);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            // libtest's "test … ... " may precede it on the same line.
+            if let Some(at) = line.find("crash test seed") {
+                seed = Some(line[at..].to_string());
+            } else if line.starts_with(&format!("{kills} rounds in")) {
+                summary = Some(line);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("{step}: could not wait: {e}"))?;
+    let took = started.elapsed().as_secs_f64();
+    let seed = seed.unwrap_or_else(|| "(no seed printed)".into());
+    match (status.success(), summary) {
+        (true, Some(summary)) => {
+            println!(
+                "soak passed: {kills} SIGKILLs, no acknowledged write lost, no corrupt file \
+                 ({summary}); {seed}; {took:.0} s with the build"
+            );
+            Ok(())
+        }
+        (true, None) => Err(format!(
+            "{step}: the test passed but printed no summary; did it run? ({seed})"
+        )),
+        (false, _) => Err(format!("{step} failed ({status}); {seed}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn soak_kills_default_to_a_thousand_and_take_both_spellings() {
+        assert_eq!(parse_kills(&[]), Ok(1_000));
+        assert_eq!(parse_kills(&args(&["--kills", "200"])), Ok(200));
+        assert_eq!(parse_kills(&args(&["--kills=7"])), Ok(7));
+        for bad in [
+            &["--kills"][..],
+            &["--kills", "0"],
+            &["--kills", "-3"],
+            &["--kills=many"],
+            &["--rounds", "5"],
+        ] {
+            assert!(parse_kills(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

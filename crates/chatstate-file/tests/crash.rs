@@ -21,7 +21,8 @@
 //!
 //! The random kill delays come from a xorshift generator whose seed is printed; set
 //! `CHATSTATE_CRASH_SEED=<seed>` to replay a run's delays, and
-//! `CHATSTATE_CRASH_ROUNDS=<n>` for a longer soak.
+//! `CHATSTATE_CRASH_ROUNDS=<n>` for n kills instead of 25: `cargo xtask soak [--kills N]`
+//! runs this test with 1,000 (or N) and prints the result.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
