@@ -28,6 +28,8 @@ pub mod batched;
 pub mod instrument;
 pub mod tiered;
 
-pub use batched::{BatchedCounters, FlushStats, Read};
+pub use batched::{
+    Backlog, BatchedCounters, BatchedCountersBuilder, DroppedCounter, FlushReport, FlushStats, Read,
+};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
 pub use tiered::{TierStats, TieredCache, TieredConfig};
