@@ -14,7 +14,7 @@
 //! sink recognises the id and answers `Duplicate`: nothing is counted twice — as long
 //! as the retry comes within the sink's batch retention, which the
 //! [builder](BatchedCountersBuilder::build) checks covers at least
-//! [`chatstate_core::BATCH_RETENTION_FACTOR`] flush intervals. (An outage longer than
+//! [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals. (An outage longer than
 //! the retention can still double-count the one batch whose reply was lost.)
 //!
 //! **Refusals.** A deterministic refusal — [`ErrorKind::InvalidInput`] (an overflow),
@@ -280,7 +280,7 @@ impl BatchedCountersBuilder {
     }
 
     /// The sink's settings: its batch retention must cover
-    /// [`chatstate_core::BATCH_RETENTION_FACTOR`] flush intervals (default: the
+    /// [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals (default: the
     /// default settings, 24 h).
     pub fn settings(mut self, settings: &StoreSettings) -> Self {
         self.settings = settings.clone();
@@ -299,7 +299,7 @@ impl BatchedCountersBuilder {
     /// runtime (otherwise only on [`BatchedCounters::flush`]).
     ///
     /// A [`ErrorKind::Config`] error when the sink's batch retention is shorter than
-    /// [`chatstate_core::BATCH_RETENTION_FACTOR`] flush intervals (a retried batch
+    /// [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals (a retried batch
     /// could then be counted twice), or the interval, timeout or batch size is zero.
     pub fn build(self) -> Result<BatchedCounters> {
         if self.flush_interval.is_zero() || self.flush_timeout.is_zero() {

@@ -90,37 +90,55 @@ mod memory {
 /// Redis behind a tiered cache, on real time.
 struct TieredRedis;
 
+/// What a Redis fixture keeps: its prefix, for reopen.
+struct Guard {
+    prefix: String,
+}
+
+async fn redis_fixture(prefix: String, settings: StoreSettings) -> Result<Fixture> {
+    let server = common::shared();
+    let store = Arc::new(
+        RedisStore::builder(RedisUrl::parse(&server.url())?)
+            .prefix(prefix.clone())
+            .settings(settings.clone())
+            .connect()
+            .await?,
+    );
+    let local_ttl = TieredRedis.time_unit() / 5;
+    Ok(Fixture {
+        sessions: store.clone(),
+        focus: store.clone(),
+        counters: store.clone(),
+        cache: tiered(store, &settings, local_ttl, chatstate_core::system_clock()),
+        time: TimeControl::Real,
+        settings,
+        guard: Some(Box::new(Guard { prefix })),
+    })
+}
+
 #[async_trait]
 impl Backend for TieredRedis {
     fn name(&self) -> &'static str {
         "tiered-redis"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        // Data outlives the store, but a reopened fixture would need a new tiered
-        // cache over the old prefix: the persistence case is the Redis suite's.
-        Capabilities { persistent: false }
+    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
+        redis_fixture(common::unique_prefix(), settings).await
     }
 
-    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        let server = common::shared();
-        let store = Arc::new(
-            RedisStore::builder(RedisUrl::parse(&server.url())?)
-                .prefix(common::unique_prefix())
-                .settings(settings.clone())
-                .connect()
-                .await?,
-        );
-        let local_ttl = self.time_unit() / 5;
-        Ok(Fixture {
-            sessions: store.clone(),
-            focus: store.clone(),
-            counters: store.clone(),
-            cache: tiered(store, &settings, local_ttl, chatstate_core::system_clock()),
-            time: TimeControl::Real,
-            settings,
-            guard: None,
-        })
+    async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
+        let prefix = old
+            .guard
+            .as_ref()
+            .and_then(|g| g.downcast_ref::<Guard>())
+            .map(|g| g.prefix.clone())
+            .ok_or_else(|| {
+                chatstate_core::Error::new(
+                    chatstate_core::ErrorKind::Internal,
+                    "not a tiered-redis fixture",
+                )
+            })?;
+        redis_fixture(prefix, old.settings.clone()).await
     }
 }
 
