@@ -599,6 +599,24 @@ impl CounterBatch {
         *d = d.saturating_add(delta);
     }
 
+    /// Adds `delta` to `key`'s pending delta, or an [`crate::ErrorKind::InvalidInput`]
+    /// error, with the batch unchanged, when the sum would overflow an i64 (the
+    /// caller then keeps the delta elsewhere, e.g. in another batch).
+    pub fn try_add(&mut self, key: &CounterKey, delta: i64) -> Result<()> {
+        match self.deltas.get_mut(key) {
+            Some(d) => *d = checked_counter_add(key, *d, delta)?,
+            None => {
+                self.deltas.insert(key.clone(), delta);
+            }
+        }
+        Ok(())
+    }
+
+    /// `key`'s pending delta in this batch, if the batch touches it.
+    pub fn get(&self, key: &CounterKey) -> Option<i64> {
+        self.deltas.get(key).copied()
+    }
+
     /// The merged deltas, by counter.
     pub fn deltas(&self) -> impl Iterator<Item = (&CounterKey, i64)> {
         self.deltas.iter().map(|(k, d)| (k, *d))
@@ -633,6 +651,25 @@ pub fn checked_counter_add(key: &CounterKey, value: i64, delta: i64) -> Result<i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_try_add_refuses_overflow_and_leaves_the_batch_unchanged() {
+        let (a, b) = (CounterKey::new("a").unwrap(), CounterKey::new("b").unwrap());
+        let mut batch = CounterBatch::new();
+        batch.try_add(&a, i64::MAX - 1).unwrap();
+        batch.try_add(&a, 1).unwrap();
+        let err = batch.try_add(&a, 1).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        assert_eq!(
+            batch.get(&a),
+            Some(i64::MAX),
+            "unchanged by the refused add"
+        );
+        batch.try_add(&b, i64::MIN).unwrap();
+        assert!(batch.try_add(&b, -1).is_err());
+        assert_eq!((batch.get(&b), batch.len()), (Some(i64::MIN), 2));
+        assert_eq!(batch.get(&CounterKey::new("c").unwrap()), None);
+    }
 
     #[test]
     fn truncate_never_splits_a_char() {

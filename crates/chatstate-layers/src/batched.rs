@@ -2,19 +2,46 @@
 //! trip, never lose or double-count a delta.
 //!
 //! `add` only touches a local shard (a short mutex on one of 16 maps, chosen by the
-//! key's hash, so threads adding to different counters rarely meet). A flush takes
-//! every pending delta into one [`CounterBatch`] with a fresh id and applies it with
-//! [`CounterSink::apply`] — one round trip on Redis, atomic, idempotent by the id.
+//! key's hash, so threads adding to different counters rarely meet). A flush moves
+//! every pending delta into the queue of [`CounterBatch`]es and applies them, oldest
+//! first, with [`CounterSink::apply`] — one round trip on Redis per batch, atomic,
+//! idempotent by the batch id.
 //!
-//! **Failures.** A flush that fails with a temporary error (or times out) keeps its
-//! batch, with the same id, and the next flush applies it again before anything
-//! newer. If the first attempt had in fact been applied (the reply was lost), the sink
-//! recognises the id and answers `Duplicate`: nothing is counted twice — as long as
-//! the retry comes within the sink's batch retention (24 h by default). A permanent
-//! error (a counter of the wrong type, an overflow) does not block the others: the
-//! batch is split into one batch per counter, and only a counter that still fails is
-//! dropped (logged, and counted in [`FlushStats::dropped_counters`]). New adds wait in
-//! the shards for the next batch.
+//! **Retries.** A batch that fails for any reason other than a deterministic refusal
+//! (a temporary error, a timeout, `Internal`, `Conflict`, an error kind added later)
+//! keeps its id and its contents, and the next flush applies it again before anything
+//! newer. If an earlier attempt had in fact been applied (the reply was lost), the
+//! sink recognises the id and answers `Duplicate`: nothing is counted twice — as long
+//! as the retry comes within the sink's batch retention, which the
+//! [builder](BatchedCountersBuilder::build) checks covers at least
+//! [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals. (An outage longer than
+//! the retention can still double-count the one batch whose reply was lost.)
+//!
+//! **Refusals.** A deterministic refusal — [`ErrorKind::InvalidInput`] (an overflow),
+//! [`ErrorKind::WrongType`] or [`ErrorKind::Decode`] — is the only reason a delta is
+//! dropped. The sink applies a batch atomically, so a refused batch wrote nothing: it
+//! is split in two halves (new ids, derived from the refused one) until the refused
+//! counters stand alone, so one bad counter does not block the others and costs about
+//! 2·log2(batch size) round trips. A counter refused on its own is dropped, logged,
+//! counted in [`FlushStats::dropped_counters`] and listed in the next
+//! [`FlushReport::dropped`] returned by [`BatchedCounters::flush`] or
+//! [`BatchedCounters::shutdown`] (drops made by the background flush included).
+//!
+//! **Bounded memory.** A batch that was sent at least once may have landed, so its id
+//! and contents never change again; new deltas are merged into the batches never
+//! sent. During an outage the queue is therefore one attempted batch plus one set of
+//! never-sent batches holding each counter once: memory grows with the number of
+//! distinct counters, not with the outage's length. A batch holds at most
+//! [`BatchedCountersBuilder::max_batch`] counters (default
+//! [`DEFAULT_MAX_BATCH`]); more make more batches, each with its own id, so one flush
+//! never sends one huge script. [`BatchedCounters::backlog`] says how long the queue
+//! is.
+//!
+//! **Overflow.** Nothing saturates. An `add` that would take a counter's pending
+//! delta past the i64 range moves the delta so far aside and starts a new one; the
+//! two reach the sink in different batches of the same flush. If the stored value
+//! cannot take them, the sink refuses (`InvalidInput`) and the flush reports the
+//! counter dropped.
 //!
 //! **What can be lost.** [`BatchedCounters::shutdown`] flushes before it returns. A
 //! process killed abruptly loses what was added since the last successful flush: one
@@ -29,11 +56,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatstate_core::{
-    BatchOutcome, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Result,
+    BatchOutcome, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Result,
+    StoreSettings,
 };
 use serde::Serialize;
 
 const SHARDS: usize = 16;
+
+/// Counters per batch by default (see [`BatchedCountersBuilder::max_batch`]).
+pub const DEFAULT_MAX_BATCH: usize = 1_000;
+
+/// The default flush interval (`CHATSTATE_COUNTER_FLUSH_SECONDS`'s default).
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long one flush attempt may take by default before it is abandoned and retried.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether a read includes deltas not yet flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,25 +90,117 @@ pub struct FlushStats {
     pub duplicates: u64,
     /// Flush attempts that failed or timed out (their batch is kept).
     pub failures: u64,
-    /// Counters whose delta was refused permanently (wrong type, overflow) and
-    /// dropped.
+    /// Counter deltas refused deterministically (wrong type, overflow, undecodable
+    /// stored value) and dropped.
     pub dropped_counters: u64,
+}
+
+/// A counter delta the sink refused deterministically, and that was dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedCounter {
+    /// The counter.
+    pub key: CounterKey,
+    /// The delta that was not counted (deltas refused with the same kind since the
+    /// last report are summed, as long as the sum fits an i64).
+    pub delta: i64,
+    /// Why: [`ErrorKind::InvalidInput`], [`ErrorKind::WrongType`] or
+    /// [`ErrorKind::Decode`].
+    pub kind: ErrorKind,
+}
+
+/// The queue of batches not confirmed applied yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// Batches waiting (an attempted one first, if any).
+    pub batches: usize,
+    /// Counter deltas in those batches.
+    pub counters: usize,
+    /// Counters added since the last flush, not in a batch yet.
+    pub unbatched: usize,
+}
+
+/// What a [`BatchedCounters::flush`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Batches the sink applied.
+    pub batches_applied: u64,
+    /// Batches the sink already had (an earlier attempt landed, its reply was lost).
+    pub duplicates: u64,
+    /// Counters dropped since the last report (by this flush or a background one),
+    /// because the sink refused them deterministically. Empty when every delta was
+    /// counted.
+    pub dropped: Vec<DroppedCounter>,
+    /// What is still queued after the flush (new adds that came in meanwhile).
+    pub backlog: Backlog,
+}
+
+impl FlushReport {
+    /// Whether nothing was dropped.
+    pub fn is_complete(&self) -> bool {
+        self.dropped.is_empty()
+    }
+
+    /// The report, or, when a counter was dropped, an error of the first drop's kind
+    /// naming the dropped counters: for callers that want `?` to stop on lost counts
+    /// (`counters.flush().await?.into_result()?`).
+    pub fn into_result(self) -> Result<FlushReport> {
+        let Some(first) = self.dropped.first() else {
+            return Ok(self);
+        };
+        let names: Vec<String> = self.dropped.iter().map(|d| d.key.to_string()).collect();
+        Err(Error::new(
+            first.kind,
+            format!(
+                "the sink refused {} counter(s), whose deltas were dropped: {}",
+                self.dropped.len(),
+                names.join(", ")
+            ),
+        )
+        .with_operation("flush"))
+    }
+}
+
+/// Whether an `apply` error is a deterministic refusal: the same batch would be
+/// refused again, so retrying it cannot help. Everything else is retried.
+fn is_refusal(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidInput | ErrorKind::WrongType | ErrorKind::Decode
+    )
+}
+
+#[derive(Default)]
+struct Shard {
+    deltas: HashMap<CounterKey, i64>,
+    /// Deltas moved aside because the next add would have taken them past the i64
+    /// range; they go into the queue before `deltas`.
+    spilled: Vec<(CounterKey, i64)>,
+}
+
+struct Queued {
+    batch: CounterBatch,
+    /// Sent at least once (it may have landed), or split from a refused batch: its id
+    /// and contents never change again. Only unsealed batches take new deltas.
+    sealed: bool,
 }
 
 struct Shared {
     sink: Arc<dyn CounterSink>,
-    shards: Vec<Mutex<HashMap<CounterKey, i64>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
-    /// Batches taken from the shards whose apply is not confirmed yet, oldest first.
-    /// A sync mutex, never held across an await: readers see pending deltas without
-    /// waiting for a flush's round trip. Shards are drained into it under its lock,
-    /// so a delta is always in exactly one of the two.
-    queue: Mutex<VecDeque<CounterBatch>>,
+    /// Batches whose apply is not confirmed yet, oldest (and sealed) first. A sync
+    /// mutex, never held across an await: readers see pending deltas without waiting
+    /// for a flush's round trip. Shards are drained into it under its lock, so a delta
+    /// is always in exactly one of the two.
+    queue: Mutex<VecDeque<Queued>>,
+    /// Drops not yet returned in a [`FlushReport`].
+    unreported: Mutex<Vec<DroppedCounter>>,
     /// Makes flushes one at a time (held across the sink call, by design).
     flushing: tokio::sync::Mutex<()>,
-    /// Grows each time a batch is confirmed applied; reads retry around it.
+    /// Grows each time a batch leaves the queue; reads retry around it.
     generation: AtomicU64,
     flush_timeout: Duration,
+    max_batch: usize,
     applied: AtomicU64,
     duplicates: AtomicU64,
     failures: AtomicU64,
@@ -88,6 +217,7 @@ impl std::fmt::Debug for BatchedCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchedCounters")
             .field("stats", &self.stats())
+            .field("backlog", &self.backlog())
             .finish()
     }
 }
@@ -109,19 +239,94 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl BatchedCounters {
-    /// Batches over `sink`, flushing every `interval` in the background (when built
-    /// inside a tokio runtime; otherwise only on [`BatchedCounters::flush`]). A flush
-    /// attempt gives up after `flush_timeout` and is retried.
-    pub fn new(sink: Arc<dyn CounterSink>, interval: Duration, flush_timeout: Duration) -> Self {
+/// Settings of a [`BatchedCounters`]; see [`BatchedCounters::builder`].
+pub struct BatchedCountersBuilder {
+    sink: Arc<dyn CounterSink>,
+    flush_interval: Duration,
+    flush_timeout: Duration,
+    max_batch: usize,
+    settings: StoreSettings,
+}
+
+impl std::fmt::Debug for BatchedCountersBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchedCountersBuilder")
+            .field("flush_interval", &self.flush_interval)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("max_batch", &self.max_batch)
+            .field("batch_retention", &self.settings.batch_retention)
+            .finish()
+    }
+}
+
+impl BatchedCountersBuilder {
+    /// How often the background flush runs (default 60 s).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// How long one `apply` may take before it is abandoned and retried (default 5 s).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout;
+        self
+    }
+
+    /// Most counters in one batch (default [`DEFAULT_MAX_BATCH`]); more pending
+    /// counters make more batches, each applied with its own id.
+    pub fn max_batch(mut self, counters: usize) -> Self {
+        self.max_batch = counters;
+        self
+    }
+
+    /// The sink's settings: its batch retention must cover
+    /// [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals (default: the
+    /// default settings, 24 h).
+    pub fn settings(mut self, settings: &StoreSettings) -> Self {
+        self.settings = settings.clone();
+        self
+    }
+
+    /// Interval and store settings from a [`Config`], and a flush timeout of the
+    /// Redis command timeout (at least 5 s).
+    pub fn config(self, config: &Config) -> Self {
+        self.flush_interval(config.counter_flush_interval)
+            .flush_timeout(config.redis.command_timeout.max(DEFAULT_FLUSH_TIMEOUT))
+            .settings(&config.store)
+    }
+
+    /// The batched counters, flushing in the background when built inside a tokio
+    /// runtime (otherwise only on [`BatchedCounters::flush`]).
+    ///
+    /// A [`ErrorKind::Config`] error when the sink's batch retention is shorter than
+    /// [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals (a retried batch
+    /// could then be counted twice), or the interval, timeout or batch size is zero.
+    pub fn build(self) -> Result<BatchedCounters> {
+        if self.flush_interval.is_zero() || self.flush_timeout.is_zero() {
+            return Err(Error::config(
+                "the counter flush interval and flush timeout must be positive",
+            ));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::config(
+                "a counter batch must hold at least 1 counter",
+            ));
+        }
+        self.settings.check_flush_interval(self.flush_interval)?;
+        Ok(self.build_unchecked())
+    }
+
+    fn build_unchecked(self) -> BatchedCounters {
         let shared = Arc::new(Shared {
-            sink,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            sink: self.sink,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             queue: Mutex::new(VecDeque::new()),
+            unreported: Mutex::new(Vec::new()),
             flushing: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
-            flush_timeout,
+            flush_timeout: self.flush_timeout,
+            max_batch: self.max_batch.max(1),
             applied: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -129,8 +334,8 @@ impl BatchedCounters {
         });
         let task = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let weak = Arc::downgrade(&shared);
-            rt.spawn(chatstate_core::background::every(weak, interval, |shared: Arc<Shared>| async move {
-                if let Err(e) = flush(&shared).await {
+            rt.spawn(chatstate_core::background::every(weak, self.flush_interval, |shared: Arc<Shared>| async move {
+                if let Err(e) = flush_queue(&shared).await {
                     tracing::warn!(error = %e, "chatstate counter flush failed; its batch is kept and retried");
                 }
             }))
@@ -140,37 +345,85 @@ impl BatchedCounters {
             task: Mutex::new(task),
         }
     }
+}
 
-    /// Adds `delta` to `key` locally (saturating). No I/O.
+impl BatchedCounters {
+    /// A builder over `sink` with the defaults: flush every 60 s, 5 s per attempt,
+    /// [`DEFAULT_MAX_BATCH`] counters per batch, the default batch retention.
+    pub fn builder(sink: Arc<dyn CounterSink>) -> BatchedCountersBuilder {
+        BatchedCountersBuilder {
+            sink,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            max_batch: DEFAULT_MAX_BATCH,
+            settings: StoreSettings::default(),
+        }
+    }
+
+    /// Batches over `sink`, flushing every `interval` in the background (when built
+    /// inside a tokio runtime; otherwise only on [`BatchedCounters::flush`]). A flush
+    /// attempt gives up after `flush_timeout` and is retried.
+    ///
+    /// Unlike [`BatchedCounters::builder`] this does not check `interval` against the
+    /// sink's batch retention (a [`Config`] from the environment is checked when it is
+    /// read); prefer the builder.
+    pub fn new(sink: Arc<dyn CounterSink>, interval: Duration, flush_timeout: Duration) -> Self {
+        BatchedCounters::builder(sink)
+            .flush_interval(interval)
+            .flush_timeout(flush_timeout)
+            .build_unchecked()
+    }
+
+    /// Adds `delta` to `key` locally. No I/O, never fails, never saturates: a pending
+    /// delta that would leave the i64 range is moved aside and a new one started (see
+    /// the module docs).
     pub fn add(&self, key: &CounterKey, delta: i64) {
         let shard = (self.shared.hasher.hash_one(key) as usize) % SHARDS;
-        let mut map = lock(&self.shared.shards[shard]);
-        match map.get_mut(key) {
-            Some(v) => *v = v.saturating_add(delta),
+        let mut guard = lock(&self.shared.shards[shard]);
+        let shard = &mut *guard;
+        match shard.deltas.get_mut(key) {
+            Some(pending) => match pending.checked_add(delta) {
+                Some(sum) => *pending = sum,
+                None => {
+                    let full = std::mem::replace(pending, delta);
+                    shard.spilled.push((key.clone(), full));
+                }
+            },
             None => {
-                map.insert(key.clone(), delta);
+                shard.deltas.insert(key.clone(), delta);
             }
         }
     }
 
     /// This instance's deltas for `key` not yet confirmed stored (in the shards or
-    /// in a batch being flushed). Never waits for a flush.
+    /// in a queued batch), clamped to the i64 range. Never waits for a flush.
     pub async fn pending(&self, key: &CounterKey) -> i64 {
+        clamp(self.pending_exact(key))
+    }
+
+    fn pending_exact(&self, key: &CounterKey) -> i128 {
         let queue = lock(&self.shared.queue);
-        let mut total: i64 = queue
+        let mut total: i128 = queue
             .iter()
-            .flat_map(|b| b.deltas())
-            .filter(|(k, _)| *k == key)
-            .map(|(_, d)| d)
-            .fold(0, i64::saturating_add);
+            .filter_map(|q| q.batch.get(key))
+            .map(i128::from)
+            .sum();
         // Still under the queue lock: a flush cannot move deltas between the two.
         for shard in &self.shared.shards {
-            total = total.saturating_add(lock(shard).get(key).copied().unwrap_or(0));
+            let shard = lock(shard);
+            total += shard.deltas.get(key).copied().map_or(0, i128::from);
+            total += shard
+                .spilled
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, d)| i128::from(*d))
+                .sum::<i128>();
         }
         total
     }
 
-    /// The counter's value, with or without this instance's pending deltas.
+    /// The counter's value, with or without this instance's pending deltas (the sum
+    /// clamped to the i64 range).
     ///
     /// With [`Read::IncludingPending`] the read is retried if a flush completed
     /// while it ran; it can still count a batch twice for the instant between the
@@ -183,27 +436,38 @@ impl BatchedCounters {
         loop {
             let generation = self.shared.generation.load(Ordering::SeqCst);
             let stored = self.shared.sink.get(key).await?;
-            let pending = self.pending(key).await;
+            let pending = self.pending_exact(key);
             tries += 1;
             if self.shared.generation.load(Ordering::SeqCst) == generation || tries == 3 {
-                return Ok(stored.saturating_add(pending));
+                return Ok(clamp(i128::from(stored) + pending));
             }
         }
     }
 
-    /// Writes every pending delta now, in one `apply` (two when a failed batch is
-    /// retried first). On error the deltas are kept for the next flush.
-    pub async fn flush(&self) -> Result<()> {
-        flush(&self.shared).await
+    /// Writes every pending delta now, batch by batch, oldest first.
+    ///
+    /// `Ok` when the queue is empty (every delta counted or dropped); the report lists
+    /// what was dropped since the last report. An error (the sink unreachable, a
+    /// timeout, ...) leaves the failed batch and everything newer queued for the next
+    /// flush; drops already made are reported by the next successful flush.
+    pub async fn flush(&self) -> Result<FlushReport> {
+        let counts = flush_queue(&self.shared).await?;
+        let dropped = std::mem::take(&mut *lock(&self.shared.unreported));
+        Ok(FlushReport {
+            batches_applied: counts.applied,
+            duplicates: counts.duplicates,
+            dropped,
+            backlog: self.backlog(),
+        })
     }
 
     /// Stops the background flush and flushes what is pending. On error the deltas
     /// are still held: call [`BatchedCounters::flush`] again.
-    pub async fn shutdown(&self) -> Result<()> {
+    pub async fn shutdown(&self) -> Result<FlushReport> {
         if let Some(task) = lock(&self.task).take() {
             task.abort();
         }
-        flush(&self.shared).await
+        self.flush().await
     }
 
     /// Flush statistics so far.
@@ -215,17 +479,40 @@ impl BatchedCounters {
             dropped_counters: self.shared.dropped.load(Ordering::Relaxed),
         }
     }
+
+    /// How much is waiting to be flushed.
+    pub fn backlog(&self) -> Backlog {
+        let queue = lock(&self.shared.queue);
+        let unbatched = self
+            .shared
+            .shards
+            .iter()
+            .map(|s| {
+                let s = lock(s);
+                s.deltas.len() + s.spilled.len()
+            })
+            .sum();
+        Backlog {
+            batches: queue.len(),
+            counters: queue.iter().map(|q| q.batch.len()).sum(),
+            unbatched,
+        }
+    }
 }
 
-async fn apply_once(shared: &Shared, batch: &CounterBatch) -> Result<()> {
+fn clamp(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+async fn apply_once(shared: &Shared, batch: &CounterBatch) -> Result<BatchOutcome> {
     match tokio::time::timeout(shared.flush_timeout, shared.sink.apply(batch)).await {
-        Ok(Ok(BatchOutcome::Applied)) => {
-            shared.applied.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-        Ok(Ok(BatchOutcome::Duplicate)) => {
-            shared.duplicates.fetch_add(1, Ordering::Relaxed);
-            Ok(())
+        Ok(Ok(outcome)) => {
+            let counter = match outcome {
+                BatchOutcome::Applied => &shared.applied,
+                BatchOutcome::Duplicate => &shared.duplicates,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(outcome)
         }
         Ok(Err(e)) => {
             shared.failures.fetch_add(1, Ordering::Relaxed);
@@ -242,57 +529,132 @@ async fn apply_once(shared: &Shared, batch: &CounterBatch) -> Result<()> {
     }
 }
 
-/// Moves every shard's deltas into a new batch at the back of the queue.
+/// Adds one delta to the never-sent batches: into the one that already has the
+/// counter (so a counter takes one entry however long an outage lasts), else into
+/// the last one with room, else into a new batch.
+fn merge(queue: &mut VecDeque<Queued>, key: &CounterKey, delta: i64, max_batch: usize) {
+    let mut open = queue.iter_mut().filter(|q| !q.sealed);
+    if open.any(|q| q.batch.get(key).is_some() && q.batch.try_add(key, delta).is_ok()) {
+        return;
+    }
+    // Not there, or there but full to the i64 range (then in another batch).
+    if let Some(q) = queue
+        .iter_mut()
+        .rev()
+        .filter(|q| !q.sealed)
+        .find(|q| q.batch.len() < max_batch && q.batch.get(key).is_none())
+        && q.batch.try_add(key, delta).is_ok()
+    {
+        return;
+    }
+    let mut batch = CounterBatch::new();
+    // An empty batch takes any delta.
+    let _ = batch.try_add(key, delta);
+    queue.push_back(Queued {
+        batch,
+        sealed: false,
+    });
+}
+
+/// Moves every shard's deltas into the queue's never-sent batches.
 fn drain_shards(shared: &Shared) {
     let mut queue = lock(&shared.queue);
-    let mut batch = CounterBatch::new();
     for shard in &shared.shards {
-        let taken = std::mem::take(&mut *lock(shard));
-        for (key, delta) in taken {
-            batch.add(&key, delta);
+        let (spilled, deltas) = {
+            let mut shard = lock(shard);
+            (
+                std::mem::take(&mut shard.spilled),
+                std::mem::take(&mut shard.deltas),
+            )
+        };
+        for (key, delta) in spilled.into_iter().chain(deltas) {
+            merge(&mut queue, &key, delta, shared.max_batch);
         }
-    }
-    if !batch.is_empty() {
-        queue.push_back(batch);
     }
 }
 
-async fn flush(shared: &Shared) -> Result<()> {
+/// Keeps a refused delta for the next report, merged with earlier drops of the same
+/// counter and kind.
+fn record_drop(shared: &Shared, key: &CounterKey, delta: i64, kind: ErrorKind) {
+    shared.dropped.fetch_add(1, Ordering::Relaxed);
+    let mut unreported = lock(&shared.unreported);
+    if let Some(d) = unreported
+        .iter_mut()
+        .find(|d| d.key == *key && d.kind == kind)
+        && let Some(sum) = d.delta.checked_add(delta)
+    {
+        d.delta = sum;
+        return;
+    }
+    unreported.push(DroppedCounter {
+        key: key.clone(),
+        delta,
+        kind,
+    });
+}
+
+#[derive(Default)]
+struct Counts {
+    applied: u64,
+    duplicates: u64,
+}
+
+/// Drains the shards, then applies the queue front to back until it is empty or a
+/// batch fails with an error that is not a deterministic refusal.
+async fn flush_queue(shared: &Shared) -> Result<Counts> {
     let _one_at_a_time = shared.flushing.lock().await;
     drain_shards(shared);
+    let mut counts = Counts::default();
     loop {
-        let Some(batch) = lock(&shared.queue).front().cloned() else {
-            return Ok(());
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            let Some(front) = queue.front_mut() else {
+                return Ok(counts);
+            };
+            // From now on it may land: its id and contents are fixed.
+            front.sealed = true;
+            front.batch.clone()
         };
         match apply_once(shared, &batch).await {
-            Ok(()) => {}
-            Err(e) if e.is_temporary() => return Err(e),
-            Err(e) if batch.len() > 1 => {
-                // One counter's permanent error must not block the others: retry
-                // each counter alone (nothing was applied: apply is atomic).
-                tracing::warn!(error = %e, counters = batch.len(), "chatstate counter batch refused; retrying counter by counter");
-                let singles: Vec<CounterBatch> = batch
-                    .deltas()
-                    .enumerate()
-                    .map(|(i, (key, delta))| {
-                        let mut one = CounterBatch::with_id(format!("{}/{i}", batch.id()));
-                        one.add(key, delta);
-                        one
-                    })
-                    .collect();
+            Ok(BatchOutcome::Applied) => counts.applied += 1,
+            Ok(BatchOutcome::Duplicate) => counts.duplicates += 1,
+            Err(e) if is_refusal(e.kind()) && batch.len() > 1 => {
+                // Nothing was applied (apply is atomic): find the refused counters by
+                // halving, so the others are not held back.
+                tracing::warn!(error = %e, counters = batch.len(), "chatstate counter batch refused; splitting it to find the refused counters");
+                let (first, second) = halves(&batch);
                 let mut queue = lock(&shared.queue);
                 queue.pop_front();
-                for one in singles.into_iter().rev() {
-                    queue.push_front(one);
+                for half in [second, first] {
+                    queue.push_front(Queued {
+                        batch: half,
+                        sealed: true,
+                    });
                 }
                 continue;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "chatstate counter delta refused permanently and dropped");
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(e) if is_refusal(e.kind()) => {
+                for (key, delta) in batch.deltas() {
+                    tracing::error!(error = %e, counter = %key, "chatstate counter delta refused by the sink and dropped");
+                    record_drop(shared, key, delta, e.kind());
+                }
             }
+            Err(e) => return Err(e),
         }
         lock(&shared.queue).pop_front();
         shared.generation.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// Splits a batch into two with ids derived from its own.
+fn halves(batch: &CounterBatch) -> (CounterBatch, CounterBatch) {
+    let mid = batch.len() / 2;
+    let mut first = CounterBatch::with_id(format!("{}/0", batch.id()));
+    let mut second = CounterBatch::with_id(format!("{}/1", batch.id()));
+    for (i, (key, delta)) in batch.deltas().enumerate() {
+        let half = if i < mid { &mut first } else { &mut second };
+        // Distinct keys from one batch: never an overflow.
+        let _ = half.try_add(key, delta);
+    }
+    (first, second)
 }

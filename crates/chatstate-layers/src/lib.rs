@@ -9,9 +9,14 @@
 //!   [`chatstate_core::KvCache`], with other instances' local copies dropped through
 //!   an [`chatstate_core::InvalidationBus`] (in process: [`chatstate_core::LocalBus`];
 //!   across instances: `chatstate_redis::RedisBus`, Redis pub/sub); `get_or_load` with
-//!   one loader per key, `get_many_or_load` with batched loads.
-//! - [`batched`]: [`BatchedCounters`], local adds flushed every interval as one
-//!   idempotent batch; a failed or ambiguous flush is retried without counting twice.
+//!   one loader per key, `get_many_or_load` with batched loads. No read overlapping
+//!   this instance's own write keeps what it read; written copies never outlive the
+//!   remote TTL where it is known; local TTLs run on a [`chatstate_core::Clock`].
+//! - [`batched`]: [`BatchedCounters`], local adds flushed every interval as
+//!   idempotent batches of at most [`batched::DEFAULT_MAX_BATCH`] counters; a failed
+//!   or ambiguous flush is retried with the same batch id, without counting twice;
+//!   only a deterministic refusal drops a counter, and [`FlushReport`] names it; an
+//!   outage keeps each counter queued at most twice ([`Backlog`]).
 //! - [`instrument`]: [`Instrumented`], counts, errors, latency percentiles and hit
 //!   rates per operation and namespace, through a snapshot, the `metrics` facade and
 //!   `tracing` spans.
@@ -28,6 +33,8 @@ pub mod batched;
 pub mod instrument;
 pub mod tiered;
 
-pub use batched::{BatchedCounters, FlushStats, Read};
+pub use batched::{
+    Backlog, BatchedCounters, BatchedCountersBuilder, DroppedCounter, FlushReport, FlushStats, Read,
+};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
 pub use tiered::{TierStats, TieredCache, TieredConfig};

@@ -10,16 +10,38 @@
 //! round trip; `get_many` reads every local miss with one `get_many`) and keeps the
 //! answer locally for the local TTL.
 //!
-//! **Writes** go to the remote tier first, then update or drop the local copy, then
-//! publish an [`Invalidation`] on the [`InvalidationBus`]; every other instance drops
-//! its local copy when it hears it.
+//! **Writes** (`set`, `delete`, `expire`, `clear_prefix`, the many-key forms and the
+//! loaders' write-backs) go to the remote tier first, then update or drop the local
+//! copy, then publish an [`Invalidation`] on the [`InvalidationBus`]; every other
+//! instance drops its local copy when it hears it.
+//!
+//! **No stale copy from a race.** A change this instance makes or hears of moves an
+//! epoch; a copy a read brings back is kept, then dropped again if the epoch moved
+//! since the read started (an invalidation landing in between still wins). A write
+//! moves the epoch *before* its remote call and again *after* it, dropping the local
+//! copies of what it changes both times: a read that overlapped the remote call in
+//! any way (started before, during, or kept its copy before the write returned) does
+//! not keep what it read. A write keeps its own value locally only when nothing else
+//! moved the epoch while it was on the wire. Under a steady stream of writes, reads
+//! that overlap them still answer, they are just not kept.
 //!
 //! **Staleness bound.** While the bus is connected, another instance's write reaches
 //! this instance within the bus latency (milliseconds on Redis pub/sub). When the bus
 //! may have missed messages (a lost or re-established connection, a lagging listener)
-//! it says [`BusEvent::Reset`] and the whole local tier is dropped. In every case a
-//! local copy is served for at most the local TTL after it was read: that is the
-//! bound when nothing else is known. A read that raced an invalidation is not kept.
+//! it says [`BusEvent::Reset`] and the whole local tier is dropped. A copy written
+//! with a known remote TTL (`set` with a TTL, or without one when
+//! [`TieredConfig::remote_default_ttl`] is set, and the loaders' write-backs) is
+//! served at most until the remote entry expires: its local TTL runs from before the
+//! remote write and is capped by the remote TTL. A copy brought back by a read (whose
+//! remaining remote TTL this layer does not ask for: that would be a second round
+//! trip) is served for at most the local TTL after the read started, which is the
+//! bound when nothing else is known: it may outlive the remote entry by up to the
+//! local TTL.
+//!
+//! **Time.** Local TTL decisions read a [`chatstate_core::Clock`] (the system clock
+//! unless [`TieredCache::with_clock`] is given another), so tests and the
+//! conformance suite move it with a [`chatstate_core::ManualClock`] together with
+//! the backend's; moka's own expiry, on real time, only frees the memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +50,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
-    BusEvent, CacheKey, Error, Invalidation, InvalidationBus, KvCache, Result, StoreSettings,
+    BusEvent, CacheKey, Error, Invalidation, InvalidationBus, KvCache, Result, SharedClock,
+    StoreSettings, Timestamp,
 };
 use serde::Serialize;
 
@@ -39,6 +62,10 @@ pub struct TieredConfig {
     pub local_capacity: u64,
     /// How long a local copy is served at most.
     pub local_ttl: Duration,
+    /// The TTL the remote tier gives an entry written without one (its
+    /// `CHATSTATE_CACHE_TTL_SECONDS`), when known: caps the local copy of such a
+    /// write, as an explicit TTL does. `None`: only the local TTL applies.
+    pub remote_default_ttl: Option<Duration>,
     /// Keep "not found" locally for this long (no remote write); `None` to not.
     pub negative_ttl: Option<Duration>,
     /// Spread remote TTLs of loaded values by up to this fraction (0.1: ±10%), so
@@ -53,6 +80,7 @@ impl Default for TieredConfig {
         TieredConfig {
             local_capacity: 10_000,
             local_ttl: Duration::from_secs(60),
+            remote_default_ttl: None,
             negative_ttl: None,
             ttl_jitter: 0.0,
             load_batch: 100,
@@ -61,24 +89,31 @@ impl Default for TieredConfig {
 }
 
 impl TieredConfig {
-    /// The local tier's size and TTL from a [`chatstate_core::Config`].
+    /// The local tier's size and TTL, and the remote's default cache TTL, from a
+    /// [`chatstate_core::Config`].
     pub fn from_config(config: &chatstate_core::Config) -> Self {
         TieredConfig {
             local_capacity: config.local_cache.capacity,
             local_ttl: config.local_cache.ttl,
+            remote_default_ttl: Some(config.store.cache_ttl),
             ..TieredConfig::default()
         }
     }
 }
 
-/// A local copy: the value (`None`: known missing) and how long it may be served.
+/// A local copy: the value (`None`: known missing) and until when it may be served.
 /// `loaded` tells a loader's "not found" from a remote miss seen by `get`: only the
 /// first answers `get_or_load` without calling the loader.
 #[derive(Clone, Debug)]
 struct Local {
     value: Option<Bytes>,
+    /// When it stops being served, on the cache's clock.
+    deadline: Timestamp,
+    /// The same as a duration from insertion, for moka's own (real-time) expiry.
     ttl: Duration,
     loaded: bool,
+    /// A loader's write-back: valid only while the epoch is still this one.
+    valid_at: Option<u64>,
 }
 
 struct PerEntryTtl;
@@ -140,14 +175,15 @@ struct Stats {
 
 struct Shared {
     remote: Arc<dyn KvCache>,
+    clock: SharedClock,
     local: moka::future::Cache<CacheKey, Local>,
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     config: TieredConfig,
-    /// Grows with every change this instance makes or hears of. A copy read or
-    /// written while it moved is dropped right after it is kept, since it may
-    /// predate the change (keep first, then check: an invalidation that lands in
-    /// between still wins).
+    /// Grows with every change this instance makes (before and after the remote
+    /// call) or hears of. A copy read or written while it moved is dropped right
+    /// after it is kept, since it may predate the change (keep first, then check: an
+    /// invalidation that lands in between still wins).
     epoch: AtomicU64,
     stats: Stats,
 }
@@ -191,12 +227,24 @@ fn unshare(e: Arc<Error>) -> Error {
 }
 
 impl TieredCache {
-    /// A tiered cache over `remote`, listening on `bus`. Must be called inside a
-    /// tokio runtime (it spawns the listener, which stops when this is dropped).
+    /// A tiered cache over `remote`, listening on `bus`, its local TTLs on the system
+    /// clock. Must be called inside a tokio runtime (it spawns the listener, which
+    /// stops when this is dropped).
     pub fn new(
         remote: Arc<dyn KvCache>,
         bus: Arc<dyn InvalidationBus>,
         config: TieredConfig,
+    ) -> Self {
+        TieredCache::with_clock(remote, bus, config, chatstate_core::system_clock())
+    }
+
+    /// Like [`TieredCache::new`], with the local TTLs read from `clock` (a
+    /// [`chatstate_core::ManualClock`] shared with the remote store, in tests).
+    pub fn with_clock(
+        remote: Arc<dyn KvCache>,
+        bus: Arc<dyn InvalidationBus>,
+        config: TieredConfig,
+        clock: SharedClock,
     ) -> Self {
         let local = moka::future::Cache::builder()
             .max_capacity(config.local_capacity)
@@ -205,6 +253,7 @@ impl TieredCache {
             .build();
         let shared = Arc::new(Shared {
             remote,
+            clock,
             local,
             origin: uuid::Uuid::new_v4().simple().to_string(),
             config,
@@ -258,7 +307,8 @@ impl TieredCache {
     /// `load` once and share its result. `Ok(None)` from the loader is "not found":
     /// kept locally for `negative_ttl` when configured, never written remotely. A
     /// loader error is returned to every waiter and not cached. A loaded value is
-    /// written to the remote tier with `ttl` (jittered) and announced on the bus.
+    /// written to the remote tier with `ttl` (jittered) and announced on the bus; its
+    /// local copy is served at most until that TTL runs out.
     pub async fn get_or_load<F, Fut>(
         &self,
         key: &CacheKey,
@@ -270,7 +320,7 @@ impl TieredCache {
         Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
     {
         let shared = &self.shared;
-        match shared.local.get(key).await {
+        match shared.local_get(key).await {
             // A remote miss seen by `get` is not the loader's answer: load.
             Some(hit) if hit.value.is_none() && !hit.loaded => shared.local.invalidate(key).await,
             Some(hit) => {
@@ -281,33 +331,43 @@ impl TieredCache {
         }
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
         let epoch = shared.epoch.load(Ordering::SeqCst);
+        let start = shared.clock.now();
         let init = async {
             if let Some(v) = shared.remote.get(key).await? {
                 shared.stats.remote_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Local {
-                    value: Some(v),
-                    ttl: shared.config.local_ttl,
-                    loaded: false,
-                });
+                return Ok(shared.local_copy(
+                    Some(v),
+                    start.plus(shared.config.local_ttl),
+                    false,
+                    None,
+                ));
             }
             shared.stats.remote_misses.fetch_add(1, Ordering::Relaxed);
             shared.stats.loads.fetch_add(1, Ordering::Relaxed);
             match load().await? {
                 Some(v) => {
                     let ttl = shared.jittered(ttl)?;
-                    shared.remote.set(key, v.clone(), ttl).await?;
-                    shared.announce(Invalidation::Key(key.clone())).await;
-                    Ok(Local {
-                        value: Some(v),
-                        ttl: shared.local_ttl_for(ttl),
-                        loaded: true,
-                    })
+                    let (written, w) = shared
+                        .write(
+                            Invalidation::Key(key.clone()),
+                            shared.remote.set(key, v.clone(), ttl),
+                        )
+                        .await;
+                    written?;
+                    // Not kept when anything else changed while it was on the wire.
+                    let deadline = if w.quiet {
+                        w.start.plus(shared.local_ttl_for(ttl))
+                    } else {
+                        w.start
+                    };
+                    Ok(shared.local_copy(Some(v), deadline, true, Some(w.epoch)))
                 }
-                None => Ok(Local {
-                    value: None,
-                    ttl: shared.config.negative_ttl.unwrap_or(Duration::ZERO),
-                    loaded: true,
-                }),
+                None => Ok(shared.local_copy(
+                    None,
+                    start.plus(shared.config.negative_ttl.unwrap_or(Duration::ZERO)),
+                    true,
+                    None,
+                )),
             }
         };
         let local = shared
@@ -315,7 +375,12 @@ impl TieredCache {
             .try_get_with(key.clone(), init)
             .await
             .map_err(unshare)?;
-        if local.ttl.is_zero() || shared.epoch.load(Ordering::SeqCst) != epoch {
+        let now_epoch = shared.epoch.load(Ordering::SeqCst);
+        let valid = match local.valid_at {
+            Some(written_at) => now_epoch == written_at,
+            None => now_epoch == epoch,
+        };
+        if !valid || shared.clock.now() >= local.deadline {
             shared.local.invalidate(key).await;
         }
         Ok(local.value)
@@ -367,24 +432,30 @@ impl TieredCache {
         if !loaded.is_empty() {
             let ttl = shared.jittered(ttl)?;
             let loaded_keys: Vec<CacheKey> = loaded.iter().map(|(k, _)| k.clone()).collect();
-            let (written, epoch) = shared
-                .write(&loaded_keys, shared.remote.set_many(loaded.clone(), ttl))
+            let (written, w) = shared
+                .write(
+                    Invalidation::Keys(loaded_keys),
+                    shared.remote.set_many(loaded.clone(), ttl),
+                )
                 .await;
             written?;
-            for (k, v) in &loaded {
-                shared
-                    .keep(k, Some(v.clone()), shared.local_ttl_for(ttl))
-                    .await;
-            }
-            shared.drop_if_moved(&loaded_keys, epoch).await;
+            shared.keep_written(loaded, ttl, &w).await;
         }
         Ok(out)
     }
 }
 
+/// What a remote write left behind: when it started, the epoch after it, and whether
+/// nothing else moved the epoch while it was on the wire.
+struct Written {
+    start: Timestamp,
+    epoch: u64,
+    quiet: bool,
+}
+
 impl Shared {
-    /// `ttl` spread by the configured jitter; `None` (the remote's default TTL,
-    /// which this layer does not know) stays `None`.
+    /// `ttl` spread by the configured jitter; `None` (the remote's default TTL)
+    /// stays `None`.
     fn jittered(&self, ttl: Option<Duration>) -> Result<Option<Duration>> {
         let Some(ttl) = ttl else { return Ok(None) };
         let j = self.config.ttl_jitter.clamp(0.0, 0.5);
@@ -397,18 +468,65 @@ impl Shared {
         StoreSettings::check_ttl(spread).map(Some)
     }
 
-    /// How long a copy written with remote `ttl` may be served locally.
+    /// How long a copy written with remote `ttl` may be served locally: the local TTL,
+    /// capped by the remote TTL where it is known.
     fn local_ttl_for(&self, ttl: Option<Duration>) -> Duration {
-        ttl.map_or(self.config.local_ttl, |t| t.min(self.config.local_ttl))
+        ttl.or(self.config.remote_default_ttl)
+            .map_or(self.config.local_ttl, |t| t.min(self.config.local_ttl))
     }
 
-    async fn keep(&self, key: &CacheKey, value: Option<Bytes>, ttl: Duration) {
-        if !ttl.is_zero() {
-            let loaded = false;
-            self.local
-                .insert(key.clone(), Local { value, ttl, loaded })
-                .await;
+    fn local_copy(
+        &self,
+        value: Option<Bytes>,
+        deadline: Timestamp,
+        loaded: bool,
+        valid_at: Option<u64>,
+    ) -> Local {
+        Local {
+            value,
+            deadline,
+            ttl: self.clock.now().until(deadline),
+            loaded,
+            valid_at,
         }
+    }
+
+    /// The local copy of `key`, unless it has expired on the cache's clock.
+    async fn local_get(&self, key: &CacheKey) -> Option<Local> {
+        let hit = self.local.get(key).await?;
+        if self.clock.now() < hit.deadline {
+            Some(hit)
+        } else {
+            self.local.invalidate(key).await;
+            None
+        }
+    }
+
+    /// Keeps a copy until `deadline` (nothing when that has passed).
+    async fn keep(&self, key: &CacheKey, value: Option<Bytes>, deadline: Timestamp) {
+        let copy = self.local_copy(value, deadline, false, None);
+        if !copy.ttl.is_zero() {
+            self.local.insert(key.clone(), copy).await;
+        }
+    }
+
+    /// Keeps the values a write stored with remote `ttl`, if nothing else changed
+    /// while it was on the wire, and drops them again if anything has since.
+    async fn keep_written(
+        &self,
+        entries: Vec<(CacheKey, Bytes)>,
+        ttl: Option<Duration>,
+        w: &Written,
+    ) {
+        if !w.quiet {
+            return;
+        }
+        let deadline = w.start.plus(self.local_ttl_for(ttl));
+        let keys: Vec<CacheKey> = entries.iter().map(|(k, _)| k.clone()).collect();
+        for (k, v) in entries {
+            self.keep(&k, Some(v), deadline).await;
+        }
+        self.drop_if_moved(&keys, w.epoch).await;
     }
 
     /// Drops the local copies of `keys` if anything changed since `epoch` was read.
@@ -420,28 +538,29 @@ impl Shared {
         }
     }
 
-    /// Runs a remote write of `keys`. Before it, moves the epoch (so a read in flight
-    /// does not keep what it read) and drops the local copies; after it — failed or
-    /// not, since a failed write may still have landed — announces the change.
-    /// Returns the result and the epoch as it stood right before the write: a copy
-    /// kept afterwards is dropped again if anything moved it since (another
-    /// instance's newer write heard while ours was on the wire).
+    /// Runs a remote change of `what`. Moves the epoch and drops the local copies
+    /// before it (so a read already in flight does not keep what it read) and again
+    /// after it, failed or not, since a failed write may still have landed (so a read
+    /// that started while it was on the wire does not keep what it read either); then
+    /// announces the change.
     async fn write<T>(
         &self,
-        keys: &[CacheKey],
+        what: Invalidation,
         write: impl std::future::Future<Output = Result<T>>,
-    ) -> (Result<T>, u64) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        for k in keys {
-            self.local.invalidate(k).await;
-        }
+    ) -> (Result<T>, Written) {
+        let start = self.clock.now();
+        let before = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.drop_local(&what).await;
         let result = write.await;
-        let what = match keys {
-            [one] => Invalidation::Key(one.clone()),
-            many => Invalidation::Keys(many.to_vec()),
-        };
+        let after = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.drop_local(&what).await;
         self.announce(what).await;
-        (result, epoch)
+        let written = Written {
+            start,
+            epoch: after,
+            quiet: after == before + 1,
+        };
+        (result, written)
     }
 
     async fn announce(&self, what: Invalidation) {
@@ -487,9 +606,10 @@ impl Shared {
         }
     }
 
-    /// Keeps what a remote read returned (a value, or a remote miss when negative
-    /// caching is on), unless something changed since `epoch`.
-    async fn keep_read(&self, key: &CacheKey, value: &Option<Bytes>, epoch: u64) {
+    /// Keeps what a remote read that started at `start` returned (a value, or a
+    /// remote miss when negative caching is on), unless something changed since
+    /// `epoch`.
+    async fn keep_read(&self, key: &CacheKey, value: &Option<Bytes>, epoch: u64, start: Timestamp) {
         let counter = if value.is_some() {
             &self.stats.remote_hits
         } else {
@@ -497,9 +617,12 @@ impl Shared {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match value {
-            Some(v) => self.keep(key, Some(v.clone()), self.config.local_ttl).await,
+            Some(v) => {
+                let deadline = start.plus(self.config.local_ttl);
+                self.keep(key, Some(v.clone()), deadline).await;
+            }
             None => match self.config.negative_ttl {
-                Some(ttl) => self.keep(key, None, ttl).await,
+                Some(ttl) => self.keep(key, None, start.plus(ttl)).await,
                 None => return,
             },
         }
@@ -511,14 +634,15 @@ impl Shared {
 impl KvCache for TieredCache {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
         let shared = &self.shared;
-        if let Some(hit) = shared.local.get(key).await {
+        if let Some(hit) = shared.local_get(key).await {
             shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.value);
         }
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
         let epoch = shared.epoch.load(Ordering::SeqCst);
+        let start = shared.clock.now();
         let value = shared.remote.get(key).await?;
-        shared.keep_read(key, &value, epoch).await;
+        shared.keep_read(key, &value, epoch, start).await;
         Ok(value)
     }
 
@@ -527,7 +651,7 @@ impl KvCache for TieredCache {
         let mut out = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            match shared.local.get(k).await {
+            match shared.local_get(k).await {
                 Some(hit) => {
                     shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
                     out.push(hit.value);
@@ -543,10 +667,11 @@ impl KvCache for TieredCache {
             return Ok(out);
         }
         let epoch = shared.epoch.load(Ordering::SeqCst);
+        let start = shared.clock.now();
         let wanted: Vec<CacheKey> = misses.iter().map(|&i| keys[i].clone()).collect();
         let values = shared.remote.get_many(&wanted).await?;
         for (&i, v) in misses.iter().zip(values) {
-            shared.keep_read(&keys[i], &v, epoch).await;
+            shared.keep_read(&keys[i], &v, epoch, start).await;
             out[i] = v;
         }
         Ok(out)
@@ -554,48 +679,54 @@ impl KvCache for TieredCache {
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let shared = &self.shared;
-        let keys = std::slice::from_ref(key);
-        let (written, epoch) = shared
-            .write(keys, shared.remote.set(key, value.clone(), ttl))
+        let (written, w) = shared
+            .write(
+                Invalidation::Key(key.clone()),
+                shared.remote.set(key, value.clone(), ttl),
+            )
             .await;
         written?;
         shared
-            .keep(key, Some(value), shared.local_ttl_for(ttl))
+            .keep_written(vec![(key.clone(), value)], ttl, &w)
             .await;
-        shared.drop_if_moved(keys, epoch).await;
         Ok(())
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         let shared = &self.shared;
         let keys: Vec<CacheKey> = entries.iter().map(|(k, _)| k.clone()).collect();
-        let (written, epoch) = shared
-            .write(&keys, shared.remote.set_many(entries.clone(), ttl))
+        let (written, w) = shared
+            .write(
+                Invalidation::Keys(keys),
+                shared.remote.set_many(entries.clone(), ttl),
+            )
             .await;
         written?;
-        let local_ttl = shared.local_ttl_for(ttl);
-        for (k, v) in entries {
-            shared.keep(&k, Some(v), local_ttl).await;
-        }
-        shared.drop_if_moved(&keys, epoch).await;
+        shared.keep_written(entries, ttl, &w).await;
         Ok(())
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         let shared = &self.shared;
         shared
-            .write(std::slice::from_ref(key), shared.remote.delete(key))
+            .write(Invalidation::Key(key.clone()), shared.remote.delete(key))
             .await
             .0
     }
 
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         let shared = &self.shared;
-        shared.write(keys, shared.remote.delete_many(keys)).await.0
+        shared
+            .write(
+                Invalidation::Keys(keys.to_vec()),
+                shared.remote.delete_many(keys),
+            )
+            .await
+            .0
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        if let Some(hit) = self.shared.local.get(key).await {
+        if let Some(hit) = self.shared.local_get(key).await {
             self.shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.value.is_some());
         }
@@ -609,7 +740,10 @@ impl KvCache for TieredCache {
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
         let shared = &self.shared;
         shared
-            .write(std::slice::from_ref(key), shared.remote.expire(key, ttl))
+            .write(
+                Invalidation::Key(key.clone()),
+                shared.remote.expire(key, ttl),
+            )
             .await
             .0
     }
@@ -624,10 +758,9 @@ impl KvCache for TieredCache {
             namespace: namespace.to_string(),
             prefix: key_prefix.to_string(),
         };
-        shared.epoch.fetch_add(1, Ordering::SeqCst);
-        shared.drop_local(&what).await;
-        let result = shared.remote.clear_prefix(namespace, key_prefix).await;
-        shared.announce(what).await;
-        result
+        shared
+            .write(what, shared.remote.clear_prefix(namespace, key_prefix))
+            .await
+            .0
     }
 }

@@ -16,26 +16,28 @@ use chatstate_core::{
     BatchOutcome, Bucket, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Labels,
     RedisUrl, Result, StoreSettings,
 };
-use chatstate_layers::{BatchedCounters, Read};
+use chatstate_layers::{Backlog, BatchedCounters, DroppedCounter, Read};
 use chatstate_memory::MemoryStore;
 use chatstate_redis::RedisStore;
 
 /// What the next `apply` does.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    /// Fails without applying (the server never saw it).
-    FailBefore,
-    /// Applies, then reports a failure (the reply was lost).
-    LoseReply,
+    /// Fails with this kind without applying (the server never saw it).
+    Fail(ErrorKind),
+    /// Applies, then reports a failure of this kind (the reply was lost).
+    LoseReply(ErrorKind),
     /// Applies after sleeping this long (past the flush timeout).
     Hang(Duration),
 }
 
-/// A sink that injects the queued faults into `apply`, and counts calls.
+/// A sink that injects the queued faults into `apply`, refuses every batch holding
+/// the poisoned counter, and records the batches it was sent.
 struct Flaky {
     inner: Arc<dyn CounterSink>,
     faults: Mutex<VecDeque<Fault>>,
-    applies: Mutex<Vec<String>>,
+    poison: Mutex<Option<(CounterKey, ErrorKind)>>,
+    applies: Mutex<Vec<(String, usize)>>,
 }
 
 impl Flaky {
@@ -43,6 +45,7 @@ impl Flaky {
         Arc::new(Flaky {
             inner,
             faults: Mutex::new(VecDeque::new()),
+            poison: Mutex::new(None),
             applies: Mutex::new(Vec::new()),
         })
     }
@@ -51,8 +54,27 @@ impl Flaky {
         self.faults.lock().expect("lock").push_back(f);
     }
 
+    /// Refuses, with `kind` and without applying, every batch that holds `key`.
+    fn poison(&self, key: &CounterKey, kind: ErrorKind) {
+        *self.poison.lock().expect("lock") = Some((key.clone(), kind));
+    }
+
     fn applied_ids(&self) -> Vec<String> {
-        self.applies.lock().expect("lock").clone()
+        self.applies
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn applied_sizes(&self) -> Vec<usize> {
+        self.applies
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -65,13 +87,19 @@ impl CounterSink for Flaky {
         self.applies
             .lock()
             .expect("lock")
-            .push(batch.id().to_string());
+            .push((batch.id().to_string(), batch.len()));
+        let poison = self.poison.lock().expect("lock").clone();
+        if let Some((key, kind)) = poison
+            && batch.get(&key).is_some()
+        {
+            return Err(Error::new(kind, "injected: refused"));
+        }
         let fault = self.faults.lock().expect("lock").pop_front();
         match fault {
-            Some(Fault::FailBefore) => Err(Error::new(ErrorKind::Unavailable, "injected: down")),
-            Some(Fault::LoseReply) => {
+            Some(Fault::Fail(kind)) => Err(Error::new(kind, "injected: failed")),
+            Some(Fault::LoseReply(kind)) => {
                 self.inner.apply(batch).await?;
-                Err(Error::new(ErrorKind::Unavailable, "injected: reply lost"))
+                Err(Error::new(kind, "injected: reply lost"))
             }
             Some(Fault::Hang(d)) => {
                 tokio::time::sleep(d).await;
@@ -178,7 +206,7 @@ async fn a_failed_flush_keeps_its_deltas_and_retries_them_once() {
         );
         let k = key("messages");
         counters.add(&k, 5);
-        flaky.inject(Fault::FailBefore);
+        flaky.inject(Fault::Fail(ErrorKind::Unavailable));
         assert!(
             counters.flush().await.unwrap_err().is_temporary(),
             "{backend}"
@@ -217,7 +245,7 @@ async fn a_lost_reply_does_not_count_twice() {
         );
         let k = key("messages");
         counters.add(&k, 10);
-        flaky.inject(Fault::LoseReply);
+        flaky.inject(Fault::LoseReply(ErrorKind::Unavailable));
         assert!(
             counters.flush().await.is_err(),
             "{backend}: the caller sees the lost reply"
@@ -396,4 +424,353 @@ async fn reads_of_pending_deltas_do_not_wait_for_a_flush() {
     flushing.await.unwrap().unwrap();
     assert_eq!(counters.get(&k, Read::IncludingPending).await.unwrap(), 7);
     assert_eq!(counters.get(&k, Read::Stored).await.unwrap(), 5);
+}
+
+/// Issue 8, item 1: a refusal that is not deterministic (Redis NOREPLICAS or MISCONF
+/// arrive as `Internal` on older mappings, a sink may say `Conflict`) keeps the
+/// counts, retries the same batch id, and counts them exactly once — also when an
+/// attempt landed and only its reply was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_that_are_not_deterministic_keep_the_counts_and_count_them_once() {
+    for (backend, sink) in sinks().await {
+        for kind in [
+            ErrorKind::Internal,
+            ErrorKind::Conflict,
+            ErrorKind::Unavailable,
+        ] {
+            let flaky = Flaky::new(sink.clone());
+            let counters = BatchedCounters::new(
+                flaky.clone(),
+                Duration::from_secs(3600),
+                Duration::from_secs(5),
+            );
+            let (a, b) = (key(&format!("a-{kind}")), key(&format!("b-{kind}")));
+            counters.add(&a, 3);
+            counters.add(&b, 4);
+            // The refusal lasts three flushes, and the third attempt lands but its
+            // reply is lost.
+            flaky.inject(Fault::Fail(kind));
+            flaky.inject(Fault::Fail(kind));
+            flaky.inject(Fault::LoseReply(kind));
+            for attempt in 0..3 {
+                let err = counters.flush().await.unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    kind,
+                    "{backend}/{kind}: attempt {attempt}: {err}"
+                );
+            }
+            assert_eq!(
+                counters.pending(&a).await,
+                3,
+                "{backend}/{kind}: still pending"
+            );
+            counters.add(&a, 10);
+            let report = counters.flush().await.unwrap();
+            assert!(report.is_complete(), "{backend}/{kind}: nothing dropped");
+            assert_eq!(
+                (report.duplicates, report.batches_applied),
+                (1, 1),
+                "{backend}/{kind}: the landed batch is a duplicate, the newer one applied"
+            );
+            assert_eq!(
+                sink.get_many(&[a.clone(), b.clone()]).await.unwrap(),
+                vec![13, 4],
+                "{backend}/{kind}: every count exactly once"
+            );
+            let ids = flaky.applied_ids();
+            assert_eq!(ids.len(), 5, "{backend}/{kind}: {ids:?}");
+            assert!(
+                ids[..4].iter().all(|id| *id == ids[0]),
+                "{backend}/{kind}: every retry reuses the batch id: {ids:?}"
+            );
+            assert_eq!(counters.stats().dropped_counters, 0, "{backend}/{kind}");
+            assert_eq!(counters.backlog().batches, 0, "{backend}/{kind}");
+        }
+    }
+}
+
+/// Issue 8, item 1: a deterministic refusal of one counter drops only that counter,
+/// and the flush says so; a refusal met by the background flush is reported by the
+/// next explicit flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deterministic_refusal_drops_only_that_counter_and_is_reported() {
+    for (backend, sink) in sinks().await {
+        for kind in [
+            ErrorKind::InvalidInput,
+            ErrorKind::WrongType,
+            ErrorKind::Decode,
+        ] {
+            let flaky = Flaky::new(sink.clone());
+            let counters = BatchedCounters::new(
+                flaky.clone(),
+                Duration::from_secs(3600),
+                Duration::from_secs(5),
+            );
+            let bad = key(&format!("bad-{kind}"));
+            let good: Vec<CounterKey> = (0..9).map(|i| key(&format!("good{i}-{kind}"))).collect();
+            flaky.poison(&bad, kind);
+            for k in &good {
+                counters.add(k, 2);
+            }
+            counters.add(&bad, 7);
+            let report = counters.flush().await.unwrap();
+            assert_eq!(
+                report.dropped,
+                vec![DroppedCounter {
+                    key: bad.clone(),
+                    delta: 7,
+                    kind
+                }],
+                "{backend}/{kind}: the refused counter is named"
+            );
+            let err = report.clone().into_result().unwrap_err();
+            assert_eq!(err.kind(), kind, "{backend}/{kind}");
+            assert!(
+                err.to_string().contains(&bad.to_string()),
+                "{backend}/{kind}: {err}"
+            );
+            assert_eq!(
+                sink.get_many(&good).await.unwrap(),
+                vec![2; 9],
+                "{backend}/{kind}: every other counter counted"
+            );
+            assert_eq!(sink.get(&bad).await.unwrap(), 0, "{backend}/{kind}");
+            assert_eq!(counters.stats().dropped_counters, 1, "{backend}/{kind}");
+            assert!(
+                flaky.applied_ids().len() <= 9,
+                "{backend}/{kind}: found by halving, not one round trip per counter: {:?}",
+                flaky.applied_ids()
+            );
+            let report = counters.flush().await.unwrap();
+            assert!(
+                report.is_complete(),
+                "{backend}/{kind}: a drop is reported once"
+            );
+        }
+    }
+    // The background flush drops; the next explicit flush reports it.
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    let flaky = Flaky::new(sink.clone());
+    let counters = BatchedCounters::new(
+        flaky.clone(),
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+    );
+    let bad = key("bad");
+    flaky.poison(&bad, ErrorKind::WrongType);
+    counters.add(&bad, 1);
+    for _ in 0..250 {
+        if counters.stats().dropped_counters == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counters.stats().dropped_counters,
+        1,
+        "the background flush ran"
+    );
+    let report = counters.flush().await.unwrap();
+    assert_eq!(
+        report.dropped,
+        vec![DroppedCounter {
+            key: bad,
+            delta: 1,
+            kind: ErrorKind::WrongType
+        }],
+        "the background flush's drop is reported by the next flush"
+    );
+}
+
+/// Issue 8, item 4: an outage of many flush intervals keeps at most two batches —
+/// the attempted one (it may have landed: same id, same contents) and one that new
+/// deltas are merged into — and then applies everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_at_most_two_batches_and_loses_nothing() {
+    for (backend, sink) in sinks().await {
+        let flaky = Flaky::new(sink.clone());
+        let counters = BatchedCounters::new(
+            flaky.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+        );
+        let keys: Vec<CounterKey> = (0..3).map(|i| key(&format!("outage{i}"))).collect();
+        let intervals = 200;
+        for i in 0..intervals {
+            for k in &keys {
+                counters.add(k, 1);
+            }
+            flaky.inject(Fault::Fail(ErrorKind::Unavailable));
+            assert!(counters.flush().await.is_err(), "{backend}: interval {i}");
+            let backlog = counters.backlog();
+            assert!(
+                backlog.batches <= 2 && backlog.counters <= 2 * keys.len(),
+                "{backend}: interval {i}: the queue stays bounded, got {backlog:?}"
+            );
+        }
+        let first_id = flaky.applied_ids()[0].clone();
+        assert_eq!(
+            counters.pending(&keys[0]).await,
+            intervals,
+            "{backend}: nothing lost while down"
+        );
+        let report = counters.flush().await.unwrap();
+        assert_eq!(report.batches_applied, 2, "{backend}: attempted + merged");
+        assert_eq!(report.backlog, Backlog::default(), "{backend}");
+        assert_eq!(
+            sink.get_many(&keys).await.unwrap(),
+            vec![intervals; 3],
+            "{backend}: every count once"
+        );
+        let ids = flaky.applied_ids();
+        assert_eq!(
+            ids[ids.len() - 2],
+            first_id,
+            "{backend}: the attempted batch kept its id through the outage"
+        );
+    }
+}
+
+/// Issue 8, item 4: one batch holds at most `max_batch` counters; more make more
+/// batches, each with its own id, and merging during an outage respects the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_chunked_to_max_batch_counters() {
+    for (backend, sink) in sinks().await {
+        let flaky = Flaky::new(sink.clone());
+        let counters = BatchedCounters::builder(flaky.clone())
+            .flush_interval(Duration::from_secs(3600))
+            .max_batch(10)
+            .build()
+            .unwrap();
+        let keys: Vec<CounterKey> = (0..25).map(|i| key(&format!("chunk{i}"))).collect();
+        for k in &keys {
+            counters.add(k, 1);
+        }
+        flaky.inject(Fault::Fail(ErrorKind::Unavailable));
+        assert!(counters.flush().await.is_err());
+        assert_eq!(
+            counters.backlog(),
+            Backlog {
+                batches: 3,
+                counters: 25,
+                unbatched: 0
+            },
+            "{backend}"
+        );
+        // More counters during the outage: existing ones merge, new ones fill the
+        // last never-sent batch up to the cap, then a new one.
+        for k in keys.iter().chain(&[key("chunk25"), key("chunk26")]) {
+            counters.add(k, 1);
+        }
+        flaky.inject(Fault::Fail(ErrorKind::Unavailable));
+        assert!(counters.flush().await.is_err());
+        // The attempted batch (10, sealed) takes nothing; its 10 counters and the 2
+        // new ones fill the last never-sent batch (5 → 10), then a new one (7).
+        assert_eq!(
+            counters.backlog(),
+            Backlog {
+                batches: 4,
+                counters: 37,
+                unbatched: 0
+            },
+            "{backend}"
+        );
+        let report = counters.flush().await.unwrap();
+        assert!(report.is_complete());
+        let sizes = flaky.applied_sizes();
+        assert!(
+            sizes.iter().all(|&n| n <= 10),
+            "{backend}: no batch over 10 counters: {sizes:?}"
+        );
+        let ids = flaky.applied_ids();
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(
+            distinct.len() >= 4,
+            "{backend}: chunks have their own ids: {ids:?}"
+        );
+        let mut all = keys.clone();
+        all.extend([key("chunk25"), key("chunk26")]);
+        let stored = sink.get_many(&all).await.unwrap();
+        assert_eq!(&stored[..25], &[2; 25], "{backend}");
+        assert_eq!(&stored[25..], &[1, 1], "{backend}");
+    }
+}
+
+/// Issue 8, item 3: a pending delta that would pass the i64 range is not saturated:
+/// the sink gets all of it (in two batches), and refuses only what it cannot store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_past_the_i64_range_is_not_saturated() {
+    // Memory only: it accepts the whole i64 range today (Redis is being aligned).
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    let counters = BatchedCounters::new(
+        sink.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(5),
+    );
+    let k = key("big");
+    sink.add(&k, -10).await.unwrap();
+    counters.add(&k, i64::MAX);
+    counters.add(&k, 5);
+    assert_eq!(
+        counters.backlog().unbatched,
+        2,
+        "the second delta started anew"
+    );
+    assert_eq!(
+        counters.get(&k, Read::IncludingPending).await.unwrap(),
+        i64::MAX - 5,
+        "the read sums exactly"
+    );
+    let report = counters.flush().await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(
+        sink.get(&k).await.unwrap(),
+        i64::MAX - 5,
+        "nothing saturated"
+    );
+
+    // What the sink cannot store is refused there and reported, not clipped here.
+    let full = key("full");
+    counters.add(&full, i64::MAX);
+    counters.add(&full, 1);
+    let report = counters.flush().await.unwrap();
+    assert_eq!(sink.get(&full).await.unwrap(), i64::MAX);
+    assert_eq!(
+        report.dropped,
+        vec![DroppedCounter {
+            key: full,
+            delta: 1,
+            kind: ErrorKind::InvalidInput
+        }]
+    );
+}
+
+/// Issue 8, item 4: the builder refuses a batch retention shorter than ten flush
+/// intervals (a retried batch could be counted twice), and a zero batch size.
+#[tokio::test]
+async fn the_builder_refuses_a_retention_too_short_for_the_interval() {
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    let settings = StoreSettings {
+        batch_retention: Duration::from_secs(60),
+        ..StoreSettings::default()
+    };
+    let err = BatchedCounters::builder(sink.clone())
+        .settings(&settings)
+        .flush_interval(Duration::from_secs(7))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    BatchedCounters::builder(sink.clone())
+        .settings(&settings)
+        .flush_interval(Duration::from_secs(6))
+        .build()
+        .unwrap();
+    let err = BatchedCounters::builder(sink)
+        .max_batch(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
 }

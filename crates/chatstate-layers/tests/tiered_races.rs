@@ -1,5 +1,5 @@
 //! The tiered cache's races, made to happen: a remote call held open by a gate while
-//! another change lands. Each test fails if a stale copy is kept.
+//! another change lands or a read runs. Each test fails if a stale copy is kept.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -14,42 +14,72 @@ use chatstate_layers::{TieredCache, TieredConfig};
 use chatstate_memory::MemoryStore;
 use tokio::sync::Semaphore;
 
-/// A remote that can hold `get` before reading, hold `set` after writing, and fail
-/// `set` after writing (a lost reply).
+/// One place a remote call can be held: armed, the next call that reaches it says
+/// so and waits until the test releases it.
+struct Gate {
+    armed: AtomicBool,
+    entered: Semaphore,
+    pass: Semaphore,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            armed: AtomicBool::new(false),
+            entered: Semaphore::new(0),
+            pass: Semaphore::new(0),
+        }
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until a call is held here.
+    async fn entered(&self) {
+        self.entered.acquire().await.unwrap().forget();
+    }
+
+    fn release(&self) {
+        self.pass.add_permits(1);
+    }
+
+    async fn hold(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.entered.add_permits(1);
+            self.pass.acquire().await.unwrap().forget();
+        }
+    }
+}
+
+/// A remote whose calls can be held at named points, and whose `set` can fail after
+/// writing (a lost reply).
 struct Gated {
     inner: MemoryStore,
-    hold_get: AtomicBool,
-    hold_set: AtomicBool,
+    /// `get` has read its value and not answered yet.
+    get_after_read: Gate,
+    /// `set` has not written yet.
+    set_before_write: Gate,
+    /// `set` has written and not answered yet.
+    set_after_write: Gate,
+    /// `delete` has not deleted yet.
+    delete_before: Gate,
+    /// `clear_prefix` has not cleared yet.
+    clear_before: Gate,
     fail_set_after_write: AtomicBool,
-    gate: Semaphore,
-    entered: Semaphore,
 }
 
 impl Gated {
     fn new(inner: MemoryStore) -> Arc<Self> {
         Arc::new(Gated {
             inner,
-            hold_get: AtomicBool::new(false),
-            hold_set: AtomicBool::new(false),
+            get_after_read: Gate::new(),
+            set_before_write: Gate::new(),
+            set_after_write: Gate::new(),
+            delete_before: Gate::new(),
+            clear_before: Gate::new(),
             fail_set_after_write: AtomicBool::new(false),
-            gate: Semaphore::new(0),
-            entered: Semaphore::new(0),
         })
-    }
-
-    async fn wait_entered(&self) {
-        self.entered.acquire().await.unwrap().forget();
-    }
-
-    fn release(&self) {
-        self.gate.add_permits(1);
-    }
-
-    async fn hold(&self, flag: &AtomicBool) {
-        if flag.swap(false, Ordering::SeqCst) {
-            self.entered.add_permits(1);
-            self.gate.acquire().await.unwrap().forget();
-        }
     }
 }
 
@@ -57,15 +87,16 @@ impl Gated {
 impl KvCache for Gated {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
         let v = self.inner.get(key).await;
-        self.hold(&self.hold_get).await;
+        self.get_after_read.hold().await;
         v
     }
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
         self.inner.get_many(keys).await
     }
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        self.set_before_write.hold().await;
         KvCache::set(&self.inner, key, value, ttl).await?;
-        self.hold(&self.hold_set).await;
+        self.set_after_write.hold().await;
         if self.fail_set_after_write.swap(false, Ordering::SeqCst) {
             return Err(Error::new(ErrorKind::Timeout, "injected: reply lost"));
         }
@@ -75,6 +106,7 @@ impl KvCache for Gated {
         self.inner.set_many(entries, ttl).await
     }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        self.delete_before.hold().await;
         KvCache::delete(&self.inner, key).await
     }
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
@@ -90,6 +122,7 @@ impl KvCache for Gated {
         KvCache::ttl(&self.inner, key).await
     }
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
+        self.clear_before.hold().await;
         self.inner.clear_prefix(namespace, key_prefix).await
     }
 }
@@ -121,14 +154,14 @@ async fn a_read_in_flight_does_not_keep_a_value_this_instance_deleted() {
     KvCache::set(&remote.inner, &k, b("old"), None)
         .await
         .unwrap();
-    remote.hold_get.store(true, Ordering::SeqCst);
+    remote.get_after_read.arm();
     let reader = {
         let (cache, k) = (cache.clone(), k.clone());
         tokio::spawn(async move { KvCache::get(cache.as_ref(), &k).await })
     };
-    remote.wait_entered().await; // the read has "old" in hand
+    remote.get_after_read.entered().await; // the read has "old" in hand
     assert!(cache.delete(&k).await.unwrap());
-    remote.release();
+    remote.get_after_read.release();
     assert_eq!(
         reader.await.unwrap().unwrap(),
         Some(b("old")),
@@ -149,15 +182,15 @@ async fn a_write_does_not_keep_its_value_over_a_newer_one_heard_meanwhile() {
     let a = Arc::new(TieredCache::new(remote.clone(), bus.clone(), config()));
     let other = TieredCache::new(Arc::new(store.clone()), bus.clone(), config());
     let k = key("1");
-    remote.hold_set.store(true, Ordering::SeqCst);
+    remote.set_after_write.arm();
     let writer = {
         let (a, k) = (a.clone(), k.clone());
         tokio::spawn(async move { a.set(&k, b("v2"), None).await })
     };
-    remote.wait_entered().await; // v2 is in the remote, the reply not yet back
+    remote.set_after_write.entered().await; // v2 is in the remote, the reply not yet back
     other.set(&k, b("v3"), None).await.unwrap(); // newer; a hears of it
     tokio::time::sleep(Duration::from_millis(50)).await;
-    remote.release();
+    remote.set_after_write.release();
     writer.await.unwrap().unwrap();
     assert_eq!(
         KvCache::get(a.as_ref(), &k).await.unwrap(),
@@ -248,5 +281,117 @@ async fn repeated_keys_are_loaded_once_and_filled_everywhere() {
         *asked.lock().unwrap(),
         vec!["a", "b"],
         "each key loaded once"
+    );
+}
+
+/// Issue 8, item 8: a read that starts after `delete` has begun and is served before
+/// the DEL lands answers the old value, but does not keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_this_instances_delete_does_not_keep_the_old_value() {
+    let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
+    let cache = Arc::new(TieredCache::new(
+        remote.clone(),
+        Arc::new(LocalBus::new()),
+        config(),
+    ));
+    let k = key("1");
+    KvCache::set(&remote.inner, &k, b("old"), None)
+        .await
+        .unwrap();
+    remote.delete_before.arm();
+    let deleting = {
+        let (cache, k) = (cache.clone(), k.clone());
+        tokio::spawn(async move { cache.delete(&k).await })
+    };
+    remote.delete_before.entered().await; // the DEL is on the wire, not landed
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &k).await.unwrap(),
+        Some(b("old")),
+        "the read is served before the DEL lands"
+    );
+    remote.delete_before.release();
+    assert!(deleting.await.unwrap().unwrap());
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &k).await.unwrap(),
+        None,
+        "the deleted value is not served from the local tier"
+    );
+}
+
+/// Issue 8, item 8: a read that fetched the old value while `set` was on the wire,
+/// and keeps it after the set has kept the new one, does not win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_this_instances_set_does_not_keep_the_old_value() {
+    let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
+    let cache = Arc::new(TieredCache::new(
+        remote.clone(),
+        Arc::new(LocalBus::new()),
+        config(),
+    ));
+    let k = key("1");
+    KvCache::set(&remote.inner, &k, b("old"), None)
+        .await
+        .unwrap();
+    remote.set_before_write.arm();
+    let setting = {
+        let (cache, k) = (cache.clone(), k.clone());
+        tokio::spawn(async move { cache.set(&k, b("new"), None).await })
+    };
+    remote.set_before_write.entered().await; // the SET is on the wire, not landed
+    remote.get_after_read.arm();
+    let reading = {
+        let (cache, k) = (cache.clone(), k.clone());
+        tokio::spawn(async move { KvCache::get(cache.as_ref(), &k).await })
+    };
+    remote.get_after_read.entered().await; // the read has "old" in hand
+    remote.set_before_write.release();
+    setting.await.unwrap().unwrap(); // "new" landed and was kept locally
+    remote.get_after_read.release();
+    assert_eq!(reading.await.unwrap().unwrap(), Some(b("old")));
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &k).await.unwrap(),
+        Some(b("new")),
+        "the read that overlapped the set did not replace the new value"
+    );
+}
+
+/// Issue 8, item 8: reads of the namespace while `clear_prefix` runs answer what
+/// they find, but do not keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_this_instances_clear_prefix_does_not_keep_the_old_value() {
+    let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
+    let cache = Arc::new(TieredCache::new(
+        remote.clone(),
+        Arc::new(LocalBus::new()),
+        config(),
+    ));
+    let (k, other) = (key("1"), CacheKey::new("contacts", "1").unwrap());
+    for k in [&k, &other] {
+        KvCache::set(&remote.inner, k, b("old"), None)
+            .await
+            .unwrap();
+    }
+    remote.clear_before.arm();
+    let clearing = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.clear_prefix("customers", "").await })
+    };
+    remote.clear_before.entered().await; // the clear is running, nothing deleted yet
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &k).await.unwrap(),
+        Some(b("old")),
+        "the read is served before the clear reaches the key"
+    );
+    remote.clear_before.release();
+    assert_eq!(clearing.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &k).await.unwrap(),
+        None,
+        "the cleared value is not served from the local tier"
+    );
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &other).await.unwrap(),
+        Some(b("old")),
+        "another namespace is untouched"
     );
 }

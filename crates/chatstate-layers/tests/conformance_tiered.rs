@@ -1,0 +1,150 @@
+//! The whole conformance suite with the cache behind a `TieredCache`: over memory (on
+//! the suite's manual clock, which the tiered cache reads too) and over a real
+//! redis-server this process starts (on real time). Sessions, focus and counters are
+//! the backend's own; every cache case goes through the local tier.
+//!
+//! **The local TTL here is a quarter (memory) or a fifth (Redis) of the suite's time
+//! unit, and that is deliberate.** A copy that a read brings back from the remote is
+//! kept for the local TTL without knowing the entry's remaining remote TTL (asking
+//! would cost a second round trip), so it may be served for up to the local TTL after
+//! the remote entry expired: the documented staleness bound. The suite checks
+//! expiry to the half unit, so the local TTL must be below that for its TTL cases to
+//! hold; within one step of a case (no time passing) every repeated read is still a
+//! local hit, so the local tier, its invalidation on writes, deletes, expire and
+//! clear_prefix, and the capping of written copies by their remote TTL are all
+//! exercised. `tests/tiered_ttl.rs` checks the cap with a local TTL far longer than
+//! the entries' TTLs.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../chatstate-redis/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatstate_conformance::{Backend, Capabilities, Fixture, TimeControl};
+use chatstate_core::{LocalBus, ManualClock, RedisUrl, Result, SharedClock, StoreSettings};
+use chatstate_layers::{TieredCache, TieredConfig};
+use chatstate_memory::MemoryStore;
+use chatstate_redis::RedisStore;
+
+fn tiered(
+    remote: Arc<dyn chatstate_core::KvCache>,
+    settings: &StoreSettings,
+    local_ttl: Duration,
+    clock: SharedClock,
+) -> Arc<TieredCache> {
+    Arc::new(TieredCache::with_clock(
+        remote,
+        Arc::new(LocalBus::new()),
+        TieredConfig {
+            local_ttl,
+            remote_default_ttl: Some(settings.cache_ttl),
+            ..TieredConfig::default()
+        },
+        clock,
+    ))
+}
+
+/// Memory behind a tiered cache, both on one manual clock.
+struct TieredMemory;
+
+#[async_trait]
+impl Backend for TieredMemory {
+    fn name(&self) -> &'static str {
+        "tiered-memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { persistent: false }
+    }
+
+    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
+        let clock = ManualClock::starting_now();
+        let store = Arc::new(
+            MemoryStore::builder()
+                .settings(settings.clone())
+                .clock(clock.shared())
+                .build(),
+        );
+        let local_ttl = self.time_unit() / 4;
+        Ok(Fixture {
+            sessions: store.clone(),
+            focus: store.clone(),
+            counters: store.clone(),
+            cache: tiered(store, &settings, local_ttl, clock.shared()),
+            time: TimeControl::Manual(clock),
+            settings,
+            guard: None,
+        })
+    }
+}
+
+mod memory {
+    use super::TieredMemory;
+    chatstate_conformance::conformance_suite!(TieredMemory, model_cases = 32);
+}
+
+/// Redis behind a tiered cache, on real time.
+struct TieredRedis;
+
+/// What a Redis fixture keeps: its prefix, for reopen.
+struct Guard {
+    prefix: String,
+}
+
+async fn redis_fixture(prefix: String, settings: StoreSettings) -> Result<Fixture> {
+    let server = common::shared();
+    let store = Arc::new(
+        RedisStore::builder(RedisUrl::parse(&server.url())?)
+            .prefix(prefix.clone())
+            .settings(settings.clone())
+            .connect()
+            .await?,
+    );
+    let local_ttl = TieredRedis.time_unit() / 5;
+    Ok(Fixture {
+        sessions: store.clone(),
+        focus: store.clone(),
+        counters: store.clone(),
+        cache: tiered(store, &settings, local_ttl, chatstate_core::system_clock()),
+        time: TimeControl::Real,
+        settings,
+        guard: Some(Box::new(Guard { prefix })),
+    })
+}
+
+#[async_trait]
+impl Backend for TieredRedis {
+    fn name(&self) -> &'static str {
+        "tiered-redis"
+    }
+
+    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
+        redis_fixture(common::unique_prefix(), settings).await
+    }
+
+    async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
+        let prefix = old
+            .guard
+            .as_ref()
+            .and_then(|g| g.downcast_ref::<Guard>())
+            .map(|g| g.prefix.clone())
+            .ok_or_else(|| {
+                chatstate_core::Error::new(
+                    chatstate_core::ErrorKind::Internal,
+                    "not a tiered-redis fixture",
+                )
+            })?;
+        redis_fixture(prefix, old.settings.clone()).await
+    }
+}
+
+mod redis {
+    use super::TieredRedis;
+    // Real time: the model test sleeps through its Advance steps (as in the Redis
+    // crate's own suite, few cases).
+    chatstate_conformance::conformance_suite!(TieredRedis, model_cases = 6);
+}
