@@ -763,4 +763,9 @@ impl KvCache for TieredCache {
             .await
             .0
     }
+
+    /// The remote's: the local tier adds no persistence and no sharing of its own.
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        self.shared.remote.capabilities()
+    }
 }

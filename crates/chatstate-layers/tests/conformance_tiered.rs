@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatstate_conformance::{Backend, Capabilities, Fixture, TimeControl};
+use chatstate_conformance::{Backend, Fixture, TimeControl};
 use chatstate_core::{LocalBus, ManualClock, RedisUrl, Result, SharedClock, StoreSettings};
 use chatstate_layers::{TieredCache, TieredConfig};
 use chatstate_memory::MemoryStore;
@@ -55,10 +55,6 @@ struct TieredMemory;
 impl Backend for TieredMemory {
     fn name(&self) -> &'static str {
         "tiered-memory"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { persistent: false }
     }
 
     async fn open(&self, settings: StoreSettings) -> Result<Fixture> {

@@ -142,15 +142,11 @@ impl Stores {
     }
 
     /// [`BatchedCounters`] over this backend's counters, flushed every
-    /// `CHATSTATE_COUNTER_FLUSH_SECONDS`.
-    pub fn batched_counters(&self, config: &Config) -> BatchedCounters {
-        BatchedCounters::new(
-            self.counters.clone(),
-            config.counter_flush_interval,
-            config
-                .redis
-                .command_timeout
-                .max(std::time::Duration::from_secs(5)),
-        )
+    /// `CHATSTATE_COUNTER_FLUSH_SECONDS`. A `Config` error when the batch retention
+    /// does not cover ten flush intervals (a retried flush could count twice).
+    pub fn batched_counters(&self, config: &Config) -> Result<BatchedCounters> {
+        BatchedCounters::builder(self.counters.clone())
+            .config(config)
+            .build()
     }
 }

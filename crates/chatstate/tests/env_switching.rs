@@ -47,7 +47,7 @@ async fn the_flag_picks_the_backend_and_switching_back_loses_nothing() {
     );
 
     let tiered = back.tiered_cache(&file);
-    let counters = back.batched_counters(&file);
+    let counters = back.batched_counters(&file).unwrap();
     let c = chatstate::CounterKey::new("messages").unwrap();
     counters.add(&c, 2);
     counters.shutdown().await.unwrap();
