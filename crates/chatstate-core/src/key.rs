@@ -512,7 +512,8 @@ impl fmt::Debug for CounterKey {
 /// | message window | `{prefix}:sess:{<tenant>:<channel>:<user>}:msgs` | list of `<seq>:<message JSON>` |
 /// | lock `name` | `{prefix}:sess:{<tenant>:<channel>:<user>}:lock:<name>` | string: the owner token |
 /// | its fencing number | `{prefix}:sess:{<tenant>:<channel>:<user>}:fence:<name>` | integer |
-/// | a tenant's sessions | `{prefix}:sessidx:{<tenant>}` | sorted set of `<channel>:<user>` |
+/// | a tenant's sessions | `{prefix}:sessidx:{<tenant>}` | sorted set of `<channel>:<user>` (score 0: member order) |
+/// | their expiry times | `{prefix}:sessidx:{<tenant>}:exp` | sorted set of the same members, scored by expiry (Unix ms) |
 /// | focus document | `{prefix}:focus:{<scope>}:<name>` | hash: value, version, updated_at |
 /// | a scope's documents | `{prefix}:focusidx:{<scope>}` | set of names |
 /// | cache entry | `{prefix}:kv:<namespace>:<key>` | string: the value |
@@ -548,6 +549,13 @@ impl KeyLayout {
     /// The sorted set listing a tenant's sessions.
     pub fn session_index(&self, tenant: &str) -> String {
         format!("{}:sessidx:{{{}}}", self.prefix, escape(tenant))
+    }
+
+    /// The sorted set of the same members as [`KeyLayout::session_index`], each
+    /// scored with its session's expiry (Unix ms), so expired members can be pruned
+    /// by score while the index itself stays in member order for paging.
+    pub fn session_index_deadlines(&self, tenant: &str) -> String {
+        format!("{}:exp", self.session_index(tenant))
     }
 
     /// A session's member in its tenant's index: `<channel>:<user>`, escaped.

@@ -1,6 +1,19 @@
 //! KvCache on Redis: a string per entry, always with a TTL. Reads and writes of many
-//! keys are one round trip (MGET; a MULTI/EXEC of `SET … PX`); clearing a prefix
-//! walks SCAN (never KEYS) and UNLINKs in batches.
+//! keys are one round trip each (a script around MGET; a script of `SET … PX`);
+//! clearing a prefix walks SCAN (never KEYS) and UNLINKs in batches.
+//!
+//! A key of another type (a hash another program wrote under the prefix) is a
+//! `WrongType` error naming it, for every call, and nothing is overwritten: `get`
+//! is a plain GET (which refuses it itself); `get_many` checks the type of each
+//! miss (an MGET reads another type as a miss); `set` and `set_many` check every
+//! key's type before the first SET (a plain SET would overwrite any type).
+//!
+//! The guard costs no round trip, only server time. Measured with
+//! `redis-benchmark -c 4 -P 16` on the project's shared 2-core machine (noisy, three
+//! runs each): a guarded `set` ran 79–161k calls/s against 226–444k for a plain
+//! `SET … PX` (about 4–8 µs of server time more per call); `get_many` of 10 keys
+//! 61–85k/s (hits) and 43–62k/s (misses) against 147–265k/s for a plain MGET. At
+//! the ~0.2 ms a round trip costs, the promise is kept rather than narrowed.
 
 use std::time::Duration;
 
@@ -12,10 +25,95 @@ use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::reply;
+use crate::conn::{Script, lua_wrongtype, reply};
 
 /// Keys asked per SCAN step and unlinked per UNLINK.
 const SCAN_BATCH: usize = 1000;
+
+/// Reads many entries. KEYS: the entries. Returns their values (nil for a miss),
+/// or WRONGTYPE naming the first key that holds another type. An MGET answers nil
+/// for both a missing key and another type, so the misses are checked with one
+/// EXISTS (a TYPE each only when one of them exists: the error path).
+const GET_MANY: &str = concat!(
+    lua_wrongtype!(),
+    r#"
+local out = {}
+for from = 1, #KEYS, 1000 do
+  local chunk = {}
+  for i = from, math.min(#KEYS, from + 999) do chunk[#chunk + 1] = KEYS[i] end
+  local values = redis.call('MGET', unpack(chunk))
+  local misses = {}
+  for j = 1, #chunk do
+    if not values[j] then misses[#misses + 1] = chunk[j] end
+    out[from + j - 1] = values[j]
+  end
+  if #misses > 0 and redis.call('EXISTS', unpack(misses)) > 0 then
+    for _, key in ipairs(misses) do
+      local e = wrongtype(key, 'string')
+      if e then return e end
+    end
+  end
+end
+return out
+"#
+);
+
+/// Writes many entries, all or none. KEYS: the entries. ARGV: ttl_ms, then one
+/// value per key. Every key's type is checked before the first SET, so a key of
+/// another type is refused (WRONGTYPE naming it) and nothing is written.
+const SET_MANY: &str = concat!(
+    lua_wrongtype!(),
+    r#"
+for i = 1, #KEYS do
+  local e = wrongtype(KEYS[i], 'string')
+  if e then return e end
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+end
+return #KEYS
+"#
+);
+
+/// The cache scripts, hashed once per store.
+pub(crate) struct CacheScripts {
+    get_many: Script,
+    set_many: Script,
+}
+
+impl CacheScripts {
+    pub fn new() -> Self {
+        CacheScripts {
+            get_many: Script::new("cache_get_many", GET_MANY),
+            set_many: Script::new("cache_set_many", SET_MANY),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Writes `entries` (already checked) with `ttl`: one script, all or none.
+    async fn write_entries(
+        &self,
+        entries: &[(&CacheKey, &[u8])],
+        ttl: Duration,
+        op: &'static str,
+    ) -> Result<()> {
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|(k, _)| self.inner.layout.cache(k))
+            .collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ttl_ms = ttl.as_millis().to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(entries.len() + 1);
+        args.push(ttl_ms.as_bytes());
+        args.extend(entries.iter().map(|(_, v)| *v));
+        self.inner
+            .conn
+            .script(&self.inner.scripts.cache.set_many, &key_refs, &args, op)
+            .await?;
+        Ok(())
+    }
+}
 
 /// A stored value, refused when it is over the value limit (written by something
 /// else: chatstate never stores one).
@@ -47,15 +145,24 @@ impl KvCache for RedisStore {
             return Ok(Vec::new());
         }
         let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let v: Vec<Value> = self
-            .inner
-            .conn
-            .cmd(
-                redis::cmd("MGET").arg(&ks),
-                "get_many",
-                ks.first().map(String::as_str),
-            )
-            .await?;
+        let key_refs: Vec<&str> = ks.iter().map(String::as_str).collect();
+        let v = reply::array(
+            self.inner
+                .conn
+                .script(
+                    &self.inner.scripts.cache.get_many,
+                    &key_refs,
+                    &[],
+                    "get_many",
+                )
+                .await?,
+        )?;
+        if v.len() != ks.len() {
+            return Err(
+                Error::decode("unexpected Redis reply shape: one value per key")
+                    .with_operation("get_many"),
+            );
+        }
         let max = self.inner.settings.max_value_bytes;
         v.into_iter()
             .zip(&ks)
@@ -69,21 +176,8 @@ impl KvCache for RedisStore {
             .settings
             .cache_write_ttl([(key, value.len())], ttl)
             .in_op("set")?;
-        let k = self.inner.layout.cache(key);
-        let _: Value = self
-            .inner
-            .conn
-            .cmd(
-                redis::cmd("SET")
-                    .arg(&k)
-                    .arg(value.as_ref())
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64),
-                "set",
-                Some(&k),
-            )
-            .await?;
-        Ok(())
+        self.write_entries(&[(key, value.as_ref())], ttl, "set")
+            .await
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
@@ -95,23 +189,8 @@ impl KvCache for RedisStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let first = self.inner.layout.cache(&entries[0].0);
-        for (key, value) in &entries {
-            pipe.cmd("SET")
-                .arg(self.inner.layout.cache(key))
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .ignore();
-        }
-        let _: Value = self
-            .inner
-            .conn
-            .pipe(&pipe, "set_many", Some(&first))
-            .await?;
-        Ok(())
+        let refs: Vec<(&CacheKey, &[u8])> = entries.iter().map(|(k, v)| (k, v.as_ref())).collect();
+        self.write_entries(&refs, ttl, "set_many").await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {

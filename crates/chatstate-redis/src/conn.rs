@@ -85,6 +85,66 @@ end
 }
 pub(crate) use lua_wrongtype;
 
+/// Lua shared by the scripts that read integers others may have written (counters,
+/// fencing numbers, a session's `version` and `message_count`):
+///
+/// - `is_int(s)`: whether `s` is an integer exactly as Redis's own `string2ll`
+///   accepts it (what `HINCRBY` and `INCR` take): an optional `-`, no `+`, no
+///   leading zero, no space, no `.`/`e`/`0x`, no `-0`, within i64. Lua's `tonumber`
+///   accepts far more (`" 7"`, `"1.5"`, `"0x10"`, `"1e3"`, `"nan"`), which is why it
+///   is never used on stored values.
+/// - `fits_sum(a, b)`: whether the sum of two such integers stays within i64,
+///   exactly: Lua numbers are doubles, so each value is split into two limbs
+///   (`hi * 10^9 + lo`, `0 <= lo < 10^9`, both exact in a double), added with carry
+///   and compared with i64::MAX / i64::MIN. This is the Redis side of
+///   `chatstate_core::model::checked_counter_add` (i64 `checked_add`).
+/// - `nonneg_below_max(s)`: an integer in `0..i64::MAX` (one more still fits).
+/// - `corrupt(key, what)`: the `CHATSTATE_CORRUPT` error reply that
+///   [`map_err`] turns into `ErrorKind::Decode` naming `key`.
+macro_rules! lua_int {
+    () => {
+        r#"
+local function is_int(s)
+  if type(s) ~= 'string' then return false end
+  if s == '0' then return true end
+  local neg = string.sub(s, 1, 1) == '-'
+  local digits = neg and string.sub(s, 2) or s
+  if not string.match(digits, '^[1-9][0-9]*$') then return false end
+  if #digits ~= 19 then return #digits < 19 end
+  if neg then return digits <= '9223372036854775808' end
+  return digits <= '9223372036854775807'
+end
+local function limbs(s)
+  local neg = string.sub(s, 1, 1) == '-'
+  local d = neg and string.sub(s, 2) or s
+  local n = #d
+  local lo = tonumber(string.sub(d, math.max(1, n - 8)))
+  local hi = 0
+  if n > 9 then hi = tonumber(string.sub(d, 1, n - 9)) end
+  if not neg then return hi, lo end
+  if lo == 0 then return -hi, 0 end
+  return -hi - 1, 1000000000 - lo
+end
+local function fits_sum(a, b)
+  local ah, al = limbs(a)
+  local bh, bl = limbs(b)
+  local h, l = ah + bh, al + bl
+  if l >= 1000000000 then h = h + 1; l = l - 1000000000 end
+  if h > 9223372036 or (h == 9223372036 and l > 854775807) then return false end
+  if h < -9223372037 or (h == -9223372037 and l < 145224192) then return false end
+  return true
+end
+local function nonneg_below_max(s)
+  return is_int(s) and string.sub(s, 1, 1) ~= '-' and fits_sum(s, '1')
+end
+local function corrupt(key, what)
+  return redis.error_reply('CHATSTATE_CORRUPT ' .. key .. ' ' .. what)
+end
+"#
+    };
+}
+pub(crate) use lua_int;
+
 /// A Lua script, sent by hash (EVALSHA) and by source (EVAL) only when the server
 /// does not know it yet (NOSCRIPT: a restart, a SCRIPT FLUSH, a new server).
 pub(crate) struct Script {
@@ -119,52 +179,125 @@ impl Script {
     }
 }
 
-/// The error code (`WRONGTYPE`, `NOSCRIPT`, ...) of a Redis error, also for a
-/// failed pipeline, whose code redis-rs reports only for the codes it knows.
-pub(crate) fn code_of(e: &redis::RedisError) -> Option<String> {
-    if let Some(code) = e.code() {
-        return Some(code.to_string());
+/// The error codes (`WRONGTYPE`, `NOREPLICAS`, ...) of a Redis error with their
+/// details: one for a plain error, every failed command's for a pipeline, and for an
+/// aborted transaction (EXECABORT) the refusals that aborted it, then EXECABORT.
+fn server_errors(e: &redis::RedisError) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = e
+        .clone()
+        .into_server_errors()
+        .map(|errs| {
+            errs.iter()
+                .map(|(_, se)| {
+                    (
+                        se.code().to_string(),
+                        se.details().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(code) = e.code()
+        && !out.iter().any(|(c, _)| c == code)
+    {
+        out.push((code.to_string(), e.detail().unwrap_or_default().to_string()));
     }
-    // "Pipeline failure: [(Index 0, error: \"WRONGTYPE\": ...)]"
-    let text = e.to_string();
-    let start = text.find("error: \"")? + "error: \"".len();
-    let code = &text[start..];
-    let end = code.find('"')?;
-    Some(code[..end].to_string()).filter(|c| c.chars().all(|ch| ch.is_ascii_uppercase()))
+    out
 }
 
-/// Maps a Redis error to a chatstate error; `key` names the key concerned.
+/// Refusals that say "not now", never "not this": the same call can succeed later,
+/// so they are temporary (`Unavailable`) and a caller (the batched-counter layer)
+/// retries them instead of dropping data. Each was checked to refuse before writing.
+fn is_transient(code: &str) -> bool {
+    match code {
+        // The server is loading its dataset after a restart.
+        "LOADING" => true,
+        // A script or function runs past busy-reply-threshold; it ends or is killed.
+        "BUSY" => true,
+        // min-replicas-to-write is not met: replicas lag or reconnect.
+        "NOREPLICAS" => true,
+        // Snapshots fail (full or lost disk) with stop-writes-on-bgsave-error: writes
+        // resume once a save succeeds.
+        "MISCONF" => true,
+        // A replica lost its master (replica-serve-stale-data no).
+        "MASTERDOWN" => true,
+        // The server became a replica (failover): writes go to the new master once
+        // the client reconnects there.
+        "READONLY" => true,
+        // maxmemory reached under noeviction: keys expire and memory frees.
+        "OOM" => true,
+        // Cluster: a slot migrates, or the cluster is not serving all slots yet.
+        "TRYAGAIN" | "CLUSTERDOWN" => true,
+        _ => false,
+    }
+}
+
+/// The key a chatstate script names at the start of its error detail
+/// (`CHATSTATE_CORRUPT <key> …`, `WRONGTYPE <key> holds a …`).
+fn key_in_detail<'a>(code: &str, detail: &'a str) -> Option<&'a str> {
+    let (first, rest) = detail.split_once(' ')?;
+    let ours = code.starts_with("CHATSTATE_") || rest.starts_with("holds a ");
+    ours.then_some(first)
+}
+
+/// Maps a Redis error to a chatstate error; `key` names the key concerned, unless a
+/// chatstate script named a more precise one.
 pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>) -> Error {
+    let errors = server_errors(&e);
+    // The refusal that explains the call: a transaction's EXECABORT only says that
+    // an earlier command was refused.
+    let first = errors
+        .iter()
+        .find(|(code, _)| code != "EXECABORT")
+        .or(errors.first());
+    let (code, detail) = first
+        .map(|(c, d)| (c.as_str(), d.as_str()))
+        .unwrap_or(("", ""));
+    let mut key = key.map(str::to_string);
+    if let Some(named) = key_in_detail(code, detail) {
+        key = Some(named.to_string());
+    }
     let (kind, message): (ErrorKind, String) = if e.is_timeout() {
         (ErrorKind::Timeout, "Redis did not answer in time".into())
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         (ErrorKind::Unavailable, "Redis is unreachable".into())
+    } else if is_transient(code) {
+        (
+            ErrorKind::Unavailable,
+            format!("Redis cannot serve the request now ({code})"),
+        )
     } else {
-        match code_of(&e).as_deref() {
-            Some("WRONGTYPE") => (
+        match code {
+            "WRONGTYPE" => (
                 ErrorKind::WrongType,
                 "a key chatstate uses holds another Redis type (written by something else?)".into(),
             ),
-            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => (
+            "NOAUTH" | "WRONGPASS" | "NOPERM" => (
                 ErrorKind::Config,
-                format!(
-                    "Redis refused the credentials or permissions ({})",
-                    e.code().unwrap_or("")
-                ),
+                format!("Redis refused the credentials or permissions ({code})"),
             ),
-            Some(
-                "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "OOM",
-            ) => (
-                ErrorKind::Unavailable,
-                format!(
-                    "Redis cannot serve the request now ({})",
-                    e.code().unwrap_or("")
-                ),
-            ),
-            _ if e.detail().is_some_and(|d| d.contains("overflow")) => (
+            "CHATSTATE_OVERFLOW" => (
                 ErrorKind::InvalidInput,
                 "counter increment would overflow an i64".into(),
             ),
+            // Redis's own refusals of INCR/HINCRBY (`add`): exact i64 arithmetic.
+            "ERR" if detail.contains("increment or decrement would overflow") => (
+                ErrorKind::InvalidInput,
+                "counter increment would overflow an i64".into(),
+            ),
+            "CHATSTATE_CORRUPT" => (
+                ErrorKind::Decode,
+                format!(
+                    "a stored value is corrupt: {}",
+                    detail.split_once(' ').map(|(_, what)| what).unwrap_or("")
+                ),
+            ),
+            "ERR"
+                if detail.contains("hash value is not an integer")
+                    || detail.contains("value is not an integer or out of range") =>
+            {
+                (ErrorKind::Decode, "a stored value is not an integer".into())
+            }
             _ if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed) => {
                 (ErrorKind::Config, "Redis refused the credentials".into())
             }

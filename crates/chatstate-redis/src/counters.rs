@@ -3,7 +3,10 @@
 //! one script — one round trip, atomic, and idempotent by its batch id.
 //!
 //! Counters have no TTL (delete them when no longer wanted); a batch id key lives
-//! for the configured batch retention.
+//! for the configured batch retention. The range is the full i64, as on every
+//! backend; a stored value that `HINCRBY` would not read as an integer is a
+//! `Decode` error naming the hash, an overflow `InvalidInput`, and either refuses
+//! the whole call before anything is written.
 
 use async_trait::async_trait;
 use chatstate_core::ResultExt;
@@ -14,19 +17,25 @@ use chatstate_core::{
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::{Script, lua_wrongtype, reply};
+use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 
 /// Applies a batch once. KEYS: batch id key, then each counter hash once.
 /// ARGV: retention_ms, then per hash: n, (field, delta) × n.
 /// Returns 1 applied, 0 duplicate.
 ///
-/// A batch id seen before is a duplicate at once. Then every hash's type and every
-/// value are checked before anything is written, so a refused batch writes nothing
-/// and records nothing. Lua numbers are doubles, so the range check refuses a batch
-/// whose counter could pass ±2^62 (rather than risk a partial overflow); the
-/// increments themselves are the client's exact integer strings.
+/// A batch id seen before is a duplicate at once. Then every hash's type, every
+/// stored value and every sum are checked before anything is written, so a refused
+/// batch writes nothing and records nothing:
+/// - a stored value must be an integer as `HINCRBY` itself reads one (`is_int`,
+///   Redis's `string2ll`), else `CHATSTATE_CORRUPT` (Decode, naming the hash);
+/// - value + delta must stay within i64, checked exactly (`fits_sum`, the Redis
+///   side of `chatstate_core::model::checked_counter_add`), else
+///   `CHATSTATE_OVERFLOW` (InvalidInput).
+///
+/// `HINCRBY` then cannot fail; the deltas stay the client's exact integer strings.
 const APPLY: &str = concat!(
     lua_wrongtype!(),
+    lua_int!(),
     r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local a, plan = 2, {}
@@ -36,18 +45,21 @@ for k = 2, #KEYS do
   if e then return e end
   local n = tonumber(ARGV[a]); a = a + 1
   local fields, deltas = {}, {}
-  for i = 1, n do fields[i] = ARGV[a]; deltas[i] = ARGV[a + 1]; a = a + 2 end
+  for i = 1, n do
+    fields[i] = ARGV[a]; deltas[i] = ARGV[a + 1]; a = a + 2
+    if not is_int(deltas[i]) then return redis.error_reply('ERR a counter delta is not an integer') end
+  end
   for from = 1, n, 500 do
     local chunk = {}
     for i = from, math.min(n, from + 499) do chunk[#chunk + 1] = fields[i] end
     local cur = redis.call('HMGET', key, unpack(chunk))
     for j = 1, #chunk do
-      local now = tonumber(cur[j] or '0')
-      if not now then
-        return redis.error_reply('ERR counter field ' .. chunk[j] .. ' of ' .. key .. ' is not a number')
+      local now = cur[j] or '0'
+      if not is_int(now) then
+        return corrupt(key, 'a counter is not an integer')
       end
-      if math.abs(now) + math.abs(tonumber(deltas[from + j - 1])) >= 4611686018427387904 then
-        return redis.error_reply('ERR counter increment would overflow')
+      if not fits_sum(now, deltas[from + j - 1]) then
+        return redis.error_reply('CHATSTATE_OVERFLOW ' .. key .. ' counter increment would overflow an i64')
       end
     end
   end
@@ -55,7 +67,6 @@ for k = 2, #KEYS do
 end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 for _, p in ipairs(plan) do
-  -- The deltas stay the strings the client sent: exact to i64, never a float.
   for i = 1, #p[2] do redis.call('HINCRBY', p[1], p[2][i], p[3][i]) end
 end
 return 1
@@ -95,6 +106,9 @@ fn value_of(v: Value, key: &str) -> Result<i64> {
 #[async_trait]
 impl CounterSink for RedisStore {
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
+        // HINCRBY is itself the rule APPLY's Lua mirrors: exact i64 arithmetic (an
+        // overflow is refused, InvalidInput) on a stored value read with `string2ll`
+        // (anything else is refused, Decode), nothing written when refused.
         let (hash, field) = self.counter_location(key);
         self.inner
             .conn

@@ -1,6 +1,7 @@
 //! FocusStore on Redis: a hash per document (`value`, `version`, `updated_at`) and a
 //! set of a scope's names, both under the scope's hash tag so one script reads or
-//! writes them together.
+//! writes them together. `list` walks the set with SSCAN, one script per step of
+//! about 200 names, so a large scope never blocks the server in one long script.
 
 use std::time::Duration;
 
@@ -49,14 +50,19 @@ return n
 "#
 );
 
-/// Reads every live document of a scope, dropping index entries of expired ones.
-/// KEYS: index. ARGV: the document key prefix. (The documents' keys are built from
-/// the index inside the script; they share the index's hash tag, so the script
-/// stays within one Cluster slot.) Returns {name, value, version,
-/// updated_at, ...}.
-const LIST: &str = r#"
-local out = {}
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+/// Documents of a scope read per round trip (the SSCAN COUNT hint): `list` is a
+/// loop of bounded steps, never one script over the whole scope.
+const LIST_PAGE: usize = 200;
+
+/// Reads one SSCAN step of a scope's documents, dropping index entries of expired
+/// ones. KEYS: index. ARGV: the document key prefix, the SSCAN cursor, the COUNT.
+/// (The documents' keys are built from the index inside the script; they share the
+/// index's hash tag, so the script stays within one slot.) Returns {next cursor,
+/// name, value, version, updated_at, ...}.
+const LIST_PAGE_SCRIPT: &str = r#"
+local step = redis.call('SSCAN', KEYS[1], ARGV[2], 'COUNT', ARGV[3])
+local out = {step[1]}
+for _, name in ipairs(step[2]) do
   local d = redis.call('HMGET', ARGV[1] .. name, 'value', 'version', 'updated_at')
   if d[2] then
     table.insert(out, name); table.insert(out, d[1]); table.insert(out, d[2]); table.insert(out, d[3])
@@ -78,7 +84,7 @@ impl FocusScripts {
         FocusScripts {
             put: Script::new("focus_put", PUT),
             delete: Script::new("focus_delete", DELETE),
-            list: Script::new("focus_list", LIST),
+            list: Script::new("focus_list_page", LIST_PAGE_SCRIPT),
         }
     }
 }
@@ -220,31 +226,42 @@ impl FocusStore for RedisStore {
         let probe = FocusKey::new(scope, "x")?;
         let full = self.inner.layout.focus(&probe);
         let prefix = &full[..full.len() - 1];
-        let v = self
-            .inner
-            .conn
-            .script(
-                &self.inner.scripts.focus.list,
-                &[&index],
-                &[prefix.as_bytes()],
-                "list",
-            )
-            .await?;
-        let mut flat = reply::array(v)?.into_iter();
-        let mut docs = Vec::new();
-        while let (Some(name), Some(value), Some(version), Some(updated_at)) =
-            (flat.next(), flat.next(), flat.next(), flat.next())
-        {
-            let name = reply::bytes(name)?
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|n| unescape(&n))
-                .ok_or_else(|| {
-                    Error::decode("a focus index entry is malformed").with_key(&index)
-                })?;
-            let key = FocusKey::new(scope, name)?;
-            docs.push(doc_from(key, value, version, updated_at, &index)?);
+        // SSCAN returns every name present for the whole walk, some maybe twice:
+        // keyed by name, each document is kept once.
+        let mut docs: std::collections::BTreeMap<String, FocusDoc> = Default::default();
+        let count = LIST_PAGE.to_string();
+        let mut cursor = b"0".to_vec();
+        loop {
+            let v = self
+                .inner
+                .conn
+                .script(
+                    &self.inner.scripts.focus.list,
+                    &[&index],
+                    &[prefix.as_bytes(), &cursor, count.as_bytes()],
+                    "list",
+                )
+                .await?;
+            let mut flat = reply::array(v)?.into_iter();
+            cursor = reply::bytes(flat.next().unwrap_or(Value::Nil))?.ok_or_else(|| {
+                Error::decode("unexpected Redis reply shape: an SSCAN cursor").with_key(&index)
+            })?;
+            while let (Some(name), Some(value), Some(version), Some(updated_at)) =
+                (flat.next(), flat.next(), flat.next(), flat.next())
+            {
+                let name = reply::bytes(name)?
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|n| unescape(&n))
+                    .ok_or_else(|| {
+                        Error::decode("a focus index entry is malformed").with_key(&index)
+                    })?;
+                let key = FocusKey::new(scope, name.clone())?;
+                docs.insert(name, doc_from(key, value, version, updated_at, &index)?);
+            }
+            if cursor == b"0" {
+                break;
+            }
         }
-        docs.sort_by(|a, b| a.key.name().cmp(b.key.name()));
-        Ok(docs)
+        Ok(docs.into_values().collect())
     }
 }

@@ -12,6 +12,8 @@
 //!   fallback on NOSCRIPT, and Redis errors mapped to chatstate kinds.
 //! - `session`, `focus`, `counters`, `cache`: each trait, with its Lua scripts next
 //!   to the Rust that calls them.
+//! - `eviction`: [`eviction_risk`], the check of the server's `maxmemory-policy`
+//!   run at connect.
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
 //!   tiered cache in `chatstate-layers`).
 //!
@@ -19,14 +21,15 @@
 //!
 //! | operation | round trips | how |
 //! | --- | --- | --- |
-//! | append messages (push, trim, TTL of every part, last_activity) | 1 | script + index update, pipelined |
+//! | append messages (push, trim, TTL of every part, last_activity) | 1 | script (tenant index included) |
 //! | load a session with its messages | 1 | script |
-//! | create, get_or_create, update, touch | 1 | script (create also updates the index in the same pipeline) |
+//! | create, get_or_create, update, touch, delete | 1 | script (tenant index included) |
 //! | get / get_many sessions | 1 | pipelined HGETALL |
 //! | lock acquire (with fencing number), extend, release | 1 each | script: `SET NX PX` + `INCR`; token compared in Lua |
-//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET / MULTI of `SET PX` / DEL |
+//! | cache get_many / set_many with TTL / delete_many | 1 each | script around MGET / script of `SET PX` / DEL |
 //! | counter flush (`apply`) of any number of counters | 1 | script, idempotent by batch id |
-//! | focus put (compare-and-set), list | 1 each | script |
+//! | focus put (compare-and-set) | 1 | script |
+//! | focus list | 1 per ~200 documents | script per SSCAN step |
 //! | clear a cache prefix | 1 per SCAN step + 1 per UNLINK batch | never KEYS |
 //! | list a tenant's sessions | 2 per page (+1 to clean dead entries) | sorted-set index |
 //!
@@ -38,13 +41,41 @@
 //! The layout is [`chatstate_core::KeyLayout`]'s, under a configurable prefix,
 //! readable in `redis-cli`. Every key chatstate writes has a TTL, except counters
 //! (delete them when done; a day-bucketed counter's hash is one key per name and
-//! day) and the fencing numbers' retention follows the session TTL.
+//! day). A fencing number is kept at least the lease plus the session TTL after
+//! each acquire, extend or release
+//! ([`StoreSettings::fence_retention`](chatstate_core::StoreSettings::fence_retention)),
+//! never shortened. A tenant's index keeps a deadline per session and is pruned on
+//! every session write (see the `session` module).
+//!
+//! ## Errors
+//!
+//! Redis refusals that say "not now" — `LOADING`, `BUSY`, `NOREPLICAS`, `MISCONF`,
+//! `MASTERDOWN`, `READONLY`, `OOM`, `TRYAGAIN`, `CLUSTERDOWN` — are `Unavailable`
+//! (temporary: retry), and each refuses before anything is written. The
+//! deterministic refusals are `InvalidInput` (a counter would overflow i64),
+//! `WrongType` (a key holds another type) and `Decode` (a stored value is corrupt:
+//! a counter, fencing number, `version` or `message_count` that `HINCRBY`/`INCR`
+//! would not read as an integer); each names the key and writes nothing.
+//!
+//! ## Eviction policy
+//!
+//! Counters (no TTL), fencing numbers and applied counter batch ids (with a TTL)
+//! must never be evicted: an evicted fence lets a new lock holder get a smaller
+//! number than a stale one, an evicted batch id lets a retried flush count twice.
+//! Because fences and batch ids have TTLs, `volatile-*` policies can evict them as
+//! well as `allkeys-*`; with a `maxmemory` limit, run Redis with
+//! `maxmemory-policy noeviction` (a full server then refuses writes with `OOM`, a
+//! temporary error, instead of losing data). [`RedisStore::connect`](RedisStoreBuilder::connect)
+//! reads the policy (`CONFIG GET`, ignored when refused) and logs a
+//! `tracing::warn!` when it could evict them; [`RedisStore::eviction_risk`] and
+//! [`eviction_risk`] are the same check for tools and tests.
 //!
 //! ## Deployment notes
 //!
-//! Standalone Redis (and anything speaking its protocol on one endpoint). A
-//! session's keys share a hash tag, so the layout is ready for Redis Cluster, but this
-//! crate does not yet connect to a cluster or through Sentinel.
+//! Standalone Redis (and anything speaking its protocol on one endpoint). This
+//! crate does not connect to Redis Cluster or through Sentinel. A session's keys
+//! share a hash tag, but the session scripts also write the tenant's index (another
+//! hash tag), so Cluster support would need that index written differently.
 //!
 //! ## What it must never do
 //!
@@ -57,6 +88,7 @@ mod bus;
 mod cache;
 mod conn;
 mod counters;
+mod eviction;
 mod focus;
 mod session;
 
@@ -70,11 +102,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
+pub use eviction::{EvictionRisk, eviction_risk};
 
 struct Scripts {
     session: session::SessionScripts,
     focus: focus::FocusScripts,
     counters: counters::CounterScripts,
+    cache: cache::CacheScripts,
 }
 
 struct Inner {
@@ -193,7 +227,7 @@ impl RedisStoreBuilder {
         }
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .map_err(|_| Error::config(format!("cannot build a connection pool for {}", self.url)))?;
-        Ok(RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 conn: conn::Conn {
                     manager,
@@ -207,10 +241,13 @@ impl RedisStoreBuilder {
                     session: session::SessionScripts::new(),
                     focus: focus::FocusScripts::new(),
                     counters: counters::CounterScripts::new(),
+                    cache: cache::CacheScripts::new(),
                 },
                 url: self.url,
             }),
-        })
+        };
+        store.warn_about_eviction().await;
+        Ok(store)
     }
 }
 

@@ -3,8 +3,23 @@
 //! A session is a hash (`…:ctx`, one field per session field, readable with
 //! `HGETALL`) and a list (`…:msgs`, `<seq>:<message JSON>` per message), both under
 //! the session's hash tag, always written together with the same TTL by one script.
-//! A tenant's sessions are also members of `…:sessidx:{<tenant>}`, added in the same
-//! pipeline as the write (one round trip) and cleaned lazily by `list`.
+//!
+//! ## The tenant index
+//!
+//! A tenant's sessions are members (`<channel>:<user>`) of two sorted sets:
+//! `…:sessidx:{<tenant>}` (score 0, so `list` pages through it in member order) and
+//! `…:sessidx:{<tenant>}:exp` (score = the session's expiry, server time in ms). The
+//! same script that writes a session writes its member in both and sets both keys'
+//! TTL to the latest deadline, atomically: so `update`/`touch` of a missing session
+//! add nothing, and a `delete` (also one script) cannot interleave with an `append`
+//! and leave a live session out of the index. Every write also prunes up to 64
+//! members whose deadline passed (`PRUNE_PER_WRITE` in the Lua: bounded work per
+//! write, and a write adds at most one member), so a tenant with many short
+//! sessions keeps an index of about its live sessions without any `list` call.
+//!
+//! The session scripts thus name keys of two hash tags (the session's and the
+//! tenant's): fine on the standalone server this crate connects to; Redis Cluster
+//! would need the index written differently.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,9 +38,22 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::RedisStore;
-use crate::conn::{Script, lua_wrongtype, reply};
+use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 
-/// Shared Lua: refuse to touch a key that holds another type (no partial writes).
+/// Shared Lua of the session-writing scripts. KEYS are always ctx, msgs, index,
+/// deadlines; the index member is the last ARGV.
+///
+/// - `apply_patch(ctx, argv, at)`: the patch's sets and deletes.
+/// - `check_record(ctx)`: a `CHATSTATE_CORRUPT` reply (Decode naming the record)
+///   when an existing record's `version` or `message_count` is not an integer in
+///   `0..i64::MAX` as HINCRBY reads it: every write refuses a corrupt record before
+///   its first write, as every read does.
+/// - `check_keys()`: a WRONGTYPE reply when any of the four keys holds another
+///   type, checked before the first write.
+/// - `index_write(ttl_ms)`: prunes expired members, sets this session's deadline
+///   (now + ttl, server time: the same clock as the PEXPIRE of its keys), and
+///   both index keys' TTL to the latest deadline.
+/// - `index_remove()`: drops this session's member, prunes, and re-sets the TTL.
 macro_rules! lua_prelude {
     () => {
         r#"
@@ -40,20 +68,67 @@ local function apply_patch(ctx, argv, at)
     redis.call('HDEL', ctx, argv[d + i])
   end
 end
+local function check_record(ctx)
+  local f = redis.call('HMGET', ctx, 'version', 'message_count')
+  if not (f[1] and nonneg_below_max(f[1])) then
+    return corrupt(ctx, 'field version is not a non-negative integer')
+  end
+  if not (f[2] and nonneg_below_max(f[2])) then
+    return corrupt(ctx, 'field message_count is not a non-negative integer')
+  end
+  return nil
+end
+local function check_keys()
+  return wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'list')
+    or wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset')
+end
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local PRUNE_PER_WRITE = 64
+local function index_prune_and_expire(now)
+  local dead = redis.call('ZRANGE', KEYS[4], '-inf', string.format('(%d', now), 'BYSCORE',
+    'LIMIT', 0, PRUNE_PER_WRITE)
+  if #dead > 0 then
+    redis.call('ZREM', KEYS[3], unpack(dead))
+    redis.call('ZREM', KEYS[4], unpack(dead))
+  end
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  if #last == 2 then
+    redis.call('PEXPIREAT', KEYS[3], last[2])
+    redis.call('PEXPIREAT', KEYS[4], last[2])
+  end
+end
+local function index_write(ttl_ms)
+  local now = server_ms()
+  local member = ARGV[#ARGV]
+  redis.call('ZADD', KEYS[3], 0, member)
+  redis.call('ZADD', KEYS[4], now + tonumber(ttl_ms), member)
+  index_prune_and_expire(now)
+end
+local function index_remove()
+  local member = ARGV[#ARGV]
+  redis.call('ZREM', KEYS[3], member)
+  redis.call('ZREM', KEYS[4], member)
+  index_prune_and_expire(server_ms())
+end
 "#
     };
 }
 
 /// Creates a session (mode 0: refuse an existing one; mode 1: return it).
-/// KEYS: ctx, msgs. ARGV: now, ttl_ms, id, mode, patch (nsets, f, v, ..., ndels, f, ...).
+/// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, id, mode, patch (nsets, f,
+/// v, ..., ndels, f, ...), member.
 /// Returns {0} when it exists (mode 0), {1, hash} when it exists (mode 1), {2, hash}
 /// when created.
 const CREATE: &str = concat!(
     lua_wrongtype!(),
+    lua_int!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
-local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
+local e = check_keys()
 if e then return e end
 if redis.call('EXISTS', ctx) == 1 then
   if ARGV[4] == '0' then return {0} end
@@ -64,20 +139,26 @@ redis.call('HSET', ctx, 'id', ARGV[3], 'created_at', ARGV[1], 'last_activity', A
   'updated_at', ARGV[1], 'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
 apply_patch(ctx, ARGV, 5)
 redis.call('PEXPIRE', ctx, ARGV[2])
+index_write(ARGV[2])
 return {2, redis.call('HGETALL', ctx)}
 "#
 );
 
 /// Appends messages: numbers them, trims to the window, refreshes every part's TTL
 /// and last_activity, creating the session when missing.
-/// KEYS: ctx, msgs. ARGV: now, ttl_ms, window, new id, n, message JSON × n.
+/// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, window, new id, n, message
+/// JSON × n, member.
 /// Returns {message_count, window length, created (0/1)}.
+///
+/// An existing session's `message_count` must be an integer in range (as HINCRBY
+/// reads it) before anything is written; else Decode naming the record.
 const APPEND: &str = concat!(
     lua_wrongtype!(),
+    lua_int!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
-local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
+local e = check_keys()
 if e then return e end
 local created = 0
 if redis.call('EXISTS', ctx) == 0 then
@@ -85,6 +166,12 @@ if redis.call('EXISTS', ctx) == 0 then
   redis.call('HSET', ctx, 'id', ARGV[4], 'created_at', ARGV[1], 'updated_at', ARGV[1],
     'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
   created = 1
+else
+  e = check_record(ctx)
+  if e then return e end
+  if not fits_sum(redis.call('HGET', ctx, 'message_count'), ARGV[5]) then
+    return corrupt(ctx, 'field message_count is at its maximum')
+  end
 end
 local n = tonumber(ARGV[5])
 local count = redis.call('HINCRBY', ctx, 'message_count', n)
@@ -95,6 +182,7 @@ redis.call('LTRIM', msgs, -tonumber(ARGV[3]), -1)
 redis.call('HSET', ctx, 'last_activity', ARGV[1])
 redis.call('PEXPIRE', ctx, ARGV[2])
 redis.call('PEXPIRE', msgs, ARGV[2])
+index_write(ARGV[2])
 return {count, redis.call('LLEN', msgs), created}
 "#
 );
@@ -108,71 +196,127 @@ return {h, redis.call('LRANGE', KEYS[2], 0, -1)}
 "#;
 
 /// Applies a patch, optionally only at an expected version.
-/// KEYS: ctx, msgs. ARGV: now, ttl_ms, expected version (-1: any), patch.
+/// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, expected version (-1: any),
+/// patch, member.
 /// Returns {0} missing, {1, version} conflict, {2, hash} done.
+///
+/// The stored version must be an integer in `0..i64::MAX` (as HINCRBY reads it)
+/// before anything is written; else Decode naming the record. The version check
+/// mirrors `chatstate_core::Expected`: both sides are canonical integer strings.
 const UPDATE: &str = concat!(
     lua_wrongtype!(),
+    lua_int!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
-local e = wrongtype(ctx, 'hash') or wrongtype(msgs, 'list')
+local e = check_keys()
 if e then return e end
 if redis.call('EXISTS', ctx) == 0 then return {0} end
-local version = tonumber(redis.call('HGET', ctx, 'version'))
-if not version then return redis.error_reply('ERR session hash ' .. ctx .. ' has no numeric version') end
-if ARGV[3] ~= '-1' and version ~= tonumber(ARGV[3]) then return {1, version} end
+e = check_record(ctx)
+if e then return e end
+local version = redis.call('HGET', ctx, 'version')
+if ARGV[3] ~= '-1' and version ~= ARGV[3] then return {1, version} end
 apply_patch(ctx, ARGV, 4)
-redis.call('HSET', ctx, 'version', version + 1, 'updated_at', ARGV[1])
+redis.call('HINCRBY', ctx, 'version', 1)
+redis.call('HSET', ctx, 'updated_at', ARGV[1])
 redis.call('PEXPIRE', ctx, ARGV[2])
 redis.call('PEXPIRE', msgs, ARGV[2])
+index_write(ARGV[2])
 return {2, redis.call('HGETALL', ctx)}
 "#
 );
 
-/// Sets last_activity and refreshes the TTL. KEYS: ctx, msgs. ARGV: now, ttl_ms.
+/// Sets last_activity and refreshes the TTL. KEYS: ctx, msgs, index, deadlines.
+/// ARGV: now, ttl_ms, member. Returns 1, or 0 when there is no session (and then
+/// writes nothing, the index included).
 const TOUCH: &str = concat!(
     lua_wrongtype!(),
+    lua_int!(),
     lua_prelude!(),
     r#"
-local e = wrongtype(KEYS[1], 'hash')
+local e = check_keys()
 if e then return e end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+e = check_record(KEYS[1])
+if e then return e end
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+index_write(ARGV[2])
 return 1
 "#
 );
 
+/// Deletes a session and its index member in one step (so it cannot interleave
+/// with a write of the same session). KEYS: ctx, msgs, index, deadlines. ARGV:
+/// member. Returns how many of ctx and msgs existed.
+const DELETE: &str = concat!(
+    lua_wrongtype!(),
+    lua_int!(),
+    lua_prelude!(),
+    r#"
+local e = wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset')
+if e then return e end
+local n = redis.call('DEL', KEYS[1], KEYS[2])
+index_remove()
+return n
+"#
+);
+
 /// Which of a page of index members still have a session; removes the others from
-/// the index in the same step. KEYS: index, then each member's ctx key. ARGV: the
-/// members. Returns 1/0 per member.
+/// the index in the same step. KEYS: index, deadlines, then each member's ctx key.
+/// ARGV: the members. Returns 1/0 per member.
 const LIST_LIVE: &str = r#"
 local out = {}
 for i = 1, #ARGV do
-  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+  if redis.call('EXISTS', KEYS[i + 2]) == 1 then
     out[i] = 1
   else
     redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
     out[i] = 0
   end
 end
 return out
 "#;
 
+/// Lua shared by the lock scripts: `keep_fence(fence, ms, fresh)` keeps the fencing
+/// number at least `ms` from now and never shortens an earlier deadline (`PEXPIRE
+/// … GT`; a fresh key has no TTL yet, which GT would read as forever). `ms` is
+/// `chatstate_core::StoreSettings::fence_retention(lease left)`: lease + session TTL.
+macro_rules! lua_fence {
+    () => {
+        r#"
+local function keep_fence(fence, ms, fresh)
+  if fresh then
+    redis.call('PEXPIRE', fence, ms)
+  else
+    redis.call('PEXPIRE', fence, ms, 'GT')
+  end
+end
+"#
+    };
+}
+
 /// Takes a lock and its next fencing number.
 /// KEYS: lock, fence. ARGV: token, lease_ms, fence retention_ms. Returns the fence, or 0.
+///
+/// The fencing number must be an integer in `0..i64::MAX` (as INCR reads it) before
+/// the lock is set, so a corrupt one leaves no orphan lock: Decode naming it.
 const TRY_LOCK: &str = concat!(
     lua_wrongtype!(),
+    lua_int!(),
+    lua_fence!(),
     r#"
 local e = wrongtype(KEYS[1], 'string') or wrongtype(KEYS[2], 'string')
 if e then return e end
-if redis.call('EXISTS', KEYS[2]) == 1 and not tonumber(redis.call('GET', KEYS[2])) then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is not a fencing number')
+local old = redis.call('GET', KEYS[2])
+if old and not nonneg_below_max(old) then
+  return corrupt(KEYS[2], 'the fencing number is not an integer in 0..i64::MAX')
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  keep_fence(KEYS[2], ARGV[3], not old)
   return fence
 end
 return 0
@@ -180,24 +324,32 @@ return 0
 );
 
 /// Extends a lock held with this token. KEYS: lock, fence. ARGV: token, lease_ms,
-/// retention_ms.
-const EXTEND_LOCK: &str = r#"
+/// fence retention_ms (for the new lease).
+const EXTEND_LOCK: &str = concat!(
+    lua_fence!(),
+    r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+  keep_fence(KEYS[2], ARGV[3], false)
   return 1
 end
 return 0
-"#;
+"#
+);
 
-/// Releases a lock held with this token. KEYS: lock. ARGV: token.
-const RELEASE_LOCK: &str = r#"
+/// Releases a lock held with this token. KEYS: lock, fence. ARGV: token, fence
+/// retention_ms (for a lease of 0: the session TTL).
+const RELEASE_LOCK: &str = concat!(
+    lua_fence!(),
+    r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  keep_fence(KEYS[2], ARGV[2], false)
   return 1
 end
 return 0
-"#;
+"#
+);
 
 /// The session scripts, hashed once per store.
 pub(crate) struct SessionScripts {
@@ -206,6 +358,7 @@ pub(crate) struct SessionScripts {
     load: Script,
     update: Script,
     touch: Script,
+    delete: Script,
     list_live: Script,
     try_lock: Script,
     extend_lock: Script,
@@ -220,6 +373,7 @@ impl SessionScripts {
             load: Script::new("load", LOAD),
             update: Script::new("update", UPDATE),
             touch: Script::new("touch", TOUCH),
+            delete: Script::new("delete", DELETE),
             list_live: Script::new("list_live", LIST_LIVE),
             try_lock: Script::new("try_lock", TRY_LOCK),
             extend_lock: Script::new("extend_lock", EXTEND_LOCK),
@@ -242,7 +396,15 @@ struct Keys {
     ctx: String,
     msgs: String,
     index: String,
+    deadlines: String,
     member: String,
+}
+
+impl Keys {
+    /// The KEYS of a session-writing script: ctx, msgs, index, deadlines.
+    fn script_keys(&self) -> [&str; 4] {
+        [&self.ctx, &self.msgs, &self.index, &self.deadlines]
+    }
 }
 
 fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
@@ -251,6 +413,7 @@ fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
         ctx: format!("{base}:ctx"),
         msgs: format!("{base}:msgs"),
         index: layout.session_index(key.tenant()),
+        deadlines: layout.session_index_deadlines(key.tenant()),
         member: KeyLayout::session_index_member(key),
     }
 }
@@ -389,47 +552,21 @@ impl RedisStore {
         ms(self.inner.settings.session_ttl)
     }
 
-    /// Runs a session-writing script and adds the session to its tenant's index in
-    /// the same round trip.
+    /// Runs a session-writing script: one round trip, which writes the session and
+    /// its tenant index together (the member is the script's last argument).
     async fn session_write(
         &self,
         script: &Script,
         k: &Keys,
-        args: Vec<Vec<u8>>,
+        mut args: Vec<Vec<u8>>,
         op: &'static str,
     ) -> Result<Value> {
-        let mut pipe = redis::pipe();
-        // Each reply is kept, errors included: the script's decides the outcome; the
-        // index's is best effort (the session is written either way, and a retry
-        // would write it twice).
-        pipe.ignore_errors();
-        pipe.add_command(script.command(false, &[&k.ctx, &k.msgs], &args));
-        pipe.cmd("ZADD").arg(&k.index).arg(0).arg(&k.member);
-        pipe.cmd("PEXPIRE").arg(&k.index).arg(self.ttl_ms());
-        let replies: Vec<Value> = self.inner.conn.pipe(&pipe, op, Some(&k.ctx)).await?;
-        let mut replies = replies.into_iter();
-        let script_reply = replies.next().unwrap_or(Value::Nil);
-        for index_reply in replies {
-            if let Value::ServerError(e) = index_reply {
-                tracing::warn!(code = %e.code(), key = %k.index, "chatstate could not update a session index");
-            }
-        }
-        match script_reply {
-            // The server does not know the script (yet): send its source, once.
-            Value::ServerError(e) if e.code() == "NOSCRIPT" => {
-                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-                self.inner
-                    .conn
-                    .eval(script, &[&k.ctx, &k.msgs], &refs, op)
-                    .await
-            }
-            Value::ServerError(e) => Err(crate::conn::map_err(
-                redis::RedisError::from(e),
-                op,
-                Some(&k.ctx),
-            )),
-            v => Ok(v),
-        }
+        args.push(k.member.as_bytes().to_vec());
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        self.inner
+            .conn
+            .script(script, &k.script_keys(), &refs, op)
+            .await
     }
 }
 
@@ -640,8 +777,6 @@ impl SessionStore for RedisStore {
     async fn touch(&self, key: &SessionKey) -> Result<bool> {
         let k = keys(&self.inner.layout, key);
         let args = vec![num(self.now().0), self.ttl_ms()];
-        // Through the index pipeline too, so the index lives as long as its sessions
-        // (a touch of a missing session adds a member `list` cleans up).
         let v = self
             .session_write(&self.inner.scripts.session.touch, &k, args, "touch")
             .await?;
@@ -650,13 +785,12 @@ impl SessionStore for RedisStore {
 
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
         let k = keys(&self.inner.layout, key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(&k.ctx).arg(&k.msgs);
-        pipe.cmd("ZREM").arg(&k.index).arg(&k.member).ignore();
         // The record and the window are written and expire together, so "a key was
         // deleted" is "the session existed".
-        let (deleted,): (i64,) = self.inner.conn.pipe(&pipe, "delete", Some(&k.ctx)).await?;
-        Ok(deleted > 0)
+        let v = self
+            .session_write(&self.inner.scripts.session.delete, &k, Vec::new(), "delete")
+            .await?;
+        Ok(reply::int(&v)? > 0)
     }
 
     async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>> {
@@ -679,6 +813,7 @@ impl SessionStore for RedisStore {
         chatstate_core::model::check_list_limit(limit).in_op("list")?;
         let layout = &self.inner.layout;
         let index = layout.session_index(tenant);
+        let deadlines = layout.session_index_deadlines(tenant);
         let mut start = match &cursor {
             Some(c) => {
                 if c.is_empty() || c.contains(['\0', ' ']) || unescape(c).is_none() {
@@ -734,7 +869,7 @@ impl SessionStore for RedisStore {
             let alive: Vec<i64> = if candidates.is_empty() {
                 Vec::new()
             } else {
-                let mut script_keys: Vec<&str> = vec![index.as_str()];
+                let mut script_keys: Vec<&str> = vec![index.as_str(), deadlines.as_str()];
                 script_keys.extend(ctx_keys.iter().map(String::as_str));
                 let members: Vec<&[u8]> = candidates.iter().map(|(m, _)| m.as_bytes()).collect();
                 let v = self
@@ -786,7 +921,7 @@ impl SessionStore for RedisStore {
         let lease = StoreSettings::check_ttl(lease).in_op("try_lock")?;
         let (lock, fence) = lock_keys(&self.inner.layout, key, name);
         let token = random_id();
-        let retention = ms(self.inner.settings.session_ttl.max(lease));
+        let retention = ms(self.inner.settings.fence_retention(lease));
         let v = self
             .inner
             .conn
@@ -809,7 +944,7 @@ impl SessionStore for RedisStore {
     async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
         let lease = StoreSettings::check_ttl(lease).in_op("extend_lock")?;
         let (lock, fence) = lock_keys(&self.inner.layout, &held.key, &held.name);
-        let retention = ms(self.inner.settings.session_ttl.max(lease));
+        let retention = ms(self.inner.settings.fence_retention(lease));
         let v = self
             .inner
             .conn
@@ -824,14 +959,15 @@ impl SessionStore for RedisStore {
     }
 
     async fn release_lock(&self, held: &Lease) -> Result<bool> {
-        let (lock, _) = lock_keys(&self.inner.layout, &held.key, &held.name);
+        let (lock, fence) = lock_keys(&self.inner.layout, &held.key, &held.name);
+        let retention = ms(self.inner.settings.fence_retention(Duration::ZERO));
         let v = self
             .inner
             .conn
             .script(
                 &self.inner.scripts.session.release_lock,
-                &[&lock],
-                &[held.token.as_bytes()],
+                &[&lock, &fence],
+                &[held.token.as_bytes(), &retention],
                 "release_lock",
             )
             .await?;
