@@ -686,7 +686,10 @@ mod tests {
     fn prefix_is_validated() {
         assert!(KeyLayout::new("chatstate").is_ok());
         assert!(KeyLayout::new("app.v2").is_ok());
-        assert!(KeyLayout::new("app:v2").is_err(), "`:` would let `app` match `app:v2` keys");
+        assert!(
+            KeyLayout::new("app:v2").is_err(),
+            "`:` would let `app` match `app:v2` keys"
+        );
         assert!(KeyLayout::new("").is_err());
         assert!(KeyLayout::new("a{b}").is_err());
         assert!(KeyLayout::new("a*").is_err());

@@ -290,4 +290,8 @@ impl KvCache for RedisStore {
         }
         Ok(removed)
     }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        RedisStore::capabilities(self)
+    }
 }

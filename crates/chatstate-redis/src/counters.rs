@@ -109,6 +109,7 @@ impl CounterSink for RedisStore {
         // HINCRBY is itself the rule APPLY's Lua mirrors: exact i64 arithmetic (an
         // overflow is refused, InvalidInput) on a stored value read with `string2ll`
         // (anything else is refused, Decode), nothing written when refused.
+        key.check().in_op("add")?;
         let (hash, field) = self.counter_location(key);
         self.inner
             .conn
@@ -121,6 +122,10 @@ impl CounterSink for RedisStore {
     }
 
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
+        batch
+            .deltas()
+            .try_for_each(|(key, _)| key.check())
+            .in_op("apply")?;
         // An empty batch still records its id, so a replay is a Duplicate.
         // Group the deltas by hash: each hash is one key of the script.
         let mut by_hash: std::collections::BTreeMap<String, Vec<(String, i64)>> =
@@ -166,6 +171,7 @@ impl CounterSink for RedisStore {
     }
 
     async fn get(&self, key: &CounterKey) -> Result<i64> {
+        key.check().in_op("get")?;
         let (hash, field) = self.counter_location(key);
         let v: Value = self
             .inner
@@ -180,6 +186,9 @@ impl CounterSink for RedisStore {
     }
 
     async fn get_many(&self, keys: &[CounterKey]) -> Result<Vec<i64>> {
+        keys.iter()
+            .try_for_each(CounterKey::check)
+            .in_op("get_many")?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -207,6 +216,7 @@ impl CounterSink for RedisStore {
 
     async fn list(&self, name: &str, bucket: Option<Bucket>) -> Result<Vec<(Labels, i64)>> {
         check_scope("counter name", name).in_op("list")?;
+        bucket.map_or(Ok(()), Bucket::check).in_op("list")?;
         let hash = self.inner.layout.counter_hash(name, bucket);
         let v: Value = self
             .inner
@@ -229,6 +239,7 @@ impl CounterSink for RedisStore {
     }
 
     async fn delete(&self, key: &CounterKey) -> Result<bool> {
+        key.check().in_op("delete")?;
         let (hash, field) = self.counter_location(key);
         let n: i64 = self
             .inner
@@ -240,5 +251,9 @@ impl CounterSink for RedisStore {
             )
             .await?;
         Ok(n > 0)
+    }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        RedisStore::capabilities(self)
     }
 }

@@ -264,4 +264,8 @@ impl FocusStore for RedisStore {
         }
         Ok(docs.into_values().collect())
     }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        RedisStore::capabilities(self)
+    }
 }

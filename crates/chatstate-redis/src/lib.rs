@@ -266,6 +266,13 @@ impl RedisStore {
         }
     }
 
+    /// What this store can do: data lives in the server, so it outlives the process
+    /// (as far as the server's persistence goes) and every client of the server
+    /// shares it, atomically (scripts).
+    pub fn capabilities(&self) -> chatstate_core::Capabilities {
+        chatstate_core::Capabilities::DURABLE_SHARED
+    }
+
     /// Connects as `config` says (`REDIS_URL`, prefix, pool, timeouts, settings).
     pub async fn from_config(config: &Config) -> Result<RedisStore> {
         RedisStore::builder(config.redis.url.clone())

@@ -526,7 +526,11 @@ fn message_from(raw: &[u8], redis_key: &str) -> Result<Message> {
     let text = std::str::from_utf8(raw).map_err(|_| bad())?;
     let (seq, json) = text.split_once(':').ok_or_else(bad)?;
     let seq = seq.parse().map_err(|_| bad())?;
-    let m: StoredMessage = serde_json::from_str(json).map_err(|e| bad().with_source(e))?;
+    // Never the serde error as source: its message quotes the stored text.
+    let m: StoredMessage = serde_json::from_str(json).map_err(|e| {
+        let detail = chatstate_core::codec::json_decode_error("a stored message", &e);
+        Error::decode(detail.message().to_string()).with_key(redis_key)
+    })?;
     Ok(Message {
         seq,
         role: m.role,
@@ -972,6 +976,10 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(reply::int(&v)? == 1)
+    }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        RedisStore::capabilities(self)
     }
 }
 

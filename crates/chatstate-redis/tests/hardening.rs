@@ -793,3 +793,36 @@ async fn focus_list_reads_a_large_scope_in_bounded_pages() {
         "0"
     );
 }
+
+// ---------------------------------------------------------------- item 11
+
+/// A stored message whose JSON holds a user's text where another type belongs: the
+/// load is a `Decode` error naming the key, and no error path shows the text (serde's
+/// own message would quote it).
+#[tokio::test]
+async fn a_malformed_stored_message_is_a_decode_error_that_never_shows_it() {
+    let server = common::shared();
+    let s = connect(&server.url()).await;
+    let k = skey("leak");
+    s.append_message(&k, NewMessage::user("one")).await.unwrap();
+    let msgs = format!("{}:msgs", s.layout().session_base(&k));
+    server.cli(&[
+        "RPUSH",
+        &msgs,
+        r#"2:{"role":"+5511987654321","content":"+5511987654321"}"#,
+    ]);
+    let err = s
+        .load(&k)
+        .await
+        .expect_err("a malformed message fails the load");
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    let shown = format!(
+        "{err} {err:?} {:?}",
+        std::error::Error::source(&err).map(|e| e.to_string())
+    );
+    assert!(
+        !shown.contains("5511987654321"),
+        "the stored text leaked: {shown}"
+    );
+    assert!(shown.contains("msgs"), "the error names the key: {shown}");
+}
