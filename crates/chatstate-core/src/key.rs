@@ -529,7 +529,8 @@ pub struct KeyLayout {
 }
 
 impl KeyLayout {
-    /// A layout under `prefix`: 1 to 64 characters from `A-Z a-z 0-9 _ - . :`.
+    /// A layout under `prefix`: 1 to 64 characters from `A-Z a-z 0-9 _ - .` (no `:`,
+    /// see [`check_prefix`]).
     pub fn new(prefix: impl Into<String>) -> Result<Self> {
         let prefix = prefix.into();
         check_prefix(&prefix)?;

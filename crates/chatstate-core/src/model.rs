@@ -112,7 +112,8 @@ impl Session {
             self.token_estimate = t;
         }
         self.updated_at = now;
-        self.version += 1;
+        // Saturating: `SessionState::update` refuses a record at u64::MAX first.
+        self.version = self.version.saturating_add(1);
     }
 
     /// Decodes the context as the user's type `T`.
@@ -544,7 +545,9 @@ pub fn check_put(mode: PutMode, existing: Option<u64>) -> Result<u64> {
         (PutMode::IfVersion(want), None) => Err(Error::conflict(format!(
             "expected version {want}, there is no document"
         ))),
-        (_, existing) => Ok(existing.unwrap_or(0) + 1),
+        (_, existing) => existing.unwrap_or(0).checked_add(1).ok_or_else(|| {
+            Error::decode("stored document version is at its maximum (a corrupt record)")
+        }),
     }
 }
 
@@ -593,7 +596,9 @@ impl CounterBatch {
         &self.id
     }
 
-    /// Adds `delta` to `key`'s pending delta (saturating).
+    /// Adds `delta` to `key`'s pending delta, saturating at the ends of i64. Use
+    /// [`CounterBatch::try_add`] to refuse an overflow instead (the batched counter
+    /// layer does; a saturated delta would count less than was added).
     pub fn add(&mut self, key: &CounterKey, delta: i64) {
         let d = self.deltas.entry(key.clone()).or_insert(0);
         *d = d.saturating_add(delta);

@@ -47,18 +47,25 @@ impl SessionState {
 
     /// Appends `messages` (already checked with [`crate::model::check_append`]) to
     /// `existing`, or to a session created now when there is none: numbers them,
-    /// keeps the newest `settings.window_size`, sets `last_activity`.
+    /// keeps the newest `settings.window_size`, sets `last_activity`. A stored
+    /// `message_count` with no room left (only a corrupt record has one) is a
+    /// `Decode` error, and nothing changes.
     pub fn append(
         existing: Option<SessionState>,
         key: &SessionKey,
         messages: Vec<NewMessage>,
         settings: &StoreSettings,
         now: Timestamp,
-    ) -> (SessionState, AppendReceipt) {
+    ) -> Result<(SessionState, AppendReceipt)> {
         let created = existing.is_none();
         let mut state =
             existing.unwrap_or_else(|| SessionState::create(key, &SessionPatch::new(), now));
+        let count = state.session.message_count;
+        if count.checked_add(messages.len() as u64).is_none() {
+            return Err(exhausted("message_count").with_key(key));
+        }
         for m in messages {
+            // Cannot overflow: checked for the whole append above.
             state.session.message_count += 1;
             let seq = state.session.message_count;
             state.messages.push_back(m.into_message(seq, now));
@@ -71,7 +78,7 @@ impl SessionState {
             window_len: state.messages.len(),
             created,
         };
-        (state, receipt)
+        Ok((state, receipt))
     }
 
     /// Applies `patch` (already normalized) if `expected` holds: `Conflict` (naming
@@ -83,6 +90,9 @@ impl SessionState {
         now: Timestamp,
     ) -> Result<()> {
         check_version(expected, self.session.version)?;
+        if self.session.version == u64::MAX {
+            return Err(exhausted("version"));
+        }
         self.session.apply(patch, now);
         Ok(())
     }
@@ -99,6 +109,15 @@ impl SessionState {
             messages: self.messages.iter().cloned().collect(),
         }
     }
+}
+
+/// A number read from storage that has no room left to grow: only a corrupt (or
+/// hand-edited) record holds one. Refused, never wrapped: a wrapped fence would go
+/// back, exactly what fencing exists to prevent.
+fn exhausted(what: &str) -> Error {
+    Error::decode(format!(
+        "stored {what} is at its maximum (a corrupt record)"
+    ))
 }
 
 /// `Conflict` when an update expecting `expected` meets a record at `version`.
@@ -118,7 +137,7 @@ pub fn check_version(expected: Expected, version: u64) -> Result<()> {
 /// session TTL ([`StoreSettings::fence_retention`]); otherwise a lock whose lease is
 /// longer than the session TTL would forget its fence and give the next holder a
 /// fence below the stale holder's, exactly when fencing matters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockState {
     /// The owner token and the lease's deadline, while held or until cleared.
     pub holder: Option<(String, Timestamp)>,
@@ -133,15 +152,24 @@ impl LockState {
     }
 
     /// Takes the lock for `lease` when it is free at `now`: a new owner token and a
-    /// fence one above the last. `None` (and nothing changed) when it is held.
-    pub fn try_acquire(&mut self, lease: Duration, now: Timestamp) -> Option<(String, u64)> {
+    /// fence one above the last. `None` (and nothing changed) when it is held; a
+    /// `Decode` error (nothing changed) when the stored fence has no room left to
+    /// grow, which only a corrupt record has.
+    pub fn try_acquire(
+        &mut self,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Option<(String, u64)>> {
         if self.holder.as_ref().is_some_and(|(_, until)| *until > now) {
-            return None;
+            return Ok(None);
         }
-        self.fence += 1;
+        self.fence = self
+            .fence
+            .checked_add(1)
+            .ok_or_else(|| exhausted("lock fence"))?;
         let token = random_id();
         self.holder = Some((token.clone(), now.plus(lease)));
-        Some((token, self.fence))
+        Ok(Some((token, self.fence)))
     }
 
     /// Sets the lease of `token`'s hold to `lease` from `now`; `false` (nothing
@@ -176,6 +204,20 @@ impl LockState {
     ) -> Timestamp {
         let wanted = now.plus(settings.fence_retention(lease_left));
         previous.map_or(wanted, |p| p.max(wanted))
+    }
+}
+
+impl std::fmt::Debug for LockState {
+    /// The owner token is redacted, as in [`crate::Lease`]'s `Debug`: it is the proof
+    /// of ownership.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockState")
+            .field(
+                "holder",
+                &self.holder.as_ref().map(|(_, until)| ("<redacted>", until)),
+            )
+            .field("fence", &self.fence)
+            .finish()
     }
 }
 
@@ -222,13 +264,14 @@ mod tests {
             ..StoreSettings::default()
         };
         let msgs = |n: usize| (0..n).map(|i| NewMessage::user(format!("m{i}"))).collect();
-        let (state, r) = SessionState::append(None, &key(), msgs(3), &settings, Timestamp(5));
+        let (state, r) =
+            SessionState::append(None, &key(), msgs(3), &settings, Timestamp(5)).unwrap();
         assert!(r.created);
         assert_eq!((r.message_count, r.window_len), (3, 2));
         assert_eq!(state.messages[0].seq, 2);
         assert_eq!(state.session.last_activity, Timestamp(5));
         let (state, r) =
-            SessionState::append(Some(state), &key(), msgs(1), &settings, Timestamp(9));
+            SessionState::append(Some(state), &key(), msgs(1), &settings, Timestamp(9)).unwrap();
         assert!(!r.created);
         assert_eq!(r.message_count, 4);
         assert_eq!(
@@ -266,9 +309,9 @@ mod tests {
         };
         let lease = Duration::from_secs(60);
         let mut lock = LockState::default();
-        let (token, fence) = lock.try_acquire(lease, Timestamp(0)).unwrap();
+        let (token, fence) = lock.try_acquire(lease, Timestamp(0)).unwrap().unwrap();
         assert_eq!(fence, 1);
-        assert!(lock.try_acquire(lease, Timestamp(1)).is_none());
+        assert!(lock.try_acquire(lease, Timestamp(1)).unwrap().is_none());
         let keep = LockState::keep_until(&settings, Timestamp(0), lease, None);
         assert_eq!(keep, Timestamp(70_000));
         // A release keeps the earlier, longer deadline.
@@ -278,7 +321,7 @@ mod tests {
             keep
         );
         assert!(!lock.release(&token, Timestamp(1_000)));
-        let (_, fence) = lock.try_acquire(lease, Timestamp(2_000)).unwrap();
+        let (_, fence) = lock.try_acquire(lease, Timestamp(2_000)).unwrap().unwrap();
         assert_eq!(fence, 2);
     }
 
@@ -287,11 +330,64 @@ mod tests {
         let mut lock = LockState::default();
         let (token, _) = lock
             .try_acquire(Duration::from_secs(1), Timestamp(0))
+            .unwrap()
             .unwrap();
         assert!(!lock.extend("other", Duration::from_secs(5), Timestamp(10)));
         assert!(lock.extend(&token, Duration::from_secs(5), Timestamp(10)));
         assert_eq!(lock.holder.as_ref().unwrap().1, Timestamp(5_010));
         assert!(!lock.extend(&token, Duration::from_secs(5), Timestamp(5_010)));
+    }
+
+    /// Numbers read from storage with no room left (a corrupt or hand-edited
+    /// record) are refused, never wrapped to 0 (a fence going back) or overflowed (a
+    /// panic), and nothing changes.
+    #[test]
+    fn exhausted_stored_numbers_are_decode_errors_not_wraps() {
+        let mut lock = LockState {
+            holder: None,
+            fence: u64::MAX,
+        };
+        let err = lock
+            .try_acquire(Duration::from_secs(1), Timestamp(0))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert_eq!((lock.fence, lock.holder.is_none()), (u64::MAX, true));
+
+        let settings = StoreSettings::default();
+        let mut state = SessionState::create(&key(), &SessionPatch::new(), Timestamp(0));
+        state.session.message_count = u64::MAX - 1;
+        let two = vec![NewMessage::user("a"), NewMessage::user("b")];
+        let err = SessionState::append(Some(state.clone()), &key(), two, &settings, Timestamp(1))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        let one = vec![NewMessage::user("a")];
+        let (s, r) =
+            SessionState::append(Some(state.clone()), &key(), one, &settings, Timestamp(1))
+                .unwrap();
+        assert_eq!((r.message_count, s.messages[0].seq), (u64::MAX, u64::MAX));
+
+        state.session.version = u64::MAX;
+        let err = state
+            .update(
+                &SessionPatch::new().summary("x"),
+                Expected::Any,
+                Timestamp(2),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert_eq!(state.session.summary, None);
+    }
+
+    #[test]
+    fn lock_state_debug_hides_the_owner_token() {
+        let mut lock = LockState::default();
+        let (token, _) = lock
+            .try_acquire(Duration::from_secs(5), Timestamp(0))
+            .unwrap()
+            .unwrap();
+        let shown = format!("{lock:?}");
+        assert!(!shown.contains(&token), "{shown}");
+        assert!(shown.contains("fence: 1"), "{shown}");
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl SessionStore for FileStore {
             let now = inner.now();
             let existing = inner.read_session(&key, now)?;
             let (file, receipt) =
-                SessionState::append(existing, &key, messages, &inner.settings, now);
+                SessionState::append(existing, &key, messages, &inner.settings, now)?;
             inner.write_session(&file, now)?;
             Ok(receipt)
         })
@@ -306,7 +306,11 @@ impl SessionStore for FileStore {
                         None,
                     ),
                 };
-            let Some((token, fence)) = file.state.try_acquire(lease, now) else {
+            let acquired = file
+                .state
+                .try_acquire(lease, now)
+                .map_err(|e| e.with_key(path.display()))?;
+            let Some((token, fence)) = acquired else {
                 return Ok(None);
             };
             let keep = LockState::keep_until(&inner.settings, now, lease, previous);

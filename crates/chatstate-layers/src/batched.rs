@@ -281,7 +281,9 @@ impl BatchedCountersBuilder {
 
     /// The sink's settings: its batch retention must cover
     /// [`chatstate_core::config::BATCH_RETENTION_FACTOR`] flush intervals (default: the
-    /// default settings, 24 h).
+    /// default settings, 24 h). The layer cannot ask the sink for its retention: pass
+    /// the settings the sink was opened with (or use [`Self::config`] with the same
+    /// [`Config`]), or a sink opened with a shorter retention goes unchecked.
     pub fn settings(mut self, settings: &StoreSettings) -> Self {
         self.settings = settings.clone();
         self
@@ -558,18 +560,31 @@ fn merge(queue: &mut VecDeque<Queued>, key: &CounterKey, delta: i64, max_batch: 
 
 /// Moves every shard's deltas into the queue's never-sent batches.
 fn drain_shards(shared: &Shared) {
-    let mut queue = lock(&shared.queue);
-    for shard in &shared.shards {
-        let (spilled, deltas) = {
-            let mut shard = lock(shard);
-            (
-                std::mem::take(&mut shard.spilled),
-                std::mem::take(&mut shard.deltas),
-            )
-        };
-        for (key, delta) in spilled.into_iter().chain(deltas) {
-            merge(&mut queue, &key, delta, shared.max_batch);
+    let mut refused = Vec::new();
+    {
+        let mut queue = lock(&shared.queue);
+        for shard in &shared.shards {
+            let (spilled, deltas) = {
+                let mut shard = lock(shard);
+                (
+                    std::mem::take(&mut shard.spilled),
+                    std::mem::take(&mut shard.deltas),
+                )
+            };
+            for (key, delta) in spilled.into_iter().chain(deltas) {
+                // A key every sink refuses (a bucket out of range) is a certain
+                // refusal: reported now, and never queued, where it could neither
+                // merge nor flush and would add a batch per interval of an outage.
+                match key.check() {
+                    Ok(()) => merge(&mut queue, &key, delta, shared.max_batch),
+                    Err(e) => refused.push((key, delta, e.kind())),
+                }
+            }
         }
+    }
+    for (key, delta, kind) in refused {
+        tracing::error!(counter = %key, delta, kind = %kind, "chatstate counter dropped: refused");
+        record_drop(shared, &key, delta, kind);
     }
 }
 

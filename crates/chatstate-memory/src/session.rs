@@ -82,7 +82,8 @@ impl SessionStore for MemoryStore {
         let k = triple(key);
         let existing = sessions.remove(&k, now);
         let (state, receipt) =
-            SessionState::append(existing, key, messages, &self.inner.settings, now);
+            SessionState::append(existing, key, messages, &self.inner.settings, now)
+                .in_op("append_messages")?;
         sessions.insert(k, state, self.inner.session_deadline(now));
         Ok(receipt)
     }
@@ -190,7 +191,9 @@ impl SessionStore for MemoryStore {
         let k = (triple(key), name.to_string());
         let previous = locks.deadline(&k, now);
         let mut state = locks.remove(&k, now).unwrap_or_default();
-        let acquired = state.try_acquire(lease, now);
+        let acquired = state
+            .try_acquire(lease, now)
+            .map_err(|e| e.with_operation("try_lock").with_key(key))?;
         let lease_left = if acquired.is_some() {
             lease
         } else {
