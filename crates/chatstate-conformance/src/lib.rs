@@ -89,11 +89,12 @@ pub struct Fixture {
 impl Fixture {
     /// What the four stores can do together, as they report it themselves.
     pub fn capabilities(&self) -> Capabilities {
-        self.sessions
-            .capabilities()
-            .and(self.focus.capabilities())
-            .and(self.counters.capabilities())
-            .and(self.cache.capabilities())
+        Capabilities::of_all(
+            self.sessions.as_ref(),
+            self.focus.as_ref(),
+            self.counters.as_ref(),
+            self.cache.as_ref(),
+        )
     }
 
     /// Lets `d` pass for the stores: moves the manual clock, or sleeps.

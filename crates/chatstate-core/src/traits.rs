@@ -49,6 +49,20 @@ impl Capabilities {
         shared: true,
     };
 
+    /// What four stores used together can do: what each of them reports.
+    pub fn of_all(
+        sessions: &dyn SessionStore,
+        focus: &dyn FocusStore,
+        counters: &dyn CounterSink,
+        cache: &dyn KvCache,
+    ) -> Capabilities {
+        sessions
+            .capabilities()
+            .and(focus.capabilities())
+            .and(counters.capabilities())
+            .and(cache.capabilities())
+    }
+
     /// What both `self` and `other` can do (for a set of stores used together).
     pub fn and(self, other: Capabilities) -> Capabilities {
         Capabilities {

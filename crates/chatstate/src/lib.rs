@@ -125,11 +125,12 @@ impl Stores {
     /// What the stores can do, as they report it ([`Capabilities`]): whether data
     /// outlives the process and is shared with other processes.
     pub fn capabilities(&self) -> Capabilities {
-        self.sessions
-            .capabilities()
-            .and(self.focus.capabilities())
-            .and(self.counters.capabilities())
-            .and(self.cache.capabilities())
+        Capabilities::of_all(
+            self.sessions.as_ref(),
+            self.focus.as_ref(),
+            self.counters.as_ref(),
+            self.cache.as_ref(),
+        )
     }
 
     /// A [`TieredCache`] over this backend's cache, sized by `config`.

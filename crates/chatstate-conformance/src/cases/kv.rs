@@ -1003,15 +1003,7 @@ pub async fn kv_decode_errors_never_show_the_value(ctx: Ctx) -> Outcome {
         );
     }
     for r in errors {
-        let e = expect_err(r, ErrorKind::Decode, "decode a value as the wrong type");
-        let shown = format!(
-            "{e} {e:?} {:?}",
-            std::error::Error::source(&e).map(|s| s.to_string())
-        );
-        assert!(
-            !shown.contains("5511987654321"),
-            "the stored value leaked: {shown}"
-        );
+        crate::cases::expect_decode_hiding(r, "5511987654321");
     }
     Outcome::Passed
 }
