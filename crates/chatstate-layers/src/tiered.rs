@@ -25,6 +25,17 @@
 //! moved the epoch while it was on the wire. Under a steady stream of writes, reads
 //! that overlap them still answer, they are just not kept.
 //!
+//! **No old answer after a change returned.** Every copy records the epoch as of
+//! which it is known to be the remote's value (for a read, the epoch when the read
+//! started; for a write, when it returned). Between being kept and being checked, a
+//! copy is served only to reads that started at or before that epoch: a read that
+//! starts after a change returned never answers a copy fetched before it, even in the
+//! instant before that copy is dropped again. The same holds for `get_or_load`'s
+//! shared loads: a call that finds a load of its key already running (moka merges
+//! them) answers that load's value only if the load started no earlier than the call
+//! did, or its copy has since been checked; otherwise it drops the copy and loads
+//! again (once more through the shared load, then on its own, keeping nothing).
+//!
 //! **Staleness bound.** While the bus is connected, another instance's write reaches
 //! this instance within the bus latency (milliseconds on Redis pub/sub). When the bus
 //! may have missed messages (a lost or re-established connection, a lagging listener)
@@ -44,14 +55,14 @@
 //! the backend's; moka's own expiry, on real time, only frees the memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
-    BusEvent, CacheKey, Error, Invalidation, InvalidationBus, KvCache, Result, SharedClock,
-    StoreSettings, Timestamp,
+    BusEvent, CacheKey, Error, ErrorKind, Invalidation, InvalidationBus, KvCache, Result,
+    SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
 
@@ -112,9 +123,28 @@ struct Local {
     /// The same as a duration from insertion, for moka's own (real-time) expiry.
     ttl: Duration,
     loaded: bool,
-    /// A loader's write-back: valid only while the epoch is still this one.
-    valid_at: Option<u64>,
+    /// The epoch as of which `value` is known to be the remote's: when the read that
+    /// fetched it started, or when the write that stored it returned (when it started,
+    /// if something else changed while it was on the wire). The copy is kept only
+    /// while the epoch is still this one.
+    current_at: u64,
+    /// Set (in every clone) once a check after keeping the copy found the epoch still
+    /// at `current_at`: from then on any change of its key drops it, so any read may
+    /// answer it. Until then only reads that started at or before `current_at` may.
+    settled: Arc<AtomicBool>,
 }
+
+impl Local {
+    /// Whether a read that started at `epoch` may answer this copy: not when the copy
+    /// may predate a change that returned before the read started.
+    fn answers(&self, epoch: u64) -> bool {
+        epoch <= self.current_at || self.settled.load(Ordering::SeqCst)
+    }
+}
+
+/// How many times `get_or_load` goes through the shared load before loading on its
+/// own, when the loads it joins started before it did.
+const SHARED_LOAD_TRIES: usize = 2;
 
 struct PerEntryTtl;
 
@@ -183,7 +213,8 @@ struct Shared {
     /// Grows with every change this instance makes (before and after the remote
     /// call) or hears of. A copy read or written while it moved is dropped right
     /// after it is kept, since it may predate the change (keep first, then check: an
-    /// invalidation that lands in between still wins).
+    /// invalidation that lands in between still wins); until that check, only reads
+    /// that started no later than the copy's epoch answer it.
     epoch: AtomicU64,
     stats: Stats,
 }
@@ -309,6 +340,13 @@ impl TieredCache {
     /// loader error is returned to every waiter and not cached. A loaded value is
     /// written to the remote tier with `ttl` (jittered) and announced on the bus; its
     /// local copy is served at most until that TTL runs out.
+    ///
+    /// A call answers a shared load's result only if that load started no earlier
+    /// than the call (or its copy has been checked since): a call that starts after
+    /// a change returned never answers what a load that overlapped the change read or
+    /// loaded. It drops that copy and joins or starts a newer load; if that one is
+    /// older than the call too, it reads (and loads, on a remote miss) on its own,
+    /// keeping nothing locally.
     pub async fn get_or_load<F, Fut>(
         &self,
         key: &CacheKey,
@@ -320,7 +358,8 @@ impl TieredCache {
         Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
     {
         let shared = &self.shared;
-        match shared.local_get(key).await {
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        match shared.local_get(key, epoch).await {
             // A remote miss seen by `get` is not the loader's answer: load.
             Some(hit) if hit.value.is_none() && !hit.loaded => shared.local.invalidate(key).await,
             Some(hit) => {
@@ -330,60 +369,24 @@ impl TieredCache {
             None => {}
         }
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
-        let epoch = shared.epoch.load(Ordering::SeqCst);
-        let start = shared.clock.now();
-        let init = async {
-            if let Some(v) = shared.remote.get(key).await? {
-                shared.stats.remote_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(shared.local_copy(
-                    Some(v),
-                    start.plus(shared.config.local_ttl),
-                    false,
-                    None,
-                ));
+        // Taken by whichever of this call's loads runs: only one does, since a load
+        // this call runs itself started after the call and is answered.
+        let mut load = Some(load);
+        for _ in 0..SHARED_LOAD_TRIES {
+            let local = shared
+                .local
+                .try_get_with(key.clone(), shared.load_one(key, ttl, &mut load))
+                .await
+                .map_err(unshare)?;
+            let answers = local.answers(epoch);
+            // Keeps or drops the copy; one this call may not answer is always dropped
+            // (its epoch is older than this call's), so the next try does not find it.
+            shared.confirm(key, &local).await;
+            if answers {
+                return Ok(local.value);
             }
-            shared.stats.remote_misses.fetch_add(1, Ordering::Relaxed);
-            shared.stats.loads.fetch_add(1, Ordering::Relaxed);
-            match load().await? {
-                Some(v) => {
-                    let ttl = shared.jittered(ttl)?;
-                    let (written, w) = shared
-                        .write(
-                            Invalidation::Key(key.clone()),
-                            shared.remote.set(key, v.clone(), ttl),
-                        )
-                        .await;
-                    written?;
-                    // Not kept when anything else changed while it was on the wire.
-                    let deadline = if w.quiet {
-                        w.start.plus(shared.local_ttl_for(ttl))
-                    } else {
-                        w.start
-                    };
-                    Ok(shared.local_copy(Some(v), deadline, true, Some(w.epoch)))
-                }
-                None => Ok(shared.local_copy(
-                    None,
-                    start.plus(shared.config.negative_ttl.unwrap_or(Duration::ZERO)),
-                    true,
-                    None,
-                )),
-            }
-        };
-        let local = shared
-            .local
-            .try_get_with(key.clone(), init)
-            .await
-            .map_err(unshare)?;
-        let now_epoch = shared.epoch.load(Ordering::SeqCst);
-        let valid = match local.valid_at {
-            Some(written_at) => now_epoch == written_at,
-            None => now_epoch == epoch,
-        };
-        if !valid || shared.clock.now() >= local.deadline {
-            shared.local.invalidate(key).await;
         }
-        Ok(local.value)
+        Ok(shared.load_one(key, ttl, &mut load).await?.value)
     }
 
     /// The values of `keys` (in order), loading the missing ones: local hits first,
@@ -445,15 +448,84 @@ impl TieredCache {
     }
 }
 
-/// What a remote write left behind: when it started, the epoch after it, and whether
-/// nothing else moved the epoch while it was on the wire.
+/// What a remote write left behind: when it started, the epoch before and after it,
+/// and whether nothing else moved the epoch while it was on the wire.
 struct Written {
     start: Timestamp,
+    before: u64,
     epoch: u64,
     quiet: bool,
 }
 
 impl Shared {
+    /// One load of `key` for `get_or_load`: the remote value, or on a remote miss
+    /// `load()`'s (taken from `load`), written back. The copy it returns is current as
+    /// of the epoch when it started (a write-back: when it returned).
+    async fn load_one<F, Fut>(
+        &self,
+        key: &CacheKey,
+        ttl: Option<Duration>,
+        load: &mut Option<F>,
+    ) -> Result<Local>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
+    {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let start = self.clock.now();
+        if let Some(v) = self.remote.get(key).await? {
+            self.stats.remote_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.local_copy(Some(v), start.plus(self.config.local_ttl), false, epoch));
+        }
+        self.stats.remote_misses.fetch_add(1, Ordering::Relaxed);
+        let Some(load) = load.take() else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "chatstate: get_or_load's loader was already called",
+            )
+            .with_key(key));
+        };
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        match load().await? {
+            Some(v) => {
+                let ttl = self.jittered(ttl)?;
+                let (written, w) = self
+                    .write(
+                        Invalidation::Key(key.clone()),
+                        self.remote.set(key, v.clone(), ttl),
+                    )
+                    .await;
+                written?;
+                // Not kept when anything else changed while it was on the wire; then
+                // it is the remote's value only as of when the write started.
+                let (deadline, current_at) = if w.quiet {
+                    (w.start.plus(self.local_ttl_for(ttl)), w.epoch)
+                } else {
+                    (w.start, w.before)
+                };
+                Ok(self.local_copy(Some(v), deadline, true, current_at))
+            }
+            None => Ok(self.local_copy(
+                None,
+                start.plus(self.config.negative_ttl.unwrap_or(Duration::ZERO)),
+                true,
+                epoch,
+            )),
+        }
+    }
+
+    /// Keep first, then check: settles a copy just kept if the epoch is still the one
+    /// it is current at (from then on a change of its key drops it), drops it if not
+    /// (an invalidation that landed in between still wins) or if it has expired.
+    async fn confirm(&self, key: &CacheKey, copy: &Local) {
+        if self.epoch.load(Ordering::SeqCst) == copy.current_at && self.clock.now() < copy.deadline
+        {
+            copy.settled.store(true, Ordering::SeqCst);
+        } else {
+            self.local.invalidate(key).await;
+        }
+    }
+
     /// `ttl` spread by the configured jitter; `None` (the remote's default TTL)
     /// stays `None`.
     fn jittered(&self, ttl: Option<Duration>) -> Result<Option<Duration>> {
@@ -480,33 +552,41 @@ impl Shared {
         value: Option<Bytes>,
         deadline: Timestamp,
         loaded: bool,
-        valid_at: Option<u64>,
+        current_at: u64,
     ) -> Local {
         Local {
             value,
             deadline,
             ttl: self.clock.now().until(deadline),
             loaded,
-            valid_at,
+            current_at,
+            settled: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// The local copy of `key`, unless it has expired on the cache's clock.
-    async fn local_get(&self, key: &CacheKey) -> Option<Local> {
+    /// The local copy of `key` for a read that started at `epoch`, unless it has
+    /// expired on the cache's clock, or is not checked yet and may predate a change
+    /// that returned before the read started (its keeper drops it: not answered, not
+    /// dropped here).
+    async fn local_get(&self, key: &CacheKey, epoch: u64) -> Option<Local> {
         let hit = self.local.get(key).await?;
-        if self.clock.now() < hit.deadline {
+        if self.clock.now() >= hit.deadline {
+            self.local.invalidate(key).await;
+            None
+        } else if hit.answers(epoch) {
             Some(hit)
         } else {
-            self.local.invalidate(key).await;
             None
         }
     }
 
-    /// Keeps a copy until `deadline` (nothing when that has passed).
-    async fn keep(&self, key: &CacheKey, value: Option<Bytes>, deadline: Timestamp) {
-        let copy = self.local_copy(value, deadline, false, None);
+    /// Keeps a copy current at `epoch` until `deadline` (nothing when that has
+    /// passed), then checks it.
+    async fn keep(&self, key: &CacheKey, value: Option<Bytes>, deadline: Timestamp, epoch: u64) {
+        let copy = self.local_copy(value, deadline, false, epoch);
         if !copy.ttl.is_zero() {
-            self.local.insert(key.clone(), copy).await;
+            self.local.insert(key.clone(), copy.clone()).await;
+            self.confirm(key, &copy).await;
         }
     }
 
@@ -522,19 +602,8 @@ impl Shared {
             return;
         }
         let deadline = w.start.plus(self.local_ttl_for(ttl));
-        let keys: Vec<CacheKey> = entries.iter().map(|(k, _)| k.clone()).collect();
         for (k, v) in entries {
-            self.keep(&k, Some(v), deadline).await;
-        }
-        self.drop_if_moved(&keys, w.epoch).await;
-    }
-
-    /// Drops the local copies of `keys` if anything changed since `epoch` was read.
-    async fn drop_if_moved(&self, keys: &[CacheKey], epoch: u64) {
-        if self.epoch.load(Ordering::SeqCst) != epoch {
-            for k in keys {
-                self.local.invalidate(k).await;
-            }
+            self.keep(&k, Some(v), deadline, w.epoch).await;
         }
     }
 
@@ -557,6 +626,7 @@ impl Shared {
         self.announce(what).await;
         let written = Written {
             start,
+            before,
             epoch: after,
             quiet: after == before + 1,
         };
@@ -619,14 +689,14 @@ impl Shared {
         match value {
             Some(v) => {
                 let deadline = start.plus(self.config.local_ttl);
-                self.keep(key, Some(v.clone()), deadline).await;
+                self.keep(key, Some(v.clone()), deadline, epoch).await;
             }
-            None => match self.config.negative_ttl {
-                Some(ttl) => self.keep(key, None, start.plus(ttl)).await,
-                None => return,
-            },
+            None => {
+                if let Some(ttl) = self.config.negative_ttl {
+                    self.keep(key, None, start.plus(ttl), epoch).await;
+                }
+            }
         }
-        self.drop_if_moved(std::slice::from_ref(key), epoch).await;
     }
 }
 
@@ -634,12 +704,12 @@ impl Shared {
 impl KvCache for TieredCache {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
         let shared = &self.shared;
-        if let Some(hit) = shared.local_get(key).await {
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        if let Some(hit) = shared.local_get(key, epoch).await {
             shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.value);
         }
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
-        let epoch = shared.epoch.load(Ordering::SeqCst);
         let start = shared.clock.now();
         let value = shared.remote.get(key).await?;
         shared.keep_read(key, &value, epoch, start).await;
@@ -648,10 +718,11 @@ impl KvCache for TieredCache {
 
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
         let shared = &self.shared;
+        let epoch = shared.epoch.load(Ordering::SeqCst);
         let mut out = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            match shared.local_get(k).await {
+            match shared.local_get(k, epoch).await {
                 Some(hit) => {
                     shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
                     out.push(hit.value);
@@ -666,7 +737,6 @@ impl KvCache for TieredCache {
         if misses.is_empty() {
             return Ok(out);
         }
-        let epoch = shared.epoch.load(Ordering::SeqCst);
         let start = shared.clock.now();
         let wanted: Vec<CacheKey> = misses.iter().map(|&i| keys[i].clone()).collect();
         let values = shared.remote.get_many(&wanted).await?;
@@ -726,7 +796,8 @@ impl KvCache for TieredCache {
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        if let Some(hit) = self.shared.local_get(key).await {
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        if let Some(hit) = self.shared.local_get(key, epoch).await {
             self.shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.value.is_some());
         }
