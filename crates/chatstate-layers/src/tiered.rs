@@ -36,6 +36,11 @@
 //! did, or its copy has since been checked; otherwise it drops the copy and loads
 //! again (once more through the shared load, then on its own, keeping nothing).
 //!
+//! What no layer can prevent: a loader whose write-back reaches the remote *after* a
+//! delete (the loader started before it) leaves that value in the remote — the
+//! classic cache-aside race, which needs a compare-and-set on the remote to close.
+//! Keep loads short, or delete again after the source of truth changes.
+//!
 //! **Staleness bound.** While the bus is connected, another instance's write reaches
 //! this instance within the bus latency (milliseconds on Redis pub/sub). When the bus
 //! may have missed messages (a lost or re-established connection, a lagging listener)
