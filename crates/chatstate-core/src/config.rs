@@ -14,16 +14,16 @@
 //! | `REDIS_POOL_SIZE` | connections in the pool, 1–1024 | `16` |
 //! | `REDIS_CONNECT_TIMEOUT_MS` | connect timeout | `5000` |
 //! | `REDIS_COMMAND_TIMEOUT_MS` | timeout of every command | `2000` |
-//! | `CHATSTATE_KEY_PREFIX` | prefix of every key, see [`crate::KeyLayout`] | `chatstate` |
+//! | `CHATSTATE_KEY_PREFIX` | prefix of every key, `A-Z a-z 0-9 _ - .` (no `:`), see [`crate::KeyLayout`] | `chatstate` |
 //! | `CHATSTATE_FILE_DIR` | the file store's folder | `./chatstate-data` |
 //! | `CHATSTATE_WINDOW_SIZE` | recent messages kept per session, 1–10000 | `20` |
 //! | `CHATSTATE_SUMMARY_MAX_CHARS` | summary length in characters | `400` |
 //! | `CHATSTATE_CACHE_TTL_SECONDS` | default TTL of cache entries | `3600` |
 //! | `CHATSTATE_FOCUS_TTL_SECONDS` | default TTL of focus documents | the session TTL |
 //! | `CHATSTATE_MAX_VALUE_BYTES` | largest value accepted (message, blob, cache value) | `1048576` (1 MiB) |
-//! | `CHATSTATE_CODEC` | `bincode` or `json`, for typed values | `bincode` |
+//! | `CHATSTATE_CODEC` | `bincode` or `json`, for typed values (the facade's `Stores::codec`) | `bincode` |
 //! | `CHATSTATE_COUNTER_FLUSH_SECONDS` | batched counters' flush interval | `60` |
-//! | `CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS` | how long an applied batch id is remembered, so a retried flush is not counted twice | `86400` |
+//! | `CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS` | how long an applied batch id is remembered, so a retried flush is not counted twice; at least 10 flush intervals | `86400` |
 //! | `CHATSTATE_LOCAL_CACHE_CAPACITY` | entries in the local cache tier | `10000` |
 //! | `CHATSTATE_LOCAL_CACHE_TTL_SECONDS` | TTL in the local cache tier | `60` |
 
