@@ -97,7 +97,9 @@ pub(crate) use lua_wrongtype;
 ///   exactly: Lua numbers are doubles, so each value is split into two limbs
 ///   (`hi * 10^9 + lo`, `0 <= lo < 10^9`, both exact in a double), added with carry
 ///   and compared with i64::MAX / i64::MIN. This is the Redis side of
-///   `chatstate_core::model::checked_counter_add` (i64 `checked_add`).
+///   `chatstate_core::transition::counter_add` (i64 `checked_add`). Fast path: two
+///   integers of at most 15 characters are below 10^15 in size, so their sum fits
+///   (the common case skips the limb arithmetic).
 /// - `nonneg_below_max(s)`: an integer in `0..i64::MAX` (one more still fits).
 /// - `corrupt(key, what)`: the `CHATSTATE_CORRUPT` error reply that
 ///   [`map_err`] turns into `ErrorKind::Decode` naming `key`.
@@ -126,6 +128,7 @@ local function limbs(s)
   return -hi - 1, 1000000000 - lo
 end
 local function fits_sum(a, b)
+  if #a < 16 and #b < 16 then return true end
   local ah, al = limbs(a)
   local bh, bl = limbs(b)
   local h, l = ah + bh, al + bl
