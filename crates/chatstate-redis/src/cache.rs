@@ -1,19 +1,20 @@
 //! KvCache on Redis: a string per entry, always with a TTL. Reads and writes of many
-//! keys are one round trip each (a script around MGET; a script of `SET … PX`);
-//! clearing a prefix walks SCAN (never KEYS) and UNLINKs in batches.
+//! keys are one round trip each (MGET + EXISTS in one pipeline; a script of
+//! `SET … PX`); clearing a prefix walks SCAN (never KEYS) and UNLINKs in batches.
 //!
 //! A key of another type (a hash another program wrote under the prefix) is a
 //! `WrongType` error naming it, for every call, and nothing is overwritten: `get`
-//! is a plain GET (which refuses it itself); `get_many` checks the type of each
-//! miss (an MGET reads another type as a miss); `set` and `set_many` check every
-//! key's type before the first SET (a plain SET would overwrite any type).
+//! is a plain GET (which refuses it itself); `get_many` sends EXISTS of the same
+//! keys beside its MGET (which reads another type as a miss), and only when EXISTS
+//! counts a present key MGET could not read does a second round trip (a script)
+//! find and name it; `set` and `set_many` check every key's type in their script
+//! before the first SET (a plain SET would overwrite any type).
 //!
-//! The guard costs no round trip, only server time. Measured with
-//! `redis-benchmark -c 4 -P 16` on the project's shared 2-core machine (noisy, three
-//! runs each): a guarded `set` ran 79–161k calls/s against 226–444k for a plain
-//! `SET … PX` (about 4–8 µs of server time more per call); `get_many` of 10 keys
-//! 61–85k/s (hits) and 43–62k/s (misses) against 147–265k/s for a plain MGET. At
-//! the ~0.2 ms a round trip costs, the promise is kept rather than narrowed.
+//! What the guard costs, measured: `set` about 4–8 µs of server time per call and no
+//! round trip (`redis-benchmark -c 4 -P 16` on the shared 2-core machine: 79–161k
+//! guarded calls/s against 226–444k plain `SET … PX`); `get_many` one EXISTS beside
+//! the MGET (a script around MGET, tried first, cost about 2x a raw MGET of 50
+//! values: `BENCHMARKS.md`).
 
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ use crate::conn::{Script, lua_wrongtype, reply};
 /// Keys asked per SCAN step and unlinked per UNLINK.
 const SCAN_BATCH: usize = 1000;
 
-/// Reads many entries. KEYS: the entries. Returns their values (nil for a miss),
+/// Reads many entries, the slow path of `get_many` (taken when its MGET + EXISTS
+/// saw a present key MGET could not read). KEYS: the entries. Returns their values (nil for a miss),
 /// or WRONGTYPE naming the first key that holds another type. An MGET answers nil
 /// for both a missing key and another type, so the misses are checked with one
 /// EXISTS (a TYPE each only when one of them exists: the error path).
@@ -145,18 +147,37 @@ impl KvCache for RedisStore {
             return Ok(Vec::new());
         }
         let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let key_refs: Vec<&str> = ks.iter().map(String::as_str).collect();
-        let v = reply::array(
-            self.inner
-                .conn
-                .script(
-                    &self.inner.scripts.cache.get_many,
-                    &key_refs,
-                    &[],
-                    "get_many",
-                )
-                .await?,
-        )?;
+        // Fast path, one round trip and no script: MGET plus EXISTS of the same keys.
+        // MGET answers nil for a missing key and for a key of another type alike;
+        // EXISTS counts both kinds of present key. When it counts more than MGET
+        // found, some nil is a key of another type (or a write raced in between):
+        // the script then checks each nil's type and answers WrongType naming it.
+        // A script for every call cost about 2x a raw MGET of 50 values
+        // (BENCHMARKS.md); this costs one cheap EXISTS.
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&ks).cmd("EXISTS").arg(&ks);
+        let (v, present): (Vec<Value>, u64) = self
+            .inner
+            .conn
+            .pipe(&pipe, "get_many", ks.first().map(String::as_str))
+            .await?;
+        let found = v.iter().filter(|v| !matches!(v, Value::Nil)).count() as u64;
+        let v = if present > found {
+            let key_refs: Vec<&str> = ks.iter().map(String::as_str).collect();
+            reply::array(
+                self.inner
+                    .conn
+                    .script(
+                        &self.inner.scripts.cache.get_many,
+                        &key_refs,
+                        &[],
+                        "get_many",
+                    )
+                    .await?,
+            )?
+        } else {
+            v
+        };
         if v.len() != ks.len() {
             return Err(
                 Error::decode("unexpected Redis reply shape: one value per key")

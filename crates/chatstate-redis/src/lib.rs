@@ -26,7 +26,7 @@
 //! | create, get_or_create, update, touch, delete | 1 | script (tenant index included) |
 //! | get / get_many sessions | 1 | pipelined HGETALL |
 //! | lock acquire (with fencing number), extend, release | 1 each | script: `SET NX PX` + `INCR`; token compared in Lua |
-//! | cache get_many / set_many with TTL / delete_many | 1 each | script around MGET / script of `SET PX` / DEL |
+//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET + EXISTS pipelined (+1 only to name a key of another type) / script of `SET PX` / DEL |
 //! | counter flush (`apply`) of any number of counters | 1 | script, idempotent by batch id |
 //! | focus put (compare-and-set) | 1 | script |
 //! | focus list | 1 per ~200 documents | script per SSCAN step |

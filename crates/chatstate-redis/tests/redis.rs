@@ -282,8 +282,13 @@ async fn command_counts_match_the_server_commandstats() {
     );
     assert_eq!(
         ours.get("EVALSHA"),
-        Some(&(10 + 10 + 4 + 3 + 3)),
-        "appends, loads, flushes, set_many and get_many are scripts"
+        Some(&(10 + 10 + 4 + 3)),
+        "appends, loads, flushes and set_many are scripts"
+    );
+    assert_eq!(
+        (ours.get("MGET"), ours.get("EXISTS")),
+        (Some(&3), Some(&3)),
+        "get_many without a key of another type is MGET + EXISTS in one pipeline"
     );
     assert_eq!(
         server_stats.get("SET").copied().unwrap_or(0) - ours.get("SET").copied().unwrap_or(0),
