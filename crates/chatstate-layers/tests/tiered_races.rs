@@ -142,23 +142,39 @@ fn config() -> TieredConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_in_flight_does_not_keep_a_value_this_instance_deleted() {
+/// A tiered cache alone on a gated memory remote, and the key the races are about.
+fn setup() -> (Arc<Gated>, Arc<TieredCache>, CacheKey) {
     let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
     let cache = Arc::new(TieredCache::new(
         remote.clone(),
         Arc::new(LocalBus::new()),
         config(),
     ));
-    let k = key("1");
+    (remote, cache, key("1"))
+}
+
+/// Runs `call` on the cache in a task of its own (so a gate can hold it).
+fn spawn<T, F, Fut>(cache: &Arc<TieredCache>, call: F) -> tokio::task::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<TieredCache>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    tokio::spawn(call(cache.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_flight_does_not_keep_a_value_this_instance_deleted() {
+    let (remote, cache, k) = setup();
     KvCache::set(&remote.inner, &k, b("old"), None)
         .await
         .unwrap();
     remote.get_after_read.arm();
-    let reader = {
-        let (cache, k) = (cache.clone(), k.clone());
-        tokio::spawn(async move { KvCache::get(cache.as_ref(), &k).await })
-    };
+    let kk = k.clone();
+    let reader = spawn(
+        &cache,
+        |c| async move { KvCache::get(c.as_ref(), &kk).await },
+    );
     remote.get_after_read.entered().await; // the read has "old" in hand
     assert!(cache.delete(&k).await.unwrap());
     remote.get_after_read.release();
@@ -288,21 +304,13 @@ async fn repeated_keys_are_loaded_once_and_filled_everywhere() {
 /// the DEL lands answers the old value, but does not keep it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_this_instances_delete_does_not_keep_the_old_value() {
-    let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
-    let cache = Arc::new(TieredCache::new(
-        remote.clone(),
-        Arc::new(LocalBus::new()),
-        config(),
-    ));
-    let k = key("1");
+    let (remote, cache, k) = setup();
     KvCache::set(&remote.inner, &k, b("old"), None)
         .await
         .unwrap();
     remote.delete_before.arm();
-    let deleting = {
-        let (cache, k) = (cache.clone(), k.clone());
-        tokio::spawn(async move { cache.delete(&k).await })
-    };
+    let kk = k.clone();
+    let deleting = spawn(&cache, |c| async move { c.delete(&kk).await });
     remote.delete_before.entered().await; // the DEL is on the wire, not landed
     assert_eq!(
         KvCache::get(cache.as_ref(), &k).await.unwrap(),
@@ -322,27 +330,20 @@ async fn a_read_during_this_instances_delete_does_not_keep_the_old_value() {
 /// and keeps it after the set has kept the new one, does not win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_this_instances_set_does_not_keep_the_old_value() {
-    let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
-    let cache = Arc::new(TieredCache::new(
-        remote.clone(),
-        Arc::new(LocalBus::new()),
-        config(),
-    ));
-    let k = key("1");
+    let (remote, cache, k) = setup();
     KvCache::set(&remote.inner, &k, b("old"), None)
         .await
         .unwrap();
     remote.set_before_write.arm();
-    let setting = {
-        let (cache, k) = (cache.clone(), k.clone());
-        tokio::spawn(async move { cache.set(&k, b("new"), None).await })
-    };
+    let kk = k.clone();
+    let setting = spawn(&cache, |c| async move { c.set(&kk, b("new"), None).await });
     remote.set_before_write.entered().await; // the SET is on the wire, not landed
     remote.get_after_read.arm();
-    let reading = {
-        let (cache, k) = (cache.clone(), k.clone());
-        tokio::spawn(async move { KvCache::get(cache.as_ref(), &k).await })
-    };
+    let kk = k.clone();
+    let reading = spawn(
+        &cache,
+        |c| async move { KvCache::get(c.as_ref(), &kk).await },
+    );
     remote.get_after_read.entered().await; // the read has "old" in hand
     remote.set_before_write.release();
     setting.await.unwrap().unwrap(); // "new" landed and was kept locally
@@ -359,23 +360,18 @@ async fn a_read_during_this_instances_set_does_not_keep_the_old_value() {
 /// they find, but do not keep it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_this_instances_clear_prefix_does_not_keep_the_old_value() {
-    let remote = Gated::new(MemoryStore::new(StoreSettings::default()));
-    let cache = Arc::new(TieredCache::new(
-        remote.clone(),
-        Arc::new(LocalBus::new()),
-        config(),
-    ));
-    let (k, other) = (key("1"), CacheKey::new("contacts", "1").unwrap());
+    let (remote, cache, k) = setup();
+    let other = CacheKey::new("contacts", "1").unwrap();
     for k in [&k, &other] {
         KvCache::set(&remote.inner, k, b("old"), None)
             .await
             .unwrap();
     }
     remote.clear_before.arm();
-    let clearing = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.clear_prefix("customers", "").await })
-    };
+    let clearing = spawn(
+        &cache,
+        |c| async move { c.clear_prefix("customers", "").await },
+    );
     remote.clear_before.entered().await; // the clear is running, nothing deleted yet
     assert_eq!(
         KvCache::get(cache.as_ref(), &k).await.unwrap(),
@@ -394,4 +390,60 @@ async fn a_read_during_this_instances_clear_prefix_does_not_keep_the_old_value()
         Some(b("old")),
         "another namespace is untouched"
     );
+}
+
+/// A `get_or_load` that starts after this instance's `delete` returned must not
+/// answer the deleted value by joining an older, still-running load of the same key
+/// (moka's `try_get_with` merges concurrent misses into one load). `held` is where
+/// the older load A is held while the delete runs: its remote read (A answers the
+/// old value it read) or its write-back (A answers what it loaded).
+async fn get_or_load_after_delete_loads_afresh(held: fn(&Gated) -> &Gate, a_answers: &str) {
+    let (remote, cache, k) = setup();
+    if a_answers == "old" {
+        // A finds the old value remotely; otherwise it misses, loads and writes back.
+        KvCache::set(&remote.inner, &k, b("old"), None)
+            .await
+            .unwrap();
+    }
+    let load = |loaded: &'static str| {
+        let kk = k.clone();
+        spawn(&cache, move |c| async move {
+            c.get_or_load(&kk, None, || async move { Ok(Some(b(loaded))) })
+                .await
+        })
+    };
+    held(&remote).arm();
+    let a = load("loaded-a");
+    held(&remote).entered().await;
+    // This instance deletes the key; the delete has returned. Then B starts.
+    assert!(cache.delete(&k).await.unwrap());
+    let b_task = load("loaded-b");
+    // Let B reach the local tier and join A's load, then let A answer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held(&remote).release();
+    assert_eq!(
+        a.await.unwrap().unwrap(),
+        Some(b(a_answers)),
+        "A overlapped the delete: answering what it had is fine"
+    );
+    assert_eq!(
+        b_task.await.unwrap().unwrap(),
+        Some(b("loaded-b")),
+        "B started after `delete` returned: it must load afresh, not answer the deleted value"
+    );
+    assert_eq!(
+        KvCache::get(cache.as_ref(), &k).await.unwrap(),
+        Some(b("loaded-b")),
+        "the deleted value must not stay in the local tier"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_or_load_started_after_delete_does_not_join_an_older_load() {
+    get_or_load_after_delete_loads_afresh(|r| &r.get_after_read, "old").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_or_load_started_after_delete_does_not_join_an_older_write_back() {
+    get_or_load_after_delete_loads_afresh(|r| &r.set_after_write, "loaded-a").await;
 }
