@@ -19,16 +19,17 @@
 
 #[path = "../../chatstate-redis/tests/common/mod.rs"]
 mod common;
+#[path = "../../chatstate-redis/tests/common/fixture.rs"]
+mod fixture;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chatstate_conformance::{Backend, Fixture, TimeControl};
-use chatstate_core::{LocalBus, ManualClock, RedisUrl, Result, SharedClock, StoreSettings};
+use chatstate_core::{LocalBus, ManualClock, Result, SharedClock, StoreSettings};
 use chatstate_layers::{TieredCache, TieredConfig};
 use chatstate_memory::MemoryStore;
-use chatstate_redis::RedisStore;
 
 fn tiered(
     remote: Arc<dyn chatstate_core::KvCache>,
@@ -86,30 +87,18 @@ mod memory {
 /// Redis behind a tiered cache, on real time.
 struct TieredRedis;
 
-/// What a Redis fixture keeps: its prefix, for reopen.
-struct Guard {
-    prefix: String,
-}
-
 async fn redis_fixture(prefix: String, settings: StoreSettings) -> Result<Fixture> {
-    let server = common::shared();
-    let store = Arc::new(
-        RedisStore::builder(RedisUrl::parse(&server.url())?)
-            .prefix(prefix.clone())
-            .settings(settings.clone())
-            .connect()
-            .await?,
-    );
     let local_ttl = TieredRedis.time_unit() / 5;
-    Ok(Fixture {
-        sessions: store.clone(),
-        focus: store.clone(),
-        counters: store.clone(),
-        cache: tiered(store, &settings, local_ttl, chatstate_core::system_clock()),
-        time: TimeControl::Real,
-        settings,
-        guard: Some(Box::new(Guard { prefix })),
+    let cache_settings = settings.clone();
+    fixture::open(prefix, settings, move |store| {
+        tiered(
+            store,
+            &cache_settings,
+            local_ttl,
+            chatstate_core::system_clock(),
+        )
     })
+    .await
 }
 
 #[async_trait]
@@ -123,18 +112,7 @@ impl Backend for TieredRedis {
     }
 
     async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        let prefix = old
-            .guard
-            .as_ref()
-            .and_then(|g| g.downcast_ref::<Guard>())
-            .map(|g| g.prefix.clone())
-            .ok_or_else(|| {
-                chatstate_core::Error::new(
-                    chatstate_core::ErrorKind::Internal,
-                    "not a tiered-redis fixture",
-                )
-            })?;
-        redis_fixture(prefix, old.settings.clone()).await
+        redis_fixture(fixture::prefix_of(old)?, old.settings.clone()).await
     }
 }
 

@@ -3,40 +3,14 @@
 //! time itself, so TTL cases run on real time with a 1 s unit.
 
 mod common;
-
-use std::sync::Arc;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 use async_trait::async_trait;
-use chatstate_conformance::{Backend, Fixture, TimeControl};
-use chatstate_core::{RedisUrl, Result, StoreSettings};
-use chatstate_redis::RedisStore;
+use chatstate_conformance::{Backend, Fixture};
+use chatstate_core::{Result, StoreSettings};
 
 struct RedisBackend;
-
-/// What a fixture keeps: its prefix, for reopen.
-struct Guard {
-    prefix: String,
-}
-
-async fn fixture(prefix: String, settings: StoreSettings) -> Result<Fixture> {
-    let server = common::shared();
-    let store = Arc::new(
-        RedisStore::builder(RedisUrl::parse(&server.url())?)
-            .prefix(prefix.clone())
-            .settings(settings.clone())
-            .connect()
-            .await?,
-    );
-    Ok(Fixture {
-        sessions: store.clone(),
-        focus: store.clone(),
-        counters: store.clone(),
-        cache: store,
-        time: TimeControl::Real,
-        settings,
-        guard: Some(Box::new(Guard { prefix })),
-    })
-}
 
 #[async_trait]
 impl Backend for RedisBackend {
@@ -45,22 +19,11 @@ impl Backend for RedisBackend {
     }
 
     async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        fixture(common::unique_prefix(), settings).await
+        fixture::open(common::unique_prefix(), settings, |s| s).await
     }
 
     async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        let prefix = old
-            .guard
-            .as_ref()
-            .and_then(|g| g.downcast_ref::<Guard>())
-            .map(|g| g.prefix.clone())
-            .ok_or_else(|| {
-                chatstate_core::Error::new(
-                    chatstate_core::ErrorKind::Internal,
-                    "not a redis fixture",
-                )
-            })?;
-        fixture(prefix, old.settings.clone()).await
+        fixture::open(fixture::prefix_of(old)?, old.settings.clone(), |s| s).await
     }
 }
 

@@ -1,0 +1,54 @@
+//! A conformance fixture on the shared throwaway server, under a key prefix of its
+//! own, that can be reopened by that prefix: the Redis suite uses it as it is, and
+//! the layers' suite wraps its cache in a tiered cache. Included with `#[path]` by
+//! the conformance tests only (it needs `chatstate-conformance`, which the benches
+//! that share `common` do not depend on).
+
+use std::sync::Arc;
+
+use chatstate_conformance::{Fixture, TimeControl};
+use chatstate_core::{Error, ErrorKind, KvCache, RedisUrl, Result, StoreSettings};
+use chatstate_redis::RedisStore;
+
+use crate::common;
+
+/// What a fixture keeps: its prefix, for reopen.
+struct Guard {
+    prefix: String,
+}
+
+/// Stores under `prefix` (a fresh one: [`common::unique_prefix`]) on the shared
+/// server; `cache` may wrap the store's cache (a layer under test).
+pub async fn open(
+    prefix: String,
+    settings: StoreSettings,
+    cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
+) -> Result<Fixture> {
+    let server = common::shared();
+    let store = Arc::new(
+        RedisStore::builder(RedisUrl::parse(&server.url())?)
+            .prefix(prefix.clone())
+            .settings(settings.clone())
+            .connect()
+            .await?,
+    );
+    Ok(Fixture {
+        sessions: store.clone(),
+        focus: store.clone(),
+        counters: store.clone(),
+        cache: cache(store),
+        time: TimeControl::Real,
+        settings,
+        guard: Some(Box::new(Guard { prefix })),
+    })
+}
+
+/// The prefix a fixture made by [`open`] lives under (to reopen the same data).
+pub fn prefix_of(fixture: &Fixture) -> Result<String> {
+    fixture
+        .guard
+        .as_ref()
+        .and_then(|g| g.downcast_ref::<Guard>())
+        .map(|g| g.prefix.clone())
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "not a Redis conformance fixture"))
+}
