@@ -138,6 +138,12 @@ async fn sinks() -> Vec<(&'static str, Arc<dyn CounterSink>)> {
     ]
 }
 
+/// Batched counters over `sink` that flush when the test says so (the background
+/// flush is an hour away), with a 5 s flush timeout.
+fn by_hand(sink: Arc<dyn CounterSink>) -> BatchedCounters {
+    BatchedCounters::new(sink, Duration::from_secs(3600), Duration::from_secs(5))
+}
+
 fn key(name: &str) -> CounterKey {
     CounterKey::new(name).expect("name")
 }
@@ -146,11 +152,7 @@ fn key(name: &str) -> CounterKey {
 async fn adds_are_local_until_a_flush_writes_them_in_one_batch() {
     for (backend, sink) in sinks().await {
         let flaky = Flaky::new(sink);
-        let counters = BatchedCounters::new(
-            flaky.clone(),
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        );
+        let counters = by_hand(flaky.clone());
         let (a, b) = (
             key("messages"),
             key("errors").with_labels(Labels::from_pairs([("type", "timeout")]).unwrap()),
@@ -199,11 +201,7 @@ async fn adds_are_local_until_a_flush_writes_them_in_one_batch() {
 async fn a_failed_flush_keeps_its_deltas_and_retries_them_once() {
     for (backend, sink) in sinks().await {
         let flaky = Flaky::new(sink);
-        let counters = BatchedCounters::new(
-            flaky.clone(),
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        );
+        let counters = by_hand(flaky.clone());
         let k = key("messages");
         counters.add(&k, 5);
         flaky.inject(Fault::Fail(ErrorKind::Unavailable));
@@ -238,11 +236,7 @@ async fn a_failed_flush_keeps_its_deltas_and_retries_them_once() {
 async fn a_lost_reply_does_not_count_twice() {
     for (backend, sink) in sinks().await {
         let flaky = Flaky::new(sink);
-        let counters = BatchedCounters::new(
-            flaky.clone(),
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        );
+        let counters = by_hand(flaky.clone());
         let k = key("messages");
         counters.add(&k, 10);
         flaky.inject(Fault::LoseReply(ErrorKind::Unavailable));
@@ -366,11 +360,7 @@ async fn a_permanently_refused_counter_does_not_block_the_others() {
     for (backend, sink) in sinks().await {
         let x = key("near_max");
         sink.add(&x, i64::MAX - 1).await.unwrap();
-        let counters = BatchedCounters::new(
-            sink.clone(),
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        );
+        let counters = by_hand(sink.clone());
         let y = key("ordinary");
         counters.add(&x, i64::MAX / 2); // would overflow: refused permanently
         counters.add(&y, 1);
@@ -400,11 +390,7 @@ async fn a_permanently_refused_counter_does_not_block_the_others() {
 async fn reads_of_pending_deltas_do_not_wait_for_a_flush() {
     let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
     let flaky = Flaky::new(sink);
-    let counters = Arc::new(BatchedCounters::new(
-        flaky.clone(),
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    ));
+    let counters = Arc::new(by_hand(flaky.clone()));
     let k = key("messages");
     counters.add(&k, 5);
     flaky.inject(Fault::Hang(Duration::from_millis(500)));
@@ -439,11 +425,7 @@ async fn refusals_that_are_not_deterministic_keep_the_counts_and_count_them_once
             ErrorKind::Unavailable,
         ] {
             let flaky = Flaky::new(sink.clone());
-            let counters = BatchedCounters::new(
-                flaky.clone(),
-                Duration::from_secs(3600),
-                Duration::from_secs(5),
-            );
+            let counters = by_hand(flaky.clone());
             let (a, b) = (key(&format!("a-{kind}")), key(&format!("b-{kind}")));
             counters.add(&a, 3);
             counters.add(&b, 4);
@@ -502,11 +484,7 @@ async fn a_deterministic_refusal_drops_only_that_counter_and_is_reported() {
             ErrorKind::Decode,
         ] {
             let flaky = Flaky::new(sink.clone());
-            let counters = BatchedCounters::new(
-                flaky.clone(),
-                Duration::from_secs(3600),
-                Duration::from_secs(5),
-            );
+            let counters = by_hand(flaky.clone());
             let bad = key(&format!("bad-{kind}"));
             let good: Vec<CounterKey> = (0..9).map(|i| key(&format!("good{i}-{kind}"))).collect();
             flaky.poison(&bad, kind);
@@ -590,11 +568,7 @@ async fn a_deterministic_refusal_drops_only_that_counter_and_is_reported() {
 async fn an_outage_keeps_at_most_two_batches_and_loses_nothing() {
     for (backend, sink) in sinks().await {
         let flaky = Flaky::new(sink.clone());
-        let counters = BatchedCounters::new(
-            flaky.clone(),
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        );
+        let counters = by_hand(flaky.clone());
         let keys: Vec<CounterKey> = (0..3).map(|i| key(&format!("outage{i}"))).collect();
         let intervals = 200;
         for i in 0..intervals {
@@ -705,11 +679,7 @@ async fn batches_are_chunked_to_max_batch_counters() {
 async fn an_add_past_the_i64_range_is_not_saturated() {
     // Memory only: it accepts the whole i64 range today (Redis is being aligned).
     let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
-    let counters = BatchedCounters::new(
-        sink.clone(),
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    );
+    let counters = by_hand(sink.clone());
     let k = key("big");
     sink.add(&k, -10).await.unwrap();
     counters.add(&k, i64::MAX);
