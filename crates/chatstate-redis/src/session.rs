@@ -47,16 +47,24 @@ use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 /// - `check_record(ctx)`: a `CHATSTATE_CORRUPT` reply (Decode naming the record)
 ///   when an existing record's `version` or `message_count` is not an integer in
 ///   `0..i64::MAX` as HINCRBY reads it: every write refuses a corrupt record before
-///   its first write, as every read does.
+///   its first write, as every read does. Otherwise `nil` and the two fields, so
+///   the caller reads them once.
 /// - `check_keys()`: a WRONGTYPE reply when any of the four keys holds another
 ///   type, checked before the first write.
 /// - `index_write(ttl_ms)`: prunes expired members, sets this session's deadline
 ///   (now + ttl, server time: the same clock as the PEXPIRE of its keys), and
 ///   both index keys' TTL to the latest deadline.
 /// - `index_remove()`: drops this session's member, prunes, and re-sets the TTL.
+/// - `refresh(ttl_ms)`: every write's tail: ctx and msgs expire `ttl_ms` from now,
+///   and the index records it.
+///
+/// It includes `lua_wrongtype!` and `lua_int!`, which it calls.
 macro_rules! lua_prelude {
     () => {
-        r#"
+        concat!(
+            lua_wrongtype!(),
+            lua_int!(),
+            r#"
 local function apply_patch(ctx, argv, at)
   local nsets = tonumber(argv[at])
   for i = 0, nsets - 1 do
@@ -70,13 +78,13 @@ local function apply_patch(ctx, argv, at)
 end
 local function check_record(ctx)
   local f = redis.call('HMGET', ctx, 'version', 'message_count')
-  if not (f[1] and nonneg_below_max(f[1])) then
+  if not nonneg_below_max(f[1]) then
     return corrupt(ctx, 'field version is not a non-negative integer')
   end
-  if not (f[2] and nonneg_below_max(f[2])) then
+  if not nonneg_below_max(f[2]) then
     return corrupt(ctx, 'field message_count is not a non-negative integer')
   end
-  return nil
+  return nil, f
 end
 local function check_keys()
   return wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'list')
@@ -113,7 +121,13 @@ local function index_remove()
   redis.call('ZREM', KEYS[4], member)
   index_prune_and_expire(server_ms())
 end
+local function refresh(ttl_ms)
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  index_write(ttl_ms)
+end
 "#
+        )
     };
 }
 
@@ -123,8 +137,6 @@ end
 /// Returns {0} when it exists (mode 0), {1, hash} when it exists (mode 1), {2, hash}
 /// when created.
 const CREATE: &str = concat!(
-    lua_wrongtype!(),
-    lua_int!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
@@ -153,8 +165,6 @@ return {2, redis.call('HGETALL', ctx)}
 /// An existing session's `message_count` must be an integer in range (as HINCRBY
 /// reads it) before anything is written; else Decode naming the record.
 const APPEND: &str = concat!(
-    lua_wrongtype!(),
-    lua_int!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
@@ -167,9 +177,10 @@ if redis.call('EXISTS', ctx) == 0 then
     'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
   created = 1
 else
-  e = check_record(ctx)
+  local f
+  e, f = check_record(ctx)
   if e then return e end
-  if not fits_sum(redis.call('HGET', ctx, 'message_count'), ARGV[5]) then
+  if not fits_sum(f[2], ARGV[5]) then
     return corrupt(ctx, 'field message_count is at its maximum')
   end
 end
@@ -180,9 +191,7 @@ for i = 1, n do
 end
 redis.call('LTRIM', msgs, -tonumber(ARGV[3]), -1)
 redis.call('HSET', ctx, 'last_activity', ARGV[1])
-redis.call('PEXPIRE', ctx, ARGV[2])
-redis.call('PEXPIRE', msgs, ARGV[2])
-index_write(ARGV[2])
+refresh(ARGV[2])
 return {count, redis.call('LLEN', msgs), created}
 "#
 );
@@ -204,24 +213,21 @@ return {h, redis.call('LRANGE', KEYS[2], 0, -1)}
 /// before anything is written; else Decode naming the record. The version check
 /// mirrors `chatstate_core::Expected`: both sides are canonical integer strings.
 const UPDATE: &str = concat!(
-    lua_wrongtype!(),
-    lua_int!(),
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
 local e = check_keys()
 if e then return e end
 if redis.call('EXISTS', ctx) == 0 then return {0} end
-e = check_record(ctx)
+local f
+e, f = check_record(ctx)
 if e then return e end
-local version = redis.call('HGET', ctx, 'version')
+local version = f[1]
 if ARGV[3] ~= '-1' and version ~= ARGV[3] then return {1, version} end
 apply_patch(ctx, ARGV, 4)
 redis.call('HINCRBY', ctx, 'version', 1)
 redis.call('HSET', ctx, 'updated_at', ARGV[1])
-redis.call('PEXPIRE', ctx, ARGV[2])
-redis.call('PEXPIRE', msgs, ARGV[2])
-index_write(ARGV[2])
+refresh(ARGV[2])
 return {2, redis.call('HGETALL', ctx)}
 "#
 );
@@ -230,8 +236,6 @@ return {2, redis.call('HGETALL', ctx)}
 /// ARGV: now, ttl_ms, member. Returns 1, or 0 when there is no session (and then
 /// writes nothing, the index included).
 const TOUCH: &str = concat!(
-    lua_wrongtype!(),
-    lua_int!(),
     lua_prelude!(),
     r#"
 local e = check_keys()
@@ -240,9 +244,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 e = check_record(KEYS[1])
 if e then return e end
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-index_write(ARGV[2])
+refresh(ARGV[2])
 return 1
 "#
 );
@@ -251,8 +253,6 @@ return 1
 /// with a write of the same session). KEYS: ctx, msgs, index, deadlines. ARGV:
 /// member. Returns how many of ctx and msgs existed.
 const DELETE: &str = concat!(
-    lua_wrongtype!(),
-    lua_int!(),
     lua_prelude!(),
     r#"
 local e = wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset')
@@ -280,18 +280,18 @@ end
 return out
 "#;
 
-/// Lua shared by the lock scripts: `keep_fence(fence, ms, fresh)` keeps the fencing
-/// number at least `ms` from now and never shortens an earlier deadline (`PEXPIRE
-/// … GT`; a fresh key has no TTL yet, which GT would read as forever). `ms` is
+/// Lua shared by the lock scripts: `keep_fence(fence, ms)` keeps the fencing number
+/// at least `ms` from now and never shortens an earlier deadline (`LockState::keep_until`
+/// in core). PTTL is -1 for a key without a TTL (a fresh fence) and below `ms` for a
+/// shorter one; both get `ms`. (Not `PEXPIRE … GT`: it needs Redis 7, and a script
+/// failing after its `SET NX` and `INCR` would leave them written.) `ms` is
 /// `chatstate_core::StoreSettings::fence_retention(lease left)`: lease + session TTL.
 macro_rules! lua_fence {
     () => {
         r#"
-local function keep_fence(fence, ms, fresh)
-  if fresh then
+local function keep_fence(fence, ms)
+  if redis.call('PTTL', fence) < tonumber(ms) then
     redis.call('PEXPIRE', fence, ms)
-  else
-    redis.call('PEXPIRE', fence, ms, 'GT')
   end
 end
 "#
@@ -316,7 +316,7 @@ if old and not nonneg_below_max(old) then
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
-  keep_fence(KEYS[2], ARGV[3], not old)
+  keep_fence(KEYS[2], ARGV[3])
   return fence
 end
 return 0
@@ -330,7 +330,7 @@ const EXTEND_LOCK: &str = concat!(
     r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  keep_fence(KEYS[2], ARGV[3], false)
+  keep_fence(KEYS[2], ARGV[3])
   return 1
 end
 return 0
@@ -344,7 +344,7 @@ const RELEASE_LOCK: &str = concat!(
     r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  keep_fence(KEYS[2], ARGV[2], false)
+  keep_fence(KEYS[2], ARGV[2])
   return 1
 end
 return 0
