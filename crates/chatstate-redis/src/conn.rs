@@ -403,13 +403,18 @@ pub(crate) mod reply {
         Error::decode(format!("unexpected Redis reply shape: {what}"))
     }
 
+    /// An integer exactly as Redis's `string2ll` reads it (what HINCRBY and INCR
+    /// take, and what the scripts' `is_int` accepts): Rust's `parse` alone would also
+    /// take `"+5"` and `"007"`, which every write refuses, so reads refuse them too.
+    pub fn redis_int(b: &[u8]) -> Option<i64> {
+        let s = std::str::from_utf8(b).ok()?;
+        s.parse::<i64>().ok().filter(|v| v.to_string() == s)
+    }
+
     pub fn int(v: &Value) -> Result<i64> {
         match v {
             Value::Int(i) => Ok(*i),
-            Value::BulkString(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad("a number")),
+            Value::BulkString(b) => redis_int(b).ok_or_else(|| bad("a number")),
             _ => Err(bad("a number")),
         }
     }

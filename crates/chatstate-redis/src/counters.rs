@@ -229,9 +229,7 @@ impl CounterSink for RedisStore {
             let labels = Labels::parse_escaped(&field).ok_or_else(|| {
                 Error::decode("a counter field is not a label set").with_key(&hash)
             })?;
-            let value = std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
+            let value = reply::redis_int(&raw)
                 .ok_or_else(|| Error::decode("a counter is not a number").with_key(&hash))?;
             out.push((labels, value));
         }

@@ -487,9 +487,7 @@ fn session_from(
         let raw = map
             .remove(f)
             .ok_or_else(|| corrupt(redis_key, &format!("lacks field {f}")))?;
-        std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
+        reply::redis_int(&raw)
             .ok_or_else(|| corrupt(redis_key, &format!("field {f} is not a number")))
     };
     let unsigned = |v: i64, f: &str| {

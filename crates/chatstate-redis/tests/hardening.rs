@@ -193,7 +193,22 @@ async fn apply_accepts_exactly_the_stored_values_hincrby_accepts_and_a_refusal_w
             assert_eq!(CounterSink::get(&s, &a).await.unwrap(), 1);
         } else {
             refused += 1;
-            for (op, err) in [("apply", applied.map(|_| ())), ("add", added.map(|_| ()))] {
+            // Reads refuse what writes refuse: no "+5" read as 5 by get, list or
+            // get_many while add and apply call it corrupt.
+            let read = CounterSink::get(&s, &z).await.map(|_| ());
+            let many = CounterSink::get_many(&s, std::slice::from_ref(&z))
+                .await
+                .map(|_| ());
+            let listed = CounterSink::list(&s, &format!("z{i}"), None)
+                .await
+                .map(|_| ());
+            for (op, err) in [
+                ("apply", applied.map(|_| ())),
+                ("add", added.map(|_| ())),
+                ("get", read),
+                ("get_many", many),
+                ("list", listed),
+            ] {
                 let err = err.expect_err(planted);
                 assert_eq!(err.kind(), ErrorKind::Decode, "{op} of {planted:?}: {err}");
                 assert!(
