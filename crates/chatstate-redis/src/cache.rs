@@ -159,7 +159,7 @@ impl KvCache for RedisStore {
         let (v, present): (Vec<Value>, u64) = self
             .inner
             .conn
-            .pipe(&pipe, "get_many", ks.first().map(String::as_str))
+            .pipe(&pipe, "get_many", &[ks[0].as_str()])
             .await?;
         let found = v.iter().filter(|v| !matches!(v, Value::Nil)).count() as u64;
         let v = if present > found {

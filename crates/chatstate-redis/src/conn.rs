@@ -183,8 +183,7 @@ impl Script {
 }
 
 /// The error codes (`WRONGTYPE`, `NOREPLICAS`, ...) of a Redis error with their
-/// details: one for a plain error, every failed command's for a pipeline, and for an
-/// aborted transaction (EXECABORT) the refusals that aborted it, then EXECABORT.
+/// details: one for a plain error, every failed command's for a pipeline.
 fn server_errors(e: &redis::RedisError) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = e
         .clone()
@@ -247,13 +246,8 @@ fn key_in_detail<'a>(code: &str, detail: &'a str) -> Option<&'a str> {
 /// chatstate script named a more precise one.
 pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>) -> Error {
     let errors = server_errors(&e);
-    // The refusal that explains the call: a transaction's EXECABORT only says that
-    // an earlier command was refused.
-    let first = errors
-        .iter()
-        .find(|(code, _)| code != "EXECABORT")
-        .or(errors.first());
-    let (code, detail) = first
+    let (code, detail) = errors
+        .first()
         .map(|(c, d)| (c.as_str(), d.as_str()))
         .unwrap_or(("", ""));
     let mut key = key.map(str::to_string);
@@ -336,28 +330,25 @@ impl Conn {
             .map_err(|e| map_err(e, op, key))
     }
 
-    /// Sends a pipeline: one round trip (the MULTI and EXEC of an atomic one count
-    /// as commands too).
+    /// Sends a (non-transactional) pipeline: one round trip. `keys[i]` is the key
+    /// command `i` concerns: an error names the key of the command that failed (the
+    /// first key when that is unknown).
     pub async fn pipe<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
         op: &'static str,
-        key: Option<&str>,
+        keys: &[&str],
     ) -> Result<T> {
         let mut con = self.manager.clone();
-        if pipe.is_transaction() {
-            let (multi, exec) = (redis::cmd("MULTI"), redis::cmd("EXEC"));
-            self.counters.count(
-                std::iter::once(&multi)
-                    .chain(pipe.cmd_iter())
-                    .chain(std::iter::once(&exec)),
-            );
-        } else {
-            self.counters.count(pipe.cmd_iter());
-        }
-        pipe.query_async(&mut con)
-            .await
-            .map_err(|e| map_err(e, op, key))
+        self.counters.count(pipe.cmd_iter());
+        pipe.query_async(&mut con).await.map_err(|e| {
+            let failed = e
+                .clone()
+                .into_server_errors()
+                .and_then(|errs| errs.first().map(|(i, _)| *i));
+            let key = failed.and_then(|i| keys.get(i)).or(keys.first()).copied();
+            map_err(e, op, key)
+        })
     }
 
     /// Runs a script by its source (EVAL): when the server is known not to have it.

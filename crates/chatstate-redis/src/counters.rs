@@ -205,7 +205,10 @@ impl CounterSink for RedisStore {
             .pipe(
                 &pipe,
                 "get_many",
-                locations.first().map(|(h, _)| h.as_str()),
+                &locations
+                    .iter()
+                    .map(|(h, _)| h.as_str())
+                    .collect::<Vec<_>>(),
             )
             .await?;
         replies

@@ -68,7 +68,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.cmd("CONFIG").arg("GET").arg("maxmemory");
         pipe.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
-        let replies: Vec<Value> = match self.inner.conn.pipe(&pipe, "eviction_risk", None).await {
+        let replies: Vec<Value> = match self.inner.conn.pipe(&pipe, "eviction_risk", &[]).await {
             Ok(r) => r,
             Err(e) if e.is_temporary() => return Err(e),
             Err(e) => {

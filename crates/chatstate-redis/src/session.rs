@@ -644,7 +644,11 @@ impl SessionStore for RedisStore {
         let replies: Vec<Value> = self
             .inner
             .conn
-            .pipe(&pipe, "get_many", ks.first().map(|k| k.ctx.as_str()))
+            .pipe(
+                &pipe,
+                "get_many",
+                &ks.iter().map(|k| k.ctx.as_str()).collect::<Vec<_>>(),
+            )
             .await?;
         replies
             .into_iter()
