@@ -3,13 +3,16 @@
 //! `SET … PX`); clearing a prefix walks SCAN (never KEYS) and UNLINKs in batches.
 //!
 //! A key of another type (a hash another program wrote under the prefix) is a
-//! `WrongType` error naming it, for every call, and nothing is overwritten: `get`
-//! is a plain GET (which refuses it itself); `get_many` sends EXISTS of the same
-//! keys beside its MGET (which reads another type as a miss), and only when EXISTS
-//! counts a present key MGET could not read does a second round trip (a script)
-//! find and name it; `set` and `set_many` check every key's type in their script
-//! before the first SET (a plain SET would overwrite any type).
-//!
+//! `WrongType` error naming it for every call that reads or writes a value, and
+//! nothing is overwritten: `get` is a plain GET (which refuses it itself);
+//! `get_many` sends EXISTS of the same keys beside its MGET (which reads another
+//! type as a miss), and only when EXISTS counts a present key MGET could not read
+//! does a second round trip (a script) find and name it; `set` and `set_many` check
+//! every key's type in their script before the first SET (a plain SET would
+//! overwrite any type). The MGET and the EXISTS are not atomic: a string of the same
+//! call deleted between them can hide a key of another type from that one call (it
+//! answers `None` for it; the next call reports it). `delete`, `delete_many`,
+//! `exists`, `expire` and `ttl` act on the key whatever it holds.//!
 //! What the guard costs, measured: `set` about 4–8 µs of server time per call and no
 //! round trip (`redis-benchmark -c 4 -P 16` on the shared 2-core machine: 79–161k
 //! guarded calls/s against 226–444k plain `SET … PX`); `get_many` one EXISTS beside
@@ -31,32 +34,30 @@ use crate::conn::{Script, lua_wrongtype, reply};
 /// Keys asked per SCAN step and unlinked per UNLINK.
 const SCAN_BATCH: usize = 1000;
 
-/// Reads many entries, the slow path of `get_many` (taken when its MGET + EXISTS
-/// saw a present key MGET could not read). KEYS: the entries. Returns their values (nil for a miss),
-/// or WRONGTYPE naming the first key that holds another type. An MGET answers nil
-/// for both a missing key and another type, so the misses are checked with one
-/// EXISTS (a TYPE each only when one of them exists: the error path).
-const GET_MANY: &str = concat!(
-    lua_wrongtype!(),
-    r#"
-local out = {}
-for from = 1, #KEYS, 1000 do
-  local chunk = {}
-  for i = from, math.min(#KEYS, from + 999) do chunk[#chunk + 1] = KEYS[i] end
-  local values = redis.call('MGET', unpack(chunk))
-  local misses = {}
-  for j = 1, #chunk do
-    if not values[j] then misses[#misses + 1] = chunk[j] end
-    out[from + j - 1] = values[j]
+/// Lua: `check_strings()`, a WRONGTYPE reply naming the first of KEYS that holds
+/// another type than a string (nil when none does).
+macro_rules! lua_check_strings {
+    () => {
+        r#"
+local function check_strings()
+  for i = 1, #KEYS do
+    local e = wrongtype(KEYS[i], 'string')
+    if e then return e end
   end
-  if #misses > 0 and redis.call('EXISTS', unpack(misses)) > 0 then
-    for _, key in ipairs(misses) do
-      local e = wrongtype(key, 'string')
-      if e then return e end
-    end
-  end
+  return nil
 end
-return out
+"#
+    };
+}
+
+/// `get_many`'s slow path, taken when its MGET + EXISTS saw a present key MGET could
+/// not read: KEYS are the keys MGET answered nil for. WRONGTYPE naming the first one
+/// of another type; 0 when none is (a write raced between MGET and EXISTS).
+const CHECK_STRINGS: &str = concat!(
+    lua_wrongtype!(),
+    lua_check_strings!(),
+    r#"
+return check_strings() or 0
 "#
 );
 
@@ -65,11 +66,10 @@ return out
 /// another type is refused (WRONGTYPE naming it) and nothing is written.
 const SET_MANY: &str = concat!(
     lua_wrongtype!(),
+    lua_check_strings!(),
     r#"
-for i = 1, #KEYS do
-  local e = wrongtype(KEYS[i], 'string')
-  if e then return e end
-end
+local e = check_strings()
+if e then return e end
 for i = 1, #KEYS do
   redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
 end
@@ -79,14 +79,14 @@ return #KEYS
 
 /// The cache scripts, hashed once per store.
 pub(crate) struct CacheScripts {
-    get_many: Script,
+    check_strings: Script,
     set_many: Script,
 }
 
 impl CacheScripts {
     pub fn new() -> Self {
         CacheScripts {
-            get_many: Script::new("cache_get_many", GET_MANY),
+            check_strings: Script::new("cache_check_strings", CHECK_STRINGS),
             set_many: Script::new("cache_set_many", SET_MANY),
         }
     }
@@ -151,7 +151,8 @@ impl KvCache for RedisStore {
         // MGET answers nil for a missing key and for a key of another type alike;
         // EXISTS counts both kinds of present key. When it counts more than MGET
         // found, some nil is a key of another type (or a write raced in between):
-        // the script then checks each nil's type and answers WrongType naming it.
+        // a script then checks the type of each key MGET answered nil for, and
+        // answers WrongType naming one; otherwise MGET's answer stands.
         // A script for every call cost about 2x a raw MGET of 50 values
         // (BENCHMARKS.md); this costs one cheap EXISTS.
         let mut pipe = redis::pipe();
@@ -161,23 +162,23 @@ impl KvCache for RedisStore {
             .conn
             .pipe(&pipe, "get_many", &[ks[0].as_str()])
             .await?;
-        let found = v.iter().filter(|v| !matches!(v, Value::Nil)).count() as u64;
-        let v = if present > found {
-            let key_refs: Vec<&str> = ks.iter().map(String::as_str).collect();
-            reply::array(
-                self.inner
-                    .conn
-                    .script(
-                        &self.inner.scripts.cache.get_many,
-                        &key_refs,
-                        &[],
-                        "get_many",
-                    )
-                    .await?,
-            )?
-        } else {
-            v
-        };
+        let misses: Vec<&str> = v
+            .iter()
+            .zip(&ks)
+            .filter(|(v, _)| matches!(v, Value::Nil))
+            .map(|(_, k)| k.as_str())
+            .collect();
+        if present > (ks.len() - misses.len()) as u64 {
+            self.inner
+                .conn
+                .script(
+                    &self.inner.scripts.cache.check_strings,
+                    &misses,
+                    &[],
+                    "get_many",
+                )
+                .await?;
+        }
         if v.len() != ks.len() {
             return Err(
                 Error::decode("unexpected Redis reply shape: one value per key")

@@ -123,15 +123,12 @@ impl CounterSink for RedisStore {
     }
 
     async fn apply(&self, batch: &CounterBatch) -> Result<BatchOutcome> {
-        batch
-            .deltas()
-            .try_for_each(|(key, _)| key.check())
-            .in_op("apply")?;
         // An empty batch still records its id, so a replay is a Duplicate.
         // Group the deltas by hash: each hash is one key of the script.
         let mut by_hash: std::collections::BTreeMap<String, Vec<(String, i64)>> =
             std::collections::BTreeMap::new();
         for (key, delta) in batch.deltas() {
+            key.check().in_op("apply")?;
             let (hash, field) = self.counter_location(key);
             by_hash.entry(hash).or_default().push((field, delta));
         }

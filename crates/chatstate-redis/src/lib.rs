@@ -31,7 +31,7 @@
 //! | focus put (compare-and-set) | 1 | script |
 //! | focus list | 1 per ~200 documents | script per SSCAN step |
 //! | clear a cache prefix | 1 per SCAN step + 1 per UNLINK batch | never KEYS |
-//! | list a tenant's sessions | 2 per page (+1 to clean dead entries) | sorted-set index |
+//! | list a tenant's sessions | 2 per batch of up to 1,000 index members (dead members are dropped in the same script; a page takes more batches only when dead members fill one) | sorted-set index |
 //!
 //! A script the server does not know (first use, restart, SCRIPT FLUSH) costs one
 //! more round trip, once. [`RedisStore::round_trips`] counts what the store sent.
@@ -54,8 +54,9 @@
 //! (temporary: retry), and each refuses before anything is written. The
 //! deterministic refusals are `InvalidInput` (a counter would overflow i64),
 //! `WrongType` (a key holds another type) and `Decode` (a stored value is corrupt:
-//! a counter, fencing number, `version` or `message_count` that `HINCRBY`/`INCR`
-//! would not read as an integer); each names the key and writes nothing.
+//! a counter `HINCRBY` would not read as an integer, or a fencing number, `version`
+//! or `message_count` that is not an integer in `0..i64::MAX`); each names the key
+//! and writes nothing, and reads refuse the same values.
 //!
 //! ## Eviction policy
 //!
