@@ -368,6 +368,36 @@ async fn keys_of_the_wrong_type_are_wrong_type_errors_naming_the_key() {
         ErrorKind::WrongType,
         "the refused batch was not recorded"
     );
+
+    // The tenant index is checked before any write too: a session write would
+    // otherwise write the record and fail at the index (a partial write).
+    let idx_tenant = "idx-tenant";
+    let index = s.layout().session_index(idx_tenant);
+    server.cli(&["SET", &index, "not a zset"]);
+    let other = SessionKey::new(idx_tenant, "whatsapp", "someone").unwrap();
+    let other_ctx = format!("{}:ctx", s.layout().session_base(&other));
+    for (what, err) in [
+        (
+            "append",
+            s.append_message(&other, NewMessage::user("x"))
+                .await
+                .map(|_| ()),
+        ),
+        ("touch", s.touch(&other).await.map(|_| ())),
+        ("delete", SessionStore::delete(&s, &other).await.map(|_| ())),
+    ] {
+        let err = err.expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::WrongType, "{what}: {err}");
+        assert!(
+            err.to_string().contains(&index),
+            "{what} names the index: {err}"
+        );
+    }
+    assert_eq!(
+        server.cli(&["EXISTS", &other_ctx]).trim(),
+        "0",
+        "no session record was written"
+    );
 }
 
 #[tokio::test]
