@@ -609,7 +609,7 @@ impl CounterBatch {
     /// caller then keeps the delta elsewhere, e.g. in another batch).
     pub fn try_add(&mut self, key: &CounterKey, delta: i64) -> Result<()> {
         match self.deltas.get_mut(key) {
-            Some(d) => *d = checked_counter_add(key, *d, delta)?,
+            Some(d) => *d = crate::transition::counter_add(key, *d, delta)?,
             None => {
                 self.deltas.insert(key.clone(), delta);
             }
@@ -645,12 +645,6 @@ pub enum BatchOutcome {
     Applied,
     /// A batch with this id was applied before; nothing was added.
     Duplicate,
-}
-
-/// Adds `delta` to `value`, or an [`crate::ErrorKind::InvalidInput`] error on
-/// overflow: [`crate::transition::counter_add`].
-pub fn checked_counter_add(key: &CounterKey, value: i64, delta: i64) -> Result<i64> {
-    crate::transition::counter_add(key, value, delta)
 }
 
 #[cfg(test)]

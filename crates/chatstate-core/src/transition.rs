@@ -121,7 +121,7 @@ fn exhausted(what: &str) -> Error {
 }
 
 /// `Conflict` when an update expecting `expected` meets a record at `version`.
-pub fn check_version(expected: Expected, version: u64) -> Result<()> {
+fn check_version(expected: Expected, version: u64) -> Result<()> {
     match expected {
         Expected::Version(want) if want != version => Err(Error::conflict(format!(
             "expected version {want}, the session is at version {version}"
@@ -223,9 +223,9 @@ impl std::fmt::Debug for LockState {
 
 /// Adds `delta` to `value` within the counter range (all of i64), or an
 /// [`crate::ErrorKind::InvalidInput`] error naming the counter.
-/// Also checks the key ([`CounterKey::check`]).
+/// Overflow only: a backend checks the key ([`CounterKey::check`]) before it
+/// touches anything.
 pub fn counter_add(key: &CounterKey, value: i64, delta: i64) -> Result<i64> {
-    key.check()?;
     value.checked_add(delta).ok_or_else(|| {
         Error::invalid_input(format!(
             "counter would leave the i64 range ({value} + {delta})"
@@ -235,8 +235,8 @@ pub fn counter_add(key: &CounterKey, value: i64, delta: i64) -> Result<i64> {
 }
 
 /// The new value of every counter a batch touches, computed before anything is
-/// written: an overflow anywhere is an error and the caller writes nothing (not the
-/// other counters, not the batch id). `current` reads a counter's stored value (0
+/// written: an invalid key or an overflow anywhere is an error and the caller writes
+/// nothing (not the other counters, not the batch id). `current` reads a counter's stored value (0
 /// when absent).
 pub fn apply_batch(
     batch: &CounterBatch,
@@ -244,7 +244,10 @@ pub fn apply_batch(
 ) -> Result<Vec<(&CounterKey, i64)>> {
     batch
         .deltas()
-        .map(|(key, delta)| Ok((key, counter_add(key, current(key)?, delta)?)))
+        .map(|(key, delta)| {
+            key.check()?;
+            Ok((key, counter_add(key, current(key)?, delta)?))
+        })
         .collect()
 }
 

@@ -56,6 +56,7 @@ impl Inner {
 #[async_trait]
 impl CounterSink for FileStore {
     async fn add(&self, key: &CounterKey, delta: i64) -> Result<i64> {
+        key.check().in_op("add")?;
         let key = key.clone();
         self.blocking(move |inner| {
             inner.change_counters(|values, _| {

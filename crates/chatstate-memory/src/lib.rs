@@ -166,9 +166,9 @@ impl MemoryStoreBuilder {
     }
 }
 
-/// The sweeper: holds only a weak reference, so it never keeps the store alive, and
-/// ends when the store is dropped (which also aborts it).
-/// The sweeper: one pass per interval while the store lives.
+/// The sweeper: one pass per interval while the store lives. It holds only a weak
+/// reference, so it never keeps the store alive, and ends when the store is dropped
+/// (which also aborts it).
 async fn sweep_loop(store: Weak<Inner>, interval: Duration) {
     chatstate_core::background::every(store, interval, |inner: Arc<Inner>| async move {
         let freed = inner.sweep();
@@ -184,8 +184,9 @@ impl Inner {
         self.clock.now()
     }
 
+    /// When a session written at `now` expires (the core's rule).
     fn session_deadline(&self, now: Timestamp) -> Timestamp {
-        now.plus(self.settings.session_ttl)
+        SessionState::deadline(&self.settings, now)
     }
 
     /// One sweep pass. Each data kind's mutex is taken and released in its own

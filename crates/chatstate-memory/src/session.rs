@@ -189,18 +189,17 @@ impl SessionStore for MemoryStore {
         let now = self.inner.now();
         let mut locks = lock(&self.inner.locks);
         let k = (triple(key), name.to_string());
-        let previous = locks.deadline(&k, now);
-        let mut state = locks.remove(&k, now).unwrap_or_default();
+        // Transition a copy: a held lock (None) or a refused one (an exhausted
+        // fence) leaves the stored record, fence and deadline, exactly as it was.
+        let mut state = locks.get(&k, now).cloned().unwrap_or_default();
         let acquired = state
             .try_acquire(lease, now)
             .map_err(|e| e.with_operation("try_lock").with_key(key))?;
-        let lease_left = if acquired.is_some() {
-            lease
-        } else {
-            Duration::ZERO
-        };
-        let keep = LockState::keep_until(&self.inner.settings, now, lease_left, previous);
-        locks.insert(k, state, keep);
+        if acquired.is_some() {
+            let previous = locks.deadline(&k, now);
+            let keep = LockState::keep_until(&self.inner.settings, now, lease, previous);
+            locks.insert(k, state, keep);
+        }
         Ok(acquired.map(|(token, fence)| Lease {
             key: key.clone(),
             name: name.to_string(),

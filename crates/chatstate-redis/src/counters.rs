@@ -29,7 +29,7 @@ use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 /// - a stored value must be an integer as `HINCRBY` itself reads one (`is_int`,
 ///   Redis's `string2ll`), else `CHATSTATE_CORRUPT` (Decode, naming the hash);
 /// - value + delta must stay within i64, checked exactly (`fits_sum`, the Redis
-///   side of `chatstate_core::model::checked_counter_add`), else
+///   side of `chatstate_core::transition::counter_add`), else
 ///   `CHATSTATE_OVERFLOW` (InvalidInput).
 ///
 /// `HINCRBY` then cannot fail; the deltas stay the client's exact integer strings.
