@@ -22,7 +22,7 @@
 //! ## Folder layout (for operators)
 //!
 //! ```text
-//! <dir>/FORMAT                                          "chatstate-file 1"
+//! <dir>/FORMAT                                          "chatstate-file 2"
 //! <dir>/sessions/<tenant>/<channel>~<user>.s            session record + message window
 //! <dir>/session-locks/<tenant>/<channel>~<user>~<name>.l   a session lock: holder, lease, fence
 //! <dir>/focus/<scope>/<name>.f                          focus document (payload = the value)
@@ -104,7 +104,12 @@ use paths::Layout;
 use stripes::Stripes;
 
 /// The content of the `FORMAT` file this build writes and accepts.
-const FORMAT_LINE: &str = "chatstate-file 1";
+const FORMAT_LINE: &str = "chatstate-file 2";
+/// The format before lock stripes were named by the path relative to the
+/// canonical folder: the same records, so it is upgraded in place at open, and a
+/// process of that older build then refuses the folder instead of locking
+/// different stripes (which would lose appends and hand out one fence twice).
+const FORMAT_LINE_1: &str = "chatstate-file 1";
 /// How often the sweeper runs, by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -202,19 +207,23 @@ impl FileStoreBuilder {
 
 fn check_format_file(root: &Path, durability: Durability) -> Result<()> {
     let path = root.join("FORMAT");
+    let write = || {
+        format::write_atomic(
+            &path,
+            format!("{FORMAT_LINE}\n").as_bytes(),
+            durability,
+            &random_id(),
+        )
+    };
     match fs::read_to_string(&path) {
         Ok(s) if s.trim() == FORMAT_LINE => Ok(()),
+        Ok(s) if s.trim() == FORMAT_LINE_1 => write(),
         Ok(s) => Err(Error::config(format!(
             "{} says {:?}; this build reads {FORMAT_LINE:?}",
             path.display(),
             s.trim().chars().take(64).collect::<String>()
         ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => format::write_atomic(
-            &path,
-            format!("{FORMAT_LINE}\n").as_bytes(),
-            durability,
-            &random_id(),
-        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => write(),
         Err(e) => Err(format::io_error(&path, "reading", e)),
     }
 }
@@ -308,12 +317,8 @@ impl FileStore {
 /// A corrupt record's metadata: names the file and where the JSON went wrong, never
 /// the stored values (serde's message would quote them: phone numbers, messages).
 fn meta_error(path: &Path, e: serde_json::Error) -> Error {
-    let detail = chatstate_core::codec::json_decode_error("its metadata", &e);
-    Error::decode(format!(
-        "file {} is corrupt: {}",
-        path.display(),
-        detail.message()
-    ))
+    let what = format!("file {} is corrupt: its metadata", path.display());
+    chatstate_core::codec::json_decode_error(&what, &e)
 }
 
 fn collision(path: &Path) -> Error {

@@ -10,7 +10,7 @@
 //! so even a hash collision could not return another tenant's data.
 //!
 //! ```text
-//! <dir>/FORMAT                                        "chatstate-file 1"
+//! <dir>/FORMAT                                        "chatstate-file 2"
 //! <dir>/sessions/<tenant>/<channel>~<user>.s          record + message window
 //! <dir>/session-locks/<tenant>/<channel>~<user>~<name>.l   lock holder and fence
 //! <dir>/focus/<scope>/<name>.f                        focus document

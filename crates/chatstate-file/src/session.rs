@@ -359,6 +359,56 @@ mod tests {
     use super::*;
     use chatstate_core::SessionStoreExt;
 
+    /// Rewrites a record's JSON metadata (`from` replaced by `to`) with valid
+    /// checksums, as another tool or an operator's edit could leave it.
+    fn plant(path: &std::path::Path, kind: Kind, from: &str, to: &str) {
+        let record = crate::format::read(path, kind)
+            .expect("read")
+            .expect("live record");
+        let meta = String::from_utf8(record.meta().to_vec()).expect("JSON metadata");
+        assert!(meta.contains(from), "{meta}");
+        let planted = meta.replace(from, to);
+        let bytes = crate::format::encode(
+            path,
+            kind,
+            record.header.deadline,
+            planted.as_bytes(),
+            record.payload(),
+        )
+        .expect("encode");
+        std::fs::write(path, bytes).expect("plant");
+    }
+
+    /// A stored fence at u64::MAX (a hand-edited or foreign record) is a `Decode`
+    /// error: neither a panicking task (`Internal`) nor a fence wrapped back to 0.
+    #[tokio::test]
+    async fn a_stored_fence_at_its_maximum_neither_panics_nor_goes_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileStore::builder(dir.path())
+            .sweep_interval(None)
+            .open()
+            .expect("open");
+        let key = SessionKey::new("t", "c", "u").expect("key");
+        let lease = store
+            .try_lock(&key, "job", Duration::from_secs(5))
+            .await
+            .expect("try_lock")
+            .expect("free");
+        assert!(store.release_lock(&lease).await.expect("release"));
+        let path = store.inner.layout.session_lock(&key, "job");
+        plant(
+            &path,
+            Kind::SessionLock,
+            "\"fence\":1",
+            &format!("\"fence\":{}", u64::MAX),
+        );
+        let err = store
+            .try_lock(&key, "job", Duration::from_secs(5))
+            .await
+            .expect_err("an exhausted fence is refused");
+        assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    }
+
     /// A session record whose checksums are right but whose metadata holds a stored
     /// value where another type belongs (a phone number as `message_count`): the
     /// read is a `Decode` error naming the file, and no error path shows the value.
@@ -375,22 +425,12 @@ mod tests {
             .await
             .expect("append");
         let path = store.inner.layout.session(&key);
-        let record = crate::format::read(&path, Kind::Session)
-            .expect("read")
-            .expect("live record");
-        let meta = String::from_utf8(record.meta().to_vec()).expect("JSON metadata");
-        let count = "\"message_count\":1";
-        assert!(meta.contains(count), "{meta}");
-        let planted = meta.replace(count, "\"message_count\":\"+5511987654321\"");
-        let bytes = crate::format::encode(
+        plant(
             &path,
             Kind::Session,
-            record.header.deadline,
-            planted.as_bytes(),
-            &[],
-        )
-        .expect("encode");
-        std::fs::write(&path, bytes).expect("plant");
+            "\"message_count\":1",
+            "\"message_count\":\"+5511987654321\"",
+        );
         let errors = vec![
             store.get(&key).await.map(|_| ()),
             store.load(&key).await.map(|_| ()),

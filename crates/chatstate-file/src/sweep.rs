@@ -110,8 +110,13 @@ fn stale_tmp(path: &Path, name: &str, report: &mut SweepReport) -> bool {
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .is_some_and(|age| age > STALE_TMP);
-    if old && fs::remove_file(path).is_ok() {
-        report.stale_temp_files += 1;
+    if old {
+        match fs::remove_file(path) {
+            Ok(()) => report.stale_temp_files += 1,
+            // Another sweeper (process) removed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => skip(report, &io_error(path, "removing", e)),
+        }
     }
     true
 }

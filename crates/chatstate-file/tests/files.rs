@@ -610,3 +610,27 @@ async fn temp_files_left_by_a_crash_are_ignored_then_swept() {
     }
     assert_eq!(s.load(&k).await.unwrap().unwrap().messages.len(), 1);
 }
+
+/// A folder of the format before lock stripes were named by the canonical path
+/// (`chatstate-file 1`: the same records) is upgraded in place, so a process of that
+/// older build then refuses it instead of locking different stripes.
+#[tokio::test]
+async fn a_format_1_folder_is_upgraded_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let k = SessionKey::new("t", "c", "u").unwrap();
+    store(dir.path(), &clock)
+        .append_message(&k, NewMessage::user("kept"))
+        .await
+        .unwrap();
+    fs::write(dir.path().join("FORMAT"), "chatstate-file 1\n").unwrap();
+    let s = store(dir.path(), &clock);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("FORMAT"))
+            .unwrap()
+            .trim(),
+        "chatstate-file 2"
+    );
+    let loaded = s.load(&k).await.unwrap().unwrap();
+    assert_eq!(loaded.messages[0].content, "kept");
+}
