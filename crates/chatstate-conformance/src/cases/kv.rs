@@ -978,32 +978,3 @@ fn other_customer() -> Customer {
         vip: None,
     }
 }
-
-/// A stored value that does not decode as the asked type fails with `Decode`, and
-/// neither the error's `Display`, its `Debug` nor its source shows the value (users'
-/// phone numbers and messages must not reach logs).
-pub async fn kv_decode_errors_never_show_the_value(ctx: Ctx) -> Outcome {
-    let fx = ctx.open().await;
-    let cache = &fx.cache;
-    let phone = "+5511987654321";
-    let mut errors = Vec::new();
-    for codec in [Codec::Json, Codec::Bincode] {
-        let k = ckey("contacts", codec.name());
-        cache
-            .set_value(&k, &(phone, phone), None, codec)
-            .await
-            .must("set_value");
-        errors.push(cache.get_value::<u64>(&k, codec).await.map(|_| ()));
-        errors.push(cache.get_value::<Customer>(&k, codec).await.map(|_| ()));
-        errors.push(
-            cache
-                .get_many_values::<bool>(std::slice::from_ref(&k), codec)
-                .await
-                .map(|_| ()),
-        );
-    }
-    for r in errors {
-        crate::cases::expect_decode_hiding(r, "5511987654321");
-    }
-    Outcome::Passed
-}

@@ -67,18 +67,3 @@ pub(crate) fn expect_err<T: std::fmt::Debug>(
         }
     }
 }
-
-/// Asserts that `r` failed with `Decode` and that no part of the error — `Display`,
-/// `Debug`, its source — shows `secret` (a stored value such as a phone number).
-pub(crate) fn expect_decode_hiding<T: std::fmt::Debug>(r: chatstate_core::Result<T>, secret: &str) {
-    let e = expect_err(
-        r,
-        chatstate_core::ErrorKind::Decode,
-        "decode as the wrong type",
-    );
-    let shown = format!(
-        "{e} {e:?} {:?}",
-        std::error::Error::source(&e).map(|s| s.to_string())
-    );
-    assert!(!shown.contains(secret), "the stored value leaked: {shown}");
-}
