@@ -560,31 +560,18 @@ fn merge(queue: &mut VecDeque<Queued>, key: &CounterKey, delta: i64, max_batch: 
 
 /// Moves every shard's deltas into the queue's never-sent batches.
 fn drain_shards(shared: &Shared) {
-    let mut refused = Vec::new();
-    {
-        let mut queue = lock(&shared.queue);
-        for shard in &shared.shards {
-            let (spilled, deltas) = {
-                let mut shard = lock(shard);
-                (
-                    std::mem::take(&mut shard.spilled),
-                    std::mem::take(&mut shard.deltas),
-                )
-            };
-            for (key, delta) in spilled.into_iter().chain(deltas) {
-                // A key every sink refuses (a bucket out of range) is a certain
-                // refusal: reported now, and never queued, where it could neither
-                // merge nor flush and would add a batch per interval of an outage.
-                match key.check() {
-                    Ok(()) => merge(&mut queue, &key, delta, shared.max_batch),
-                    Err(e) => refused.push((key, delta, e.kind())),
-                }
-            }
+    let mut queue = lock(&shared.queue);
+    for shard in &shared.shards {
+        let (spilled, deltas) = {
+            let mut shard = lock(shard);
+            (
+                std::mem::take(&mut shard.spilled),
+                std::mem::take(&mut shard.deltas),
+            )
+        };
+        for (key, delta) in spilled.into_iter().chain(deltas) {
+            merge(&mut queue, &key, delta, shared.max_batch);
         }
-    }
-    for (key, delta, kind) in refused {
-        tracing::error!(counter = %key, delta, kind = %kind, "chatstate counter dropped: refused");
-        record_drop(shared, &key, delta, kind);
     }
 }
 
