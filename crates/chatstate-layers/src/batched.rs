@@ -328,7 +328,7 @@ impl BatchedCountersBuilder {
             flushing: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             flush_timeout: self.flush_timeout,
-            max_batch: self.max_batch.max(1),
+            max_batch: self.max_batch,
             applied: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             failures: AtomicU64::new(0),

@@ -523,6 +523,11 @@ impl Shared {
     /// it is current at (from then on a change of its key drops it), drops it if not
     /// (an invalidation that landed in between still wins) or if it has expired.
     async fn confirm(&self, key: &CacheKey, copy: &Local) {
+        // Settled already (by another waiter of the same load, or a `get`): any later
+        // change of its key drops it, so a change of another key must not.
+        if copy.settled.load(Ordering::SeqCst) {
+            return;
+        }
         if self.epoch.load(Ordering::SeqCst) == copy.current_at && self.clock.now() < copy.deadline
         {
             copy.settled.store(true, Ordering::SeqCst);

@@ -186,9 +186,6 @@ async fn get_many_or_load_reads_once_loads_in_batches_and_writes_back_once() {
         )
         .await
         .unwrap();
-    // The server learns the get_many script once (EVALSHA, NOSCRIPT, EVAL: the
-    // documented extra round trip of a script's first use), not in the count below.
-    remote.get_many(&keys[..1]).await.unwrap();
     let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
     let before = remote.round_trips().round_trips;
     let seen = batches.clone();

@@ -153,28 +153,31 @@ fn setup() -> (Arc<Gated>, Arc<TieredCache>, CacheKey) {
     (remote, cache, key("1"))
 }
 
-/// Runs `call` on the cache in a task of its own (so a gate can hold it).
-fn spawn<T, F, Fut>(cache: &Arc<TieredCache>, call: F) -> tokio::task::JoinHandle<T>
+/// Runs `call` on the cache and the key in a task of its own (so a gate can hold it).
+fn spawn<T, F, Fut>(cache: &Arc<TieredCache>, k: &CacheKey, call: F) -> tokio::task::JoinHandle<T>
 where
     T: Send + 'static,
-    F: FnOnce(Arc<TieredCache>) -> Fut,
+    F: FnOnce(Arc<TieredCache>, CacheKey) -> Fut,
     Fut: std::future::Future<Output = T> + Send + 'static,
 {
-    tokio::spawn(call(cache.clone()))
+    tokio::spawn(call(cache.clone(), k.clone()))
+}
+
+impl Gated {
+    /// Stores `value` in the remote directly, bypassing the tiered cache.
+    async fn seed(&self, k: &CacheKey, value: &str) {
+        KvCache::set(&self.inner, k, b(value), None).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_in_flight_does_not_keep_a_value_this_instance_deleted() {
     let (remote, cache, k) = setup();
-    KvCache::set(&remote.inner, &k, b("old"), None)
-        .await
-        .unwrap();
+    remote.seed(&k, "old").await;
     remote.get_after_read.arm();
-    let kk = k.clone();
-    let reader = spawn(
-        &cache,
-        |c| async move { KvCache::get(c.as_ref(), &kk).await },
-    );
+    let reader = spawn(&cache, &k, |c, kk| async move {
+        KvCache::get(c.as_ref(), &kk).await
+    });
     remote.get_after_read.entered().await; // the read has "old" in hand
     assert!(cache.delete(&k).await.unwrap());
     remote.get_after_read.release();
@@ -305,12 +308,9 @@ async fn repeated_keys_are_loaded_once_and_filled_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_this_instances_delete_does_not_keep_the_old_value() {
     let (remote, cache, k) = setup();
-    KvCache::set(&remote.inner, &k, b("old"), None)
-        .await
-        .unwrap();
+    remote.seed(&k, "old").await;
     remote.delete_before.arm();
-    let kk = k.clone();
-    let deleting = spawn(&cache, |c| async move { c.delete(&kk).await });
+    let deleting = spawn(&cache, &k, |c, kk| async move { c.delete(&kk).await });
     remote.delete_before.entered().await; // the DEL is on the wire, not landed
     assert_eq!(
         KvCache::get(cache.as_ref(), &k).await.unwrap(),
@@ -331,19 +331,16 @@ async fn a_read_during_this_instances_delete_does_not_keep_the_old_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_this_instances_set_does_not_keep_the_old_value() {
     let (remote, cache, k) = setup();
-    KvCache::set(&remote.inner, &k, b("old"), None)
-        .await
-        .unwrap();
+    remote.seed(&k, "old").await;
     remote.set_before_write.arm();
-    let kk = k.clone();
-    let setting = spawn(&cache, |c| async move { c.set(&kk, b("new"), None).await });
+    let setting = spawn(&cache, &k, |c, kk| async move {
+        c.set(&kk, b("new"), None).await
+    });
     remote.set_before_write.entered().await; // the SET is on the wire, not landed
     remote.get_after_read.arm();
-    let kk = k.clone();
-    let reading = spawn(
-        &cache,
-        |c| async move { KvCache::get(c.as_ref(), &kk).await },
-    );
+    let reading = spawn(&cache, &k, |c, kk| async move {
+        KvCache::get(c.as_ref(), &kk).await
+    });
     remote.get_after_read.entered().await; // the read has "old" in hand
     remote.set_before_write.release();
     setting.await.unwrap().unwrap(); // "new" landed and was kept locally
@@ -352,7 +349,7 @@ async fn a_read_during_this_instances_set_does_not_keep_the_old_value() {
     assert_eq!(
         KvCache::get(cache.as_ref(), &k).await.unwrap(),
         Some(b("new")),
-        "the read that overlapped the set did not replace the new value"
+        "the read that overlapped the set did not stay in the local tier"
     );
 }
 
@@ -363,15 +360,12 @@ async fn a_read_during_this_instances_clear_prefix_does_not_keep_the_old_value()
     let (remote, cache, k) = setup();
     let other = CacheKey::new("contacts", "1").unwrap();
     for k in [&k, &other] {
-        KvCache::set(&remote.inner, k, b("old"), None)
-            .await
-            .unwrap();
+        remote.seed(k, "old").await;
     }
     remote.clear_before.arm();
-    let clearing = spawn(
-        &cache,
-        |c| async move { c.clear_prefix("customers", "").await },
-    );
+    let clearing = spawn(&cache, &k, |c, _| async move {
+        c.clear_prefix("customers", "").await
+    });
     remote.clear_before.entered().await; // the clear is running, nothing deleted yet
     assert_eq!(
         KvCache::get(cache.as_ref(), &k).await.unwrap(),
@@ -395,19 +389,17 @@ async fn a_read_during_this_instances_clear_prefix_does_not_keep_the_old_value()
 /// A `get_or_load` that starts after this instance's `delete` returned must not
 /// answer the deleted value by joining an older, still-running load of the same key
 /// (moka's `try_get_with` merges concurrent misses into one load). `held` is where
-/// the older load A is held while the delete runs: its remote read (A answers the
-/// old value it read) or its write-back (A answers what it loaded).
-async fn get_or_load_after_delete_loads_afresh(held: fn(&Gated) -> &Gate, a_answers: &str) {
+/// the older load A is held while the delete runs; `stored` is the remote's value
+/// before A: with one, A is held after reading it (and answers it); without, A misses,
+/// loads "loaded-a" and is held after its write-back (and answers that).
+async fn get_or_load_after_delete_loads_afresh(held: fn(&Gated) -> &Gate, stored: Option<&str>) {
     let (remote, cache, k) = setup();
-    if a_answers == "old" {
-        // A finds the old value remotely; otherwise it misses, loads and writes back.
-        KvCache::set(&remote.inner, &k, b("old"), None)
-            .await
-            .unwrap();
+    if let Some(v) = stored {
+        remote.seed(&k, v).await;
     }
+    let a_answers = stored.unwrap_or("loaded-a");
     let load = |loaded: &'static str| {
-        let kk = k.clone();
-        spawn(&cache, move |c| async move {
+        spawn(&cache, &k, move |c, kk| async move {
             c.get_or_load(&kk, None, || async move { Ok(Some(b(loaded))) })
                 .await
         })
@@ -440,10 +432,10 @@ async fn get_or_load_after_delete_loads_afresh(held: fn(&Gated) -> &Gate, a_answ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_or_load_started_after_delete_does_not_join_an_older_load() {
-    get_or_load_after_delete_loads_afresh(|r| &r.get_after_read, "old").await;
+    get_or_load_after_delete_loads_afresh(|r| &r.get_after_read, Some("old")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_or_load_started_after_delete_does_not_join_an_older_write_back() {
-    get_or_load_after_delete_loads_afresh(|r| &r.set_after_write, "loaded-a").await;
+    get_or_load_after_delete_loads_afresh(|r| &r.set_after_write, None).await;
 }
