@@ -4,7 +4,7 @@
 //!   missing (the Redis tests start their own servers and must run), `cargo fmt
 //!   --check`, `cargo clippy` with `-D warnings`, the whole test suite
 //!   (cargo-nextest when installed, else `cargo test`), the doc tests, then a summary
-//!   of conformance cases a backend declared it cannot run (never silent).
+//!   of conformance cases the stores reported they cannot run (never silent).
 //! - `bench`: the criterion benchmarks (`cargo bench --workspace`); extra arguments
 //!   go to criterion, e.g. `cargo xtask bench -- --quick`.
 //! - `soak [--kills N]`: the file store's SIGKILL crash test
@@ -163,7 +163,7 @@ fn test() -> Result<(), String> {
         eprintln!("conformance: no case skipped");
     } else {
         eprintln!(
-            "conformance: {} case(s) skipped by a backend's declared capabilities:",
+            "conformance: {} case(s) skipped by the capabilities the stores report:",
             lines.len()
         );
         for line in lines {

@@ -33,7 +33,7 @@
 //! appends a line to `$CHATSTATE_SKIP_LOG_DIR/skipped.log` (when that variable is
 //! set, as `cargo xtask test` does), which `cargo xtask test` prints at the end of
 //! the run. A backend cannot skip a case by
-//! failing it quietly: only a declared capability skips.
+//! failing it quietly: only a capability the stores report lacking skips.
 //!
 //! ## Time
 //!
@@ -137,7 +137,7 @@ pub trait Backend: Send + Sync + 'static {
 pub enum Outcome {
     /// The behaviour holds.
     Passed,
-    /// The backend declared it lacks what the case needs.
+    /// The stores report they lack what the case needs.
     Skipped(String),
 }
 

@@ -31,23 +31,14 @@ pub struct Capabilities {
     /// Data outlives the store object: a store opened again on the same place (a
     /// restarted process) sees what was written.
     pub persistent: bool,
-    /// Stores opened on the same place by other processes see the same data, with
-    /// the same atomicity (the file store's folder, a Redis server).
-    pub shared: bool,
 }
 
 impl Capabilities {
     /// Nothing claimed: the trait methods' default, for a store that does not say.
-    pub const NONE: Capabilities = Capabilities {
-        persistent: false,
-        shared: false,
-    };
+    pub const NONE: Capabilities = Capabilities { persistent: false };
 
-    /// Data outlives the process and is shared between processes.
-    pub const DURABLE_SHARED: Capabilities = Capabilities {
-        persistent: true,
-        shared: true,
-    };
+    /// Data outlives the store object (and the process).
+    pub const PERSISTENT: Capabilities = Capabilities { persistent: true };
 
     /// What four stores used together can do: what each of them reports.
     pub fn of_all(
@@ -67,7 +58,6 @@ impl Capabilities {
     pub fn and(self, other: Capabilities) -> Capabilities {
         Capabilities {
             persistent: self.persistent && other.persistent,
-            shared: self.shared && other.shared,
         }
     }
 }

@@ -294,10 +294,9 @@ impl FileStore {
         self.blocking(sweep::verify).await
     }
 
-    /// What this store can do: its data outlives the process, and processes that
-    /// open the same folder share it (with the same atomicity, through `flock`).
+    /// What this store can do: its data outlives the store and the process.
     pub fn capabilities(&self) -> chatstate_core::Capabilities {
-        chatstate_core::Capabilities::DURABLE_SHARED
+        chatstate_core::Capabilities::PERSISTENT
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>

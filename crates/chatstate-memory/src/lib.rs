@@ -261,7 +261,7 @@ impl MemoryStore {
         n
     }
 
-    /// What this store can do: nothing outlives it, and no other process sees it.
+    /// What this store can do: nothing outlives it.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
     }

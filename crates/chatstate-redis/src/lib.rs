@@ -267,11 +267,10 @@ impl RedisStore {
         }
     }
 
-    /// What this store can do: data lives in the server, so it outlives the process
-    /// (as far as the server's persistence goes) and every client of the server
-    /// shares it, atomically (scripts).
+    /// What this store can do: data lives in the server, so it outlives the store
+    /// and the process (as far as the server's persistence goes).
     pub fn capabilities(&self) -> chatstate_core::Capabilities {
-        chatstate_core::Capabilities::DURABLE_SHARED
+        chatstate_core::Capabilities::PERSISTENT
     }
 
     /// Connects as `config` says (`REDIS_URL`, prefix, pool, timeouts, settings).

@@ -123,7 +123,7 @@ impl Stores {
     }
 
     /// What the stores can do, as they report it ([`Capabilities`]): whether data
-    /// outlives the process and is shared with other processes.
+    /// outlives the process.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities::of_all(
             self.sessions.as_ref(),
