@@ -57,7 +57,10 @@
 //! **Time.** Local TTL decisions read a [`chatstate_core::Clock`] (the system clock
 //! unless [`TieredCache::with_clock`] is given another), so tests and the
 //! conformance suite move it with a [`chatstate_core::ManualClock`] together with
-//! the backend's; moka's own expiry, on real time, only frees the memory.
+//! the backend's. On the system clock (`TieredCache::new`) moka's own per-entry
+//! expiry, set a millisecond short of the copy's deadline, is the check, and a hit
+//! reads no clock; with another clock a hit also checks the deadline on it (moka's
+//! real-time expiry then only frees the memory).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -222,6 +225,9 @@ struct Shared {
     /// that started no later than the copy's epoch answer it.
     epoch: AtomicU64,
     stats: Stats,
+    /// Whether a hit checks its deadline on `clock`: only for a clock other than
+    /// the system clock, which moka's own expiry already follows.
+    check_deadline: bool,
 }
 
 /// A [`KvCache`] with a local tier in front of a remote one.
@@ -271,7 +277,7 @@ impl TieredCache {
         bus: Arc<dyn InvalidationBus>,
         config: TieredConfig,
     ) -> Self {
-        TieredCache::with_clock(remote, bus, config, chatstate_core::system_clock())
+        TieredCache::build(remote, bus, config, chatstate_core::system_clock(), false)
     }
 
     /// Like [`TieredCache::new`], with the local TTLs read from `clock` (a
@@ -281,6 +287,16 @@ impl TieredCache {
         bus: Arc<dyn InvalidationBus>,
         config: TieredConfig,
         clock: SharedClock,
+    ) -> Self {
+        TieredCache::build(remote, bus, config, clock, true)
+    }
+
+    fn build(
+        remote: Arc<dyn KvCache>,
+        bus: Arc<dyn InvalidationBus>,
+        config: TieredConfig,
+        clock: SharedClock,
+        check_deadline: bool,
     ) -> Self {
         let local = moka::future::Cache::builder()
             .max_capacity(config.local_capacity)
@@ -296,6 +312,7 @@ impl TieredCache {
             epoch: AtomicU64::new(0),
             stats: Stats::default(),
             bus: bus.clone(),
+            check_deadline,
         });
         let mut rx = bus.subscribe();
         let weak = Arc::downgrade(&shared);
@@ -567,7 +584,14 @@ impl Shared {
         Local {
             value,
             deadline,
-            ttl: self.clock.now().until(deadline),
+            // A millisecond short: `now` is whole milliseconds (up to one behind),
+            // and on the system clock moka's expiry alone must never serve a copy
+            // past its deadline.
+            ttl: self
+                .clock
+                .now()
+                .until(deadline)
+                .saturating_sub(std::time::Duration::from_millis(1)),
             loaded,
             current_at,
             settled: Arc::new(AtomicBool::new(false)),
@@ -580,7 +604,7 @@ impl Shared {
     /// dropped here).
     async fn local_get(&self, key: &CacheKey, epoch: u64) -> Option<Local> {
         let hit = self.local.get(key).await?;
-        if self.clock.now() >= hit.deadline {
+        if self.check_deadline && self.clock.now() >= hit.deadline {
             self.local.invalidate(key).await;
             None
         } else if hit.answers(epoch) {
