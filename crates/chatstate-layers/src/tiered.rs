@@ -22,8 +22,11 @@
 //! copies of what it changes both times: a read that overlapped the remote call in
 //! any way (started before, during, or kept its copy before the write returned) does
 //! not keep what it read. A write keeps its own value locally only when nothing else
-//! moved the epoch while it was on the wire. Under a steady stream of writes, reads
-//! that overlap them still answer, they are just not kept.
+//! moved the epoch while it was on the wire. The epoch is one per instance and moves
+//! with every write of any key, made here or heard on the bus: under a steady stream
+//! of writes anywhere in the fleet, reads that overlap one still answer, they are
+//! just not kept (the hit rate falls with the write rate; per-key epochs would
+//! narrow that).
 //!
 //! **No old answer after a change returned.** Every copy records the epoch as of
 //! which it is known to be the remote's value (for a read, the epoch when the read

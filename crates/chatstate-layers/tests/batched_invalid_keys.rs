@@ -1,6 +1,6 @@
 //! Batched counters and keys every sink refuses (a bucket out of range): reported as
-//! dropped, never silently lost, and never queued where an outage would grow the
-//! queue by a batch per interval. Memory backend only.
+//! dropped, never silently lost, and queued like any other counter, so an outage
+//! keeps the queue bounded. Memory backend only.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -13,9 +13,8 @@ use chatstate_memory::MemoryStore;
 
 /// A counter key the sink refuses deterministically (a bucket outside the years
 /// 0001–9999 is `InvalidInput` on every backend) must be reported as dropped by
-/// `flush`, never lost with a silent `Ok`. Today `merge` calls `CounterBatch::try_add`,
-/// which checks the key, ignores its error (`let _ = batch.try_add(..)`), and queues
-/// an empty batch: the delta vanishes and the report is complete.
+/// `flush`, never lost with a silent `Ok` (a queue that dropped it on the way to the
+/// sink would report a complete flush).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_counter_key_is_reported_not_silently_lost() {
     let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
@@ -90,8 +89,8 @@ impl CounterSink for Down {
 
 /// Item 4: memory is bounded by the number of distinct counters, not the outage's
 /// length, even with a counter whose key fails `CounterKey::check` (an out-of-range
-/// bucket): such a delta is reported as dropped when drained and never queued (it
-/// could neither merge into a batch nor be flushed, so each interval would add one).
+/// bucket): it merges into the never-sent batch like any other counter, and the
+/// sink's refusal, once it is reachable, drops and reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_with_an_invalid_counter_key_keeps_the_queue_bounded() {
     let sink: Arc<dyn CounterSink> = Arc::new(Down(MemoryStore::new(StoreSettings::default())));
