@@ -26,6 +26,13 @@
 //! | `CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS` | how long an applied batch id is remembered, so a retried flush is not counted twice; at least 10 flush intervals | `86400` |
 //! | `CHATSTATE_LOCAL_CACHE_CAPACITY` | entries in the local cache tier | `10000` |
 //! | `CHATSTATE_LOCAL_CACHE_TTL_SECONDS` | TTL in the local cache tier | `60` |
+//! | `CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS` | how long past its TTL the local tier may still serve an entry while Redis fails (stale-if-error); `0` never | `300` |
+//! | `CHATSTATE_REDIS_FAIL_FAST` | `1`: opening the stores fails when Redis cannot be reached (otherwise they open and connect in the background) | off |
+//! | `CHATSTATE_REDIS_FALLBACK` | `none`, `file` or `memory`: the backend to open instead when Redis cannot be reached at start | `none` |
+//! | `CHATSTATE_REDIS_BREAKER_FAILURES` | consecutive temporary failures that open the circuit breaker, 1–1000 | `5` |
+//! | `CHATSTATE_REDIS_BREAKER_WINDOW_MS` | the failures must fall within this window | `10000` |
+//! | `CHATSTATE_REDIS_BREAKER_OPEN_MS` | how long the breaker stays open before a probe may close it | `1000` |
+//! | `CHATSTATE_SESSION_FALLBACK` | only `none`: sessions do not move to another store during an outage (see the facade's docs for why) | `none` |
 
 use std::fmt;
 use std::path::PathBuf;
@@ -64,6 +71,13 @@ pub const ENV_VARS: &[&str] = &[
     "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
     "CHATSTATE_LOCAL_CACHE_CAPACITY",
     "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
+    "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
+    "CHATSTATE_REDIS_FAIL_FAST",
+    "CHATSTATE_REDIS_FALLBACK",
+    "CHATSTATE_REDIS_BREAKER_FAILURES",
+    "CHATSTATE_REDIS_BREAKER_WINDOW_MS",
+    "CHATSTATE_REDIS_BREAKER_OPEN_MS",
+    "CHATSTATE_SESSION_FALLBACK",
 ];
 
 /// Which backend stores the data.
@@ -318,6 +332,67 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Timeout of every command.
     pub command_timeout: Duration,
+    /// Opening fails when Redis cannot be reached (`CHATSTATE_REDIS_FAIL_FAST`);
+    /// otherwise the store opens and connects in the background.
+    pub fail_fast: bool,
+    /// What to open instead when Redis cannot be reached at start
+    /// (`CHATSTATE_REDIS_FALLBACK`).
+    pub fallback: RedisFallback,
+    /// The circuit breaker in front of every Redis call.
+    pub breaker: BreakerConfig,
+}
+
+/// What the facade opens when Redis cannot be reached at start
+/// (`CHATSTATE_REDIS_FALLBACK`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RedisFallback {
+    /// Open the Redis store anyway: calls fail fast (`Unavailable`) until it connects
+    /// in the background.
+    #[default]
+    None,
+    /// Open the file store (in `CHATSTATE_FILE_DIR`) for the life of the process.
+    File,
+    /// Open the in-memory store for the life of the process.
+    Memory,
+}
+
+impl FromStr for RedisFallback {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(RedisFallback::None),
+            "file" => Ok(RedisFallback::File),
+            "memory" => Ok(RedisFallback::Memory),
+            other => Err(Error::config(format!(
+                "unknown fallback {other:?}: expected none, file or memory"
+            ))),
+        }
+    }
+}
+
+/// The circuit breaker's settings: after `failures` consecutive temporary failures
+/// (connection refused or dropped, timeouts, `LOADING`) within `window`, calls fail at
+/// once with `Unavailable` for `open_for`; then one probe is let through, and its
+/// success closes the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive temporary failures that open the breaker.
+    pub failures: u32,
+    /// The window those failures must fall within.
+    pub window: Duration,
+    /// How long the breaker stays open before a probe.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(1),
+        }
+    }
 }
 
 /// The local cache tier's settings.
@@ -327,6 +402,9 @@ pub struct LocalCacheConfig {
     pub capacity: u64,
     /// How long an entry is served locally.
     pub ttl: Duration,
+    /// How long past `ttl` (or its remote expiry) an entry may still be served while
+    /// the remote fails with a temporary error (stale-if-error); zero never.
+    pub max_stale: Duration,
 }
 
 /// Everything configurable, as read from the environment.
@@ -362,6 +440,9 @@ impl Default for Config {
                 pool_size: 16,
                 connect_timeout: Duration::from_millis(5000),
                 command_timeout: Duration::from_millis(2000),
+                fail_fast: false,
+                fallback: RedisFallback::None,
+                breaker: BreakerConfig::default(),
             },
             key_prefix: "chatstate".into(),
             file_dir: PathBuf::from("./chatstate-data"),
@@ -371,6 +452,7 @@ impl Default for Config {
             local_cache: LocalCacheConfig {
                 capacity: 10_000,
                 ttl: Duration::from_secs(60),
+                max_stale: Duration::from_secs(300),
             },
         }
     }
@@ -545,6 +627,54 @@ impl Config {
         if let Some(d) = env.seconds("CHATSTATE_LOCAL_CACHE_TTL_SECONDS")? {
             cfg.local_cache.ttl = d;
         }
+        if let Some(n) = env.int(
+            "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
+            0,
+            10 * 365 * 86_400,
+        )? {
+            cfg.local_cache.max_stale = Duration::from_secs(n);
+        }
+        if let Some(on) = env.flag("CHATSTATE_REDIS_FAIL_FAST")? {
+            cfg.redis.fail_fast = on;
+        }
+        if let Some(raw) = env.get("CHATSTATE_REDIS_FALLBACK") {
+            cfg.redis.fallback = raw
+                .parse::<RedisFallback>()
+                .map_err(|e| named("CHATSTATE_REDIS_FALLBACK", e))?;
+        }
+        if cfg.redis.fail_fast && cfg.redis.fallback != RedisFallback::None {
+            return Err(Error::config(
+                "CHATSTATE_REDIS_FAIL_FAST=1 contradicts CHATSTATE_REDIS_FALLBACK: \
+                 fail when Redis is down, or open the fallback; set one of them",
+            ));
+        }
+        if let Some(n) = env.int("CHATSTATE_REDIS_BREAKER_FAILURES", 1, 1000)? {
+            cfg.redis.breaker.failures = n as u32;
+        }
+        if let Some(d) = env.millis("CHATSTATE_REDIS_BREAKER_WINDOW_MS")? {
+            cfg.redis.breaker.window = d;
+        }
+        if let Some(d) = env.millis("CHATSTATE_REDIS_BREAKER_OPEN_MS")? {
+            cfg.redis.breaker.open_for = d;
+        }
+        if let Some(raw) = env.get("CHATSTATE_SESSION_FALLBACK") {
+            match raw.trim().to_ascii_lowercase().as_str() {
+                "none" => {}
+                "file" => {
+                    return Err(Error::config(
+                        "CHATSTATE_SESSION_FALLBACK=file is not supported: moving sessions to \
+                         a local file store during an outage is unsafe with several instances \
+                         (see the chatstate facade's docs, \"Redis outages\"); use \
+                         CHATSTATE_REDIS_FALLBACK for a fallback chosen at start",
+                    ));
+                }
+                other => {
+                    return Err(Error::config(format!(
+                        "CHATSTATE_SESSION_FALLBACK is malformed: unknown value {other:?}, expected none"
+                    )));
+                }
+            }
+        }
         cfg.store.validate()?;
         cfg.store.check_flush_interval(cfg.counter_flush_interval)?;
         Ok(cfg)
@@ -626,6 +756,9 @@ mod tests {
             "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
             "CHATSTATE_LOCAL_CACHE_CAPACITY",
             "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
+            "CHATSTATE_REDIS_BREAKER_FAILURES",
+            "CHATSTATE_REDIS_BREAKER_WINDOW_MS",
+            "CHATSTATE_REDIS_BREAKER_OPEN_MS",
         ] {
             for bad in ["abc", "-1", "0", "1.5", "99999999999999999999"] {
                 let err = cfg(&[(name, bad)]).unwrap_err();
@@ -633,6 +766,82 @@ mod tests {
                 assert!(err.message().starts_with(name), "{name}={bad}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn outage_settings_are_read_and_checked() {
+        let c = cfg(&[]).unwrap();
+        assert!(!c.redis.fail_fast);
+        assert_eq!(c.redis.fallback, RedisFallback::None);
+        assert_eq!(c.redis.breaker, BreakerConfig::default());
+        assert_eq!(c.local_cache.max_stale, Duration::from_secs(300));
+
+        let c = cfg(&[
+            ("CHATSTATE_REDIS_FALLBACK", "File"),
+            ("CHATSTATE_REDIS_BREAKER_FAILURES", "3"),
+            ("CHATSTATE_REDIS_BREAKER_WINDOW_MS", "2500"),
+            ("CHATSTATE_REDIS_BREAKER_OPEN_MS", "200"),
+            ("CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.fallback, RedisFallback::File);
+        assert_eq!(
+            c.redis.breaker,
+            BreakerConfig {
+                failures: 3,
+                window: Duration::from_millis(2500),
+                open_for: Duration::from_millis(200),
+            }
+        );
+        assert_eq!(c.local_cache.max_stale, Duration::ZERO);
+        assert_eq!(
+            cfg(&[("CHATSTATE_REDIS_FALLBACK", "memory")])
+                .unwrap()
+                .redis
+                .fallback,
+            RedisFallback::Memory
+        );
+        assert!(
+            cfg(&[("CHATSTATE_REDIS_FAIL_FAST", "1")])
+                .unwrap()
+                .redis
+                .fail_fast
+        );
+
+        for (vars, names) in [
+            (
+                vec![("CHATSTATE_REDIS_FALLBACK", "disk")],
+                "CHATSTATE_REDIS_FALLBACK",
+            ),
+            (
+                vec![("CHATSTATE_REDIS_FAIL_FAST", "sometimes")],
+                "CHATSTATE_REDIS_FAIL_FAST",
+            ),
+            (
+                vec![
+                    ("CHATSTATE_REDIS_FAIL_FAST", "1"),
+                    ("CHATSTATE_REDIS_FALLBACK", "file"),
+                ],
+                "CHATSTATE_REDIS_FAIL_FAST",
+            ),
+            (
+                vec![("CHATSTATE_SESSION_FALLBACK", "file")],
+                "CHATSTATE_SESSION_FALLBACK",
+            ),
+            (
+                vec![("CHATSTATE_SESSION_FALLBACK", "redis")],
+                "CHATSTATE_SESSION_FALLBACK",
+            ),
+            (
+                vec![("CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS", "-1")],
+                "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
+            ),
+        ] {
+            let err = cfg(&vars).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.message().starts_with(names), "{vars:?}: {err}");
+        }
+        assert!(cfg(&[("CHATSTATE_SESSION_FALLBACK", "none")]).is_ok());
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub mod transition;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use codec::Codec;
-pub use config::{BackendKind, Config, RedisUrl, StoreSettings};
+pub use config::{
+    BackendKind, BreakerConfig, Config, LocalCacheConfig, RedisConfig, RedisFallback, RedisUrl,
+    StoreSettings,
+};
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
 pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};
