@@ -81,7 +81,8 @@ pub const ENV_VARS: &[&str] = &[
 ];
 
 /// Which backend stores the data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// In process memory: lost at exit. For tests and embedding.
     Memory,

@@ -24,6 +24,8 @@
 //! - [`background`]: the periodic loop stores run their sweepers and flushes in.
 //! - [`clock`]: [`Timestamp`], [`Clock`], [`ManualClock`] for tests that move time.
 //! - [`error`]: [`Error`] with an [`ErrorKind`] to branch on.
+//! - [`health`]: [`Health`] and [`BreakerState`], what a store reports about its
+//!   backend's reachability.
 //! - `mock` (feature `mock`): mockall mocks of the four traits.
 //!
 //! ## What this crate must never do
@@ -60,6 +62,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ext;
+pub mod health;
 pub mod invalidation;
 pub mod key;
 pub mod model;
@@ -74,6 +77,7 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
+pub use health::{BreakerState, Fallback, Health};
 pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};
 pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, SessionKey};
 pub use model::{

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chatstate_core::{Error, ErrorKind, Result};
+
+use crate::breaker::Breaker;
 use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::Serialize;
@@ -308,11 +310,12 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
     err
 }
 
-/// The shared connection, with accounting.
+/// The shared connection, with accounting and the circuit breaker.
 #[derive(Clone)]
 pub(crate) struct Conn {
     pub manager: ConnectionManager,
     pub counters: std::sync::Arc<Counters>,
+    pub breaker: std::sync::Arc<Breaker>,
 }
 
 impl Conn {
@@ -323,11 +326,12 @@ impl Conn {
         op: &'static str,
         key: Option<&str>,
     ) -> Result<T> {
+        self.breaker.admit(op, key)?;
         let mut con = self.manager.clone();
         self.counters.count([cmd]);
-        cmd.query_async(&mut con)
-            .await
-            .map_err(|e| map_err(e, op, key))
+        let result = cmd.query_async(&mut con).await;
+        self.breaker.record(result.as_ref().map(|_| ()));
+        result.map_err(|e| map_err(e, op, key))
     }
 
     /// Sends a (non-transactional) pipeline: one round trip. `keys[i]` is the key
@@ -339,9 +343,12 @@ impl Conn {
         op: &'static str,
         keys: &[&str],
     ) -> Result<T> {
+        self.breaker.admit(op, keys.first().copied())?;
         let mut con = self.manager.clone();
         self.counters.count(pipe.cmd_iter());
-        pipe.query_async(&mut con).await.map_err(|e| {
+        let result = pipe.query_async(&mut con).await;
+        self.breaker.record(result.as_ref().map(|_| ()));
+        result.map_err(|e| {
             let failed = e
                 .clone()
                 .into_server_errors()
@@ -372,10 +379,13 @@ impl Conn {
         op: &'static str,
     ) -> Result<Value> {
         let key = keys.first().copied();
+        self.breaker.admit(op, key)?;
         let evalsha = script.command(false, keys, args);
         let mut con = self.manager.clone();
         self.counters.count([&evalsha]);
-        match evalsha.query_async::<Value>(&mut con).await {
+        let result = evalsha.query_async::<Value>(&mut con).await;
+        self.breaker.record(result.as_ref().map(|_| ()));
+        match result {
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 tracing::debug!(script = script.name, "loading script");
                 self.eval(script, keys, args, op).await

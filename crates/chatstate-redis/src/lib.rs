@@ -85,6 +85,7 @@
 
 #![warn(missing_docs)]
 
+mod breaker;
 mod bus;
 mod cache;
 mod conn;
@@ -97,7 +98,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatstate_core::{
-    Config, Error, KeyLayout, RedisUrl, Result, SharedClock, StoreSettings, system_clock,
+    BreakerConfig, Config, Error, Health, KeyLayout, RedisUrl, Result, SharedClock, StoreSettings,
+    system_clock,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -120,6 +122,9 @@ struct Inner {
     clock: SharedClock,
     scripts: Scripts,
     url: RedisUrl,
+    command_timeout: Duration,
+    /// Whether the eviction policy was checked (once Redis was first reached).
+    eviction_checked: std::sync::atomic::AtomicBool,
 }
 
 /// All four chatstate stores on Redis. Cheap to clone; clones share the connection.
@@ -148,9 +153,24 @@ pub struct RedisStoreBuilder {
     pool_size: usize,
     connect_timeout: Duration,
     command_timeout: Duration,
+    fail_fast: bool,
+    breaker: BreakerConfig,
 }
 
 impl RedisStoreBuilder {
+    /// Fail [`connect`](Self::connect) when Redis cannot be reached (default: open
+    /// anyway, with the breaker open, and connect in the background).
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.fail_fast = fail_fast;
+        self
+    }
+
+    /// The circuit breaker's settings.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
     /// The key prefix (default `chatstate`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -187,8 +207,12 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects. An unreachable server is `Unavailable`, refused credentials are
-    /// `Config`; neither error shows the password.
+    /// Opens the store and checks the server with one `PING` within the connect
+    /// timeout. Refused credentials are a `Config` error (never shown with the
+    /// password). An unreachable server is an `Unavailable` (or `Timeout`) error
+    /// only with [`fail_fast`](Self::fail_fast); otherwise the store opens with its
+    /// circuit breaker open, logs a warning, and connects in the background: calls
+    /// fail at once with `Unavailable` until a probe reaches the server.
     pub async fn connect(self) -> Result<RedisStore> {
         self.settings.validate()?;
         let layout = KeyLayout::new(self.prefix)?;
@@ -204,15 +228,15 @@ impl RedisStoreBuilder {
             .set_response_timeout(Some(self.command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| {
-                let err = conn::map_err(e, "connect", None);
-                Error::new(
-                    err.kind(),
-                    format!("cannot connect to {}: {}", self.url, err.message()),
-                )
-            })?;
+        // Lazy: nothing is sent until the first call. The PING below (bounded by the
+        // connect timeout) decides whether the store starts connected.
+        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            Error::config(format!(
+                "REDIS_URL {} is not usable: {}",
+                self.url,
+                e.category()
+            ))
+        })?;
         let pool = deadpool_redis::Config {
             url: Some(self.url.expose().to_string()),
             connection: None,
@@ -233,7 +257,9 @@ impl RedisStoreBuilder {
                 conn: conn::Conn {
                     manager,
                     counters: Arc::default(),
+                    breaker: Arc::new(breaker::Breaker::new(self.breaker)),
                 },
+                eviction_checked: std::sync::atomic::AtomicBool::new(false),
                 pool,
                 layout,
                 settings: self.settings,
@@ -245,10 +271,118 @@ impl RedisStoreBuilder {
                     cache: cache::CacheScripts::new(),
                 },
                 url: self.url,
+                command_timeout: self.command_timeout,
             }),
         };
-        store.warn_about_eviction().await;
+        match store.ping(self.connect_timeout).await {
+            Ok(()) => store.check_eviction_once().await,
+            Err(err) if err.is_temporary() && !self.fail_fast => {
+                tracing::warn!(
+                    url = %store.inner.url,
+                    error = %err,
+                    "Redis cannot be reached: the store opens anyway and connects in the \
+                     background; calls fail at once (Unavailable) until it does \
+                     (CHATSTATE_REDIS_FAIL_FAST=1 makes this an error)"
+                );
+                store.inner.conn.breaker.open_at_start(err.kind());
+            }
+            Err(err) => {
+                return Err(Error::new(
+                    err.kind(),
+                    format!("cannot connect to {}: {}", store.inner.url, err.message()),
+                ));
+            }
+        }
+        store.spawn_probes();
         Ok(store)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.conn.breaker.stop();
+    }
+}
+
+impl RedisStore {
+    /// One `PING` on the shared connection, past the breaker, within `timeout`:
+    /// `Ok` when the server answered — with `PONG`, or with a refusal that does not
+    /// trip the breaker (`MISCONF` refuses even `PING`, yet the server serves reads).
+    /// Refused credentials are a `Config` error.
+    async fn ping(&self, timeout: Duration) -> Result<()> {
+        let mut con = self.inner.conn.manager.clone();
+        match tokio::time::timeout(
+            timeout,
+            redis::cmd("PING").query_async::<redis::Value>(&mut con),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let trips = breaker::trips(&e);
+                let err = conn::map_err(e, "connect", None);
+                if trips || err.kind() == chatstate_core::ErrorKind::Config {
+                    Err(err)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(_) => Err(Error::new(
+                chatstate_core::ErrorKind::Timeout,
+                "Redis did not answer in time",
+            )
+            .with_operation("connect")),
+        }
+    }
+
+    /// The eviction-policy check, once per store: at start, or when a store that
+    /// started without Redis first reaches it.
+    async fn check_eviction_once(&self) {
+        if !self
+            .inner
+            .eviction_checked
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.warn_about_eviction().await;
+        }
+    }
+
+    /// Starts the task that probes Redis while the breaker is open (see the
+    /// `breaker` module). It holds the store weakly and ends when the store is
+    /// dropped.
+    fn spawn_probes(&self) {
+        let breaker = self.inner.conn.breaker.clone();
+        let weak = Arc::downgrade(&self.inner);
+        let timeout = self.inner.command_timeout;
+        tokio::spawn(async move {
+            breaker
+                .run_probes(|| {
+                    let weak = weak.clone();
+                    async move {
+                        let Some(inner) = weak.upgrade() else {
+                            return Err(chatstate_core::ErrorKind::Unavailable);
+                        };
+                        let store = RedisStore { inner };
+                        match store.ping(timeout).await {
+                            Ok(()) => {
+                                store.check_eviction_once().await;
+                                Ok(())
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "Redis probe failed");
+                                Err(e.kind())
+                            }
+                        }
+                    }
+                })
+                .await
+        });
+    }
+
+    /// The store's health: whether Redis answered lately, the circuit breaker's
+    /// state, the last temporary failure and since when (see [`Health`]).
+    pub fn health(&self) -> Health {
+        self.inner.conn.breaker.health()
     }
 }
 
@@ -264,6 +398,8 @@ impl RedisStore {
             pool_size: defaults.redis.pool_size,
             connect_timeout: defaults.redis.connect_timeout,
             command_timeout: defaults.redis.command_timeout,
+            fail_fast: defaults.redis.fail_fast,
+            breaker: defaults.redis.breaker,
         }
     }
 
@@ -273,14 +409,23 @@ impl RedisStore {
         chatstate_core::Capabilities::PERSISTENT
     }
 
-    /// Connects as `config` says (`REDIS_URL`, prefix, pool, timeouts, settings).
+    /// Connects as `config` says (`REDIS_URL`, prefix, pool, timeouts, settings,
+    /// `CHATSTATE_REDIS_FAIL_FAST`, the breaker).
     pub async fn from_config(config: &Config) -> Result<RedisStore> {
+        RedisStore::from_config_fail_fast(config, config.redis.fail_fast).await
+    }
+
+    /// [`RedisStore::from_config`], with `fail_fast` in place of the config's (the
+    /// facade fails fast when a fallback is configured, then opens the fallback).
+    pub async fn from_config_fail_fast(config: &Config, fail_fast: bool) -> Result<RedisStore> {
         RedisStore::builder(config.redis.url.clone())
             .prefix(config.key_prefix.clone())
             .settings(config.store.clone())
             .pool_size(config.redis.pool_size)
             .connect_timeout(config.redis.connect_timeout)
             .command_timeout(config.redis.command_timeout)
+            .fail_fast(fail_fast)
+            .breaker(config.redis.breaker)
             .connect()
             .await
     }

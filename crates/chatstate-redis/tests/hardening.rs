@@ -136,7 +136,13 @@ async fn noreplicas_and_misconf_refusals_are_temporary_and_write_nothing() {
             "0",
             "{what}: the refused calls wrote nothing"
         );
-        // Reads still work: the server refuses writes only.
+        // Reads still work: the server refuses writes only, so six refusals in a row
+        // do not open the circuit breaker (they are not an outage).
+        assert_eq!(
+            s.health().breaker,
+            chatstate_core::BreakerState::Closed,
+            "{what}: write refusals opened the breaker"
+        );
         assert_eq!(CounterSink::get(&s, &counter).await.unwrap(), 0);
     }
 }

@@ -510,6 +510,7 @@ async fn redis_down_is_unavailable_and_the_store_recovers_after_a_restart() {
     let err =
         RedisStore::builder(RedisUrl::parse(&format!("redis://:pw-x@127.0.0.1:{port}")).unwrap())
             .connect_timeout(Duration::from_millis(500))
+            .fail_fast(true)
             .connect()
             .await
             .unwrap_err();

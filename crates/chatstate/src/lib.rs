@@ -64,6 +64,18 @@ pub struct Stores {
     /// it to the typed calls (`set_value`, `get_value`, `SessionPatch::context`, ...)
     /// so one setting decides how every typed value is stored.
     pub codec: Codec,
+    /// Where [`Stores::health`] comes from.
+    source: HealthSource,
+    /// Set when a fallback serves instead of the configured backend.
+    fallback_from: Option<Fallback>,
+}
+
+#[derive(Clone)]
+enum HealthSource {
+    /// Memory or file: always reachable; opened at this time.
+    Local(Timestamp),
+    /// Redis: its breaker.
+    Redis(RedisStore),
 }
 
 impl std::fmt::Debug for Stores {
@@ -71,6 +83,7 @@ impl std::fmt::Debug for Stores {
         f.debug_struct("Stores")
             .field("backend", &self.backend)
             .field("codec", &self.codec)
+            .field("fallback_from", &self.fallback_from)
             .finish_non_exhaustive()
     }
 }
@@ -82,31 +95,87 @@ impl Stores {
     }
 
     /// Opens the backend `config` selects. Must be called inside a tokio runtime.
+    ///
+    /// With Redis (see the crate docs, "Redis outages"): when Redis cannot be
+    /// reached, `CHATSTATE_REDIS_FAIL_FAST=1` makes this an `Unavailable` error;
+    /// `CHATSTATE_REDIS_FALLBACK=file|memory` opens that backend instead, for the
+    /// life of these stores ([`Stores::backend`] and [`Stores::health`] say so, and
+    /// a warning is logged); otherwise (the default) the Redis stores open anyway
+    /// and connect in the background, failing calls at once until they do. Refused
+    /// credentials and other configuration errors always fail.
     pub async fn open(config: &Config) -> Result<Stores> {
-        let codec = config.codec;
-        let local_bus = || -> Arc<dyn InvalidationBus> { Arc::new(LocalBus::new()) };
-        Ok(match config.backend {
+        match config.backend {
+            BackendKind::Memory | BackendKind::File => Stores::open_local(config, config.backend),
+            BackendKind::Redis => {
+                let fallback = match config.redis.fallback {
+                    RedisFallback::None => None,
+                    RedisFallback::File => Some(BackendKind::File),
+                    RedisFallback::Memory => Some(BackendKind::Memory),
+                };
+                let fail_fast = config.redis.fail_fast || fallback.is_some();
+                let store = match RedisStore::from_config_fail_fast(config, fail_fast).await {
+                    Ok(store) => store,
+                    Err(err) if err.is_temporary() && fallback.is_some() => {
+                        let Some(instead) = fallback else {
+                            return Err(err);
+                        };
+                        tracing::warn!(
+                            fallback = ?instead,
+                            error = %err,
+                            "Redis cannot be reached at start: serving from the fallback \
+                             (CHATSTATE_REDIS_FALLBACK) for the life of this process; what is \
+                             written there stays there (see chatstate::migrate)"
+                        );
+                        let mut stores = Stores::open_local(config, instead)?;
+                        stores.fallback_from = Some(Fallback {
+                            configured: BackendKind::Redis,
+                            reason: err.to_string(),
+                        });
+                        return Ok(stores);
+                    }
+                    Err(err) => return Err(err),
+                };
+                let bus: Arc<dyn InvalidationBus> = Arc::new(RedisBus::new(&store)?);
+                Ok(Stores::of(
+                    BackendKind::Redis,
+                    store.clone(),
+                    bus,
+                    config.codec,
+                    HealthSource::Redis(store),
+                ))
+            }
+        }
+    }
+
+    /// Opens the memory or file store `backend`.
+    fn open_local(config: &Config, backend: BackendKind) -> Result<Stores> {
+        let bus: Arc<dyn InvalidationBus> = Arc::new(LocalBus::new());
+        let source = HealthSource::Local(SystemClock.now());
+        Ok(match backend {
             BackendKind::Memory => Stores::of(
-                BackendKind::Memory,
+                backend,
                 MemoryStore::from_config(config),
-                local_bus(),
-                codec,
+                bus,
+                config.codec,
+                source,
             ),
-            BackendKind::File => Stores::of(
+            _ => Stores::of(
                 BackendKind::File,
                 FileStore::from_config(config)?,
-                local_bus(),
-                codec,
+                bus,
+                config.codec,
+                source,
             ),
-            BackendKind::Redis => {
-                let store = RedisStore::from_config(config).await?;
-                let bus: Arc<dyn InvalidationBus> = Arc::new(RedisBus::new(&store)?);
-                Stores::of(BackendKind::Redis, store, bus, codec)
-            }
         })
     }
 
-    fn of<S>(backend: BackendKind, s: S, bus: Arc<dyn InvalidationBus>, codec: Codec) -> Stores
+    fn of<S>(
+        backend: BackendKind,
+        s: S,
+        bus: Arc<dyn InvalidationBus>,
+        codec: Codec,
+        source: HealthSource,
+    ) -> Stores
     where
         S: SessionStore + FocusStore + CounterSink + KvCache + 'static,
     {
@@ -119,7 +188,21 @@ impl Stores {
             cache: s,
             bus,
             codec,
+            source,
+            fallback_from: None,
         }
+    }
+
+    /// Which backend serves, whether it is reachable, the circuit breaker's state
+    /// (Redis), the last temporary failure and since when, and whether a fallback
+    /// serves instead of the configured backend. Cheap: reads state, sends nothing.
+    pub fn health(&self) -> Health {
+        let mut health = match &self.source {
+            HealthSource::Local(since) => Health::local(self.backend, *since),
+            HealthSource::Redis(store) => store.health(),
+        };
+        health.fallback_from = self.fallback_from.clone();
+        health
     }
 
     /// What the stores can do, as they report it ([`Capabilities`]): whether data

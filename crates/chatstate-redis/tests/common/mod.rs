@@ -135,8 +135,35 @@ impl RedisServer {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Pauses the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(self.pid.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {} failed", self.pid);
+    }
+
     /// Stops the server (as a crash or an operator would).
     pub fn stop(&mut self) {
+        // A paused process is killed by SIGKILL too; resume it first anyway so the
+        // pid is reaped promptly.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.pid.to_string())
+            .stderr(Stdio::null())
+            .status();
         let _ = Command::new("kill")
             .arg("-9")
             .arg(self.pid.to_string())
@@ -188,6 +215,13 @@ pub struct Restarted(Child);
 impl Restarted {
     /// Starts `redis-server` again on `port` (empty: no persistence).
     pub fn on(port: u16) -> Restarted {
+        Restarted::with_args(port, &[])
+    }
+
+    /// Starts `redis-server` again on `port` with extra arguments (the same
+    /// `--dir`/`--appendonly yes` as before, to find the data again), and waits until
+    /// it answers (or 10 s).
+    pub fn with_args(port: u16, extra: &[&str]) -> Restarted {
         let child = Command::new(redis_server_path())
             .args([
                 "--port",
@@ -199,10 +233,22 @@ impl Restarted {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server restarts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(o) = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "PING"])
+                .output()
+                && String::from_utf8_lossy(&o.stdout).contains("PONG")
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Restarted(child)
     }
 }
