@@ -12,8 +12,10 @@
 //!   fallback on NOSCRIPT, and Redis errors mapped to chatstate kinds.
 //! - `session`, `focus`, `counters`, `cache`: each trait, with its Lua scripts next
 //!   to the Rust that calls them.
+//! - `breaker`: the circuit breaker every call passes, and the background probe
+//!   that closes it (and connects a store that opened without Redis).
 //! - `eviction`: [`eviction_risk`], the check of the server's `maxmemory-policy`
-//!   run at connect.
+//!   run when the store first reaches the server.
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
 //!   tiered cache in `chatstate-layers`).
 //!
@@ -58,6 +60,29 @@
 //! or `message_count` that is not an integer in `0..i64::MAX`); each names the key
 //! and writes nothing, and reads refuse the same values.
 //!
+//! ## Outages
+//!
+//! [`RedisStoreBuilder::connect`] sends one `PING` (within the connect timeout).
+//! When the server cannot be reached, the store opens anyway with its circuit
+//! breaker open and a background task connects it; with
+//! [`fail_fast`](RedisStoreBuilder::fail_fast) (`CHATSTATE_REDIS_FAIL_FAST=1`)
+//! opening fails instead. Refused credentials fail either way.
+//!
+//! Every call passes the breaker ([`chatstate_core::BreakerConfig`]): after
+//! `failures` connection-level failures in a row (refused, dropped, I/O error,
+//! timeout, `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`) within `window`, calls
+//! fail at once with `Unavailable` ("the circuit breaker has been open for … ms")
+//! without touching the connection. A background task probes with `PING` after
+//! `open_for` and then with a jittered backoff of at most `max(open_for, 2 s)`
+//! (`HalfOpen` while it waits for the answer; calls still fail at once); its success
+//! closes the breaker. Refusals of writes alone (`OOM`, `MISCONF`, `READONLY`,
+//! `NOREPLICAS`, `TRYAGAIN`) never trip it: the server answers and reads work.
+//! [`RedisStore::health`] reports the state; the gauge
+//! `chatstate_redis_breaker_open` and the counter
+//! `chatstate_redis_breaker_opened_total` go to the `metrics` facade. The breaker
+//! is hand-written: it has to classify redis-rs errors, which only this crate does,
+//! and probe on its own connection; see the `breaker` module.
+//!
 //! ## Eviction policy
 //!
 //! Counters (no TTL), fencing numbers and applied counter batch ids (with a TTL)
@@ -66,8 +91,8 @@
 //! Because fences and batch ids have TTLs, `volatile-*` policies can evict them as
 //! well as `allkeys-*`; with a `maxmemory` limit, run Redis with
 //! `maxmemory-policy noeviction` (a full server then refuses writes with `OOM`, a
-//! temporary error, instead of losing data). [`RedisStore::connect`](RedisStoreBuilder::connect)
-//! reads the policy (`CONFIG GET`, ignored when refused) and logs a
+//! temporary error, instead of losing data). When the store first reaches the
+//! server it reads the policy (`CONFIG GET`, ignored when refused) and logs a
 //! `tracing::warn!` when it could evict them; [`RedisStore::eviction_risk`] and
 //! [`eviction_risk`] are the same check for tools and tests.
 //!

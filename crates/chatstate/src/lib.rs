@@ -24,6 +24,49 @@
 //! Switching backends with `USE_REDIS` loses nothing: each backend keeps its own
 //! data where it was, and switching back finds it (nothing is migrated between
 //! them).
+//!
+//! ## Redis outages
+//!
+//! - **At start.** [`Stores::open`] with Redis unreachable opens anyway (the
+//!   circuit breaker open, a background probe connecting), unless
+//!   `CHATSTATE_REDIS_FAIL_FAST=1` (an `Unavailable` error) or
+//!   `CHATSTATE_REDIS_FALLBACK=file|memory` (that store serves for the life of the
+//!   [`Stores`]; [`Stores::backend`] and [`Stores::health`] say so). The fallback is
+//!   chosen once, at start: the stores do not move back to Redis when it returns
+//!   (restart the process), and what was written to the fallback stays there.
+//! - **While running.** Every Redis call passes a circuit breaker (see
+//!   `chatstate_redis`'s docs): after `CHATSTATE_REDIS_BREAKER_FAILURES` temporary
+//!   failures in a row within `CHATSTATE_REDIS_BREAKER_WINDOW_MS`, calls fail at once
+//!   with `Unavailable` until a background probe reaches Redis.
+//!   [`Stores::health`] shows the state.
+//! - **Sessions and focus documents** fail fast with `Unavailable` during an
+//!   outage. They are deliberately *not* moved to a local store while Redis is away
+//!   (`CHATSTATE_SESSION_FALLBACK=file` is refused), because with several instances
+//!   that is unsafe:
+//!   1. Instances do not see an outage at the same moment or for as long (a network
+//!      partition, one breaker open and another closed), so one conversation would be
+//!      written to Redis by one instance and to a local folder by another. Each
+//!      store numbers versions on its own: two different records would both be
+//!      "version 7", and `Expected::Version` — the guard against lost updates — could
+//!      no longer see the conflict.
+//!   2. Locks would be granted by each instance's local store independently: the
+//!      lock that keeps a reminder from being scheduled twice would let every
+//!      instance schedule it, and fencing numbers from a local store would go back
+//!      against Redis's.
+//!   3. Writing back after the outage cannot be made right: messages held in one
+//!      instance's folder were never seen by the instances (and the model) that went
+//!      on answering the conversation elsewhere; appending them later reorders what
+//!      users already saw, and the window trim can drop messages the others relied
+//!      on. No merge rule fixes a conversation that continued in two places.
+//!   4. A local folder on an instance that is replaced (a container, an autoscaled
+//!      VM) takes its writes with it.
+//!
+//!   A single instance that wants to keep serving can use the file backend itself,
+//!   or the start-up fallback.
+//! - **The cache degrades** instead of failing (see [`TieredCache`] and
+//!   [`KvCacheExt::get_or_load`]).
+//! - **Counters**: [`BatchedCounters`] keeps every delta through an outage and
+//!   flushes after it, each batch counted once.
 
 #![warn(missing_docs)]
 
