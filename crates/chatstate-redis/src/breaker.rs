@@ -53,6 +53,8 @@ struct State {
     since: Timestamp,
     /// Consecutive probe failures (for the backoff).
     probe_failures: u32,
+    /// When a call last went through as the probe (only without a probe task).
+    last_call_probe: Option<Instant>,
 }
 
 /// The breaker. Cheap on the hot path: a closed breaker with no failure costs one
@@ -65,6 +67,8 @@ pub(crate) struct Breaker {
     /// Wakes the probe task when the breaker opens (or the store is dropped).
     wake: tokio::sync::Notify,
     stopped: std::sync::atomic::AtomicBool,
+    /// Whether a probe task is running ([`Breaker::run_probes`]).
+    probing: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `e` says the server cannot be reached or cannot serve anything now.
@@ -94,9 +98,11 @@ impl Breaker {
                 last_error: None,
                 since: now(),
                 probe_failures: 0,
+                last_call_probe: None,
             }),
             wake: tokio::sync::Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            probing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -116,6 +122,12 @@ impl Breaker {
     /// with at once otherwise.
     pub fn admit(&self, op: &'static str, key: Option<&str>) -> chatstate_core::Result<()> {
         if self.state.load(Ordering::Acquire) == CLOSED {
+            return Ok(());
+        }
+        // No probe task (its runtime shut down while the store lives on in another):
+        // a call may be the probe itself, once per `open_for`, so the breaker cannot
+        // stay open forever.
+        if !self.probing.load(Ordering::Acquire) && self.call_may_probe() {
             return Ok(());
         }
         let (since, last) = {
@@ -216,6 +228,20 @@ impl Breaker {
         self.wake.notify_one();
     }
 
+    /// Without a probe task: whether this call may go to the server as the probe
+    /// (the breaker has been open at least `open_for` since it opened or a call last
+    /// probed). The call's outcome then closes or keeps it open as usual.
+    fn call_may_probe(&self) -> bool {
+        let mut s = self.lock();
+        let due = s
+            .last_call_probe
+            .is_none_or(|at| at.elapsed() >= self.config.open_for);
+        if due {
+            s.last_call_probe = Some(Instant::now());
+        }
+        due
+    }
+
     /// Before a probe: `HalfOpen`. `false` when the breaker is not open (nothing to
     /// probe).
     fn begin_probe(&self) -> bool {
@@ -286,6 +312,16 @@ impl Breaker {
         P: FnMut() -> F,
         F: std::future::Future<Output = std::result::Result<(), ErrorKind>>,
     {
+        /// Clears `probing` however the task ends (returned, or dropped with its
+        /// runtime).
+        struct Probing<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Probing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        self.probing.store(true, Ordering::Release);
+        let _probing = Probing(&self.probing);
         loop {
             while self.state.load(Ordering::Acquire) == CLOSED {
                 if self.stopped.load(Ordering::Acquire) {
@@ -326,6 +362,8 @@ mod tests {
     #[test]
     fn opens_after_n_failures_in_a_row_and_a_success_resets_the_count() {
         let b = breaker(3, 60_000);
+        // As if the probe task ran: calls never probe themselves.
+        b.probing.store(true, Ordering::Release);
         b.failure(ErrorKind::Timeout);
         b.failure(ErrorKind::Timeout);
         b.success();
@@ -396,6 +434,21 @@ mod tests {
             .await
             .expect("the probe task ends when stopped")
             .expect("no panic");
+    }
+
+    #[test]
+    fn without_a_probe_task_one_call_per_open_for_goes_through_as_the_probe() {
+        let b = breaker(1, 60_000);
+        b.failure(ErrorKind::Unavailable);
+        assert!(b.admit("get", None).is_ok(), "the first call probes");
+        assert!(b.admit("get", None).is_err(), "the next fails at once");
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(
+            b.admit("get", None).is_ok(),
+            "after open_for, one more probes"
+        );
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
