@@ -12,6 +12,9 @@
 //!   fallback on NOSCRIPT, and Redis errors mapped to chatstate kinds.
 //! - `session`, `focus`, `counters`, `cache`: each trait, with its Lua scripts next
 //!   to the Rust that calls them.
+//! - `export`: [`chatstate_core::Inventory`] — every record found with `SCAN`
+//!   (never `KEYS`), read and restored with one script per record (decision, exact
+//!   state, TTL and tenant index in one step), for moves between backends.
 //! - `eviction`: [`eviction_risk`], the check of the server's `maxmemory-policy`
 //!   run at connect.
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
@@ -90,6 +93,7 @@ mod cache;
 mod conn;
 mod counters;
 mod eviction;
+mod export;
 mod focus;
 mod session;
 
