@@ -183,7 +183,10 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         Restored::SkippedNewer,
         "a newer target session is left alone"
     );
-    let now = SessionStore::get(store, &key).await.expect("get").expect("live");
+    let now = SessionStore::get(store, &key)
+        .await
+        .expect("get")
+        .expect("live");
     assert_eq!(now.summary.as_deref(), Some("newer"));
 
     // Deleted: the restore brings back the exact state, and the tenant lists it.
@@ -215,7 +218,9 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         back.ttl,
         original.ttl
     );
-    let listed = SessionStore::list(store, "acme", None, 10).await.expect("list");
+    let listed = SessionStore::list(store, "acme", None, 10)
+        .await
+        .expect("list");
     assert_eq!(
         listed.items,
         vec![key.clone()],
