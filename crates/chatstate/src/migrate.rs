@@ -1,7 +1,7 @@
 //! Lossless moves between backends: [`export`] to JSON lines, [`import`] from them,
 //! and [`migrate`] from one backend straight to another — idempotent, resumable,
 //! with a dry run, a count report and progress. Built on
-//! [`Inventory`](chatstate_core::Inventory), which every backend implements
+//! [`chatstate_core::Inventory`], which every backend implements
 //! (`Stores::inventory`); exposed as library functions until a CLI crate lands.
 //!
 //! ```no_run
