@@ -12,6 +12,8 @@
 //! - [`cases`]: the cases, one `async fn` each, grouped by trait. Each takes a
 //!   [`Ctx`] and returns an [`Outcome`]; a failed assertion panics with a message
 //!   that names the behaviour.
+//! - [`inventory`]: cases of [`chatstate_core::Inventory`] (paging, restore rules),
+//!   free functions each backend's `tests/inventory.rs` calls on a fresh store.
 //! - [`model`]: the proptest model test — random operation sequences run against the
 //!   backend and a simple reference model must agree.
 //! - [`conformance_suite!`]: turns the whole suite into one `#[test]` per case for
@@ -57,6 +59,7 @@ use chatstate_core::{
 };
 
 pub mod cases;
+pub mod inventory;
 pub mod model;
 
 /// How a fixture's time moves.

@@ -411,6 +411,61 @@ impl fmt::Display for Bucket {
     }
 }
 
+impl std::str::FromStr for Bucket {
+    type Err = Error;
+
+    /// Parses the [`Display`](fmt::Display) form back: `2026-11-22` is a day,
+    /// `2026-11-22T05` an hour, years 0001 to 9999. `InvalidInput` otherwise.
+    ///
+    /// ```
+    /// use chatstate_core::{Bucket, Timestamp};
+    /// let t = Timestamp(1_795_323_723_456);
+    /// assert_eq!("2026-11-22".parse::<Bucket>().unwrap(), Bucket::day_of(t));
+    /// assert_eq!("2026-11-22T05".parse::<Bucket>().unwrap(), Bucket::hour_of(t));
+    /// assert!("2026-13-01".parse::<Bucket>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Bucket> {
+        let bad = || Error::invalid_input("not a counter bucket (YYYY-MM-DD or YYYY-MM-DDTHH)");
+        let (date, hour) = match s.split_once('T') {
+            Some((d, h)) => (d, Some(h)),
+            None => (s, None),
+        };
+        let digits = |t: &str, n: usize| -> Result<u32> {
+            if t.len() == n && t.bytes().all(|b| b.is_ascii_digit()) {
+                t.parse().map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        };
+        let mut parts = date.split('-');
+        let (Some(y), Some(m), Some(d), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let (y, m, d) = (digits(y, 4)?, digits(m, 2)?, digits(d, 2)?);
+        let month =
+            time::Month::try_from(u8::try_from(m).map_err(|_| bad())?).map_err(|_| bad())?;
+        let year = i32::try_from(y).map_err(|_| bad())?;
+        let date = time::Date::from_calendar_date(year, month, u8::try_from(d).map_err(|_| bad())?)
+            .map_err(|_| bad())?;
+        // Julian day 2_440_588 is 1970-01-01.
+        let day = i64::from(date.to_julian_day()) - 2_440_588;
+        let bucket = match hour {
+            None => Bucket::Day(day),
+            Some(h) => {
+                let h = digits(h, 2)?;
+                if h > 23 {
+                    return Err(bad());
+                }
+                Bucket::Hour(day * 24 + i64::from(h))
+            }
+        };
+        bucket.check().map_err(|_| bad())?;
+        Ok(bucket)
+    }
+}
+
 impl fmt::Debug for Bucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Bucket({self})")
@@ -750,6 +805,32 @@ mod tests {
             let key = CounterKey::new("hits").unwrap().in_bucket(bad);
             let err = key.check().unwrap_err();
             assert_eq!(err.key(), Some(key.to_string().as_str()));
+        }
+    }
+
+    #[test]
+    fn buckets_parse_back_from_their_display_form() {
+        for b in [
+            Bucket::Day(Bucket::FIRST_DAY),
+            Bucket::Day(Bucket::LAST_DAY),
+            Bucket::Day(0),
+            Bucket::Day(-1),
+            Bucket::Hour(Bucket::FIRST_DAY * 24),
+            Bucket::Hour(Bucket::LAST_DAY * 24 + 23),
+            Bucket::hour_of(Timestamp(1_795_323_723_456)),
+        ] {
+            assert_eq!(b.to_string().parse::<Bucket>().unwrap(), b, "{b:?}");
+        }
+        for bad in [
+            "",
+            "2026-1-01",
+            "2026-02-30",
+            "2026-01-01T24",
+            "0000-01-01",
+            "x",
+            "2026-01-01T5",
+        ] {
+            assert!(bad.parse::<Bucket>().is_err(), "{bad}");
         }
     }
 

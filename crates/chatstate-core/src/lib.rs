@@ -18,6 +18,9 @@
 //! - [`key`]: validated keys and their escaping; [`KeyLayout`], the documented
 //!   string-key layout.
 //! - [`codec`]: bincode/JSON with a versioned header on every typed value.
+//! - [`inventory`]: [`Inventory`], every record of a backend enumerated (paged,
+//!   with a cursor), read with its TTL and version, and restored exactly — what
+//!   export, import and migrate between backends use.
 //! - [`invalidation`]: the bus tiered caches use to drop other instances' local
 //!   copies ([`InvalidationBus`], [`LocalBus`]).
 //! - [`config`]: [`Config`] from the environment (`USE_REDIS`, `REDIS_URL`, ...).
@@ -64,6 +67,7 @@ pub mod error;
 pub mod ext;
 pub mod health;
 pub mod invalidation;
+pub mod inventory;
 pub mod key;
 pub mod model;
 pub mod traits;
@@ -79,6 +83,10 @@ pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
 pub use health::{BreakerState, Fallback, Health};
 pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};
+pub use inventory::{
+    CacheRecord, CounterRecord, FocusRecord, Inventory, InventoryPage, Record, RecordKey,
+    RecordKind, RestoreMode, Restored, SessionRecord,
+};
 pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, SessionKey};
 pub use model::{
     AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,

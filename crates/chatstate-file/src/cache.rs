@@ -14,11 +14,15 @@ use crate::{FileStore, Inner, collision, meta_json, record_names, remove_record}
 
 /// A cache file's metadata (the payload is the value).
 #[derive(Serialize, Deserialize)]
-struct CacheMeta {
-    key: CacheKey,
+pub(crate) struct CacheMeta {
+    pub(crate) key: CacheKey,
 }
 
-fn read_cache(inner: &Inner, key: &CacheKey, now: Timestamp) -> Result<Option<(Bytes, Timestamp)>> {
+pub(crate) fn read_cache(
+    inner: &Inner,
+    key: &CacheKey,
+    now: Timestamp,
+) -> Result<Option<(Bytes, Timestamp)>> {
     let path = inner.layout.cache(key);
     match inner.read_live::<CacheMeta>(&path, Kind::Cache, now)? {
         Some((meta, _)) if meta.key != *key => Err(collision(&path)),

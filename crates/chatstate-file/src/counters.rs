@@ -18,13 +18,13 @@ use crate::{FileStore, Inner};
 
 /// The counters file: every counter and the recently applied batch ids.
 #[derive(Serialize, Deserialize, Default)]
-struct CountersFile {
-    values: Vec<(CounterKey, i64)>,
+pub(crate) struct CountersFile {
+    pub(crate) values: Vec<(CounterKey, i64)>,
     applied: Vec<(String, Timestamp)>,
 }
 
 impl Inner {
-    fn read_counters(&self) -> Result<CountersFile> {
+    pub(crate) fn read_counters(&self) -> Result<CountersFile> {
         let path = self.layout.counters();
         Ok(self
             .read_live::<CountersFile>(&path, Kind::Counters, Timestamp(i64::MIN))?
@@ -33,7 +33,7 @@ impl Inner {
     }
 
     /// Runs `change` on the counters under their lock and writes the result.
-    fn change_counters<T>(
+    pub(crate) fn change_counters<T>(
         &self,
         change: impl FnOnce(&mut BTreeMap<CounterKey, i64>, &mut CountersFile) -> Result<(T, bool)>,
     ) -> Result<T> {

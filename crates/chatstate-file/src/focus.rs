@@ -16,10 +16,10 @@ use crate::{FileStore, Inner, collision, record_names, remove_record};
 
 /// A focus file's metadata (the payload is the value).
 #[derive(Serialize, Deserialize)]
-struct FocusMeta {
-    key: FocusKey,
-    version: u64,
-    updated_at: Timestamp,
+pub(crate) struct FocusMeta {
+    pub(crate) key: FocusKey,
+    pub(crate) version: u64,
+    pub(crate) updated_at: Timestamp,
 }
 
 #[async_trait]

@@ -10,6 +10,9 @@
 //!   traits share. Every operation runs on tokio's blocking pool.
 //! - `session`, `focus`, `counters`, `cache`: each trait, with the metadata its
 //!   records carry.
+//! - `export`: [`chatstate_core::Inventory`] — every record enumerated (folder by
+//!   folder, with a cursor), read with its deadline, restored exactly with the same
+//!   crash-safe write, for moves between backends.
 //! - `paths`: where each record lives; ids become names that cannot escape the folder
 //!   or collide. The folder layout is documented there and below.
 //! - `format`: the record format (header with deadline and two CRC-32s, JSON
@@ -76,6 +79,7 @@
 
 mod cache;
 mod counters;
+mod export;
 mod focus;
 mod format;
 mod paths;

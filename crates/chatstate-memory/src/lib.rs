@@ -9,7 +9,8 @@
 //! - [`MemoryStore`] (this file): one store implementing [`SessionStore`],
 //!   [`FocusStore`], [`CounterSink`] and [`KvCache`]; clones share the data. One
 //!   file per trait: `session.rs` (sessions and locks), `focus.rs`, `counters.rs`,
-//!   `cache.rs`. Session, lock and counter rules are the core's
+//!   `cache.rs`; `export.rs` is [`chatstate_core::Inventory`] (enumerate and
+//!   restore every record, for moves between backends). Session, lock and counter rules are the core's
 //!   ([`chatstate_core::transition`]); this crate only holds the state.
 //! - `expiring`: the ordered map with deadlines every part is kept in.
 //! - The sweeper: a background task, owned by the store, that frees expired entries.
@@ -47,6 +48,7 @@
 mod cache;
 mod counters;
 mod expiring;
+mod export;
 mod focus;
 mod session;
 

@@ -14,6 +14,9 @@
 //!   to the Rust that calls them.
 //! - `breaker`: the circuit breaker every call passes, and the background probe
 //!   that closes it (and connects a store that opened without Redis).
+//! - `export`: [`chatstate_core::Inventory`] — every record found with `SCAN`
+//!   (never `KEYS`), read and restored with one script per record (decision, exact
+//!   state, TTL and tenant index in one step), for moves between backends.
 //! - `eviction`: [`eviction_risk`], the check of the server's `maxmemory-policy`
 //!   run when the store first reaches the server.
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
@@ -116,6 +119,7 @@ mod cache;
 mod conn;
 mod counters;
 mod eviction;
+mod export;
 mod focus;
 mod session;
 

@@ -130,6 +130,7 @@ end
         )
     };
 }
+pub(crate) use lua_prelude;
 
 /// Creates a session (mode 0: refuse an existing one; mode 1: return it).
 /// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, id, mode, patch (nsets, f,
@@ -384,17 +385,17 @@ impl SessionScripts {
 
 /// A message as stored in the list, after its `<seq>:`.
 #[derive(Serialize, Deserialize)]
-struct StoredMessage {
-    role: Role,
-    content: String,
+pub(crate) struct StoredMessage {
+    pub(crate) role: Role,
+    pub(crate) content: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    metadata: Option<Bytes>,
-    at: Timestamp,
+    pub(crate) metadata: Option<Bytes>,
+    pub(crate) at: Timestamp,
 }
 
-struct Keys {
-    ctx: String,
-    msgs: String,
+pub(crate) struct Keys {
+    pub(crate) ctx: String,
+    pub(crate) msgs: String,
     index: String,
     deadlines: String,
     member: String,
@@ -402,12 +403,12 @@ struct Keys {
 
 impl Keys {
     /// The KEYS of a session-writing script: ctx, msgs, index, deadlines.
-    fn script_keys(&self) -> [&str; 4] {
+    pub(crate) fn script_keys(&self) -> [&str; 4] {
         [&self.ctx, &self.msgs, &self.index, &self.deadlines]
     }
 }
 
-fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
+pub(crate) fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
     let base = layout.session_base(key);
     Keys {
         ctx: format!("{base}:ctx"),
@@ -469,7 +470,7 @@ fn corrupt(key: &str, what: &str) -> Error {
 }
 
 /// A session record from its hash fields.
-fn session_from(
+pub(crate) fn session_from(
     key: &SessionKey,
     redis_key: &str,
     fields: Vec<(String, Vec<u8>)>,
@@ -519,7 +520,7 @@ fn session_from(
     })
 }
 
-fn message_from(raw: &[u8], redis_key: &str) -> Result<Message> {
+pub(crate) fn message_from(raw: &[u8], redis_key: &str) -> Result<Message> {
     let bad = || Error::decode("a stored message is malformed").with_key(redis_key);
     let text = std::str::from_utf8(raw).map_err(|_| bad())?;
     let (seq, json) = text.split_once(':').ok_or_else(bad)?;
@@ -556,7 +557,7 @@ impl RedisStore {
 
     /// Runs a session-writing script: one round trip, which writes the session and
     /// its tenant index together (the member is the script's last argument).
-    async fn session_write(
+    pub(crate) async fn session_write(
         &self,
         script: &Script,
         k: &Keys,

@@ -18,12 +18,17 @@
 //!
 //! - [`Stores`]: the four stores of the configured backend, as trait objects, plus
 //!   the invalidation bus a [`TieredCache`] should use with them.
+//! - [`migrate`](mod@migrate): lossless moves between backends — [`export`] to
+//!   JSON lines, [`import`], [`migrate()`] from one backend to another
+//!   (idempotent, resumable, dry run, count [`Report`], progress), over
+//!   [`Stores::inventory`].
 //! - Re-exports: everything of `chatstate_core` (traits, model, config, errors) and
 //!   the layers ([`TieredCache`], [`BatchedCounters`], [`Instrumented`]).
 //!
-//! Switching backends with `USE_REDIS` loses nothing: each backend keeps its own
-//! data where it was, and switching back finds it (nothing is migrated between
-//! them).
+//! Switching backends with `USE_REDIS` alone moves nothing: each backend keeps its
+//! own data where it was, so the app starts on the other backend's data as that
+//! backend last had it (empty, or old), and switching back finds the first
+//! backend's data again. To take the data along, run [`migrate()`] first.
 //!
 //! ## Redis outages
 //!
@@ -70,11 +75,18 @@
 
 #![warn(missing_docs)]
 
+pub mod migrate;
+
 use std::sync::Arc;
 
 pub use chatstate_core::*;
 pub use chatstate_layers::{
     BatchedCounters, Instrumented, MetricsSnapshot, Read, TierStats, TieredCache, TieredConfig,
+};
+
+pub use migrate::{
+    ExportOptions, ImportOptions, KindReport, MigrateOptions, Progress, Report, Resume, export,
+    import, migrate,
 };
 
 use chatstate_file::FileStore;
@@ -107,6 +119,9 @@ pub struct Stores {
     /// it to the typed calls (`set_value`, `get_value`, `SessionPatch::context`, ...)
     /// so one setting decides how every typed value is stored.
     pub codec: Codec,
+    /// Every record of this backend, to enumerate, read and restore exactly: what
+    /// [`export`], [`import`] and [`migrate()`] take.
+    pub inventory: Arc<dyn Inventory>,
     /// Where [`Stores::health`] comes from.
     source: HealthSource,
     /// Set when a fallback serves instead of the configured backend.
@@ -220,7 +235,7 @@ impl Stores {
         source: HealthSource,
     ) -> Stores
     where
-        S: SessionStore + FocusStore + CounterSink + KvCache + 'static,
+        S: SessionStore + FocusStore + CounterSink + KvCache + Inventory + 'static,
     {
         let s = Arc::new(s);
         Stores {
@@ -228,7 +243,8 @@ impl Stores {
             sessions: s.clone(),
             focus: s.clone(),
             counters: s.clone(),
-            cache: s,
+            cache: s.clone(),
+            inventory: s,
             bus,
             codec,
             source,

@@ -1,0 +1,378 @@
+//! Cases for [`Inventory`], as free functions each backend's `tests/inventory.rs`
+//! calls on a fresh store: enumeration paging (more records than a page, a cursor
+//! resumes exactly, nothing repeated or missed) and the restore rules (exact state,
+//! idempotent, the conflict rule, dry run, refusals write nothing).
+//!
+//! A failed assertion panics with a message naming the behaviour.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatstate_core::{
+    Bucket, CacheKey, CounterKey, CounterRecord, CounterSink, ErrorKind, Expected, FocusKey,
+    FocusStore, Inventory, KvCache, Labels, NewMessage, PutMode, Record, RecordKey, RecordKind,
+    RestoreMode, Restored, SessionKey, SessionPatch, SessionStore, SessionStoreExt,
+};
+
+/// What a store under test must be.
+pub trait AllStores: Inventory + SessionStore + FocusStore + CounterSink + KvCache {}
+impl<T: Inventory + SessionStore + FocusStore + CounterSink + KvCache> AllStores for T {}
+
+const PAGE: usize = 4;
+
+/// Every key of `kind` by walking pages of `limit`; also the cursor after each page.
+async fn walk<S: AllStores>(
+    store: &S,
+    kind: RecordKind,
+    limit: usize,
+    start: Option<String>,
+) -> (Vec<RecordKey>, Vec<Option<String>>) {
+    let mut keys = Vec::new();
+    let mut cursors = Vec::new();
+    let mut cursor = start;
+    loop {
+        let page = store
+            .scan(kind, cursor, limit)
+            .await
+            .unwrap_or_else(|e| panic!("scan {kind}: {e}"));
+        assert!(
+            page.records.len() <= limit,
+            "a {kind} page holds at most the limit ({} > {limit})",
+            page.records.len()
+        );
+        assert!(page.unreadable.is_empty(), "{:?}", page.unreadable);
+        keys.extend(page.records.iter().map(Record::key));
+        cursors.push(page.next_cursor.clone());
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return (keys, cursors),
+        }
+    }
+}
+
+/// Fills the store with more records of every kind than one page holds: 3 tenants'
+/// sessions, 2 scopes' documents, labelled and bucketed counters, cache entries.
+/// Returns the keys written, by kind.
+pub async fn fill<S: AllStores>(store: &S) -> [BTreeSet<RecordKey>; 4] {
+    let mut out: [BTreeSet<RecordKey>; 4] = Default::default();
+    for i in 0..11 {
+        let key = SessionKey::new(format!("tenant{}", i % 3), "wa", format!("+55 {i}:x"))
+            .expect("session key");
+        store
+            .append_message(&key, NewMessage::user(format!("m{i}")))
+            .await
+            .expect("append");
+        out[0].insert(RecordKey::Session(key));
+    }
+    for i in 0..9 {
+        let key = FocusKey::new(format!("scope{}", i % 2), format!("doc {i}")).expect("focus key");
+        store
+            .put(
+                &key,
+                Bytes::from(vec![i as u8; 3]),
+                PutMode::Overwrite,
+                None,
+            )
+            .await
+            .expect("put");
+        out[1].insert(RecordKey::Focus(key));
+    }
+    for i in 0..10i64 {
+        let mut key = CounterKey::new(format!("c{}", i % 3))
+            .expect("counter key")
+            .with_labels(Labels::from_pairs([("n", i.to_string())]).expect("labels"));
+        if i % 2 == 0 {
+            key = key.in_bucket(Bucket::Day(20_000 + i));
+        }
+        store.add(&key, i - 5).await.expect("add");
+        out[2].insert(RecordKey::Counter(key));
+    }
+    for i in 0..9 {
+        let key = CacheKey::new(format!("ns{}", i % 2), format!("k:{i}")).expect("cache key");
+        KvCache::set(store, &key, Bytes::from(vec![i as u8]), None)
+            .await
+            .expect("set");
+        out[3].insert(RecordKey::Cache(key));
+    }
+    out
+}
+
+/// Paging: every record of every kind exactly once over pages of 4, a cursor
+/// resumes exactly where its page ended, and bad arguments are `InvalidInput`.
+pub async fn paging_returns_every_record_once<S: AllStores>(store: &S) {
+    let expected = fill(store).await;
+    for (kind, expected) in RecordKind::ALL.into_iter().zip(expected) {
+        let (keys, cursors) = walk(store, kind, PAGE, None).await;
+        let unique: BTreeSet<RecordKey> = keys.iter().cloned().collect();
+        assert_eq!(unique.len(), keys.len(), "no {kind} repeated: {keys:?}");
+        assert_eq!(unique, expected, "every {kind} found, nothing else");
+        assert!(cursors.len() >= 3, "{kind}: several pages were walked");
+        // Resume from the cursor after the second page: exactly the rest.
+        let (rest, _) = walk(store, kind, PAGE, cursors[1].clone()).await;
+        assert_eq!(
+            rest,
+            keys[2 * PAGE..].to_vec(),
+            "a {kind} cursor resumes exactly after its page"
+        );
+        // One big page agrees.
+        let (all, _) = walk(store, kind, 1000, None).await;
+        assert_eq!(
+            all.into_iter().collect::<BTreeSet<_>>(),
+            unique,
+            "{kind}: page size does not change what is found"
+        );
+        let err = store
+            .scan(kind, None, 0)
+            .await
+            .expect_err("limit 0 is refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+    let err = store
+        .scan(RecordKind::Counter, Some("%zz not a cursor".into()), 4)
+        .await
+        .expect_err("a malformed cursor is refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
+
+fn close(a: Duration, b: Duration) -> bool {
+    a.abs_diff(b) <= Duration::from_secs(1)
+}
+
+/// Restore: exact state, idempotent, the conflict rule, dry run, refusals.
+pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S) {
+    // A session with a patched summary (version 2) and a window.
+    let key = SessionKey::new("acme", "wa", "+5511999990000").expect("key");
+    store
+        .append_messages(
+            &key,
+            vec![NewMessage::user("oi"), NewMessage::assistant("olá")],
+        )
+        .await
+        .expect("append");
+    store
+        .update(&key, SessionPatch::new().summary("greeted"), Expected::Any)
+        .await
+        .expect("update");
+    let rk = RecordKey::Session(key.clone());
+    let Some(Record::Session(original)) = store.read(&rk).await.expect("read") else {
+        panic!("the session reads back as a session record");
+    };
+    assert_eq!(original.session.version, 2);
+    assert_eq!(original.messages.len(), 2);
+    let as_record = Record::Session(original.clone());
+    assert_eq!(
+        store
+            .restore(&as_record, RestoreMode::Write)
+            .await
+            .expect("restore"),
+        Restored::Unchanged,
+        "restoring what is there is unchanged"
+    );
+
+    // The target is newer (a later update): left alone.
+    store
+        .update(&key, SessionPatch::new().summary("newer"), Expected::Any)
+        .await
+        .expect("update");
+    assert_eq!(
+        store
+            .restore(&as_record, RestoreMode::Write)
+            .await
+            .expect("restore"),
+        Restored::SkippedNewer,
+        "a newer target session is left alone"
+    );
+    let now = SessionStore::get(store, &key)
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!(now.summary.as_deref(), Some("newer"));
+
+    // Deleted: the restore brings back the exact state, and the tenant lists it.
+    assert!(SessionStore::delete(store, &key).await.expect("delete"));
+    let dry = store
+        .restore(&as_record, RestoreMode::DryRun)
+        .await
+        .expect("dry run");
+    assert_eq!(dry, Restored::Written, "a dry run says it would write");
+    assert!(
+        SessionStore::get(store, &key).await.expect("get").is_none(),
+        "a dry run writes nothing"
+    );
+    assert_eq!(
+        store
+            .restore(&as_record, RestoreMode::Write)
+            .await
+            .expect("restore"),
+        Restored::Written
+    );
+    let Some(Record::Session(back)) = store.read(&rk).await.expect("read") else {
+        panic!("restored session reads back");
+    };
+    assert_eq!(back.session, original.session, "every field exact");
+    assert_eq!(back.messages, original.messages, "the window exact");
+    assert!(
+        close(back.ttl, original.ttl),
+        "{:?} vs {:?}",
+        back.ttl,
+        original.ttl
+    );
+    let listed = SessionStore::list(store, "acme", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.items,
+        vec![key.clone()],
+        "the tenant lists the restored session"
+    );
+    assert_eq!(
+        store
+            .restore(&as_record, RestoreMode::Write)
+            .await
+            .expect("again"),
+        Restored::Unchanged,
+        "a second restore is unchanged"
+    );
+    // The session keeps working: the next append numbers on.
+    let receipt = store
+        .append_message(&key, NewMessage::user("again"))
+        .await
+        .expect("append after restore");
+    assert_eq!(receipt.message_count, 3);
+
+    // A restore with a short TTL sets it.
+    let mut short = original.clone();
+    short.session.version = 10;
+    short.ttl = Duration::from_secs(30);
+    store
+        .restore(&Record::Session(short), RestoreMode::Write)
+        .await
+        .expect("restore");
+    let ttl = SessionStore::ttl(store, &key)
+        .await
+        .expect("ttl")
+        .expect("live");
+    assert!(close(ttl, Duration::from_secs(30)), "{ttl:?}");
+
+    // Counters: exact values, set not added, re-runs unchanged.
+    let ckey = CounterKey::new("msgs")
+        .expect("key")
+        .in_bucket(Bucket::Day(20_500));
+    for value in [i64::MIN, i64::MAX, -7] {
+        let record = Record::Counter(CounterRecord {
+            key: ckey.clone(),
+            value,
+        });
+        assert_eq!(
+            store
+                .restore(&record, RestoreMode::Write)
+                .await
+                .expect("restore"),
+            Restored::Written
+        );
+        assert_eq!(
+            store
+                .restore(&record, RestoreMode::Write)
+                .await
+                .expect("restore"),
+            Restored::Unchanged,
+            "a counter restored twice is not counted twice"
+        );
+        assert_eq!(CounterSink::get(store, &ckey).await.expect("get"), value);
+    }
+    let dry = Record::Counter(CounterRecord {
+        key: ckey.clone(),
+        value: 1,
+    });
+    assert_eq!(
+        store.restore(&dry, RestoreMode::DryRun).await.expect("dry"),
+        Restored::Written
+    );
+    assert_eq!(CounterSink::get(store, &ckey).await.expect("get"), -7);
+
+    // Focus: newer kept, older overwritten, equal unchanged.
+    let fkey = FocusKey::new("flow", "step").expect("key");
+    store
+        .put(&fkey, Bytes::from_static(b"v1"), PutMode::Overwrite, None)
+        .await
+        .expect("put");
+    let Some(Record::Focus(doc)) = store
+        .read(&RecordKey::Focus(fkey.clone()))
+        .await
+        .expect("read")
+    else {
+        panic!("focus reads back");
+    };
+    let r = Record::Focus(doc.clone());
+    assert_eq!(
+        store.restore(&r, RestoreMode::Write).await.expect("r"),
+        Restored::Unchanged
+    );
+    store
+        .put(&fkey, Bytes::from_static(b"v2"), PutMode::Overwrite, None)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.restore(&r, RestoreMode::Write).await.expect("r"),
+        Restored::SkippedNewer
+    );
+    let mut ahead = doc.clone();
+    ahead.doc.version = 5;
+    ahead.doc.value = Bytes::from_static(b"v5");
+    assert_eq!(
+        store
+            .restore(&Record::Focus(ahead), RestoreMode::Write)
+            .await
+            .expect("r"),
+        Restored::Written
+    );
+    let got = FocusStore::get(store, &fkey)
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!((got.version, &got.value[..]), (5, &b"v5"[..]));
+    assert_eq!(
+        FocusStore::list(store, "flow").await.expect("list").len(),
+        1
+    );
+
+    // Cache: bytes and TTL.
+    let kkey = CacheKey::new("customers", "42").expect("key");
+    let record = Record::Cache(chatstate_core::CacheRecord {
+        key: kkey.clone(),
+        value: Bytes::from_static(b"\x00\xffbytes"),
+        ttl: Duration::from_secs(90),
+    });
+    assert_eq!(
+        store.restore(&record, RestoreMode::Write).await.expect("r"),
+        Restored::Written
+    );
+    assert_eq!(
+        store.restore(&record, RestoreMode::Write).await.expect("r"),
+        Restored::Unchanged
+    );
+    assert_eq!(
+        KvCache::get(store, &kkey).await.expect("get").as_deref(),
+        Some(&b"\x00\xffbytes"[..])
+    );
+    let ttl = KvCache::ttl(store, &kkey)
+        .await
+        .expect("ttl")
+        .expect("live");
+    assert!(close(ttl, Duration::from_secs(90)), "{ttl:?}");
+
+    // Refused records write nothing.
+    let gone = CacheKey::new("customers", "refused").expect("key");
+    let bad = Record::Cache(chatstate_core::CacheRecord {
+        key: gone.clone(),
+        value: Bytes::from_static(b"x"),
+        ttl: Duration::ZERO,
+    });
+    let err = store
+        .restore(&bad, RestoreMode::Write)
+        .await
+        .expect_err("a zero TTL is refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!KvCache::exists(store, &gone).await.expect("exists"));
+}

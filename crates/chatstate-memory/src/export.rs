@@ -1,0 +1,261 @@
+//! Inventory in memory: every record enumerated in key order, read with its
+//! deadline, restored under the same mutex the store's own writes take (so a
+//! restore is atomic against them), deciding by the core's rules
+//! ([`chatstate_core::inventory`]).
+//!
+//! Cursors are the last key returned (its ids escaped and joined,
+//! [`chatstate_core::inventory::cursor`]); a page resumes strictly after it, so a
+//! walk returns each record live for the whole walk exactly once.
+
+use std::ops::Bound;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chatstate_core::inventory::{
+    check_scan_limit, cursor, decide_focus, decide_session, decide_value, session_state,
+};
+use chatstate_core::{
+    CacheRecord, CounterRecord, FocusRecord, Inventory, InventoryPage, Record, RecordKey,
+    RecordKind, RestoreMode, Restored, Result, ResultExt, SessionRecord, Timestamp,
+};
+
+use crate::expiring::Expiring;
+use crate::{MemoryStore, Triple, lock, triple};
+
+/// The page of an ordered map after `start`: up to `limit` items, and the cursor of
+/// the last one when more follow.
+fn page<K: Clone, T>(
+    mut items: impl Iterator<Item = (K, T)>,
+    limit: usize,
+    cursor_of: impl Fn(&K) -> String,
+) -> (Vec<T>, Option<String>) {
+    let mut out = Vec::new();
+    let mut last = None;
+    for (k, t) in items.by_ref() {
+        if out.len() == limit {
+            return (out, last.as_ref().map(&cursor_of));
+        }
+        last = Some(k);
+        out.push(t);
+    }
+    (out, None)
+}
+
+fn pair_cursor(c: &str) -> Result<(String, String)> {
+    let mut p = cursor::split(c, 2)?.into_iter();
+    Ok((p.next().unwrap_or_default(), p.next().unwrap_or_default()))
+}
+
+/// Up to `n` live entries of `map` after `after` (from the start for `None`),
+/// with their remaining TTL.
+fn live_after<'a, K: Ord + Clone, V>(
+    map: &'a Expiring<K, V>,
+    after: Option<&K>,
+    now: Timestamp,
+    n: usize,
+) -> Vec<(K, (&'a V, std::time::Duration))> {
+    let start = match after {
+        Some(k) => Bound::Excluded(k),
+        None => Bound::Unbounded,
+    };
+    map.range_from(start, now)
+        .take(n)
+        .filter_map(|(k, v)| {
+            let ttl = now.until(map.deadline(k, now)?);
+            Some((k.clone(), (v, ttl)))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Inventory for MemoryStore {
+    async fn scan(
+        &self,
+        kind: RecordKind,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<InventoryPage> {
+        check_scan_limit(limit).in_op("scan")?;
+        let now = self.inner.now();
+        let (records, next_cursor) = match kind {
+            RecordKind::Session => {
+                let after: Option<Triple> = match &cursor {
+                    Some(c) => {
+                        let mut p = cursor::split(c, 3)?.into_iter();
+                        let mut next = || p.next().unwrap_or_default();
+                        Some((next(), next(), next()))
+                    }
+                    None => None,
+                };
+                let sessions = lock(&self.inner.sessions);
+                let items = live_after(&sessions, after.as_ref(), now, limit + 1)
+                    .into_iter()
+                    .map(|(k, (s, ttl))| {
+                        let record = SessionRecord {
+                            session: s.session.clone(),
+                            messages: s.messages.iter().cloned().collect(),
+                            ttl,
+                        };
+                        (k, Record::Session(record))
+                    });
+                page(items, limit, |(t, c, u)| cursor::join(&[t, c, u]))
+            }
+            RecordKind::Focus => {
+                let after = cursor.as_deref().map(pair_cursor).transpose()?;
+                let focus = lock(&self.inner.focus);
+                let items = live_after(&focus, after.as_ref(), now, limit + 1)
+                    .into_iter()
+                    .map(|(k, (d, ttl))| {
+                        let record = FocusRecord {
+                            doc: d.clone(),
+                            ttl,
+                        };
+                        (k, Record::Focus(record))
+                    });
+                page(items, limit, |(s, n)| cursor::join(&[s, n]))
+            }
+            RecordKind::Cache => {
+                let after = cursor.as_deref().map(pair_cursor).transpose()?;
+                let cache = lock(&self.inner.cache);
+                let items = live_after(&cache, after.as_ref(), now, limit + 1)
+                    .into_iter()
+                    .map(|(k, (v, ttl))| {
+                        let key = chatstate_core::CacheKey::new(k.0.as_str(), k.1.as_str());
+                        (k, key.map(|key| (key, v.clone(), ttl)))
+                    });
+                let (items, next) = page(items, limit, |(n, k)| cursor::join(&[n, k]));
+                let records = items
+                    .into_iter()
+                    .map(|r| {
+                        r.map(|(key, value, ttl)| Record::Cache(CacheRecord { key, value, ttl }))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (records, next)
+            }
+            RecordKind::Counter => {
+                let after = cursor.as_deref().map(cursor::parse_counter).transpose()?;
+                let counters = lock(&self.inner.counters);
+                let start = match &after {
+                    Some(k) => Bound::Excluded(k),
+                    None => Bound::Unbounded,
+                };
+                let items = counters
+                    .values
+                    .range((start, Bound::Unbounded))
+                    .take(limit + 1)
+                    .map(|(k, v)| {
+                        let record = CounterRecord {
+                            key: k.clone(),
+                            value: *v,
+                        };
+                        (k.clone(), Record::Counter(record))
+                    });
+                page(items, limit, cursor::counter)
+            }
+        };
+        Ok(InventoryPage {
+            records,
+            unreadable: Vec::new(),
+            next_cursor,
+        })
+    }
+
+    async fn read(&self, key: &RecordKey) -> Result<Option<Record>> {
+        let now = self.inner.now();
+        Ok(match key {
+            RecordKey::Session(k) => {
+                let sessions = lock(&self.inner.sessions);
+                let t = triple(k);
+                sessions
+                    .get(&t, now)
+                    .zip(sessions.deadline(&t, now))
+                    .map(|(s, deadline)| {
+                        Record::Session(SessionRecord {
+                            session: s.session.clone(),
+                            messages: s.messages.iter().cloned().collect(),
+                            ttl: now.until(deadline),
+                        })
+                    })
+            }
+            RecordKey::Focus(k) => {
+                let focus = lock(&self.inner.focus);
+                let f = (k.scope().to_string(), k.name().to_string());
+                focus
+                    .get(&f, now)
+                    .zip(focus.deadline(&f, now))
+                    .map(|(d, deadline)| {
+                        Record::Focus(FocusRecord {
+                            doc: d.clone(),
+                            ttl: now.until(deadline),
+                        })
+                    })
+            }
+            RecordKey::Counter(k) => {
+                k.check().in_op("read")?;
+                lock(&self.inner.counters).values.get(k).map(|v| {
+                    Record::Counter(CounterRecord {
+                        key: k.clone(),
+                        value: *v,
+                    })
+                })
+            }
+            RecordKey::Cache(k) => {
+                let cache = lock(&self.inner.cache);
+                let c = (k.namespace().to_string(), k.key().to_string());
+                cache
+                    .get(&c, now)
+                    .zip(cache.deadline(&c, now))
+                    .map(|(v, deadline)| {
+                        Record::Cache(CacheRecord {
+                            key: k.clone(),
+                            value: v.clone(),
+                            ttl: now.until(deadline),
+                        })
+                    })
+            }
+        })
+    }
+
+    async fn restore(&self, record: &Record, mode: RestoreMode) -> Result<Restored> {
+        record.check(&self.inner.settings).in_op("restore")?;
+        let now = self.inner.now();
+        let write = mode == RestoreMode::Write;
+        Ok(match record {
+            Record::Session(r) => {
+                let mut sessions = lock(&self.inner.sessions);
+                let k = triple(&r.session.key);
+                let outcome = decide_session(sessions.get(&k, now), r);
+                if write && outcome == Restored::Written {
+                    sessions.insert(k, session_state(r), now.plus(r.ttl));
+                }
+                outcome
+            }
+            Record::Focus(r) => {
+                let mut focus = lock(&self.inner.focus);
+                let k = (r.doc.key.scope().to_string(), r.doc.key.name().to_string());
+                let outcome = decide_focus(focus.get(&k, now), &r.doc);
+                if write && outcome == Restored::Written {
+                    focus.insert(k, r.doc.clone(), now.plus(r.ttl));
+                }
+                outcome
+            }
+            Record::Counter(r) => {
+                let mut counters = lock(&self.inner.counters);
+                let outcome = decide_value(counters.values.get(&r.key), &r.value);
+                if write && outcome == Restored::Written {
+                    counters.values.insert(r.key.clone(), r.value);
+                }
+                outcome
+            }
+            Record::Cache(r) => {
+                let mut cache = lock(&self.inner.cache);
+                let k = (r.key.namespace().to_string(), r.key.key().to_string());
+                let outcome = decide_value(cache.get(&k, now).map(Bytes::as_ref), r.value.as_ref());
+                if write && outcome == Restored::Written {
+                    cache.insert(k, r.value.clone(), now.plus(r.ttl));
+                }
+                outcome
+            }
+        })
+    }
+}

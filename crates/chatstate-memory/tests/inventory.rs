@@ -1,0 +1,19 @@
+//! Inventory on the memory backend: the shared cases of
+//! `chatstate_conformance::inventory`, on fresh stores.
+
+use chatstate_conformance::inventory;
+use chatstate_core::StoreSettings;
+use chatstate_memory::MemoryStore;
+
+#[tokio::test]
+async fn paging_returns_every_record_once() {
+    inventory::paging_returns_every_record_once(&MemoryStore::new(StoreSettings::default())).await;
+}
+
+#[tokio::test]
+async fn restore_is_exact_idempotent_and_keeps_newer() {
+    inventory::restore_is_exact_idempotent_and_keeps_newer(&MemoryStore::new(
+        StoreSettings::default(),
+    ))
+    .await;
+}

@@ -1,0 +1,49 @@
+//! Inventory on Redis: the shared cases of `chatstate_conformance::inventory`
+//! against a throwaway redis-server (never 6379), each under its own key prefix,
+//! plus what only Redis has (SCAN, never KEYS; foreign keys under the prefix).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use chatstate_conformance::inventory;
+use chatstate_core::{Inventory, RecordKind, RedisUrl, StoreSettings};
+use chatstate_redis::RedisStore;
+
+async fn store() -> RedisStore {
+    RedisStore::builder(RedisUrl::parse(&common::shared().url()).unwrap())
+        .prefix(common::unique_prefix())
+        .settings(StoreSettings::default())
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn paging_returns_every_record_once() {
+    let s = store().await;
+    inventory::paging_returns_every_record_once(&s).await;
+    let sent = s.commands_by_name();
+    assert!(sent.contains_key("SCAN"), "{sent:?}");
+    assert!(!sent.contains_key("KEYS"), "never KEYS: {sent:?}");
+}
+
+#[tokio::test]
+async fn restore_is_exact_idempotent_and_keeps_newer() {
+    inventory::restore_is_exact_idempotent_and_keeps_newer(&store().await).await;
+}
+
+/// A key under the prefix that chatstate's layout does not make is reported as
+/// unreadable by name; the walk returns every real record.
+#[tokio::test]
+async fn a_foreign_key_under_the_prefix_is_reported_and_the_walk_goes_on() {
+    let s = store().await;
+    let keys = inventory::fill(&s).await;
+    let prefix = s.layout().prefix().to_string();
+    let foreign = format!("{prefix}:kv:no-separator-here");
+    common::shared().cli(&["SET", &foreign, "x"]);
+    let page = s.scan(RecordKind::Cache, None, 1000).await.unwrap();
+    assert_eq!(page.records.len(), keys[3].len());
+    assert_eq!(page.unreadable.len(), 1);
+    assert!(page.unreadable[0].to_string().contains(&foreign));
+}
