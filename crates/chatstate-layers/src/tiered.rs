@@ -78,6 +78,13 @@
 //!   bus; a bus `Reset`; [`TieredCache::clear_local`]), and a remote read that
 //!   answers replaces it (a miss drops it). Stale copies take room in the local tier
 //!   like fresh ones (the capacity counts both).
+//!
+//!   A bus `Reset` drops stale copies with the rest, and `chatstate_redis::RedisBus`
+//!   sends one when it notices its subscription is lost (at once when Redis closes
+//!   the connection, within about 8 s when Redis stops answering) as well as when
+//!   it is re-established. With one Redis behind both the cache and the bus, stale
+//!   copies are therefore served only until the bus notices the outage; a bus that
+//!   stays up while the cache's remote fails does not cut that short.
 //! - *Loaders.* When `get_or_load`'s remote read fails temporarily, a stale copy
 //!   the call found answers, if nothing changed in this instance since the call
 //!   looked (its epoch, as for any copy); otherwise the loader is called and its
@@ -119,14 +126,15 @@
 //! [`BusEvent::Reset`] (a re-established subscription: in a task of its own). A replay that fails temporarily keeps them for the next success; one the
 //! remote refuses for good is forgotten with a warning.
 //!
-//! What remains for the *other* instances: they hear of the delete only when the
-//! bus does, so while the bus is down with the remote (one Redis), they may serve
-//! their local copy of the deleted key — fresh until its local deadline, then stale
-//! while their remote reads fail, up to `max_stale` past it. When their bus
-//! subscription comes back it reports `Reset` and they drop their whole local tier;
-//! from the moment this instance's replay lands (its first successful remote call
-//! or its own `Reset`), and the replay's announcement is heard, no instance serves
-//! the deleted value. Between the remote's recovery and that replay, another
+//! What remains for the *other* instances: the failed delete is announced all the
+//! same, so an instance whose bus still works drops its copy at once. While the bus
+//! is down too (one Redis), they may serve their local copy of the deleted key —
+//! fresh until its local deadline, then stale while their remote reads fail, up to
+//! `max_stale` past it — until their own bus reports `Reset` (`RedisBus`: when it
+//! notices the lost subscription, and again when it is back) and they drop their
+//! whole local tier. From the moment this instance's replay lands (its first
+//! successful remote call or its own `Reset`), and the replay's announcement is
+//! heard or the listeners' `Reset` has come, no instance serves the deleted value. Between the remote's recovery and that replay, another
 //! instance that reads the key from the remote gets the old value, and may keep it
 //! until the replay's announcement reaches it (or its `Reset`, or its local TTL).
 //! Pending deletes live in this process: if it stops before replaying them, or
