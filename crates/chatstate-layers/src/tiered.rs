@@ -896,6 +896,7 @@ impl Shared {
                 Err(e) if e.is_temporary() => {
                     if let Some(copy) = stale
                         && self.epoch.load(Ordering::SeqCst) == call_epoch
+                        && self.clock.now() < copy.stale_until
                     {
                         return Ok(self.restale(copy, call_epoch));
                     }
@@ -1081,12 +1082,15 @@ impl Shared {
         Err(error)
     }
 
-    /// Whether `copy` is still the copy of `key` in the local tier.
+    /// Whether `copy` is still the copy of `key` in the local tier, within its stale
+    /// window (which may have ended while the remote call was failing).
     async fn still_kept(&self, key: &CacheKey, copy: &Local) -> bool {
-        self.local
-            .get(key)
-            .await
-            .is_some_and(|kept| Arc::ptr_eq(&kept.settled, &copy.settled))
+        self.clock.now() < copy.stale_until
+            && self
+                .local
+                .get(key)
+                .await
+                .is_some_and(|kept| Arc::ptr_eq(&kept.settled, &copy.settled))
     }
 
     /// Keeps a copy current at `epoch` until `deadline` (nothing when that has

@@ -244,12 +244,14 @@ async fn keys_this_instance_knows_changed_are_never_served_stale() {
     clock.advance(LOCAL_TTL + Duration::from_secs(1)); // every copy is stale now
 
     other.set(&key("heard"), b("new"), None).await.unwrap(); // a hears it
+    // Heard before a's own writes below, so none of them overlaps hearing it (a
+    // write that does keeps nothing).
+    tokio::time::sleep(Duration::from_millis(50)).await;
     a.delete(&key("deleted")).await.unwrap();
     a.set(&key("overwritten"), b("new"), None).await.unwrap();
     clock.advance(LOCAL_TTL + Duration::from_secs(1)); // "overwritten"'s new copy is stale too
     KvCache::delete(&remote.inner, &key("gone")).await.unwrap(); // no announcement…
     assert_eq!(KvCache::get(&a, &key("gone")).await.unwrap(), None); // …but a read sees it
-    tokio::time::sleep(Duration::from_millis(50)).await; // a has heard "heard"
 
     remote.down();
     // A delete that fails: returned, and the key reads as missing from then on.
@@ -294,7 +296,12 @@ async fn failed_delete() -> (
     let other = TieredCache::new(remote.clone(), bus.clone(), config());
     let k = key("secret");
     a.set(&k, b("old"), None).await.unwrap();
+    // Once other has heard a's set (a read overlapping that is answered, not kept),
+    // other keeps the value it reads.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(KvCache::get(&other, &k).await.unwrap(), Some(b("old")));
+    assert_eq!(KvCache::get(&other, &k).await.unwrap(), Some(b("old")));
+    assert_eq!(other.stats().local_hits, 1, "other holds a local copy");
 
     remote.down();
     bus.down();
@@ -559,7 +566,10 @@ async fn a_delete_that_timed_out_while_reads_work_never_reads_the_old_value() {
         "the remote still holds it"
     );
     assert_eq!(KvCache::get(&cache, &k).await.unwrap(), None);
-    assert_eq!(cache.get_many(&[k.clone()]).await.unwrap(), vec![None]);
+    assert_eq!(
+        cache.get_many(std::slice::from_ref(&k)).await.unwrap(),
+        vec![None]
+    );
     assert!(!cache.exists(&k).await.unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
     let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
@@ -576,4 +586,85 @@ async fn a_delete_that_timed_out_while_reads_work_never_reads_the_old_value() {
     assert_eq!(KvCache::get(&cache, &key("2")).await.unwrap(), None);
     assert_eq!(cache.pending_deletes(), 0);
     assert_eq!(KvCache::get(&remote.inner, &k).await.unwrap(), None);
+}
+
+/// A remote whose reads advance the (manual) clock before failing: a call slower
+/// than what is left of a copy's stale window.
+struct SlowFailure {
+    clock: ManualClock,
+}
+
+#[async_trait::async_trait]
+impl KvCache for SlowFailure {
+    async fn get(&self, _: &CacheKey) -> chatstate_core::Result<Option<Bytes>> {
+        self.clock.advance(Duration::from_secs(5));
+        Err(chatstate_core::Error::new(
+            ErrorKind::Timeout,
+            "injected: slow, then timed out",
+        ))
+    }
+    async fn get_many(&self, keys: &[CacheKey]) -> chatstate_core::Result<Vec<Option<Bytes>>> {
+        self.clock.advance(Duration::from_secs(5));
+        let _ = keys;
+        Err(chatstate_core::Error::new(
+            ErrorKind::Timeout,
+            "injected: slow, then timed out",
+        ))
+    }
+    async fn set(&self, _: &CacheKey, _: Bytes, _: Option<Duration>) -> chatstate_core::Result<()> {
+        Ok(())
+    }
+    async fn set_many(
+        &self,
+        _: Vec<(CacheKey, Bytes)>,
+        _: Option<Duration>,
+    ) -> chatstate_core::Result<()> {
+        Ok(())
+    }
+    async fn delete(&self, _: &CacheKey) -> chatstate_core::Result<bool> {
+        Ok(false)
+    }
+    async fn delete_many(&self, _: &[CacheKey]) -> chatstate_core::Result<u64> {
+        Ok(0)
+    }
+    async fn exists(&self, _: &CacheKey) -> chatstate_core::Result<bool> {
+        Ok(false)
+    }
+    async fn expire(&self, _: &CacheKey, _: Duration) -> chatstate_core::Result<bool> {
+        Ok(false)
+    }
+    async fn ttl(&self, _: &CacheKey) -> chatstate_core::Result<Option<Duration>> {
+        Ok(None)
+    }
+    async fn clear_prefix(&self, _: &str, _: &str) -> chatstate_core::Result<u64> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_stale_window_that_ends_during_the_failing_call_serves_nothing() {
+    let clock = ManualClock::starting_now();
+    let cache = TieredCache::with_clock(
+        Arc::new(SlowFailure {
+            clock: clock.clone(),
+        }),
+        Arc::new(LocalBus::new()),
+        config(),
+        clock.shared(),
+    );
+    let k = key("1");
+    cache.set(&k, b("v"), None).await.unwrap();
+    // 3 s of stale window left; the failing read takes 5 s.
+    clock.advance(LOCAL_TTL + MAX_STALE - Duration::from_secs(3));
+    assert!(KvCache::get(&cache, &k).await.is_err());
+    cache.set(&k, b("v"), None).await.unwrap();
+    clock.advance(LOCAL_TTL + MAX_STALE - Duration::from_secs(3));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+    assert_eq!(
+        v.unwrap(),
+        Some(b("loaded")),
+        "the loader, not a copy past max_stale"
+    );
+    assert_eq!(cache.stats().stale_served, 0);
 }
