@@ -1,7 +1,35 @@
 //! Conveniences over the four traits, for every store (blanket impls, so
 //! `Arc<dyn KvCache>` has them too): typed values through a [`Codec`], one-message
 //! appends, get-or-load.
+//!
+//! ## The cache degrades; it never fails a request
+//!
+//! [`KvCacheExt::get_or_load`] and [`KvCacheExt::get_many_or_load`] treat the cache as
+//! an optimisation in front of the loader (the source of truth):
+//!
+//! - **A temporary read error** ([`Error::is_temporary`]: `Unavailable`, `Timeout`)
+//!   is not returned: the loader is called (for every key asked, in the many-key
+//!   form) and its value returned. Nothing is written back then: the cache just
+//!   failed, a write-back would most likely fail too and add a second timeout to a
+//!   request already waiting on an unreachable cache. Counted in
+//!   [`READ_FALLBACKS_METRIC`], logged at `debug` (an outage would otherwise log
+//!   once per request).
+//! - **A failed write-back** (any error, an encoding error included) is not
+//!   returned: the loaded value is. It is logged with `tracing::warn!` (operation,
+//!   key, error kind and message — never the value) and counted in
+//!   [`WRITEBACK_FAILURES_METRIC`].
+//! - **Every other read error** is returned, as is any loader error: `Decode` (the
+//!   stored bytes are not a `T` in this codec), `WrongType`, `InvalidInput` and the
+//!   rest say something is wrong that calling the loader would hide, not that the
+//!   cache is away.
+//!
+//! The counters go through the [`metrics`] facade (labelled `layer` and
+//! `operation`): with no recorder installed they cost nothing; tests can count them
+//! with a thread-local recorder. `chatstate_layers::TieredCache` keeps the same
+//! rules, counts them in its own stats too, and adds serving its local tier when the
+//! remote fails.
 
+use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
@@ -10,7 +38,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::Codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::{CacheKey, FocusKey, SessionKey};
 use crate::model::{AppendReceipt, NewMessage, PutMode};
 use crate::traits::{FocusStore, KvCache, SessionStore};
@@ -80,6 +108,11 @@ pub trait KvCacheExt: KvCache {
     /// The cached value, or `load()`'s result stored for `ttl` and returned. A
     /// loader error is returned and nothing is cached.
     ///
+    /// Degrades instead of failing (see the [module docs](self)): a temporary read
+    /// error calls the loader and returns its value (no write-back); a failed
+    /// write-back is logged and counted, not returned. Other read errors (`Decode`,
+    /// `WrongType`, `InvalidInput`, ...) are returned.
+    ///
     /// This plain version does not stop two concurrent misses of one key from both
     /// loading; the tiered cache layer adds one-loader-per-key.
     async fn get_or_load<T, F, Fut>(
@@ -94,13 +127,158 @@ pub trait KvCacheExt: KvCache {
         F: FnOnce() -> Fut + Send,
         Fut: Future<Output = Result<T>> + Send,
     {
-        if let Some(v) = self.get_value(key, codec).await? {
-            return Ok(v);
-        }
+        let cache_failed = match self.get_value(key, codec).await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => false,
+            Err(e) if e.is_temporary() => {
+                read_fell_back("ext", "get_or_load", key, &e);
+                true
+            }
+            Err(e) => return Err(e),
+        };
         let v = load().await?;
-        self.set_value(key, &v, ttl, codec).await?;
+        if !cache_failed && let Err(e) = self.set_value(key, &v, ttl, codec).await {
+            write_back_failed("ext", "get_or_load", key, &e);
+        }
         Ok(v)
     }
+
+    /// The values of `keys` (in order), loading the missing ones: one `get_many`,
+    /// then one `load` call with the keys it did not find (each once, however often
+    /// it is asked for; not called when nothing is missing), then one `set_many`
+    /// writing back what the loader returned. A key the loader does not return stays
+    /// `None`; keys it returns that were not asked for are ignored.
+    ///
+    /// Degrades like [`KvCacheExt::get_or_load`]: a temporary `get_many` error calls
+    /// the loader with every key (once each) and writes nothing back; a failed
+    /// write-back is logged and counted, not returned; other read errors (a `Decode`
+    /// error for any one key included) and loader errors are returned.
+    ///
+    /// ```
+    /// # async fn demo(cache: &dyn chatstate_core::KvCache) -> chatstate_core::Result<()> {
+    /// use chatstate_core::{CacheKey, Codec, KvCacheExt};
+    /// let keys = [CacheKey::new("customers", "1")?, CacheKey::new("customers", "2")?];
+    /// let names: Vec<Option<String>> = cache
+    ///     .get_many_or_load(&keys, None, Codec::Json, |missing| async move {
+    ///         Ok(missing.into_iter().map(|k| {
+    ///             let name = format!("customer {}", k.key());
+    ///             (k, name)
+    ///         }).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(names[1].as_deref(), Some("customer 2"));
+    /// # Ok(()) }
+    /// ```
+    async fn get_many_or_load<T, F, Fut>(
+        &self,
+        keys: &[CacheKey],
+        ttl: Option<Duration>,
+        codec: Codec,
+        load: F,
+    ) -> Result<Vec<Option<T>>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync,
+        F: FnOnce(Vec<CacheKey>) -> Fut + Send,
+        Fut: Future<Output = Result<Vec<(CacheKey, T)>>> + Send,
+    {
+        let (mut out, cache_failed) = match self.get_many_values::<T>(keys, codec).await {
+            Ok(values) => (values, false),
+            Err(e) if e.is_temporary() => {
+                read_fell_back("ext", "get_many_or_load", keys.len(), &e);
+                (keys.iter().map(|_| None).collect(), true)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut missing: Vec<CacheKey> = Vec::new();
+        for (k, v) in keys.iter().zip(&out) {
+            if v.is_none() && !missing.contains(k) {
+                missing.push(k.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let mut loaded: Vec<(CacheKey, T)> = Vec::new();
+        for (k, v) in load(missing.clone()).await? {
+            // Only keys that were asked for, once each.
+            if missing.contains(&k) && !loaded.iter().any(|(l, _)| *l == k) {
+                loaded.push((k, v));
+            }
+        }
+        for (slot, k) in out.iter_mut().zip(keys) {
+            if slot.is_none()
+                && let Some((_, v)) = loaded.iter().find(|(l, _)| l == k)
+            {
+                *slot = Some(v.clone());
+            }
+        }
+        if !cache_failed && !loaded.is_empty() {
+            let written = match loaded
+                .iter()
+                .map(|(k, v)| codec.encode(v).map(|b| (k.clone(), b)))
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(entries) => self.set_many(entries, ttl).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                write_back_failed("ext", "get_many_or_load", loaded.len(), &e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The counter of loader calls made because the cache read failed with a temporary
+/// error (labels `layer`, `operation`).
+pub const READ_FALLBACKS_METRIC: &str = "chatstate_cache_read_fallbacks_total";
+
+/// The counter of failed write-backs of loaded values, not returned to the caller
+/// (labels `layer`, `operation`).
+pub const WRITEBACK_FAILURES_METRIC: &str = "chatstate_cache_writeback_failures_total";
+
+/// Records that a cache read failed temporarily and the loader answers instead:
+/// counted in [`READ_FALLBACKS_METRIC`] and logged at `debug` (once per request in
+/// an outage: `warn` would flood). `keys` is the key, or how many keys were read.
+/// For layers that keep these rules (the tiered cache).
+pub fn read_fell_back(
+    layer: &'static str,
+    operation: &'static str,
+    keys: impl Display,
+    error: &Error,
+) {
+    metrics::counter!(READ_FALLBACKS_METRIC, "layer" => layer, "operation" => operation)
+        .increment(1);
+    tracing::debug!(
+        layer,
+        operation,
+        keys = %keys,
+        kind = error.kind().as_str(),
+        error = %error,
+        "chatstate cache read failed temporarily; the loader answers"
+    );
+}
+
+/// Records a failed write-back of a loaded value, which the caller does not see:
+/// counted in [`WRITEBACK_FAILURES_METRIC`] and logged with `tracing::warn!`
+/// (operation, key or key count, error kind and message — never the value). For
+/// layers that keep these rules (the tiered cache).
+pub fn write_back_failed(
+    layer: &'static str,
+    operation: &'static str,
+    keys: impl Display,
+    error: &Error,
+) {
+    metrics::counter!(WRITEBACK_FAILURES_METRIC, "layer" => layer, "operation" => operation)
+        .increment(1);
+    tracing::warn!(
+        layer,
+        operation,
+        keys = %keys,
+        kind = error.kind().as_str(),
+        error = %error,
+        "chatstate could not write a loaded value back to the cache; it is returned, not cached"
+    );
 }
 
 impl<C: KvCache + ?Sized> KvCacheExt for C {}

@@ -11,7 +11,12 @@
 //!   across instances: `chatstate_redis::RedisBus`, Redis pub/sub); `get_or_load` with
 //!   one loader per key, `get_many_or_load` with batched loads. No read overlapping
 //!   this instance's own write keeps what it read; written copies never outlive the
-//!   remote TTL where it is known; local TTLs run on a [`chatstate_core::Clock`].
+//!   remote TTL where it is known (while the remote answers); local TTLs run on a
+//!   [`chatstate_core::Clock`]. It degrades rather than fails when the remote fails
+//!   temporarily: stale local copies answer for up to `max_stale` (never one this
+//!   instance knows changed), loaders answer otherwise, failed write-backs are
+//!   counted, not returned, and a failed delete is read as missing here and
+//!   replayed on recovery ([`TierStats`] counts all of it).
 //! - [`batched`]: [`BatchedCounters`], local adds flushed every interval as
 //!   idempotent batches of at most [`batched::DEFAULT_MAX_BATCH`] counters; a failed
 //!   or ambiguous flush is retried with the same batch id, without counting twice;

@@ -8,7 +8,9 @@
 //!
 //! **Reads.** A local hit costs no round trip. A miss reads the remote tier (one
 //! round trip; `get_many` reads every local miss with one `get_many`) and keeps the
-//! answer locally for the local TTL.
+//! answer locally for the local TTL. A copy past that deadline is not served while
+//! the remote answers: the read goes to the remote, as a miss does (see "When the
+//! remote fails" for what it is kept for).
 //!
 //! **Writes** (`set`, `delete`, `expire`, `clear_prefix`, the many-key forms and the
 //! loaders' write-backs) go to the remote tier first, then update or drop the local
@@ -55,22 +57,109 @@
 //! remaining remote TTL this layer does not ask for: that would be a second round
 //! trip) is served for at most the local TTL after the read started, which is the
 //! bound when nothing else is known: it may outlive the remote entry by up to the
-//! local TTL.
+//! local TTL. While the remote fails, a copy may be served up to
+//! [`TieredConfig::max_stale`] past these deadlines (next section).
+//!
+//! **When the remote fails** (a temporary error: `Unavailable` or `Timeout`, what
+//! the Redis store returns while Redis is unreachable or slow; other errors are
+//! always returned). The cache degrades; it does not fail a read it can answer:
+//!
+//! - *Stale-if-error.* A copy that was served fresh is kept in the local tier up to
+//!   [`TieredConfig::max_stale`] (`CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS`, 300 s by
+//!   default) past its deadline. It is served only when the remote read fails with
+//!   a temporary error: `get` and `exists` answer it instead of the error if it is
+//!   still the copy kept when the remote failed; `get_many` answers each key from
+//!   its stale copy and returns the error if any key read has none. So a stale
+//!   answer is at most `max_stale` older than what the fresh bound above allows
+//!   (for a copy brought back by a read: at most the local TTL plus `max_stale`
+//!   after the read started). It is never a value this instance knows changed:
+//!   every change that drops a fresh copy drops a stale one (a write, delete,
+//!   `expire` or `clear_prefix` of this instance's, failed or not; one heard on the
+//!   bus; a bus `Reset`; [`TieredCache::clear_local`]), and a remote read that
+//!   answers replaces it (a miss drops it). Stale copies take room in the local tier
+//!   like fresh ones (the capacity counts both).
+//!
+//!   A bus `Reset` drops stale copies with the rest, and `chatstate_redis::RedisBus`
+//!   sends one when it notices its subscription is lost (at once when Redis closes
+//!   the connection, within about 8 s when Redis stops answering) as well as when
+//!   it is re-established. With one Redis behind both the cache and the bus, stale
+//!   copies are therefore served only until the bus notices the outage; a bus that
+//!   stays up while the cache's remote fails does not cut that short.
+//! - *Loaders.* When `get_or_load`'s remote read fails temporarily, a stale copy
+//!   the call found answers, if nothing changed in this instance since the call
+//!   looked (its epoch, as for any copy); otherwise the loader is called and its
+//!   value returned. We prefer the stale copy to the loader: during a cache outage
+//!   every load would otherwise go to the source of truth at the moment it can
+//!   least afford it, and a local-first cache is expected to answer from memory;
+//!   set `max_stale` to zero to always ask the loader. The loader's value is not
+//!   written back (the remote just failed: a write-back would most likely fail too,
+//!   adding a second timeout to the request) and not kept locally (local copies
+//!   are copies of the remote). `get_many_or_load` does the same per key: keys with
+//!   a stale copy are answered by it, the others loaded.
+//! - *Write-backs.* A loader's write-back that fails (any error) is not returned:
+//!   the loaded value is, not kept locally; the failure is logged with
+//!   `tracing::warn!` (operation, key, error kind; never the value) and counted in
+//!   [`TierStats::writeback_failures`] and the
+//!   [`chatstate_core::ext::WRITEBACK_FAILURES_METRIC`] counter (`layer="tiered"`).
+//!   Loader calls made because the read failed count in
+//!   [`chatstate_core::ext::READ_FALLBACKS_METRIC`]; every temporary remote error
+//!   in [`TierStats::remote_errors`], every stale answer in
+//!   [`TierStats::stale_served`].
+//! - *Writes* (`set`, `expire`, ...) return their error, as before: the caller must
+//!   know. The local copies are dropped and the change announced all the same (a
+//!   write that timed out may have landed).
+//!
+//! **Failed deletes.** A `delete`, `delete_many` or `clear_prefix` whose remote
+//! call fails with a temporary error returns the error, drops the local copies (as
+//! any write does) and remembers the keys, or the prefix, as *pending* (at most
+//! [`TieredConfig::max_pending_deletes`], 10,000 by default; beyond that the oldest
+//! is forgotten, with a warning and a count in
+//! [`TierStats::pending_deletes_dropped`]). Until replayed, this instance reads a
+//! pending key as missing (`get`, `get_many`, `exists`, `ttl`, `expire`, without
+//! asking the remote, which may still hold the value) and keeps no copy of it;
+//! `get_or_load` calls the loader for it, and a successful write of the key (a
+//! `set`, a write-back) settles its pending delete, as a successful delete or
+//! `clear_prefix` covering it does. The pending deletes are replayed against the
+//! remote, oldest first, as any write is (local copies dropped, the change
+//! announced on the bus): by the first operation of this instance whose remote call
+//! succeeds, before that operation returns, and when the bus reports
+//! [`BusEvent::Reset`] (a re-established subscription: in a task of its own). A replay that fails temporarily keeps them for the next success; one the
+//! remote refuses for good is forgotten with a warning.
+//!
+//! What remains for the *other* instances: the failed delete is announced all the
+//! same, so an instance whose bus still works drops its copy at once. While the bus
+//! is down too (one Redis), they may serve their local copy of the deleted key —
+//! fresh until its local deadline, then stale while their remote reads fail, up to
+//! `max_stale` past it — until their own bus reports `Reset` (`RedisBus`: when it
+//! notices the lost subscription, and again when it is back) and they drop their
+//! whole local tier. From the moment this instance's replay lands (its first
+//! successful remote call or its own `Reset`), and the replay's announcement is
+//! heard or the listeners' `Reset` has come, no instance serves the deleted value. Between the remote's recovery and that replay, another
+//! instance that reads the key from the remote gets the old value, and may keep it
+//! until the replay's announcement reaches it (or its `Reset`, or its local TTL).
+//! Pending deletes live in this process: if it stops before replaying them, or
+//! forgets them past the bound, the remote keeps the old value until its remote TTL.
 //!
 //! **Time.** Local TTL decisions read a [`chatstate_core::Clock`] (the system clock
 //! unless [`TieredCache::with_clock`] is given another), so tests and the
 //! conformance suite move it with a [`chatstate_core::ManualClock`] together with
-//! the backend's. On the system clock (`TieredCache::new`) moka's own per-entry
-//! expiry, set a millisecond short of the copy's deadline, is the check, and a hit
-//! reads no clock; with another clock a hit also checks the deadline on it (moka's
-//! real-time expiry then only frees the memory).
+//! the backend's. On the system clock (`TieredCache::new`) with `max_stale` zero,
+//! moka's own per-entry expiry, set a millisecond short of the copy's deadline, is
+//! the check, and a hit reads no clock. With `max_stale` above zero moka keeps the
+//! copy until the end of its stale window, so a hit reads the clock once to tell
+//! fresh from stale: a `SystemTime::now` (a vDSO call, tens of nanoseconds, no
+//! allocation; removing that same read from the hit measured within this box's
+//! noise, see BENCHMARKS.md). With another clock a hit always checks the deadline
+//! on it (moka's real-time expiry then only frees the memory).
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatstate_core::ext::{read_fell_back, write_back_failed};
 use chatstate_core::{
     BusEvent, CacheKey, Error, ErrorKind, Invalidation, InvalidationBus, KvCache, Result,
     SharedClock, StoreSettings, Timestamp,
@@ -82,7 +171,8 @@ use serde::Serialize;
 pub struct TieredConfig {
     /// Most entries in the local tier.
     pub local_capacity: u64,
-    /// How long a local copy is served at most.
+    /// How long a local copy is served at most while the remote answers (past it,
+    /// only while the remote fails, for up to `max_stale`).
     pub local_ttl: Duration,
     /// The TTL the remote tier gives an entry written without one (its
     /// `CHATSTATE_CACHE_TTL_SECONDS`), when known: caps the local copy of such a
@@ -95,6 +185,15 @@ pub struct TieredConfig {
     pub ttl_jitter: f64,
     /// Keys per loader call in `get_many_or_load`.
     pub load_batch: usize,
+    /// How long past its deadline a local copy is kept to be served while the remote
+    /// fails with a temporary error (stale-if-error); zero: never, and a hit on the
+    /// system clock reads no clock. Never served while the remote answers. A stale
+    /// copy takes room in the local tier like a fresh one.
+    pub max_stale: Duration,
+    /// Most deletes (keys, or prefixes of `clear_prefix`) kept to replay when the
+    /// remote failed them temporarily; beyond that the oldest is forgotten, with a
+    /// warning and a count in [`TierStats::pending_deletes_dropped`].
+    pub max_pending_deletes: usize,
 }
 
 impl Default for TieredConfig {
@@ -106,17 +205,21 @@ impl Default for TieredConfig {
             negative_ttl: None,
             ttl_jitter: 0.0,
             load_batch: 100,
+            // `CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS`'s default: one default, not two.
+            max_stale: Duration::from_secs(300),
+            max_pending_deletes: 10_000,
         }
     }
 }
 
 impl TieredConfig {
-    /// The local tier's size and TTL, and the remote's default cache TTL, from a
-    /// [`chatstate_core::Config`].
+    /// The local tier's size, TTL and maximum staleness, and the remote's default
+    /// cache TTL, from a [`chatstate_core::Config`].
     pub fn from_config(config: &chatstate_core::Config) -> Self {
         TieredConfig {
             local_capacity: config.local_cache.capacity,
             local_ttl: config.local_cache.ttl,
+            max_stale: config.local_cache.max_stale,
             remote_default_ttl: Some(config.store.cache_ttl),
             ..TieredConfig::default()
         }
@@ -129,10 +232,18 @@ impl TieredConfig {
 #[derive(Clone, Debug)]
 struct Local {
     value: Option<Bytes>,
-    /// When it stops being served, on the cache's clock.
+    /// When it stops being served while the remote answers, on the cache's clock.
     deadline: Timestamp,
-    /// The same as a duration from insertion, for moka's own (real-time) expiry.
+    /// When it stops being kept at all: `deadline` plus `max_stale` (only for a copy
+    /// that was ever fresh). Between the two it is served only when the remote fails
+    /// with a temporary error.
+    stale_until: Timestamp,
+    /// Until `stale_until`, as a duration from insertion, for moka's own (real-time)
+    /// expiry.
     ttl: Duration,
+    /// Re-kept past its deadline by a `get_or_load` whose remote read failed: what
+    /// answers it is a stale copy.
+    stale: bool,
     loaded: bool,
     /// The epoch as of which `value` is known to be the remote's: when the read that
     /// fetched it started, or when the write that stored it returned (when it started,
@@ -200,6 +311,20 @@ pub struct TierStats {
     /// Announcements that could not be published (other instances may then serve
     /// their copy until their local TTL runs out).
     pub publish_failures: u64,
+    /// Remote calls that failed with a temporary error (`Unavailable`, `Timeout`).
+    pub remote_errors: u64,
+    /// Reads answered by a copy past its deadline because the remote failed
+    /// temporarily (stale-if-error).
+    pub stale_served: u64,
+    /// Loaders' write-backs that failed: the loaded value was returned, not kept.
+    pub writeback_failures: u64,
+    /// Deletes (keys, or `clear_prefix` prefixes) waiting to be replayed now.
+    pub pending_deletes: u64,
+    /// Pending deletes replayed against the remote.
+    pub deletes_replayed: u64,
+    /// Pending deletes forgotten: the oldest beyond
+    /// [`TieredConfig::max_pending_deletes`], or one the remote refused for good.
+    pub pending_deletes_dropped: u64,
 }
 
 #[derive(Default)]
@@ -212,7 +337,130 @@ struct Stats {
     invalidations: AtomicU64,
     resets: AtomicU64,
     publish_failures: AtomicU64,
+    remote_errors: AtomicU64,
+    stale_served: AtomicU64,
+    writeback_failures: AtomicU64,
+    deletes_replayed: AtomicU64,
+    pending_deletes_dropped: AtomicU64,
 }
+
+/// What a local lookup found.
+enum Lookup {
+    /// A copy within its deadline: served.
+    Fresh(Local),
+    /// A copy past its deadline, within `max_stale`: served only if the remote fails
+    /// temporarily (and the copy is still kept then).
+    Stale(Local),
+    Miss,
+}
+
+/// Deletes that failed with a temporary error, to replay: each is a key or a
+/// `clear_prefix` prefix ([`Invalidation::Key`] or [`Invalidation::Prefix`]), oldest
+/// first. Until replayed, no read of a key they cover answers anything but "missing"
+/// (the remote may still hold the value this instance deleted).
+#[derive(Default)]
+struct PendingDeletes {
+    order: VecDeque<Invalidation>,
+    /// The keys in `order`, to look up without a scan.
+    keys: HashSet<CacheKey>,
+    /// How many prefixes `order` holds (no scan for them when none).
+    prefixes: usize,
+}
+
+impl PendingDeletes {
+    /// Remembers `what` (a key or a prefix), forgetting the oldest beyond `max`;
+    /// returns how many were forgotten.
+    fn push(&mut self, what: Invalidation, max: usize) -> u64 {
+        match &what {
+            Invalidation::Key(k) => {
+                if !self.keys.insert(k.clone()) {
+                    return 0;
+                }
+            }
+            Invalidation::Prefix { .. } => {
+                if self.order.contains(&what) {
+                    return 0;
+                }
+                self.prefixes += 1;
+            }
+            Invalidation::Keys(_) => return 0,
+        }
+        self.order.push_back(what);
+        let mut dropped = 0;
+        while self.order.len() > max.max(1) {
+            if let Some(old) = self.order.pop_front() {
+                self.forgot(&old);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    fn forgot(&mut self, what: &Invalidation) {
+        match what {
+            Invalidation::Key(k) => {
+                self.keys.remove(k);
+            }
+            Invalidation::Prefix { .. } => self.prefixes -= 1,
+            Invalidation::Keys(_) => {}
+        }
+    }
+
+    /// Whether `key` is covered by a pending delete.
+    fn blocks(&self, key: &CacheKey) -> bool {
+        self.keys.contains(key)
+            || (self.prefixes > 0
+                && self
+                    .order
+                    .iter()
+                    .any(|p| matches!(p, Invalidation::Prefix { .. }) && p.covers(key)))
+    }
+
+    /// Forgets what a remote change that succeeded settled: written or deleted keys
+    /// (their old value is gone), and for a cleared prefix every pending key and
+    /// narrower prefix it covers.
+    fn settled_by(&mut self, what: &Invalidation) {
+        let done = |p: &Invalidation| match (p, what) {
+            (Invalidation::Key(k), _) => what.covers(k),
+            (
+                Invalidation::Prefix { namespace, prefix },
+                Invalidation::Prefix {
+                    namespace: ns,
+                    prefix: cleared,
+                },
+            ) => namespace == ns && prefix.starts_with(cleared.as_str()),
+            _ => false,
+        };
+        if !self.order.iter().any(done) {
+            return;
+        }
+        let (gone, kept): (VecDeque<_>, VecDeque<_>) = self.order.drain(..).partition(done);
+        self.order = kept;
+        for p in &gone {
+            self.forgot(p);
+        }
+    }
+
+    /// The oldest pending prefix, or up to `max` pending keys, as one remote delete.
+    fn next_batch(&self, max: usize) -> Option<Invalidation> {
+        let keys: Vec<CacheKey> = self
+            .order
+            .iter()
+            .filter_map(|p| match p {
+                Invalidation::Key(k) => Some(k.clone()),
+                _ => None,
+            })
+            .take(max)
+            .collect();
+        if !keys.is_empty() {
+            return Some(Invalidation::Keys(keys));
+        }
+        self.order.front().cloned()
+    }
+}
+
+/// Keys per remote `delete_many` when pending deletes are replayed.
+const REPLAY_BATCH: usize = 1_000;
 
 struct Shared {
     remote: Arc<dyn KvCache>,
@@ -228,9 +476,20 @@ struct Shared {
     /// that started no later than the copy's epoch answer it.
     epoch: AtomicU64,
     stats: Stats,
-    /// Whether a hit checks its deadline on `clock`: only for a clock other than
-    /// the system clock, which moka's own expiry already follows.
+    /// Whether a hit reads `clock` to check its deadline: for a clock other than the
+    /// system clock (which moka's own expiry follows otherwise), and whenever copies
+    /// are kept past their deadline (`max_stale` > 0), so a hit must tell fresh
+    /// from stale.
     check_deadline: bool,
+    /// Deletes to replay once the remote answers again.
+    pending: Mutex<PendingDeletes>,
+    /// Whether `pending` is not empty: the read paths look at this alone.
+    has_pending: AtomicBool,
+    /// Set by a remote call that succeeded while deletes were pending: the operation
+    /// that made it replays them before it returns.
+    replay_due: AtomicBool,
+    /// Held by the one replay running (others skip theirs).
+    replaying: tokio::sync::Mutex<()>,
 }
 
 /// A [`KvCache`] with a local tier in front of a remote one.
@@ -294,6 +553,11 @@ impl TieredCache {
         TieredCache::build(remote, bus, config, clock, true)
     }
 
+    /// How many deletes wait to be replayed (see the module docs, "Failed deletes").
+    pub fn pending_deletes(&self) -> usize {
+        self.shared.pending().order.len()
+    }
+
     fn build(
         remote: Arc<dyn KvCache>,
         bus: Arc<dyn InvalidationBus>,
@@ -301,6 +565,7 @@ impl TieredCache {
         clock: SharedClock,
         check_deadline: bool,
     ) -> Self {
+        let config_max_stale = config.max_stale;
         let local = moka::future::Cache::builder()
             .max_capacity(config.local_capacity)
             .expire_after(PerEntryTtl)
@@ -315,7 +580,11 @@ impl TieredCache {
             epoch: AtomicU64::new(0),
             stats: Stats::default(),
             bus: bus.clone(),
-            check_deadline,
+            check_deadline: check_deadline || !config_max_stale.is_zero(),
+            pending: Mutex::new(PendingDeletes::default()),
+            has_pending: AtomicBool::new(false),
+            replay_due: AtomicBool::new(false),
+            replaying: tokio::sync::Mutex::new(()),
         });
         let mut rx = bus.subscribe();
         let weak = Arc::downgrade(&shared);
@@ -328,7 +597,14 @@ impl TieredCache {
                     Err(RecvError::Closed) => return,
                 };
                 let Some(shared) = weak.upgrade() else { return };
+                let reset = event == BusEvent::Reset;
                 shared.hear(event).await;
+                // The bus came back (or may have missed messages): a moment the remote
+                // may be back too. Replayed in a task of its own, so a remote that is
+                // still down does not hold up the invalidations behind it.
+                if reset && shared.has_pending.load(Ordering::SeqCst) {
+                    tokio::spawn(async move { shared.replay_pending().await });
+                }
             }
         });
         TieredCache { shared, listener }
@@ -351,6 +627,12 @@ impl TieredCache {
             invalidations: s.invalidations.load(Ordering::Relaxed),
             resets: s.resets.load(Ordering::Relaxed),
             publish_failures: s.publish_failures.load(Ordering::Relaxed),
+            remote_errors: s.remote_errors.load(Ordering::Relaxed),
+            stale_served: s.stale_served.load(Ordering::Relaxed),
+            writeback_failures: s.writeback_failures.load(Ordering::Relaxed),
+            pending_deletes: self.pending_deletes() as u64,
+            deletes_replayed: s.deletes_replayed.load(Ordering::Relaxed),
+            pending_deletes_dropped: s.pending_deletes_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -372,6 +654,12 @@ impl TieredCache {
     /// loaded. It drops that copy and joins or starts a newer load; if that one is
     /// older than the call too, it reads (and loads, on a remote miss) on its own,
     /// keeping nothing locally.
+    ///
+    /// Degrades instead of failing (module docs, "When the remote fails"): when the
+    /// remote read fails with a temporary error, a stale local copy answers if there
+    /// is one, the loader otherwise (its value returned, not written back, not kept);
+    /// a failed write-back is counted and logged, and the value returned, not kept.
+    /// Other remote errors are returned.
     pub async fn get_or_load<F, Fut>(
         &self,
         key: &CacheKey,
@@ -384,23 +672,55 @@ impl TieredCache {
     {
         let shared = &self.shared;
         let epoch = shared.epoch.load(Ordering::SeqCst);
-        match shared.local_get(key, epoch).await {
+        let stale = match shared.lookup(key, epoch).await {
             // A remote miss seen by `get` is not the loader's answer: load.
-            Some(hit) if hit.value.is_none() && !hit.loaded => shared.local.invalidate(key).await,
-            Some(hit) => {
+            Lookup::Fresh(hit) | Lookup::Stale(hit) if hit.value.is_none() && !hit.loaded => {
+                shared.local.invalidate(key).await;
+                None
+            }
+            Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit.value);
             }
-            None => {}
-        }
+            Lookup::Stale(copy) => {
+                // moka answers a kept entry without running the load: take the stale
+                // copy out so the shared load below reads the remote; that load keeps
+                // it again if the remote fails.
+                shared.local.invalidate(key).await;
+                Some(copy)
+            }
+            Lookup::Miss => None,
+        };
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
+        let answer = self
+            .load_shared(key, ttl, load, stale.as_ref(), epoch)
+            .await;
+        shared.finish(answer).await
+    }
+
+    async fn load_shared<F, Fut>(
+        &self,
+        key: &CacheKey,
+        ttl: Option<Duration>,
+        load: F,
+        stale: Option<&Local>,
+        epoch: u64,
+    ) -> Result<Option<Bytes>>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
+    {
+        let shared = &self.shared;
         // Taken by whichever of this call's loads runs: only one does, since a load
         // this call runs itself started after the call and is answered.
         let mut load = Some(load);
         for _ in 0..SHARED_LOAD_TRIES {
             let local = shared
                 .local
-                .try_get_with(key.clone(), shared.load_one(key, ttl, &mut load))
+                .try_get_with(
+                    key.clone(),
+                    shared.load_one(key, ttl, &mut load, stale, epoch),
+                )
                 .await
                 .map_err(unshare)?;
             let answers = local.answers(epoch);
@@ -408,10 +728,17 @@ impl TieredCache {
             // (its epoch is older than this call's), so the next try does not find it.
             shared.confirm(key, &local).await;
             if answers {
+                if local.stale {
+                    shared.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(local.value);
             }
         }
-        Ok(shared.load_one(key, ttl, &mut load).await?.value)
+        let local = shared.load_one(key, ttl, &mut load, stale, epoch).await?;
+        if local.stale {
+            shared.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(local.value)
     }
 
     /// The values of `keys` (in order), loading the missing ones: local hits first,
@@ -419,7 +746,27 @@ impl TieredCache {
     /// key once, however often it is asked for), in batches of `load_batch` keys, and
     /// one `set_many` writing back what was loaded. The TTL jitter applies per call:
     /// keys loaded by one call share one (jittered) TTL, successive calls are spread.
+    ///
+    /// Degrades like [`TieredCache::get_or_load`]: when the `get_many` fails with a
+    /// temporary error, the keys with a stale local copy are answered by it and the
+    /// others loaded, and nothing is written back or kept; a failed write-back is
+    /// counted and logged, and the values returned, not kept. Other remote errors
+    /// are returned.
     pub async fn get_many_or_load<F, Fut>(
+        &self,
+        keys: &[CacheKey],
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<Vec<Option<Bytes>>>
+    where
+        F: FnMut(Vec<CacheKey>) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<Vec<(CacheKey, Bytes)>>> + Send,
+    {
+        let answer = self.load_many(keys, ttl, load).await;
+        self.shared.finish(answer).await
+    }
+
+    async fn load_many<F, Fut>(
         &self,
         keys: &[CacheKey],
         ttl: Option<Duration>,
@@ -429,7 +776,15 @@ impl TieredCache {
         F: FnMut(Vec<CacheKey>) -> Fut + Send,
         Fut: std::future::Future<Output = Result<Vec<(CacheKey, Bytes)>>> + Send,
     {
-        let mut out = self.get_many(keys).await?;
+        let shared = &self.shared;
+        let read = shared.read_many(keys).await?;
+        if let Some(e) = &read.error
+            && !read.unanswered.is_empty()
+        {
+            read_fell_back("tiered", "get_many_or_load", read.unanswered.len(), e);
+        }
+        let remote_failed = read.error.is_some();
+        let mut out = read.values;
         let mut missing: Vec<CacheKey> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             if out[i].is_none() && !missing.contains(k) {
@@ -439,7 +794,6 @@ impl TieredCache {
         if missing.is_empty() {
             return Ok(out);
         }
-        let shared = &self.shared;
         let mut loaded: Vec<(CacheKey, Bytes)> = Vec::new();
         for chunk in missing.chunks(shared.config.load_batch.max(1)) {
             shared.stats.loads.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +811,9 @@ impl TieredCache {
                 out[i] = Some(v.clone());
             }
         }
-        if !loaded.is_empty() {
+        // After a failed read the remote is most likely down: a write-back would add
+        // a second timeout, and what is not in the remote is not kept locally.
+        if !loaded.is_empty() && !remote_failed {
             let ttl = shared.jittered(ttl)?;
             let loaded_keys: Vec<CacheKey> = loaded.iter().map(|(k, _)| k.clone()).collect();
             let (written, w) = shared
@@ -466,8 +822,16 @@ impl TieredCache {
                     shared.remote.set_many(loaded.clone(), ttl),
                 )
                 .await;
-            written?;
-            shared.keep_written(loaded, ttl, &w).await;
+            match written {
+                Ok(()) => shared.keep_written(loaded, ttl, &w).await,
+                Err(e) => {
+                    shared
+                        .stats
+                        .writeback_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    write_back_failed("tiered", "get_many_or_load", loaded.len(), &e);
+                }
+            }
         }
         Ok(out)
     }
@@ -482,15 +846,31 @@ struct Written {
     quiet: bool,
 }
 
+/// What [`Shared::read_many`] found: the answers in order, and, when the remote read
+/// failed with a temporary error (`error`), the positions nothing could answer (no
+/// stale copy was kept for them).
+struct ManyRead {
+    values: Vec<Option<Bytes>>,
+    unanswered: Vec<usize>,
+    error: Option<Error>,
+}
+
 impl Shared {
     /// One load of `key` for `get_or_load`: the remote value, or on a remote miss
     /// `load()`'s (taken from `load`), written back. The copy it returns is current as
     /// of the epoch when it started (a write-back: when it returned).
+    ///
+    /// When the remote read fails with a temporary error: `stale` (the copy past its
+    /// deadline the call found at `call_epoch`, and took out of the local tier) kept
+    /// again and answered, if nothing changed in this instance since the call found
+    /// it; otherwise `load()`'s value, not written back and not kept.
     async fn load_one<F, Fut>(
         &self,
         key: &CacheKey,
         ttl: Option<Duration>,
         load: &mut Option<F>,
+        stale: Option<&Local>,
+        call_epoch: u64,
     ) -> Result<Local>
     where
         F: FnOnce() -> Fut + Send,
@@ -498,11 +878,34 @@ impl Shared {
     {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let start = self.clock.now();
-        if let Some(v) = self.remote.get(key).await? {
-            self.stats.remote_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(self.local_copy(Some(v), start.plus(self.config.local_ttl), false, epoch));
-        }
-        self.stats.remote_misses.fetch_add(1, Ordering::Relaxed);
+        // A key with a pending delete reads as missing: the remote may still hold
+        // the value this instance deleted.
+        let remote_failed = if self.blocks(key) {
+            false
+        } else {
+            match self.call(self.remote.get(key)).await {
+                Ok(Some(v)) => {
+                    self.stats.remote_hits.fetch_add(1, Ordering::Relaxed);
+                    let deadline = start.plus(self.config.local_ttl);
+                    return Ok(self.local_copy(Some(v), deadline, false, epoch));
+                }
+                Ok(None) => {
+                    self.stats.remote_misses.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Err(e) if e.is_temporary() => {
+                    if let Some(copy) = stale
+                        && self.epoch.load(Ordering::SeqCst) == call_epoch
+                        && self.clock.now() < copy.stale_until
+                    {
+                        return Ok(self.restale(copy, call_epoch));
+                    }
+                    read_fell_back("tiered", "get_or_load", key, &e);
+                    true
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let Some(load) = load.take() else {
             return Err(Error::new(
                 ErrorKind::Internal,
@@ -512,6 +915,9 @@ impl Shared {
         };
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
         match load().await? {
+            // Answered, not kept (its deadline is now): the remote does not have it,
+            // and a write-back to a remote that just failed would add a second timeout.
+            Some(v) if remote_failed => Ok(self.local_copy(Some(v), start, true, epoch)),
             Some(v) => {
                 let ttl = self.jittered(ttl)?;
                 let (written, w) = self
@@ -520,7 +926,14 @@ impl Shared {
                         self.remote.set(key, v.clone(), ttl),
                     )
                     .await;
-                written?;
+                if let Err(e) = written {
+                    self.stats
+                        .writeback_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    write_back_failed("tiered", "get_or_load", key, &e);
+                    // Answered, not kept.
+                    return Ok(self.local_copy(Some(v), w.start, true, w.before));
+                }
                 // Not kept when anything else changed while it was on the wire; then
                 // it is the remote's value only as of when the write started.
                 let (deadline, current_at) = if w.quiet {
@@ -548,7 +961,8 @@ impl Shared {
         if copy.settled.load(Ordering::SeqCst) {
             return;
         }
-        if self.epoch.load(Ordering::SeqCst) == copy.current_at && self.clock.now() < copy.deadline
+        if self.epoch.load(Ordering::SeqCst) == copy.current_at
+            && self.clock.now() < copy.stale_until
         {
             copy.settled.store(true, Ordering::SeqCst);
         } else {
@@ -577,6 +991,8 @@ impl Shared {
             .map_or(self.config.local_ttl, |t| t.min(self.config.local_ttl))
     }
 
+    /// A copy served until `deadline`, and kept `max_stale` longer for stale-if-error
+    /// if it is fresh now (one whose deadline has passed is not kept at all).
     fn local_copy(
         &self,
         value: Option<Bytes>,
@@ -584,37 +1000,97 @@ impl Shared {
         loaded: bool,
         current_at: u64,
     ) -> Local {
+        let now = self.clock.now();
+        let stale_until = if now < deadline {
+            deadline.plus(self.config.max_stale)
+        } else {
+            deadline
+        };
         Local {
             value,
             deadline,
-            // A millisecond short: `now` is whole milliseconds (up to one behind),
-            // and on the system clock moka's expiry alone must never serve a copy
-            // past its deadline.
-            ttl: self
-                .clock
-                .now()
-                .until(deadline)
-                .saturating_sub(std::time::Duration::from_millis(1)),
+            stale_until,
+            ttl: moka_ttl(now, stale_until),
+            stale: false,
             loaded,
             current_at,
             settled: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// The local copy of `key` for a read that started at `epoch`, unless it has
-    /// expired on the cache's clock, or is not checked yet and may predate a change
-    /// that returned before the read started (its keeper drops it: not answered, not
-    /// dropped here).
-    async fn local_get(&self, key: &CacheKey, epoch: u64) -> Option<Local> {
-        let hit = self.local.get(key).await?;
-        if self.check_deadline && self.clock.now() >= hit.deadline {
-            self.local.invalidate(key).await;
-            None
-        } else if hit.answers(epoch) {
-            Some(hit)
-        } else {
-            None
+    /// `copy` (past its deadline) kept again for the rest of its stale window, current
+    /// as of `epoch` (when the call that found it looked): checked like any new copy.
+    fn restale(&self, copy: &Local, epoch: u64) -> Local {
+        Local {
+            value: copy.value.clone(),
+            deadline: copy.deadline,
+            stale_until: copy.stale_until,
+            ttl: moka_ttl(self.clock.now(), copy.stale_until),
+            stale: true,
+            loaded: copy.loaded,
+            current_at: epoch,
+            settled: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The local copy of `key` for a read that started at `epoch`, fresh or stale,
+    /// unless its stale window has passed on the cache's clock, or it is not checked
+    /// yet and may predate a change that returned before the read started (its keeper
+    /// drops it: not answered, not dropped here). With `max_stale` zero on the system
+    /// clock this reads no clock: moka's expiry is the deadline.
+    async fn lookup(&self, key: &CacheKey, epoch: u64) -> Lookup {
+        let Some(hit) = self.local.get(key).await else {
+            return Lookup::Miss;
+        };
+        if !self.check_deadline {
+            return if hit.answers(epoch) {
+                Lookup::Fresh(hit)
+            } else {
+                Lookup::Miss
+            };
+        }
+        let now = self.clock.now();
+        if now >= hit.stale_until {
+            self.local.invalidate(key).await;
+            Lookup::Miss
+        } else if !hit.answers(epoch) {
+            Lookup::Miss
+        } else if now < hit.deadline {
+            Lookup::Fresh(hit)
+        } else {
+            Lookup::Stale(hit)
+        }
+    }
+
+    /// Stale-if-error for a read that found `stale` and whose remote call failed with
+    /// `error`: the stale copy's value when the error is temporary and the copy is
+    /// still the one kept (nothing dropped or replaced it meanwhile), else the error.
+    async fn stale_if_error(
+        &self,
+        key: &CacheKey,
+        stale: Option<Local>,
+        error: Error,
+    ) -> Result<Option<Bytes>> {
+        if error.is_temporary()
+            && let Some(copy) = stale
+            && self.still_kept(key, &copy).await
+        {
+            self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = %key, kind = error.kind().as_str(), "chatstate serves a stale local copy: the remote failed");
+            return Ok(copy.value);
+        }
+        Err(error)
+    }
+
+    /// Whether `copy` is still the copy of `key` in the local tier, within its stale
+    /// window (which may have ended while the remote call was failing).
+    async fn still_kept(&self, key: &CacheKey, copy: &Local) -> bool {
+        self.clock.now() < copy.stale_until
+            && self
+                .local
+                .get(key)
+                .await
+                .is_some_and(|kept| Arc::ptr_eq(&kept.settled, &copy.settled))
     }
 
     /// Keeps a copy current at `epoch` until `deadline` (nothing when that has
@@ -628,7 +1104,8 @@ impl Shared {
     }
 
     /// Keeps the values a write stored with remote `ttl`, if nothing else changed
-    /// while it was on the wire, and drops them again if anything has since.
+    /// while it was on the wire, and drops them again if anything has since. A key
+    /// still covered by a pending delete (a prefix's) is not kept.
     async fn keep_written(
         &self,
         entries: Vec<(CacheKey, Bytes)>,
@@ -640,24 +1117,84 @@ impl Shared {
         }
         let deadline = w.start.plus(self.local_ttl_for(ttl));
         for (k, v) in entries {
-            self.keep(&k, Some(v), deadline, w.epoch).await;
+            if !self.blocks(&k) {
+                self.keep(&k, Some(v), deadline, w.epoch).await;
+            }
         }
+    }
+
+    /// Runs one remote call: a temporary failure is counted; a success while
+    /// deletes are pending makes their replay due (the operation replays them before
+    /// it returns, [`Shared::finish`]).
+    async fn call<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let result = call.await;
+        match &result {
+            Ok(_) => {
+                if self.has_pending.load(Ordering::SeqCst) {
+                    self.replay_due.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e) if e.is_temporary() => {
+                self.stats.remote_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The end of every operation that reached the remote: replays the pending
+    /// deletes if one of its remote calls succeeded while some were pending.
+    async fn finish<T>(&self, answer: T) -> T {
+        if self.replay_due.load(Ordering::Relaxed) && self.replay_due.swap(false, Ordering::SeqCst)
+        {
+            self.replay_pending().await;
+        }
+        answer
     }
 
     /// Runs a remote change of `what`. Moves the epoch and drops the local copies
     /// before it (so a read already in flight does not keep what it read) and again
     /// after it, failed or not, since a failed write may still have landed (so a read
     /// that started while it was on the wire does not keep what it read either); then
-    /// announces the change.
+    /// announces the change. A change that succeeded settles the pending deletes of
+    /// the keys it wrote or deleted.
     async fn write<T>(
         &self,
         what: Invalidation,
         write: impl std::future::Future<Output = Result<T>>,
     ) -> (Result<T>, Written) {
+        self.change(what, write, false).await
+    }
+
+    /// [`Shared::write`] for a delete (`delete`, `delete_many`, `clear_prefix`): one
+    /// that fails temporarily is remembered as pending before the epoch moves again,
+    /// so no read that starts after that (and no read in flight) keeps what the
+    /// remote may still hold.
+    async fn delete<T>(
+        &self,
+        what: Invalidation,
+        delete: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.change(what, delete, true).await.0
+    }
+
+    async fn change<T>(
+        &self,
+        what: Invalidation,
+        write: impl std::future::Future<Output = Result<T>>,
+        deleting: bool,
+    ) -> (Result<T>, Written) {
         let start = self.clock.now();
         let before = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.drop_local(&what).await;
-        let result = write.await;
+        let result = self.call(write).await;
+        match &result {
+            Ok(_) if self.has_pending.load(Ordering::SeqCst) => {
+                self.change_pending(|p| p.settled_by(&what));
+            }
+            Err(e) if deleting => self.delete_failed(&what, e),
+            _ => {}
+        }
         let after = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.drop_local(&what).await;
         self.announce(what).await;
@@ -668,6 +1205,117 @@ impl Shared {
             quiet: after == before + 1,
         };
         (result, written)
+    }
+
+    /// A delete of `what` failed with `error`: if temporarily, remembers it to replay.
+    fn delete_failed(&self, what: &Invalidation, error: &Error) {
+        if !error.is_temporary() {
+            return;
+        }
+        let max = self.config.max_pending_deletes;
+        let (dropped, pending) = self.change_pending(|p| {
+            let dropped = match what {
+                Invalidation::Keys(ks) => ks
+                    .iter()
+                    .map(|k| p.push(Invalidation::Key(k.clone()), max))
+                    .sum(),
+                other => p.push(other.clone(), max),
+            };
+            (dropped, p.order.len())
+        });
+        tracing::warn!(
+            what = %Described(what),
+            kind = error.kind().as_str(),
+            error = %error,
+            pending,
+            "chatstate could not delete from the remote cache: replayed once the remote \
+             answers again; until then this instance reads the keys as missing"
+        );
+        if dropped > 0 {
+            self.stats
+                .pending_deletes_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                max,
+                "chatstate forgot its oldest pending cache deletes (too many): their old \
+                 values may be served again once the remote is back, until they expire there"
+            );
+        }
+    }
+
+    /// Replays the pending deletes, oldest first, until none is left or the remote
+    /// fails again (the rest wait for the next success). Each goes through
+    /// [`Shared::write`]: local copies dropped, the change announced. A delete the
+    /// remote refuses for good (not a temporary error) is forgotten with a warning.
+    async fn replay_pending(&self) {
+        let Ok(_one) = self.replaying.try_lock() else {
+            return;
+        };
+        loop {
+            let next = self.pending().next_batch(REPLAY_BATCH);
+            let Some(what) = next else { return };
+            let n = match &what {
+                Invalidation::Keys(ks) => ks.len() as u64,
+                _ => 1,
+            };
+            let result = match &what {
+                Invalidation::Key(k) => self
+                    .write(what.clone(), self.remote.delete(k))
+                    .await
+                    .0
+                    .map(drop),
+                Invalidation::Keys(ks) => self
+                    .write(what.clone(), self.remote.delete_many(ks))
+                    .await
+                    .0
+                    .map(drop),
+                Invalidation::Prefix { namespace, prefix } => self
+                    .write(what.clone(), self.remote.clear_prefix(namespace, prefix))
+                    .await
+                    .0
+                    .map(drop),
+            };
+            match result {
+                // `write` settled them.
+                Ok(_) => {
+                    self.stats.deletes_replayed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) if e.is_temporary() => {
+                    tracing::debug!(error = %e, "chatstate could not replay pending cache deletes yet");
+                    return;
+                }
+                Err(e) => {
+                    self.change_pending(|p| p.settled_by(&what));
+                    self.stats
+                        .pending_deletes_dropped
+                        .fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(
+                        what = %Described(&what),
+                        error = %e,
+                        "chatstate dropped pending cache deletes the remote refuses"
+                    );
+                }
+            }
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingDeletes> {
+        // Nothing a panic could leave half-done matters here: the set stays usable.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn change_pending<R>(&self, change: impl FnOnce(&mut PendingDeletes) -> R) -> R {
+        let mut pending = self.pending();
+        let r = change(&mut pending);
+        self.has_pending
+            .store(!pending.order.is_empty(), Ordering::SeqCst);
+        r
+    }
+
+    /// Whether a pending delete covers `key`: one atomic load when none is pending.
+    fn blocks(&self, key: &CacheKey) -> bool {
+        self.has_pending.load(Ordering::SeqCst) && self.pending().blocks(key)
     }
 
     async fn announce(&self, what: Invalidation) {
@@ -715,8 +1363,16 @@ impl Shared {
 
     /// Keeps what a remote read that started at `start` returned (a value, or a
     /// remote miss when negative caching is on), unless something changed since
-    /// `epoch`.
-    async fn keep_read(&self, key: &CacheKey, value: &Option<Bytes>, epoch: u64, start: Timestamp) {
+    /// `epoch`. A remote miss not kept drops a stale copy the read found (`had_stale`):
+    /// the remote no longer has that value.
+    async fn keep_read(
+        &self,
+        key: &CacheKey,
+        value: &Option<Bytes>,
+        epoch: u64,
+        start: Timestamp,
+        had_stale: bool,
+    ) {
         let counter = if value.is_some() {
             &self.stats.remote_hits
         } else {
@@ -728,10 +1384,94 @@ impl Shared {
                 let deadline = start.plus(self.config.local_ttl);
                 self.keep(key, Some(v.clone()), deadline, epoch).await;
             }
-            None => {
-                if let Some(ttl) = self.config.negative_ttl {
-                    self.keep(key, None, start.plus(ttl), epoch).await;
+            None => match self.config.negative_ttl {
+                Some(ttl) => self.keep(key, None, start.plus(ttl), epoch).await,
+                None if had_stale => self.local.invalidate(key).await,
+                None => {}
+            },
+        }
+    }
+
+    /// Local hits first, then one remote `get_many` for the rest (keys with a
+    /// pending delete read as missing, without the remote). On a temporary remote
+    /// error the keys with a stale copy still kept are answered by it.
+    async fn read_many(&self, keys: &[CacheKey]) -> Result<ManyRead> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let mut values = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        let mut stale = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.lookup(k, epoch).await {
+                Lookup::Fresh(hit) => {
+                    self.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                    values.push(hit.value);
                 }
+                found => {
+                    self.stats.local_misses.fetch_add(1, Ordering::Relaxed);
+                    values.push(None);
+                    if !self.blocks(k) {
+                        misses.push(i);
+                        stale.push(match found {
+                            Lookup::Stale(copy) => Some(copy),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+        }
+        let mut read = ManyRead {
+            values,
+            unanswered: Vec::new(),
+            error: None,
+        };
+        if misses.is_empty() {
+            return Ok(read);
+        }
+        let start = self.clock.now();
+        let wanted: Vec<CacheKey> = misses.iter().map(|&i| keys[i].clone()).collect();
+        match self.call(self.remote.get_many(&wanted)).await {
+            Ok(found) => {
+                for ((&i, v), s) in misses.iter().zip(found).zip(&stale) {
+                    self.keep_read(&keys[i], &v, epoch, start, s.is_some())
+                        .await;
+                    read.values[i] = v;
+                }
+            }
+            Err(e) if e.is_temporary() => {
+                for (&i, s) in misses.iter().zip(stale) {
+                    match s {
+                        Some(copy) if self.still_kept(&keys[i], &copy).await => {
+                            self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                            read.values[i] = copy.value;
+                        }
+                        _ => read.unanswered.push(i),
+                    }
+                }
+                read.error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(read)
+    }
+}
+
+/// moka's expiry for a copy kept until `until`: a millisecond short, since `now` is
+/// whole milliseconds (up to one behind), and on the system clock with no
+/// `max_stale` moka's expiry alone must never serve a copy past its deadline.
+fn moka_ttl(now: Timestamp, until: Timestamp) -> Duration {
+    now.until(until).saturating_sub(Duration::from_millis(1))
+}
+
+/// An invalidation for a log line: a key, a prefix, or how many keys (never values).
+struct Described<'a>(&'a Invalidation);
+
+impl std::fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Invalidation::Key(k) => write!(f, "key {k}"),
+            Invalidation::Keys(ks) => write!(f, "{} keys", ks.len()),
+            Invalidation::Prefix { namespace, prefix } => {
+                write!(f, "prefix {namespace}:{prefix}*")
             }
         }
     }
@@ -742,46 +1482,43 @@ impl KvCache for TieredCache {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
         let shared = &self.shared;
         let epoch = shared.epoch.load(Ordering::SeqCst);
-        if let Some(hit) = shared.local_get(key, epoch).await {
-            shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit.value);
-        }
+        let stale = match shared.lookup(key, epoch).await {
+            Lookup::Fresh(hit) => {
+                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.value);
+            }
+            Lookup::Stale(copy) => Some(copy),
+            Lookup::Miss => None,
+        };
         shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
+        if shared.blocks(key) {
+            return Ok(None);
+        }
         let start = shared.clock.now();
-        let value = shared.remote.get(key).await?;
-        shared.keep_read(key, &value, epoch, start).await;
-        Ok(value)
+        let answer = match shared.call(shared.remote.get(key)).await {
+            Ok(value) => {
+                shared
+                    .keep_read(key, &value, epoch, start, stale.is_some())
+                    .await;
+                Ok(value)
+            }
+            Err(e) => shared.stale_if_error(key, stale, e).await,
+        };
+        shared.finish(answer).await
     }
 
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
         let shared = &self.shared;
-        let epoch = shared.epoch.load(Ordering::SeqCst);
-        let mut out = Vec::with_capacity(keys.len());
-        let mut misses = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            match shared.local_get(k, epoch).await {
-                Some(hit) => {
-                    shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                    out.push(hit.value);
-                }
-                None => {
-                    shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
-                    out.push(None);
-                    misses.push(i);
-                }
-            }
-        }
-        if misses.is_empty() {
-            return Ok(out);
-        }
-        let start = shared.clock.now();
-        let wanted: Vec<CacheKey> = misses.iter().map(|&i| keys[i].clone()).collect();
-        let values = shared.remote.get_many(&wanted).await?;
-        for (&i, v) in misses.iter().zip(values) {
-            shared.keep_read(&keys[i], &v, epoch, start).await;
-            out[i] = v;
-        }
-        Ok(out)
+        let answer = match shared.read_many(keys).await {
+            Ok(ManyRead {
+                unanswered,
+                error: Some(e),
+                ..
+            }) if !unanswered.is_empty() => Err(e),
+            Ok(read) => Ok(read.values),
+            Err(e) => Err(e),
+        };
+        shared.finish(answer).await
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
@@ -792,11 +1529,12 @@ impl KvCache for TieredCache {
                 shared.remote.set(key, value.clone(), ttl),
             )
             .await;
-        written?;
-        shared
-            .keep_written(vec![(key.clone(), value)], ttl, &w)
-            .await;
-        Ok(())
+        if written.is_ok() {
+            shared
+                .keep_written(vec![(key.clone(), value)], ttl, &w)
+                .await;
+        }
+        shared.finish(written).await
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
@@ -808,56 +1546,83 @@ impl KvCache for TieredCache {
                 shared.remote.set_many(entries.clone(), ttl),
             )
             .await;
-        written?;
-        shared.keep_written(entries, ttl, &w).await;
-        Ok(())
+        if written.is_ok() {
+            shared.keep_written(entries, ttl, &w).await;
+        }
+        shared.finish(written).await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         let shared = &self.shared;
-        shared
-            .write(Invalidation::Key(key.clone()), shared.remote.delete(key))
-            .await
-            .0
+        let deleted = shared
+            .delete(Invalidation::Key(key.clone()), shared.remote.delete(key))
+            .await;
+        shared.finish(deleted).await
     }
 
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         let shared = &self.shared;
-        shared
-            .write(
+        let deleted = shared
+            .delete(
                 Invalidation::Keys(keys.to_vec()),
                 shared.remote.delete_many(keys),
             )
-            .await
-            .0
+            .await;
+        shared.finish(deleted).await
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        let epoch = self.shared.epoch.load(Ordering::SeqCst);
-        if let Some(hit) = self.shared.local_get(key, epoch).await {
-            self.shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit.value.is_some());
+        let shared = &self.shared;
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        let stale = match shared.lookup(key, epoch).await {
+            Lookup::Fresh(hit) => {
+                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.value.is_some());
+            }
+            Lookup::Stale(copy) => Some(copy),
+            Lookup::Miss => None,
+        };
+        shared.stats.local_misses.fetch_add(1, Ordering::Relaxed);
+        if shared.blocks(key) {
+            return Ok(false);
         }
-        self.shared
-            .stats
-            .local_misses
-            .fetch_add(1, Ordering::Relaxed);
-        self.shared.remote.exists(key).await
+        let answer = match shared.call(shared.remote.exists(key)).await {
+            Ok(exists) => {
+                if !exists && stale.is_some() {
+                    shared.local.invalidate(key).await;
+                }
+                Ok(exists)
+            }
+            Err(e) => shared
+                .stale_if_error(key, stale, e)
+                .await
+                .map(|v| v.is_some()),
+        };
+        shared.finish(answer).await
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
         let shared = &self.shared;
-        shared
+        // Deleted, as far as this instance knows: no TTL to set.
+        if shared.blocks(key) {
+            return Ok(false);
+        }
+        let (expired, _) = shared
             .write(
                 Invalidation::Key(key.clone()),
                 shared.remote.expire(key, ttl),
             )
-            .await
-            .0
+            .await;
+        shared.finish(expired).await
     }
 
     async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>> {
-        self.shared.remote.ttl(key).await
+        let shared = &self.shared;
+        if shared.blocks(key) {
+            return Ok(None);
+        }
+        let ttl = shared.call(shared.remote.ttl(key)).await;
+        shared.finish(ttl).await
     }
 
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
@@ -866,10 +1631,10 @@ impl KvCache for TieredCache {
             namespace: namespace.to_string(),
             prefix: key_prefix.to_string(),
         };
-        shared
-            .write(what, shared.remote.clear_prefix(namespace, key_prefix))
-            .await
-            .0
+        let cleared = shared
+            .delete(what, shared.remote.clear_prefix(namespace, key_prefix))
+            .await;
+        shared.finish(cleared).await
     }
 
     /// The remote's: the local tier adds no persistence and no sharing of its own.
