@@ -298,6 +298,12 @@ impl Breaker {
         }
     }
 
+    /// Says a probe task is about to run, before it is spawned: until it is
+    /// scheduled, calls must not take its place as the probe.
+    pub fn probe_task_spawned(&self) {
+        self.probing.store(true, Ordering::Release);
+    }
+
     /// Stops the probe task (the store is being dropped).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);

@@ -383,6 +383,7 @@ impl RedisStore {
         let breaker = self.inner.conn.breaker.clone();
         let weak = Arc::downgrade(&self.inner);
         let timeout = self.inner.command_timeout;
+        breaker.probe_task_spawned();
         tokio::spawn(async move {
             breaker
                 .run_probes(|| {
