@@ -472,3 +472,140 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     let stored = stores.counters.get(&counter).await.unwrap();
     assert_eq!(stored, tally.added.load(Ordering::Relaxed) as i64);
 }
+
+/// Polls `check` every 20 ms until it holds, for at most `within`.
+async fn until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_tier_answers_while_redis_is_down_and_a_failed_delete_holds_after_it_returns() {
+    use chatstate::KvCache;
+    let data = tempfile::tempdir().unwrap();
+    let data_s = data.path().to_str().unwrap().to_string();
+    let persist = [
+        "--dir",
+        data_s.as_str(),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ];
+    let mut server = common::RedisServer::start(&persist);
+    let port = server.port;
+    let prefix = common::unique_prefix();
+    let cfg = config(&[
+        ("USE_REDIS", "1"),
+        ("REDIS_URL", &server.url()),
+        ("CHATSTATE_KEY_PREFIX", &prefix),
+        ("REDIS_COMMAND_TIMEOUT_MS", "300"),
+        ("CHATSTATE_REDIS_BREAKER_OPEN_MS", "200"),
+    ]);
+    // Two instances of an app, each with its own connection, bus and local tier.
+    let (a, b) = (
+        Stores::open(&cfg).await.unwrap(),
+        Stores::open(&cfg).await.unwrap(),
+    );
+    let (ca, cb) = (a.tiered_cache(&cfg), b.tiered_cache(&cfg));
+    let (k1, k2) = (
+        CacheKey::new("customers", "1").unwrap(),
+        CacheKey::new("customers", "2").unwrap(),
+    );
+    let v = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+    // Each bus says Reset once subscribed, which would drop the copies made below:
+    // wait until each instance hears the other's writes (its subscription is up).
+    let probe = CacheKey::new("probe", "p").unwrap();
+    assert!(
+        until(Duration::from_secs(5), || async {
+            ca.set(&probe, v("x"), None).await.unwrap();
+            cb.set(&probe, v("y"), None).await.unwrap();
+            ca.stats().invalidations > 0 && cb.stats().invalidations > 0
+        })
+        .await,
+        "both subscriptions are up"
+    );
+    ca.set(&k1, v("ana"), None).await.unwrap();
+    ca.set(&k2, v("bia"), None).await.unwrap();
+    // Both instances hold both keys locally (a copy read while an announcement
+    // arrives is not kept: read until two reads in a row are local hits).
+    for cache in [&ca, &cb] {
+        assert!(
+            until(Duration::from_secs(2), || async {
+                let before = cache.stats().local_hits;
+                assert_eq!(cache.get(&k1).await.unwrap(), Some(v("ana")));
+                assert_eq!(cache.get(&k2).await.unwrap(), Some(v("bia")));
+                cache.stats().local_hits == before + 2
+            })
+            .await,
+            "copies kept locally"
+        );
+    }
+
+    // Redis dies: both buses notice, and the local tiers keep answering.
+    server.stop();
+    assert!(
+        until(Duration::from_secs(5), || async {
+            ca.stats().bus_losses > 0 && cb.stats().bus_losses > 0
+        })
+        .await,
+        "both buses noticed the loss"
+    );
+    assert_eq!(ca.get(&k1).await.unwrap(), Some(v("ana")));
+    assert_eq!(cb.get(&k2).await.unwrap(), Some(v("bia")));
+    let served = ca
+        .get_or_load(&k1, None, || async { Ok(Some(v("from-the-database"))) })
+        .await
+        .unwrap();
+    assert_eq!(
+        served,
+        Some(v("ana")),
+        "the stale copy answers before the loader"
+    );
+    assert!(ca.stats().stale_served >= 2 && cb.stats().stale_served >= 1);
+
+    // A delete during the outage fails, and this instance no longer serves the key.
+    let err = ca.delete(&k2).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert_eq!(
+        ca.get(&k2).await.unwrap(),
+        None,
+        "a pending delete reads as missing"
+    );
+
+    // Redis returns (with its data: the delete never reached it).
+    let _restarted = common::Restarted::with_args(port, &persist);
+    assert!(
+        until(Duration::from_secs(5), || async {
+            let _ = ca.get(&k1).await;
+            ca.stats().pending_deletes == 0
+        })
+        .await,
+        "the pending delete was replayed within 5 s: {:?}",
+        ca.stats()
+    );
+    assert_eq!(a.cache.get(&k2).await.unwrap(), None, "gone from Redis");
+    // No instance serves the deleted value after recovery.
+    assert!(
+        until(Duration::from_secs(2), || async {
+            cb.get(&k2).await.ok() == Some(None)
+        })
+        .await,
+        "the other instance stopped serving it"
+    );
+    for _ in 0..5 {
+        assert_eq!(ca.get(&k2).await.unwrap(), None);
+        assert_eq!(cb.get(&k2).await.unwrap(), None);
+    }
+    assert_eq!(cb.get(&k1).await.unwrap(), Some(v("ana")));
+}

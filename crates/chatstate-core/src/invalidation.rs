@@ -44,6 +44,7 @@ impl Invalidation {
 
 /// What a listener receives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum BusEvent {
     /// Another (or this) instance changed something.
     Invalidate {
@@ -54,6 +55,12 @@ pub enum BusEvent {
     },
     /// Messages may have been missed: drop every local copy.
     Reset,
+    /// The bus lost its connection: from now on changes may go unheard, until a
+    /// [`BusEvent::Reset`] says it is back. A listener that keeps copies must stop
+    /// treating them as current; it may still use them where a stale answer is
+    /// allowed (the tiered cache serves them only while the remote fails). A
+    /// listener with no such use treats it as a `Reset`.
+    Lost,
 }
 
 /// A channel of invalidations shared by every instance of an app.
@@ -88,9 +95,15 @@ impl LocalBus {
         }
     }
 
-    /// Sends a [`BusEvent::Reset`] to every listener (as a lost connection would).
+    /// Sends a [`BusEvent::Reset`] to every listener (as a re-established
+    /// connection would).
     pub fn reset(&self) {
         let _ = self.tx.send(BusEvent::Reset);
+    }
+
+    /// Sends a [`BusEvent::Lost`] to every listener (as a lost connection would).
+    pub fn lose(&self) {
+        let _ = self.tx.send(BusEvent::Lost);
     }
 }
 

@@ -48,8 +48,11 @@
 //!
 //! **Staleness bound.** While the bus is connected, another instance's write reaches
 //! this instance within the bus latency (milliseconds on Redis pub/sub). When the bus
-//! may have missed messages (a lost or re-established connection, a lagging listener)
-//! it says [`BusEvent::Reset`] and the whole local tier is dropped. A copy written
+//! loses its connection it says [`BusEvent::Lost`]: from then on no copy kept so far
+//! is served as current (each read asks the remote; the copies stay only for
+//! stale-if-error, below, or are dropped when `max_stale` is zero). When it may have
+//! missed messages (a re-established connection, a lagging listener) it says
+//! [`BusEvent::Reset`] and the whole local tier is dropped. A copy written
 //! with a known remote TTL (`set` with a TTL, or without one when
 //! [`TieredConfig::remote_default_ttl`] is set, and the loaders' write-backs) is
 //! served at most until the remote entry expires: its local TTL runs from before the
@@ -79,12 +82,15 @@
 //!   answers replaces it (a miss drops it). Stale copies take room in the local tier
 //!   like fresh ones (the capacity counts both).
 //!
-//!   A bus `Reset` drops stale copies with the rest, and `chatstate_redis::RedisBus`
-//!   sends one when it notices its subscription is lost (at once when Redis closes
-//!   the connection, within about 8 s when Redis stops answering) as well as when
-//!   it is re-established. With one Redis behind both the cache and the bus, stale
-//!   copies are therefore served only until the bus notices the outage; a bus that
-//!   stays up while the cache's remote fails does not cut that short.
+//!   `chatstate_redis::RedisBus` sends [`BusEvent::Lost`] when it notices its
+//!   subscription is lost (at once when Redis closes the connection, within about
+//!   8 s when Redis stops answering): copies kept before are then served only as
+//!   stale copies while the remote fails, never as current — during an outage the
+//!   local tier keeps answering. It sends `Reset` when the subscription is back,
+//!   which drops stale copies with the rest (changes made meanwhile went unheard).
+//!   Between the loss and the `Reset`, a copy brought back by a read that reached
+//!   the remote is served as current for its local TTL, as any copy is, though an
+//!   announcement of its change would go unheard (the `Reset` then drops it).
 //! - *Loaders.* When `get_or_load`'s remote read fails temporarily, a stale copy
 //!   the call found answers, if nothing changed in this instance since the call
 //!   looked (its epoch, as for any copy); otherwise the loader is called and its
@@ -123,18 +129,20 @@
 //! remote, oldest first, as any write is (local copies dropped, the change
 //! announced on the bus): by the first operation of this instance whose remote call
 //! succeeds, before that operation returns, and when the bus reports
-//! [`BusEvent::Reset`] (a re-established subscription: in a task of its own). A replay that fails temporarily keeps them for the next success; one the
+//! [`BusEvent::Reset`] (a re-established subscription: in a task of its own). A
+//! replay that fails temporarily keeps them for the next success; one the
 //! remote refuses for good is forgotten with a warning.
 //!
 //! What remains for the *other* instances: the failed delete is announced all the
 //! same, so an instance whose bus still works drops its copy at once. While the bus
 //! is down too (one Redis), they may serve their local copy of the deleted key —
-//! fresh until its local deadline, then stale while their remote reads fail, up to
-//! `max_stale` past it — until their own bus reports `Reset` (`RedisBus`: when it
-//! notices the lost subscription, and again when it is back) and they drop their
+//! fresh until their bus reports `Lost` (or the copy's local deadline), then stale
+//! while their remote reads fail, up to `max_stale` past it — until their own bus
+//! reports `Reset` (`RedisBus`: when the subscription is back) and they drop their
 //! whole local tier. From the moment this instance's replay lands (its first
 //! successful remote call or its own `Reset`), and the replay's announcement is
-//! heard or the listeners' `Reset` has come, no instance serves the deleted value. Between the remote's recovery and that replay, another
+//! heard or the listeners' `Reset` has come, no instance serves the deleted value.
+//! Between the remote's recovery and that replay, another
 //! instance that reads the key from the remote gets the old value, and may keep it
 //! until the replay's announcement reaches it (or its `Reset`, or its local TTL).
 //! Pending deletes live in this process: if it stops before replaying them, or
@@ -250,6 +258,10 @@ struct Local {
     /// if something else changed while it was on the wire). The copy is kept only
     /// while the epoch is still this one.
     current_at: u64,
+    /// The bus generation it was kept in ([`Shared::generation`]): a copy kept
+    /// before the bus last reported [`BusEvent::Lost`] is never served as current,
+    /// only as a stale copy while the remote fails.
+    generation: u64,
     /// Set (in every clone) once a check after keeping the copy found the epoch still
     /// at `current_at`: from then on any change of its key drops it, so any read may
     /// answer it. Until then only reads that started at or before `current_at` may.
@@ -308,6 +320,8 @@ pub struct TierStats {
     pub invalidations: u64,
     /// Times the whole local tier was dropped (bus reset).
     pub resets: u64,
+    /// Times the bus reported its connection lost ([`BusEvent::Lost`]).
+    pub bus_losses: u64,
     /// Announcements that could not be published (other instances may then serve
     /// their copy until their local TTL runs out).
     pub publish_failures: u64,
@@ -336,6 +350,7 @@ struct Stats {
     loads: AtomicU64,
     invalidations: AtomicU64,
     resets: AtomicU64,
+    bus_losses: AtomicU64,
     publish_failures: AtomicU64,
     remote_errors: AtomicU64,
     stale_served: AtomicU64,
@@ -475,6 +490,9 @@ struct Shared {
     /// invalidation that lands in between still wins); until that check, only reads
     /// that started no later than the copy's epoch answer it.
     epoch: AtomicU64,
+    /// Moves when the bus reports [`BusEvent::Lost`]: copies kept before are only
+    /// ever served stale.
+    generation: AtomicU64,
     stats: Stats,
     /// Whether a hit reads `clock` to check its deadline: for a clock other than the
     /// system clock (which moka's own expiry follows otherwise), and whenever copies
@@ -578,6 +596,7 @@ impl TieredCache {
             origin: uuid::Uuid::new_v4().simple().to_string(),
             config,
             epoch: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             stats: Stats::default(),
             bus: bus.clone(),
             check_deadline: check_deadline || !config_max_stale.is_zero(),
@@ -626,6 +645,7 @@ impl TieredCache {
             loads: s.loads.load(Ordering::Relaxed),
             invalidations: s.invalidations.load(Ordering::Relaxed),
             resets: s.resets.load(Ordering::Relaxed),
+            bus_losses: s.bus_losses.load(Ordering::Relaxed),
             publish_failures: s.publish_failures.load(Ordering::Relaxed),
             remote_errors: s.remote_errors.load(Ordering::Relaxed),
             stale_served: s.stale_served.load(Ordering::Relaxed),
@@ -1014,6 +1034,7 @@ impl Shared {
             stale: false,
             loaded,
             current_at,
+            generation: self.generation.load(Ordering::SeqCst),
             settled: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -1029,6 +1050,7 @@ impl Shared {
             stale: true,
             loaded: copy.loaded,
             current_at: epoch,
+            generation: copy.generation,
             settled: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -1055,7 +1077,7 @@ impl Shared {
             Lookup::Miss
         } else if !hit.answers(epoch) {
             Lookup::Miss
-        } else if now < hit.deadline {
+        } else if now < hit.deadline && hit.generation == self.generation.load(Ordering::SeqCst) {
             Lookup::Fresh(hit)
         } else {
             Lookup::Stale(hit)
@@ -1335,7 +1357,21 @@ impl Shared {
                 self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 self.drop_local(&what).await;
             }
-            BusEvent::Reset => {
+            // Changes may go unheard from now on: no copy kept so far is served as
+            // current again; with a stale window they stay for stale-if-error (the
+            // remote is likely down too), without one they are dropped.
+            BusEvent::Lost if !self.config.max_stale.is_zero() => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.stats.bus_losses.fetch_add(1, Ordering::Relaxed);
+            }
+            BusEvent::Lost => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.stats.bus_losses.fetch_add(1, Ordering::Relaxed);
+                self.local.invalidate_all();
+            }
+            // Reset, and any event this version does not know: drop everything.
+            _ => {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 self.stats.resets.fetch_add(1, Ordering::Relaxed);
                 self.local.invalidate_all();

@@ -668,3 +668,79 @@ async fn a_stale_window_that_ends_during_the_failing_call_serves_nothing() {
     );
     assert_eq!(cache.stats().stale_served, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_bus_is_lost_copies_are_served_only_stale_until_it_resets() {
+    let clock = ManualClock::starting_now();
+    let remote = Flaky::new(MemoryStore::new(StoreSettings::default()));
+    let bus = Arc::new(LocalBus::new());
+    let cache = TieredCache::with_clock(remote.clone(), bus.clone(), config(), clock.shared());
+    let (k1, k2) = (key("1"), key("2"));
+    KvCache::set(&cache, &k1, b("v1"), None).await.unwrap();
+    KvCache::set(&cache, &k2, b("w1"), None).await.unwrap();
+    // Changed in the remote behind the cache's back (an announcement this instance
+    // will never hear, since its bus is down).
+    KvCache::set(&remote.inner, &k1, b("v2"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        KvCache::get(&cache, &k1).await.unwrap(),
+        Some(b("v1")),
+        "fresh hit"
+    );
+
+    bus.lose();
+    let mut heard = false;
+    for _ in 0..200 {
+        if cache.stats().bus_losses == 1 {
+            heard = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(heard, "the cache heard the loss");
+    // The remote answers: the copy kept before the loss is not served as current.
+    assert_eq!(KvCache::get(&cache, &k1).await.unwrap(), Some(b("v2")));
+    // The remote fails: the copy kept before the loss is served stale.
+    remote.down();
+    assert_eq!(KvCache::get(&cache, &k2).await.unwrap(), Some(b("w1")));
+    assert_eq!(cache.stats().stale_served, 1);
+
+    // The bus is back: everything kept before is dropped; with the remote still
+    // down there is nothing left to answer with.
+    bus.reset();
+    let mut dropped = false;
+    for _ in 0..200 {
+        if KvCache::get(&cache, &k2).await.is_err() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(dropped, "a reset drops the stale copies too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_stale_window_a_lost_bus_drops_every_copy() {
+    let remote = Flaky::new(MemoryStore::new(StoreSettings::default()));
+    let bus = Arc::new(LocalBus::new());
+    let cache = TieredCache::new(
+        remote.clone(),
+        bus.clone(),
+        TieredConfig {
+            max_stale: Duration::ZERO,
+            ..config()
+        },
+    );
+    let k = key("1");
+    KvCache::set(&cache, &k, b("v1"), None).await.unwrap();
+    KvCache::set(&remote.inner, &k, b("v2"), None)
+        .await
+        .unwrap();
+    assert_eq!(KvCache::get(&cache, &k).await.unwrap(), Some(b("v1")));
+    bus.lose();
+    assert!(
+        eventually(&cache, &k, Some(b("v2"))).await,
+        "the copy was dropped"
+    );
+}

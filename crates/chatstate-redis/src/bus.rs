@@ -3,8 +3,10 @@
 //! Publishing is one `PUBLISH` on the shared connection. Listening needs a connection
 //! of its own (a subscribed connection can do nothing else), held by a background
 //! task: it subscribes to `{prefix}:invalidate`, forwards every message to this
-//! process's listeners, and whenever its connection is lost — or re-established —
-//! sends [`BusEvent::Reset`], so every tiered cache drops its local tier instead of
+//! process's listeners. When its connection is lost it sends [`BusEvent::Lost`]
+//! (tiered caches stop serving their copies as current, keeping them only for
+//! stale-if-error while Redis itself fails), and whenever it is (re-)established
+//! [`BusEvent::Reset`], so every tiered cache drops its local tier instead of
 //! serving a value it may not have heard about. A subscriber only receives, so a
 //! silently dead connection would never be noticed: the task pings it every 5 s and
 //! treats no answer within 3 s as lost. It reconnects with a backoff of 100 ms
@@ -112,8 +114,11 @@ async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<Bu
                         }
                     }
                 }
-                tracing::warn!("chatstate invalidation subscription lost; local tiers are dropped");
-                let _ = tx.send(BusEvent::Reset);
+                tracing::warn!(
+                    "chatstate invalidation subscription lost: local copies are no longer \
+                     served as current, and are dropped when it is back"
+                );
+                let _ = tx.send(BusEvent::Lost);
             }
             Err(e) => {
                 tracing::debug!(error = %e.category(), "chatstate invalidation subscription cannot connect")

@@ -844,12 +844,18 @@ async fn the_invalidation_bus_notices_a_silent_subscription() {
         "subscribing resets"
     );
     // The server stops answering (as a half-open connection would look): the ping
-    // goes unanswered and the listener resets within ping interval + timeout.
+    // goes unanswered and the listener says it lost the subscription within ping
+    // interval + timeout; once the server answers again, it resubscribes and resets.
     server.cli(&["CLIENT", "PAUSE", "15000", "ALL"]);
     let next = tokio::time::timeout(Duration::from_secs(12), rx.recv()).await;
     assert_eq!(
         next.expect("noticed in time").expect("event"),
-        BusEvent::Reset
+        BusEvent::Lost
     );
     server.cli(&["CLIENT", "UNPAUSE"]);
+    let back = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    assert_eq!(
+        back.expect("resubscribed in time").expect("event"),
+        BusEvent::Reset
+    );
 }
