@@ -69,7 +69,25 @@ async fn use_redis_with_no_server_is_a_clear_temporary_error() {
         ("REDIS_URL", &url),
         ("REDIS_CONNECT_TIMEOUT_MS", "300"),
     ]);
-    let err = Stores::open(&redis).await.unwrap_err();
+    // By default the stores open anyway and every call fails at once, temporarily.
+    let stores = Stores::open(&redis).await.unwrap();
+    let key = SessionKey::new("acme", "whatsapp", "u1").unwrap();
+    let err = stores
+        .sessions
+        .append_message(&key, NewMessage::user("oi"))
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(!format!("{:?}", stores.health()).contains("s3cret"));
+    // With CHATSTATE_REDIS_FAIL_FAST=1, opening is the error.
+    let fail_fast = config(&[
+        ("USE_REDIS", "1"),
+        ("REDIS_URL", &url),
+        ("REDIS_CONNECT_TIMEOUT_MS", "300"),
+        ("CHATSTATE_REDIS_FAIL_FAST", "1"),
+    ]);
+    let err = Stores::open(&fail_fast).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
