@@ -237,6 +237,25 @@ fn open_for_at_least(stores: &Stores, settle: Duration) -> bool {
     h.breaker != BreakerState::Closed && open_ms >= settle.as_millis() as i64
 }
 
+/// `redis-server` arguments for an append-only file fsynced on every write, in a
+/// fresh folder (kept alive by the returned guard): a `kill -9` then loses no
+/// acknowledged write, and a restart with the same arguments finds the data.
+fn persistent() -> (tempfile::TempDir, Vec<String>) {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_string();
+    let args = [
+        "--dir",
+        &dir,
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]
+    .map(String::from)
+    .to_vec();
+    (data, args)
+}
+
 /// What the workload saw.
 #[derive(Default)]
 struct Tally {
@@ -271,16 +290,8 @@ fn cache_value(n: u64) -> Bytes {
 async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     // Persistence with an fsync per write, so a kill -9 keeps every acknowledged
     // write and the checks below can be exact.
-    let data = tempfile::tempdir().unwrap();
-    let data_s = data.path().to_str().unwrap().to_string();
-    let persist = [
-        "--dir",
-        data_s.as_str(),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ];
+    let (_data, persist) = persistent();
+    let persist: Vec<&str> = persist.iter().map(String::as_str).collect();
     let mut server = common::RedisServer::start(&persist);
     let port = server.port;
     let prefix = common::unique_prefix();
@@ -492,16 +503,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_tier_answers_while_redis_is_down_and_a_failed_delete_holds_after_it_returns() {
     use chatstate::KvCache;
-    let data = tempfile::tempdir().unwrap();
-    let data_s = data.path().to_str().unwrap().to_string();
-    let persist = [
-        "--dir",
-        data_s.as_str(),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ];
+    let (_data, persist) = persistent();
+    let persist: Vec<&str> = persist.iter().map(String::as_str).collect();
     let mut server = common::RedisServer::start(&persist);
     let port = server.port;
     let prefix = common::unique_prefix();

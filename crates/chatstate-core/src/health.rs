@@ -49,8 +49,8 @@ pub struct Health {
     pub breaker: BreakerState,
     /// The kind of the last temporary failure seen, if any since start.
     pub last_error: Option<ErrorKind>,
-    /// When the breaker entered its current state (when the store opened, if it
-    /// never changed).
+    /// When the breaker last opened or closed (when the store opened, if it never
+    /// did): while it is open, when the outage began; failed probes do not move it.
     pub since: Timestamp,
     /// Temporary failures in a row since the last success.
     pub consecutive_failures: u32,

@@ -125,7 +125,11 @@
 //! asking the remote, which may still hold the value) and keeps no copy of it;
 //! `get_or_load` calls the loader for it, and a successful write of the key (a
 //! `set`, a write-back) settles its pending delete, as a successful delete or
-//! `clear_prefix` covering it does. The pending deletes are replayed against the
+//! `clear_prefix` covering it does. A write of a key under a pending *cleared
+//! prefix* cannot settle it (the clear covers other keys too): it replays the
+//! pending deletes first, and fails with `Unavailable`, writing nothing, if the
+//! remote cannot take them yet — a replay after the write would delete what it
+//! stored. The pending deletes are replayed against the
 //! remote, oldest first, as any write is (local copies dropped, the change
 //! announced on the bus): by the first operation of this instance whose remote call
 //! succeeds, before that operation returns, and when the bus reports
@@ -429,6 +433,16 @@ impl PendingDeletes {
                     .order
                     .iter()
                     .any(|p| matches!(p, Invalidation::Prefix { .. }) && p.covers(key)))
+    }
+
+    /// Whether a pending cleared prefix covers `key` (a write of the key does not
+    /// settle it: replaying it later would delete what the write stored).
+    fn prefix_covers(&self, key: &CacheKey) -> bool {
+        self.prefixes > 0
+            && self
+                .order
+                .iter()
+                .any(|p| matches!(p, Invalidation::Prefix { .. }) && p.covers(key))
     }
 
     /// Forgets what a remote change that succeeded settled: written or deleted keys
@@ -1206,6 +1220,38 @@ impl Shared {
         write: impl std::future::Future<Output = Result<T>>,
         deleting: bool,
     ) -> (Result<T>, Written) {
+        // A write under a cleared prefix still pending: the clear goes first (a
+        // replay after the write would delete what it stores). If it cannot be
+        // replayed now, the write is refused like the remote refuses it.
+        if !deleting && self.under_pending_prefix(&what) {
+            self.replay_pending_now().await;
+            if self.under_pending_prefix(&what) {
+                let epoch = self.epoch.load(Ordering::SeqCst);
+                let refused = Error::new(
+                    ErrorKind::Unavailable,
+                    "a cleared prefix covering this key is not replayed to the remote yet \
+                     (it is unreachable): the write waits for it",
+                );
+                let written = Written {
+                    start: self.clock.now(),
+                    before: epoch,
+                    epoch,
+                    quiet: false,
+                };
+                return (Err(refused), written);
+            }
+        }
+        self.change_now(what, write, deleting).await
+    }
+
+    /// [`Shared::change`] without the pending-prefix check: what the replay of
+    /// pending deletes writes with.
+    async fn change_now<T>(
+        &self,
+        what: Invalidation,
+        write: impl std::future::Future<Output = Result<T>>,
+        deleting: bool,
+    ) -> (Result<T>, Written) {
         let start = self.clock.now();
         let before = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.drop_local(&what).await;
@@ -1266,9 +1312,29 @@ impl Shared {
         }
     }
 
+    /// Whether a key `what` writes lies under a pending cleared prefix.
+    fn under_pending_prefix(&self, what: &Invalidation) -> bool {
+        if !self.has_pending.load(Ordering::SeqCst) {
+            return false;
+        }
+        let pending = self.pending();
+        match what {
+            Invalidation::Key(k) => pending.prefix_covers(k),
+            Invalidation::Keys(ks) => ks.iter().any(|k| pending.prefix_covers(k)),
+            Invalidation::Prefix { .. } => false,
+        }
+    }
+
+    /// [`Shared::replay_pending`], waiting for a replay already running to end
+    /// first (so the caller sees what it settled).
+    async fn replay_pending_now(&self) {
+        drop(self.replaying.lock().await);
+        self.replay_pending().await;
+    }
+
     /// Replays the pending deletes, oldest first, until none is left or the remote
     /// fails again (the rest wait for the next success). Each goes through
-    /// [`Shared::write`]: local copies dropped, the change announced. A delete the
+    /// [`Shared::change_now`]: local copies dropped, the change announced. A delete the
     /// remote refuses for good (not a temporary error) is forgotten with a warning.
     async fn replay_pending(&self) {
         let Ok(_one) = self.replaying.try_lock() else {
@@ -1283,17 +1349,21 @@ impl Shared {
             };
             let result = match &what {
                 Invalidation::Key(k) => self
-                    .write(what.clone(), self.remote.delete(k))
+                    .change_now(what.clone(), self.remote.delete(k), false)
                     .await
                     .0
                     .map(drop),
                 Invalidation::Keys(ks) => self
-                    .write(what.clone(), self.remote.delete_many(ks))
+                    .change_now(what.clone(), self.remote.delete_many(ks), false)
                     .await
                     .0
                     .map(drop),
                 Invalidation::Prefix { namespace, prefix } => self
-                    .write(what.clone(), self.remote.clear_prefix(namespace, prefix))
+                    .change_now(
+                        what.clone(),
+                        self.remote.clear_prefix(namespace, prefix),
+                        false,
+                    )
                     .await
                     .0
                     .map(drop),

@@ -744,3 +744,54 @@ async fn without_a_stale_window_a_lost_bus_drops_every_copy() {
         "the copy was dropped"
     );
 }
+
+#[tokio::test]
+async fn a_write_under_a_failed_clear_prefix_is_never_erased_by_its_replay() {
+    let (remote, cache, _clock) = setup();
+    for n in ["a1", "a2"] {
+        KvCache::set(&remote.inner, &key(n), b("old"), None)
+            .await
+            .unwrap();
+    }
+    remote.down();
+    assert!(cache.clear_prefix("customers", "a").await.is_err());
+    // While the remote is still down, a write under the prefix is refused: the
+    // clear must reach the remote first.
+    let err = KvCache::set(&cache, &key("a1"), b("new"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    remote.up();
+    // The first write after recovery replays the clear, then writes.
+    KvCache::set(&cache, &key("a1"), b("new"), None)
+        .await
+        .unwrap();
+    assert_eq!(cache.pending_deletes(), 0);
+    assert_eq!(
+        KvCache::get(&remote.inner, &key("a1")).await.unwrap(),
+        Some(b("new")),
+        "the write survived the replay"
+    );
+    assert_eq!(KvCache::get(&remote.inner, &key("a2")).await.unwrap(), None);
+    assert_eq!(
+        KvCache::get(&cache, &key("a1")).await.unwrap(),
+        Some(b("new"))
+    );
+    // A loader's write-back under a pending prefix behaves the same.
+    remote.down();
+    assert!(cache.clear_prefix("customers", "a").await.is_err());
+    remote.up();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v = cache
+        .get_or_load(&key("a3"), None, loader(&calls, "loaded"))
+        .await
+        .unwrap();
+    assert_eq!(v, Some(b("loaded")));
+    assert_eq!(cache.pending_deletes(), 0);
+    assert_eq!(
+        KvCache::get(&remote.inner, &key("a3")).await.unwrap(),
+        Some(b("loaded")),
+        "the write-back survived the replay"
+    );
+    assert_eq!(KvCache::get(&remote.inner, &key("a1")).await.unwrap(), None);
+}

@@ -71,6 +71,16 @@ pub(crate) struct Breaker {
     probing: std::sync::atomic::AtomicBool,
 }
 
+/// A probe task's presence ([`Breaker::probe_task`]): clears the breaker's
+/// `probing` flag when dropped.
+pub(crate) struct ProbeTask(std::sync::Arc<Breaker>);
+
+impl Drop for ProbeTask {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
+}
+
 /// Whether `e` says the server cannot be reached or cannot serve anything now.
 pub(crate) fn trips(e: &redis::RedisError) -> bool {
     e.is_timeout()
@@ -255,13 +265,11 @@ impl Breaker {
         let mut s = self.lock();
         s.last_error = Some(kind);
         s.probe_failures = s.probe_failures.saturating_add(1);
-        if self
+        // Back to open; `since` stays when the breaker first opened, so health and
+        // errors say how long the outage has lasted, not since the last probe.
+        let _ = self
             .state
-            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            s.since = now();
-        }
+            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// How long to wait before the next probe: `open_for` doubling per failed probe
@@ -298,10 +306,13 @@ impl Breaker {
         }
     }
 
-    /// Says a probe task is about to run, before it is spawned: until it is
-    /// scheduled, calls must not take its place as the probe.
-    pub fn probe_task_spawned(&self) {
+    /// Marks a probe task as running from now until the returned guard is dropped:
+    /// move the guard into the task before spawning it, so that calls do not take
+    /// the probe's place while it waits to be scheduled, and do again if the task
+    /// ends — or is dropped unpolled with its runtime.
+    pub fn probe_task(self: &std::sync::Arc<Self>) -> ProbeTask {
         self.probing.store(true, Ordering::Release);
+        ProbeTask(self.clone())
     }
 
     /// Stops the probe task (the store is being dropped).
@@ -318,16 +329,6 @@ impl Breaker {
         P: FnMut() -> F,
         F: std::future::Future<Output = std::result::Result<(), ErrorKind>>,
     {
-        /// Clears `probing` however the task ends (returned, or dropped with its
-        /// runtime).
-        struct Probing<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Probing<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        self.probing.store(true, Ordering::Release);
-        let _probing = Probing(&self.probing);
         loop {
             while self.state.load(Ordering::Acquire) == CLOSED {
                 if self.stopped.load(Ordering::Acquire) {
@@ -455,6 +456,48 @@ mod tests {
         );
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_probe_task_dropped_unpolled_with_its_runtime_lets_calls_probe_again() {
+        let b = std::sync::Arc::new(breaker(1, 60_000));
+        b.failure(ErrorKind::Unavailable);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let task = b.probe_task();
+            let b = b.clone();
+            tokio::spawn(async move {
+                let _task = task;
+                b.run_probes(|| async { Err(ErrorKind::Unavailable) }).await
+            });
+            // Returns without yielding: the task is never polled.
+        });
+        assert!(
+            b.probing.load(Ordering::Acquire),
+            "the runtime still holds the task"
+        );
+        drop(rt);
+        assert!(
+            !b.probing.load(Ordering::Acquire),
+            "dropped with its runtime"
+        );
+        assert!(b.admit("get", None).is_ok(), "a call probes in its place");
+    }
+
+    #[test]
+    fn since_is_when_the_breaker_opened_not_the_last_failed_probe() {
+        let b = breaker(1, 60_000);
+        b.failure(ErrorKind::Unavailable);
+        let opened = b.health().since;
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(b.begin_probe());
+        b.probe_failed(ErrorKind::Timeout);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.health().since, opened);
+        assert_eq!(b.health().last_error, Some(ErrorKind::Timeout));
     }
 
     #[test]

@@ -383,8 +383,9 @@ impl RedisStore {
         let breaker = self.inner.conn.breaker.clone();
         let weak = Arc::downgrade(&self.inner);
         let timeout = self.inner.command_timeout;
-        breaker.probe_task_spawned();
+        let task = breaker.probe_task();
         tokio::spawn(async move {
+            let _task = task;
             breaker
                 .run_probes(|| {
                     let weak = weak.clone();
@@ -395,6 +396,8 @@ impl RedisStore {
                         let store = RedisStore { inner };
                         match store.ping(timeout).await {
                             Ok(()) => {
+                                // Close first: the check's own call passes the breaker.
+                                store.inner.conn.breaker.success();
                                 store.check_eviction_once().await;
                                 Ok(())
                             }

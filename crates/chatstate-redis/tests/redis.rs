@@ -859,3 +859,46 @@ async fn the_invalidation_bus_notices_a_silent_subscription() {
         BusEvent::Reset
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opened_without_redis_connects_later_and_checks_the_eviction_policy() {
+    use chatstate_core::BreakerState;
+    let port = RedisServer::start(&[]).port; // started and stopped: nothing listens
+    let s = RedisStore::builder(RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap())
+        .prefix(common::unique_prefix())
+        .connect_timeout(Duration::from_millis(300))
+        .breaker(chatstate_core::BreakerConfig {
+            open_for: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .connect()
+        .await
+        .expect("opens without Redis");
+    assert_eq!(s.health().breaker, BreakerState::Open);
+    assert_eq!(
+        s.commands_by_name().get("CONFIG"),
+        None,
+        "nothing checked yet"
+    );
+
+    let _up = common::Restarted::on(port);
+    let mut checked = false;
+    for _ in 0..150 {
+        if s.health().breaker == BreakerState::Closed
+            && s.commands_by_name().get("CONFIG").is_some()
+        {
+            checked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        checked,
+        "the probe closed the breaker and the eviction policy was read: {:?} {:?}",
+        s.health(),
+        s.commands_by_name()
+    );
+    s.append_message(&skey("u"), NewMessage::user("served"))
+        .await
+        .unwrap();
+}

@@ -184,6 +184,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// An empty report of a run, and the restore mode that run writes with.
+    fn begin(dry_run: bool) -> (Report, RestoreMode) {
+        let report = Report {
+            dry_run,
+            ..Report::default()
+        };
+        let mode = if dry_run {
+            RestoreMode::DryRun
+        } else {
+            RestoreMode::Write
+        };
+        (report, mode)
+    }
+
     /// The counts of one kind.
     pub fn kind(&self, kind: RecordKind) -> &KindReport {
         match kind {
@@ -488,15 +502,7 @@ pub async fn import(
     input: &mut dyn BufRead,
     options: ImportOptions,
 ) -> Result<Report> {
-    let mut report = Report {
-        dry_run: options.dry_run,
-        ..Report::default()
-    };
-    let mode = if options.dry_run {
-        RestoreMode::DryRun
-    } else {
-        RestoreMode::Write
-    };
+    let (mut report, mode) = Report::begin(options.dry_run);
     let mut line = Vec::new();
     let mut n: u64 = 0;
     let mut header_seen = false;
@@ -576,15 +582,7 @@ pub async fn migrate(
     to: &dyn Inventory,
     options: MigrateOptions,
 ) -> Result<Report> {
-    let mut report = Report {
-        dry_run: options.dry_run,
-        ..Report::default()
-    };
-    let mode = if options.dry_run {
-        RestoreMode::DryRun
-    } else {
-        RestoreMode::Write
-    };
+    let (mut report, mode) = Report::begin(options.dry_run);
     let start = options.resume.clone();
     for kind in kinds(options.include_cache) {
         let mut cursor = match &start {
