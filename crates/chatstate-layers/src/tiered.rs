@@ -131,8 +131,9 @@
 //! remote cannot take them yet — a replay after the write would delete what it
 //! stored. The pending deletes are replayed against the
 //! remote, oldest first, as any write is (local copies dropped, the change
-//! announced on the bus): by the first operation of this instance whose remote call
-//! succeeds, before that operation returns, and when the bus reports
+//! announced on the bus): every second in the background while any are left, by
+//! the first operation of this instance whose remote call succeeds, before that
+//! operation returns, and when the bus reports
 //! [`BusEvent::Reset`] (a re-established subscription: in a task of its own). A
 //! replay that fails temporarily keeps them for the next success; one the
 //! remote refuses for good is forgotten with a warning.
@@ -528,13 +529,19 @@ struct Shared {
 pub struct TieredCache {
     shared: Arc<Shared>,
     listener: tokio::task::JoinHandle<()>,
+    replayer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for TieredCache {
     fn drop(&mut self) {
         self.listener.abort();
+        self.replayer.abort();
     }
 }
+
+/// How often pending deletes are retried in the background while any are left
+/// (besides the next successful remote call and the bus's `Reset`).
+const REPLAY_EVERY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for TieredCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -640,7 +647,24 @@ impl TieredCache {
                 }
             }
         });
-        TieredCache { shared, listener }
+        // Pending deletes are also retried on a timer, so they reach the remote
+        // after an outage even when this instance makes no further call and its bus
+        // never noticed (a short stall).
+        let weak = Arc::downgrade(&shared);
+        let replayer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REPLAY_EVERY).await;
+                let Some(shared) = weak.upgrade() else { return };
+                if shared.has_pending.load(Ordering::SeqCst) {
+                    shared.replay_pending().await;
+                }
+            }
+        });
+        TieredCache {
+            shared,
+            listener,
+            replayer,
+        }
     }
 
     /// This instance's id on the bus.

@@ -795,3 +795,25 @@ async fn a_write_under_a_failed_clear_prefix_is_never_erased_by_its_replay() {
     );
     assert_eq!(KvCache::get(&remote.inner, &key("a1")).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn pending_deletes_are_replayed_in_the_background_without_further_calls() {
+    let (remote, cache, _clock) = setup();
+    let k = key("1");
+    KvCache::set(&cache, &k, b("old"), None).await.unwrap();
+    remote.down();
+    assert!(cache.delete(&k).await.is_err());
+    remote.up();
+    // No call on this cache from now on: the background retry replays it.
+    let mut replayed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if cache.pending_deletes() == 0 {
+            replayed = true;
+            break;
+        }
+    }
+    assert!(replayed, "replayed within 3 s");
+    assert_eq!(KvCache::get(&remote.inner, &k).await.unwrap(), None);
+    assert_eq!(cache.stats().deletes_replayed, 1);
+}
