@@ -189,6 +189,40 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         .expect("live");
     assert_eq!(now.summary.as_deref(), Some("newer"));
 
+    // The target holds another conversation of this key (another id: the session
+    // expired or was deleted, and a new one began). Versions of two conversations
+    // do not compare: the one created later is kept.
+    let mut older = original.clone();
+    older.session.id = "an-earlier-conversation".into();
+    older.session.created_at =
+        chatstate_core::Timestamp(original.session.created_at.as_millis() - 86_400_000);
+    older.session.version = 99;
+    assert_eq!(
+        store
+            .restore(&Record::Session(older), RestoreMode::Write)
+            .await
+            .expect("restore"),
+        Restored::SkippedNewer,
+        "an earlier conversation does not replace a later one, whatever its version"
+    );
+    let mut later = original.clone();
+    later.session.id = "a-later-conversation".into();
+    later.session.created_at = now.created_at.plus(Duration::from_secs(86_400));
+    later.session.version = 1;
+    assert_eq!(
+        store
+            .restore(&Record::Session(later), RestoreMode::Write)
+            .await
+            .expect("restore"),
+        Restored::Written,
+        "a later conversation replaces an earlier one, whatever its version"
+    );
+    let replaced = SessionStore::get(store, &key)
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!(replaced.id, "a-later-conversation");
+
     // Deleted: the restore brings back the exact state, and the tenant lists it.
     assert!(SessionStore::delete(store, &key).await.expect("delete"));
     let dry = store

@@ -46,8 +46,12 @@
 //! every backend calls ([`decide_session`], [`decide_focus`], [`decide_value`]; the
 //! Redis scripts are the same rules in Lua):
 //!
-//! - **sessions**: the target is *newer* when `(version, message_count,
-//!   last_activity)` is greater than the record's (compared in that order: updates
+//! - **sessions**: when the target holds another conversation of the key (another
+//!   `id`: the session expired or was deleted and a new one began), the one
+//!   created later is kept (the target's: `SkippedNewer`; the record's: `Written`),
+//!   since versions of two conversations do not compare. Otherwise the target is
+//!   *newer* when `(version, message_count, last_activity)` is greater than the
+//!   record's (compared in that order: updates
 //!   bump the version, appends the count, touches the activity); then it is left
 //!   alone and the outcome is [`Restored::SkippedNewer`]. A target equal to the
 //!   record in every stored field and message is [`Restored::Unchanged`] (its TTL
@@ -452,6 +456,15 @@ pub fn decide_session(existing: Option<&SessionState>, record: &SessionRecord) -
         return Restored::Written;
     };
     let (e, r) = (&existing.session, &record.session);
+    if e.id != r.id {
+        // Two conversations of one key: their versions do not compare; the one
+        // created later is the current one.
+        return if e.created_at > r.created_at {
+            Restored::SkippedNewer
+        } else {
+            Restored::Written
+        };
+    }
     let order = (e.version, e.message_count, e.last_activity).cmp(&(
         r.version,
         r.message_count,

@@ -96,11 +96,26 @@ if redis.call('EXISTS', ctx) == 1 then
   local f
   e, f = check_record(ctx)
   if e then return e end
-  local c = cmp_uint(f[1], ARGV[3])
-  if c == 0 then c = cmp_uint(f[2], ARGV[4]) end
-  if c == 0 then
-    local la = redis.call('HGET', ctx, 'last_activity') or redis.call('HGET', ctx, 'created_at')
-    c = cmp_num(tonumber(la) or 0, tonumber(ARGV[5]))
+  local want_id, want_created
+  for i = 0, nf - 1 do
+    local name = ARGV[7 + 2 * i]
+    if name == 'id' then want_id = ARGV[8 + 2 * i]
+    elseif name == 'created_at' then want_created = ARGV[8 + 2 * i] end
+  end
+  local cur_id = redis.call('HGET', ctx, 'id')
+  local c
+  if cur_id and want_id and cur_id ~= want_id then
+    -- Another conversation of this key: the one created later is kept
+    -- (decide_session). -1 here means "write the record".
+    local cc = cmp_num(tonumber(redis.call('HGET', ctx, 'created_at')) or 0, tonumber(want_created) or 0)
+    c = cc > 0 and 1 or -1
+  else
+    c = cmp_uint(f[1], ARGV[3])
+    if c == 0 then c = cmp_uint(f[2], ARGV[4]) end
+    if c == 0 then
+      local la = redis.call('HGET', ctx, 'last_activity') or redis.call('HGET', ctx, 'created_at')
+      c = cmp_num(tonumber(la) or 0, tonumber(ARGV[5]))
+    end
   end
   if c > 0 then return 2 end
   if c == 0 then

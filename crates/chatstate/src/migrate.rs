@@ -10,6 +10,10 @@
 //! let file = Stores::open(&Config::from_env()?).await?; // USE_REDIS=0
 //! let mut redis_config = Config::from_env()?;
 //! redis_config.backend = chatstate::BackendKind::Redis;
+//! // A migration must reach Redis itself: fail rather than open a fallback
+//! // (CHATSTATE_REDIS_FALLBACK would otherwise migrate into the file store).
+//! redis_config.redis.fail_fast = true;
+//! redis_config.redis.fallback = chatstate::RedisFallback::None;
 //! let redis = Stores::open(&redis_config).await?;
 //! let dry = migrate(file.inventory.as_ref(), redis.inventory.as_ref(),
 //!     MigrateOptions { dry_run: true, ..Default::default() }).await?;
