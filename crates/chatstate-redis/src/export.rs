@@ -170,10 +170,11 @@ local e = wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'set')
 if e then return e end
 local h = redis.call('HMGET', KEYS[1], 'value', 'version', 'updated_at')
 if h[2] then
-  if not is_int(h[2]) or not is_int(h[3] or '0') then
+  if not is_int(h[2]) or string.sub(h[2], 1, 1) == '-' or not is_int(h[3] or '0') then
     return corrupt(KEYS[1], 'the document version or updated_at is not an integer')
   end
-  local c = cmp_num(tonumber(h[2]), tonumber(ARGV[2]))
+  -- Versions compare exactly as strings (doubles lose precision above 2^53).
+  local c = cmp_uint(h[2], ARGV[2])
   if c == 0 then c = cmp_num(tonumber(h[3] or '0'), tonumber(ARGV[3])) end
   if c > 0 then return 2 end
   if c == 0 and h[1] == ARGV[4] then return 1 end
