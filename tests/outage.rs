@@ -256,6 +256,12 @@ fn persistent() -> (tempfile::TempDir, Vec<String>) {
     (data, args)
 }
 
+/// The longest any call of the workload may take: the connect timeout (a call that
+/// finds the connection being re-established) plus the command timeout (300 ms
+/// each in the workload's config), with a second of slack for a loaded machine. A
+/// cache `get_or_load` makes up to three calls (read, write-back, announcement).
+const CALL_BOUND: Duration = Duration::from_millis(1600);
+
 /// What the workload saw.
 #[derive(Default)]
 struct Tally {
@@ -335,7 +341,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
                 let open = open_for_at_least(&stores, settle);
                 let t = Instant::now();
                 let appended = tokio::time::timeout(
-                    Duration::from_secs(3),
+                    CALL_BOUND,
                     stores
                         .sessions
                         .append_message(&key, NewMessage::user(format!("m{i}"))),
@@ -361,7 +367,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
                 let t = Instant::now();
                 tally.cache_requests.fetch_add(1, Ordering::Relaxed);
                 let got = tokio::time::timeout(
-                    Duration::from_secs(3),
+                    3 * CALL_BOUND,
                     cache.get_or_load(&ckey, Some(Duration::from_secs(60)), || async move {
                         Ok(Some(cache_value(n)))
                     }),
@@ -403,6 +409,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     assert!(opened, "the breaker opened during the pause");
     server.resume();
     let back = time_until_served(&stores, &watcher).await;
+    eprintln!("service back {back:?} after SIGCONT");
     assert!(back < Duration::from_secs(5), "back {back:?} after SIGCONT");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -415,6 +422,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     assert!(!health.reachable);
     let _restarted = common::Restarted::with_args(port, &persist);
     let back = time_until_served(&stores, &watcher).await;
+    eprintln!("service back {back:?} after the restart");
     assert!(
         back < Duration::from_secs(5),
         "back {back:?} after the restart"

@@ -71,7 +71,9 @@
 //! [`fail_fast`](RedisStoreBuilder::fail_fast) (`CHATSTATE_REDIS_FAIL_FAST=1`)
 //! opening fails instead. Refused credentials fail either way.
 //!
-//! Every call passes the breaker ([`chatstate_core::BreakerConfig`]): after
+//! A call waits at most the connect timeout (when it finds the connection being
+//! re-established: one attempt, no retries inside the call) plus the command
+//! timeout. Every call passes the breaker ([`chatstate_core::BreakerConfig`]): after
 //! `failures` connection-level failures in a row (refused, dropped, I/O error,
 //! timeout, `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`) within `window`, calls
 //! fail at once with `Unavailable` ("the circuit breaker has been open for … ms")
@@ -255,8 +257,10 @@ impl RedisStoreBuilder {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
+            // One connection attempt per reconnect: retrying (with backoff) is the
+            // breaker's probe's job, so a call waiting on a reconnect waits at most
+            // the connect timeout, never a chain of attempts and delays.
+            .set_number_of_retries(0);
         // Lazy: nothing is sent until the first call. The PING below (bounded by the
         // connect timeout) decides whether the store starts connected.
         let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
@@ -394,7 +398,14 @@ impl RedisStore {
                             return Err(chatstate_core::ErrorKind::Unavailable);
                         };
                         let store = RedisStore { inner };
-                        match store.ping(timeout).await {
+                        // A PING that finds the connection broken only starts a new
+                        // one (redis-rs reconnects on the next call): ask again at
+                        // once, on the new connection.
+                        let mut answer = store.ping(timeout).await;
+                        if answer.as_ref().is_err_and(Error::is_temporary) {
+                            answer = store.ping(timeout).await;
+                        }
+                        match answer {
                             Ok(()) => {
                                 // Close first: the check's own call passes the breaker.
                                 store.inner.conn.breaker.success();
