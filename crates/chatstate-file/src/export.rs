@@ -124,9 +124,16 @@ impl Inner {
                         page.records.push(record);
                         page.next_cursor = Some(cursor::join(&[group, name]));
                     }
-                    Ok(Some(_)) => page.unreadable.push(collision(&path)),
+                    Ok(Some(_)) => {
+                        page.unreadable.push(collision(&path));
+                        // The next page starts after it: reported once.
+                        page.next_cursor = Some(cursor::join(&[group, name]));
+                    }
                     Ok(None) => {}
-                    Err(e) => page.unreadable.push(e.with_operation("scan")),
+                    Err(e) => {
+                        page.unreadable.push(e.with_operation("scan"));
+                        page.next_cursor = Some(cursor::join(&[group, name]));
+                    }
                 }
             }
         }

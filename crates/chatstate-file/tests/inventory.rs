@@ -57,4 +57,17 @@ async fn a_corrupt_record_is_reported_and_the_walk_goes_on() {
         shown.contains(victim.file_name().unwrap().to_str().unwrap()),
         "{shown}"
     );
+    // Paged one record at a time, the bad file is still reported exactly once.
+    let (mut records, mut unreadable, mut cursor) = (0, 0, None);
+    loop {
+        let page = s.scan(RecordKind::Session, cursor, 1).await.unwrap();
+        records += page.records.len();
+        unreadable += page.unreadable.len();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(records, keys[0].len() - 1);
+    assert_eq!(unreadable, 1, "reported once across pages");
 }
