@@ -11,13 +11,19 @@
 //! | counter | `<prefix>:cnt:{counters}:*` (hash; batch ids are strings and not matched) | HGETALL of a name's hash | `RESTORE_COUNTER`: HSET of the exact value |
 //! | cache | `<prefix>:kv:*` (string) | `READ_CACHE`: GET, PTTL | `RESTORE_CACHE`: SET … PX |
 //!
-//! **Cursors.** A page resumes a SCAN: the cursor is `<scan cursor> <last key>`
-//! (counters: `<scan cursor> <hash> <labels>`), the SCAN step the last returned
-//! record came from and that record. The step is re-run with the same `COUNT`
-//! (so it covers the same hash-table buckets), its keys sorted, and the page starts
-//! after that key: a page holds at most `limit` records and a record present for
-//! the whole walk is returned — twice only if SCAN itself repeats it (a rehash
-//! during the walk), which an idempotent restore absorbs.
+//! **Cursors.** A page resumes a SCAN. A page ends at a SCAN step's boundary
+//! whenever the next step's records do not all fit (the cursor is then `<scan
+//! cursor>`, and the next page re-runs that step whole), so SCAN's own promise holds:
+//! a record present for the whole walk is returned — twice only if SCAN itself
+//! repeats it (a rehash during the walk), which an idempotent restore absorbs. Only
+//! a single step holding more records than `limit` (up to 256 keys per step; a
+//! counter hash's fields are records of their own) is split: the cursor is then
+//! `<scan cursor> <last key>` (counters: `<scan cursor> <hash> <labels>`), the step
+//! is re-run with the same `COUNT` and the page starts after that key; if the table
+//! shrinks between those two pages, keys the re-run step newly covers that sort
+//! before that key can be missed (use a page size above the records of one step —
+//! `chatstate::migrate`'s default is — to rule it out). A page holds at most
+//! `limit` records.
 //!
 //! **Keys the layout does not explain** (written under the prefix by something
 //! else) are reported in [`InventoryPage::unreadable`] by name, and the walk goes
@@ -318,6 +324,15 @@ struct ScanCursor {
 }
 
 impl ScanCursor {
+    /// The cursor's text form: `<step>`, `<step> <key>` or `<step> <key> <field>`.
+    fn to_cursor(&self) -> String {
+        match (&self.after_key, &self.after_field) {
+            (Some(k), Some(f)) => format!("{} {k} {f}", self.step),
+            (Some(k), None) => format!("{} {k}", self.step),
+            _ => self.step.to_string(),
+        }
+    }
+
     fn parse(cursor: Option<&str>, kind: RecordKind) -> Result<ScanCursor> {
         let Some(c) = cursor else {
             return Ok(ScanCursor {
@@ -619,8 +634,8 @@ impl Inventory for RedisStore {
                 .await?;
             found.sort();
             found.dedup();
-            // The last record taken from this step, for the cursor.
-            let mut taken: Option<(String, Option<String>)> = None;
+            // This step's records after the cursor, read in full before any is taken.
+            let mut step: Vec<(String, Option<String>, Result<Record>)> = Vec::new();
             for key in found {
                 if at.after_key.as_ref().is_some_and(|a| key < *a)
                     || (at.after_field.is_none() && at.after_key.as_ref() == Some(&key))
@@ -636,24 +651,44 @@ impl Inventory for RedisStore {
                     {
                         continue;
                     }
-                    match record {
-                        Ok(record) => {
-                            if page.records.len() == limit {
-                                page.next_cursor = Some(match taken {
-                                    Some((k, Some(f))) => format!("{} {k} {f}", at.step),
-                                    Some((k, None)) => format!("{} {k}", at.step),
-                                    None => at.step.to_string(),
-                                });
-                                return Ok(page);
-                            }
-                            page.records.push(record);
-                            taken = Some((key.clone(), field));
-                        }
-                        // The server going away stops the walk; a record that does
-                        // not decode is reported and the walk goes on.
+                    // The server going away stops the walk.
+                    let record = match record {
                         Err(e) if e.is_temporary() => return Err(e),
-                        Err(e) => page.unreadable.push(e.with_operation("scan")),
+                        other => other,
+                    };
+                    step.push((key.clone(), field, record));
+                }
+            }
+            // A page ends at a step's boundary whenever it can: the next page then
+            // re-runs the step whole, and SCAN's own promise (every key present for
+            // the whole walk is returned) holds even if the table is resized between
+            // pages. Only a step holding more records than a whole page is split.
+            let readable = step.iter().filter(|(_, _, r)| r.is_ok()).count();
+            if !page.records.is_empty() && page.records.len() + readable > limit {
+                page.next_cursor = Some(at.to_cursor());
+                return Ok(page);
+            }
+            // The last record taken from this step, for the cursor.
+            let mut taken: Option<(String, Option<String>)> = None;
+            for (key, field, record) in step {
+                match record {
+                    Ok(record) => {
+                        if page.records.len() == limit {
+                            page.next_cursor = Some(
+                                ScanCursor {
+                                    step: at.step,
+                                    after_key: taken.as_ref().map(|(k, _)| k.clone()),
+                                    after_field: taken.and_then(|(_, f)| f),
+                                }
+                                .to_cursor(),
+                            );
+                            return Ok(page);
+                        }
+                        page.records.push(record);
+                        taken = Some((key, field));
                     }
+                    // A record that does not decode is reported and the walk goes on.
+                    Err(e) => page.unreadable.push(e.with_operation("scan")),
                 }
             }
             if next == 0 {

@@ -47,3 +47,46 @@ async fn a_foreign_key_under_the_prefix_is_reported_and_the_walk_goes_on() {
     assert_eq!(page.unreadable.len(), 1);
     assert!(page.unreadable[0].to_string().contains(&foreign));
 }
+
+/// With pages larger than a SCAN step, every page ends at a step's boundary: the
+/// cursor is the bare SCAN cursor, pages never overfill, and the walk returns every
+/// record exactly once (no repeats: the table does not change here).
+#[tokio::test]
+async fn pages_larger_than_a_step_end_at_step_boundaries() {
+    use chatstate_core::{CacheKey, KvCache, Record};
+    let s = store().await;
+    for i in 0..700 {
+        KvCache::set(
+            &s,
+            &CacheKey::new("ns", format!("k{i}")).unwrap(),
+            bytes::Bytes::from_static(b"v"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let (mut seen, mut pages, mut cursor) = (std::collections::BTreeSet::new(), 0, None);
+    loop {
+        let page = s.scan(RecordKind::Cache, cursor, 300).await.unwrap();
+        pages += 1;
+        assert!(page.records.len() <= 300);
+        for r in page.records {
+            let Record::Cache(c) = r else {
+                panic!("a cache record")
+            };
+            assert!(seen.insert(c.key.key().to_string()), "returned twice");
+        }
+        match page.next_cursor {
+            Some(next) => {
+                assert!(
+                    next.parse::<u64>().is_ok(),
+                    "a page ends at a step boundary: {next:?}"
+                );
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 700);
+    assert!(pages >= 3, "{pages} pages");
+}

@@ -884,8 +884,7 @@ async fn a_store_opened_without_redis_connects_later_and_checks_the_eviction_pol
     let _up = common::Restarted::on(port);
     let mut checked = false;
     for _ in 0..150 {
-        if s.health().breaker == BreakerState::Closed
-            && s.commands_by_name().contains_key("CONFIG")
+        if s.health().breaker == BreakerState::Closed && s.commands_by_name().contains_key("CONFIG")
         {
             checked = true;
             break;
