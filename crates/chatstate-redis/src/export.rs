@@ -21,9 +21,11 @@
 //! `<scan cursor> <last key>` (counters: `<scan cursor> <hash> <labels>`), the step
 //! is re-run with the same `COUNT` and the page starts after that key; if the table
 //! shrinks between those two pages, keys the re-run step newly covers that sort
-//! before that key can be missed (use a page size above the records of one step —
-//! `chatstate::migrate`'s default is — to rule it out). A page holds at most
-//! `limit` records.
+//! before that key can be missed. A page size above the records of one step avoids
+//! the split: `chatstate::migrate`'s default of 500 is, for sessions, focus
+//! documents and cache entries (one record per key, about 256 keys per step); a
+//! step of counter hashes holds every label of every name it covers, so counters
+//! with many labels can still be split. A page holds at most `limit` records.
 //!
 //! **Keys the layout does not explain** (written under the prefix by something
 //! else) are reported in [`InventoryPage::unreadable`] by name, and the walk goes
