@@ -48,7 +48,8 @@
 //!
 //! - **sessions**: when the target holds another conversation of the key (another
 //!   `id`: the session expired or was deleted and a new one began), the one
-//!   created later is kept (the target's: `SkippedNewer`; the record's: `Written`),
+//!   created later is kept (the target's: `SkippedNewer`; the record's, or on a
+//!   tie of `created_at`: `Written`),
 //!   since versions of two conversations do not compare. Otherwise the target is
 //!   *newer* when `(version, message_count, last_activity)` is greater than the
 //!   record's (compared in that order: updates

@@ -5,7 +5,8 @@
 //!
 //! - **Order and cursors.** Sessions, focus documents and cache entries are walked
 //!   as `kind/<group>/<file>` in name order (the names are the hashed components of
-//!   `paths`); a cursor is the last `(group, file)` returned, so a page resumes
+//!   `paths`); a cursor is the last `(group, file)` visited (returned, or reported
+//!   unreadable, so each is reported once), and a page resumes
 //!   strictly after it. Counters live in one file: they are walked in key order, the
 //!   cursor is the last counter's key.
 //! - **Unreadable files** (torn, flipped, another key's hash) are reported in

@@ -145,7 +145,7 @@
 //! while their remote reads fail, up to `max_stale` past it — until their own bus
 //! reports `Reset` (`RedisBus`: when the subscription is back) and they drop their
 //! whole local tier. From the moment this instance's replay lands (its first
-//! successful remote call or its own `Reset`), and the replay's announcement is
+//! successful remote call, its background retry or its own `Reset`), and the replay's announcement is
 //! heard or the listeners' `Reset` has come, no instance serves the deleted value.
 //! Between the remote's recovery and that replay, another
 //! instance that reads the key from the remote gets the old value, and may keep it
@@ -207,6 +207,10 @@ pub struct TieredConfig {
     /// remote failed them temporarily; beyond that the oldest is forgotten, with a
     /// warning and a count in [`TierStats::pending_deletes_dropped`].
     pub max_pending_deletes: usize,
+    /// How often pending deletes are retried in the background while any are left
+    /// (1 s by default); `None`: only by the next successful remote call and the
+    /// bus's `Reset`.
+    pub replay_every: Option<Duration>,
 }
 
 impl Default for TieredConfig {
@@ -221,6 +225,7 @@ impl Default for TieredConfig {
             // `CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS`'s default: one default, not two.
             max_stale: Duration::from_secs(300),
             max_pending_deletes: 10_000,
+            replay_every: Some(REPLAY_EVERY),
         }
     }
 }
@@ -571,8 +576,8 @@ fn unshare(e: Arc<Error>) -> Error {
 
 impl TieredCache {
     /// A tiered cache over `remote`, listening on `bus`, its local TTLs on the system
-    /// clock. Must be called inside a tokio runtime (it spawns the listener, which
-    /// stops when this is dropped).
+    /// clock. Must be called inside a tokio runtime (it spawns the bus listener and
+    /// the background retry of pending deletes, which stop when this is dropped).
     pub fn new(
         remote: Arc<dyn KvCache>,
         bus: Arc<dyn InvalidationBus>,
@@ -651,9 +656,11 @@ impl TieredCache {
         // after an outage even when this instance makes no further call and its bus
         // never noticed (a short stall).
         let weak = Arc::downgrade(&shared);
+        let every = shared.config.replay_every;
         let replayer = tokio::spawn(async move {
+            let Some(every) = every else { return };
             loop {
-                tokio::time::sleep(REPLAY_EVERY).await;
+                tokio::time::sleep(every).await;
                 let Some(shared) = weak.upgrade() else { return };
                 if shared.has_pending.load(Ordering::SeqCst) {
                     shared.replay_pending().await;
@@ -1247,14 +1254,20 @@ impl Shared {
         // A write under a cleared prefix still pending: the clear goes first (a
         // replay after the write would delete what it stores). If it cannot be
         // replayed now, the write is refused like the remote refuses it.
-        if !deleting && self.under_pending_prefix(&what) {
-            self.replay_pending_now().await;
+        if !deleting && self.touches_pending(&what) {
+            // No replay runs while this write is on the wire (a replay's delete
+            // landing after it would erase what it stores); the write's success
+            // settles the pending keys it writes.
+            let guard = self.replaying.lock().await;
+            if self.under_pending_prefix(&what) {
+                self.replay_locked(&guard).await;
+            }
             if self.under_pending_prefix(&what) {
                 let epoch = self.epoch.load(Ordering::SeqCst);
                 let refused = Error::new(
                     ErrorKind::Unavailable,
                     "a cleared prefix covering this key is not replayed to the remote yet \
-                     (it is unreachable): the write waits for it",
+                     (it is unreachable): the write is refused until it is",
                 );
                 let written = Written {
                     start: self.clock.now(),
@@ -1264,17 +1277,21 @@ impl Shared {
                 };
                 return (Err(refused), written);
             }
+            return self.change_now(what, write, deleting, false).await;
         }
-        self.change_now(what, write, deleting).await
+        self.change_now(what, write, deleting, false).await
     }
 
-    /// [`Shared::change`] without the pending-prefix check: what the replay of
-    /// pending deletes writes with.
+    /// [`Shared::change`] without the pending-delete checks: what the replay of
+    /// pending deletes writes with (`replay`: a replay that certainly did not land —
+    /// failed, not timed out — announces nothing, since the failed delete it repeats
+    /// was announced already; otherwise every retry during an outage would).
     async fn change_now<T>(
         &self,
         what: Invalidation,
         write: impl std::future::Future<Output = Result<T>>,
         deleting: bool,
+        replay: bool,
     ) -> (Result<T>, Written) {
         let start = self.clock.now();
         let before = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1289,7 +1306,13 @@ impl Shared {
         }
         let after = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.drop_local(&what).await;
-        self.announce(what).await;
+        let may_have_landed = match &result {
+            Ok(_) => true,
+            Err(e) => !replay || e.kind() == ErrorKind::Timeout,
+        };
+        if may_have_landed {
+            self.announce(what).await;
+        }
         let written = Written {
             start,
             before,
@@ -1349,11 +1372,13 @@ impl Shared {
         }
     }
 
-    /// [`Shared::replay_pending`], waiting for a replay already running to end
-    /// first (so the caller sees what it settled).
-    async fn replay_pending_now(&self) {
-        drop(self.replaying.lock().await);
-        self.replay_pending().await;
+    /// Whether a pending delete covers a key `what` writes.
+    fn touches_pending(&self, what: &Invalidation) -> bool {
+        match what {
+            Invalidation::Key(k) => self.blocks(k),
+            Invalidation::Keys(ks) => ks.iter().any(|k| self.blocks(k)),
+            Invalidation::Prefix { .. } => false,
+        }
     }
 
     /// Replays the pending deletes, oldest first, until none is left or the remote
@@ -1361,9 +1386,14 @@ impl Shared {
     /// [`Shared::change_now`]: local copies dropped, the change announced. A delete the
     /// remote refuses for good (not a temporary error) is forgotten with a warning.
     async fn replay_pending(&self) {
-        let Ok(_one) = self.replaying.try_lock() else {
+        let Ok(guard) = self.replaying.try_lock() else {
             return;
         };
+        self.replay_locked(&guard).await;
+    }
+
+    /// [`Shared::replay_pending`] for a caller holding the replay lock.
+    async fn replay_locked(&self, _held: &tokio::sync::MutexGuard<'_, ()>) {
         loop {
             let next = self.pending().next_batch(REPLAY_BATCH);
             let Some(what) = next else { return };
@@ -1373,12 +1403,12 @@ impl Shared {
             };
             let result = match &what {
                 Invalidation::Key(k) => self
-                    .change_now(what.clone(), self.remote.delete(k), false)
+                    .change_now(what.clone(), self.remote.delete(k), false, true)
                     .await
                     .0
                     .map(drop),
                 Invalidation::Keys(ks) => self
-                    .change_now(what.clone(), self.remote.delete_many(ks), false)
+                    .change_now(what.clone(), self.remote.delete_many(ks), false, true)
                     .await
                     .0
                     .map(drop),
@@ -1387,6 +1417,7 @@ impl Shared {
                         what.clone(),
                         self.remote.clear_prefix(namespace, prefix),
                         false,
+                        true,
                     )
                     .await
                     .0

@@ -31,10 +31,13 @@ fn b(s: &str) -> Bytes {
 const LOCAL_TTL: Duration = Duration::from_secs(10);
 const MAX_STALE: Duration = Duration::from_secs(30);
 
+/// No background replay: the tests of the other replay paths must see them alone
+/// (the background retry has its own tests, with a short interval).
 fn config() -> TieredConfig {
     TieredConfig {
         local_ttl: LOCAL_TTL,
         max_stale: MAX_STALE,
+        replay_every: None,
         ..TieredConfig::default()
     }
 }
@@ -798,7 +801,15 @@ async fn a_write_under_a_failed_clear_prefix_is_never_erased_by_its_replay() {
 
 #[tokio::test]
 async fn pending_deletes_are_replayed_in_the_background_without_further_calls() {
-    let (remote, cache, _clock) = setup();
+    let remote = Flaky::new(MemoryStore::new(StoreSettings::default()));
+    let cache = TieredCache::new(
+        remote.clone(),
+        Arc::new(LocalBus::new()),
+        TieredConfig {
+            replay_every: Some(Duration::from_millis(100)),
+            ..config()
+        },
+    );
     let k = key("1");
     KvCache::set(&cache, &k, b("old"), None).await.unwrap();
     remote.down();
@@ -816,4 +827,38 @@ async fn pending_deletes_are_replayed_in_the_background_without_further_calls() 
     assert!(replayed, "replayed within 3 s");
     assert_eq!(KvCache::get(&remote.inner, &k).await.unwrap(), None);
     assert_eq!(cache.stats().deletes_replayed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_retries_during_an_outage_announce_nothing_more() {
+    let remote = Flaky::new(MemoryStore::new(StoreSettings::default()));
+    let bus = Arc::new(LocalBus::new());
+    let retrying = TieredConfig {
+        replay_every: Some(Duration::from_millis(20)),
+        ..config()
+    };
+    let a = TieredCache::new(remote.clone(), bus.clone(), retrying);
+    let other = TieredCache::new(remote.clone(), bus.clone(), config());
+    let k = key("1");
+    remote.down();
+    assert!(a.delete(&k).await.is_err());
+    // About ten background retries fail while the remote is down.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(a.pending_deletes(), 1);
+    assert!(a.stats().remote_errors >= 5, "{:?}", a.stats());
+    assert_eq!(
+        other.stats().invalidations,
+        1,
+        "only the failed delete itself was announced"
+    );
+    remote.up();
+    let mut replayed = false;
+    for _ in 0..100 {
+        if a.pending_deletes() == 0 {
+            replayed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(replayed);
 }

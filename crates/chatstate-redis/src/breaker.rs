@@ -239,8 +239,7 @@ impl Breaker {
     }
 
     /// Without a probe task: whether this call may go to the server as the probe
-    /// (the breaker has been open at least `open_for` since it opened or a call last
-    /// probed). The call's outcome then closes or keeps it open as usual.
+    /// (the first call since the task went away does; after it, one per `open_for`). The call's outcome then closes or keeps it open as usual.
     fn call_may_probe(&self) -> bool {
         let mut s = self.lock();
         let due = s

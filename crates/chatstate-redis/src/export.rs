@@ -110,12 +110,18 @@ if redis.call('EXISTS', ctx) == 1 then
     if name == 'id' then want_id = ARGV[8 + 2 * i]
     elseif name == 'created_at' then want_created = ARGV[8 + 2 * i] end
   end
+  -- The target's id and created_at, refused as corrupt as a read refuses them.
   local cur_id = redis.call('HGET', ctx, 'id')
+  if not cur_id then return corrupt(ctx, 'lacks field id') end
+  local cur_created = redis.call('HGET', ctx, 'created_at')
+  if not is_int(cur_created) then
+    return corrupt(ctx, 'field created_at is not an integer')
+  end
   local c
-  if cur_id and want_id and cur_id ~= want_id then
-    -- Another conversation of this key: the one created later is kept
-    -- (decide_session). -1 here means "write the record".
-    local cc = cmp_num(tonumber(redis.call('HGET', ctx, 'created_at')) or 0, tonumber(want_created) or 0)
+  if want_id and cur_id ~= want_id then
+    -- Another conversation of this key: the one created later is kept, a tie
+    -- writes the record (decide_session). -1 here means "write the record".
+    local cc = cmp_num(tonumber(cur_created), tonumber(want_created) or 0)
     c = cc > 0 and 1 or -1
   else
     c = cmp_uint(f[1], ARGV[3])
@@ -636,14 +642,23 @@ impl Inventory for RedisStore {
                 .await?;
             found.sort();
             found.dedup();
+            found.retain(|key| {
+                !(at.after_key.as_ref().is_some_and(|a| key < a)
+                    || (at.after_field.is_none() && at.after_key.as_ref() == Some(key)))
+            });
+            // One record per key outside counters: a step that cannot fit is left
+            // for the next page before any of it is read (a key gone meanwhile only
+            // ends the page earlier).
+            if kind != RecordKind::Counter
+                && !page.records.is_empty()
+                && page.records.len() + found.len() > limit
+            {
+                page.next_cursor = Some(at.to_cursor());
+                return Ok(page);
+            }
             // This step's records after the cursor, read in full before any is taken.
             let mut step: Vec<(String, Option<String>, Result<Record>)> = Vec::new();
             for key in found {
-                if at.after_key.as_ref().is_some_and(|a| key < *a)
-                    || (at.after_field.is_none() && at.after_key.as_ref() == Some(&key))
-                {
-                    continue;
-                }
                 for (field, record) in self.records_of(kind, &key).await? {
                     if at.after_key.as_ref() == Some(&key)
                         && field
@@ -689,8 +704,12 @@ impl Inventory for RedisStore {
                         page.records.push(record);
                         taken = Some((key, field));
                     }
-                    // A record that does not decode is reported and the walk goes on.
-                    Err(e) => page.unreadable.push(e.with_operation("scan")),
+                    // A record that does not decode is reported and the walk goes on;
+                    // the cursor moves past it, so it is reported once.
+                    Err(e) => {
+                        page.unreadable.push(e.with_operation("scan"));
+                        taken = Some((key, field));
+                    }
                 }
             }
             if next == 0 {

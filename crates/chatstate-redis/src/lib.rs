@@ -73,7 +73,9 @@
 //!
 //! A call waits at most the connect timeout (when it finds the connection being
 //! re-established: one attempt, no retries inside the call) plus the command
-//! timeout. Every call passes the breaker ([`chatstate_core::BreakerConfig`]): after
+//! timeout. A call that finds the last reconnect attempt failed fails with
+//! `Unavailable` and starts the next one, so after a blip too short to open the
+//! breaker the first call once Redis is back may fail once; the next succeeds. Every call passes the breaker ([`chatstate_core::BreakerConfig`]): after
 //! `failures` connection-level failures in a row (refused, dropped, I/O error,
 //! timeout, `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`) within `window`, calls
 //! fail at once with `Unavailable` ("the circuit breaker has been open for … ms")
@@ -402,7 +404,11 @@ impl RedisStore {
                         // one (redis-rs reconnects on the next call): ask again at
                         // once, on the new connection.
                         let mut answer = store.ping(timeout).await;
-                        if answer.as_ref().is_err_and(Error::is_temporary) {
+                        // (A timeout leaves the connection as it was: asking again would
+                        // only wait as long once more.)
+                        if answer.as_ref().is_err_and(|e| {
+                            e.is_temporary() && e.kind() != chatstate_core::ErrorKind::Timeout
+                        }) {
                             answer = store.ping(timeout).await;
                         }
                         match answer {

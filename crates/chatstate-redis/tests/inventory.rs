@@ -46,6 +46,19 @@ async fn a_foreign_key_under_the_prefix_is_reported_and_the_walk_goes_on() {
     assert_eq!(page.records.len(), keys[3].len());
     assert_eq!(page.unreadable.len(), 1);
     assert!(page.unreadable[0].to_string().contains(&foreign));
+    // Paged one record at a time (every step split), it is still reported once.
+    let (mut records, mut unreadable, mut cursor) = (0, 0, None);
+    loop {
+        let page = s.scan(RecordKind::Cache, cursor, 1).await.unwrap();
+        records += page.records.len();
+        unreadable += page.unreadable.len();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(records, keys[3].len());
+    assert_eq!(unreadable, 1, "reported once across pages");
 }
 
 /// With pages larger than a SCAN step, every page ends at a step's boundary: the
