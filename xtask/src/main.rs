@@ -3,7 +3,8 @@
 //! - `test`: everything CI checks, in order: installs `redis-server` when it is
 //!   missing (the Redis tests start their own servers and must run), `cargo fmt
 //!   --check`, `cargo clippy` with `-D warnings`, the whole test suite
-//!   (cargo-nextest when installed, else `cargo test`), the doc tests, then a summary
+//!   (cargo-nextest when installed, else `cargo test`), the doc tests, `cargo doc`
+//!   with `-D warnings` (no broken intra-doc link), then a summary
 //!   of conformance cases the stores reported they cannot run (never silent).
 //! - `bench`: the criterion benchmarks (`cargo bench --workspace`); extra arguments
 //!   go to criterion, e.g. `cargo xtask bench -- --quick`.
@@ -155,6 +156,12 @@ fn test() -> Result<(), String> {
     run(
         "doc tests",
         Command::new(&cargo).args(["test", "--workspace", "--all-features", "--doc"]),
+    )?;
+    run(
+        "cargo doc -D warnings (every intra-doc link resolves)",
+        Command::new(&cargo)
+            .args(["doc", "--workspace", "--all-features", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
 
     let skipped = std::fs::read_to_string(skip_dir.join("skipped.log")).unwrap_or_default();

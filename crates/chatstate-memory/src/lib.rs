@@ -6,8 +6,8 @@
 //!
 //! ## Layout
 //!
-//! - [`MemoryStore`] (this file): one store implementing [`SessionStore`],
-//!   [`FocusStore`], [`CounterSink`] and [`KvCache`]; clones share the data. One
+//! - [`MemoryStore`] (this file): one store implementing [`SessionStore`](chatstate_core::SessionStore),
+//!   [`FocusStore`](chatstate_core::FocusStore), [`CounterSink`](chatstate_core::CounterSink) and [`KvCache`](chatstate_core::KvCache); clones share the data. One
 //!   file per trait: `session.rs` (sessions and locks), `focus.rs`, `counters.rs`,
 //!   `cache.rs`; `export.rs` is [`chatstate_core::Inventory`] (enumerate and
 //!   restore every record, for moves between backends). Session, lock and counter rules are the core's
