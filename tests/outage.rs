@@ -237,23 +237,58 @@ fn open_for_at_least(stores: &Stores, settle: Duration) -> bool {
     h.breaker != BreakerState::Closed && open_ms >= settle.as_millis() as i64
 }
 
-/// `redis-server` arguments for an append-only file fsynced on every write, in a
-/// fresh folder (kept alive by the returned guard): a `kill -9` then loses no
-/// acknowledged write, and a restart with the same arguments finds the data.
-fn persistent() -> (tempfile::TempDir, Vec<String>) {
-    let data = tempfile::tempdir().unwrap();
-    let dir = data.path().to_str().unwrap().to_string();
-    let args = [
-        "--dir",
-        &dir,
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]
-    .map(String::from)
-    .to_vec();
-    (data, args)
+/// A throwaway `redis-server` with an append-only file fsynced on every write, in
+/// a fresh folder: a `kill -9` then loses no acknowledged write, and
+/// [`Durable::restart`] finds the data again.
+struct Durable {
+    server: common::RedisServer,
+    args: Vec<String>,
+    _data: tempfile::TempDir,
+}
+
+impl Durable {
+    fn start() -> Durable {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().to_str().unwrap().to_string();
+        let args: Vec<String> = [
+            "--dir",
+            &dir,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ]
+        .map(String::from)
+        .to_vec();
+        let server =
+            common::RedisServer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        Durable {
+            server,
+            args,
+            _data: data,
+        }
+    }
+
+    /// Starts the server again on its port, with its data.
+    fn restart(&self) -> common::Restarted {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        common::Restarted::with_args(self.server.port, &args)
+    }
+
+    /// The outage tests' configuration: this server under a fresh key prefix,
+    /// 300 ms command timeout, a breaker that probes after 200 ms, plus `extra`.
+    fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let (url, prefix) = (self.server.url(), common::unique_prefix());
+        let mut vars = vec![
+            ("USE_REDIS", "1"),
+            ("REDIS_URL", url.as_str()),
+            ("CHATSTATE_KEY_PREFIX", prefix.as_str()),
+            ("REDIS_COMMAND_TIMEOUT_MS", "300"),
+            ("CHATSTATE_REDIS_BREAKER_OPEN_MS", "200"),
+        ];
+        vars.extend_from_slice(extra);
+        config(&vars)
+    }
 }
 
 /// The longest any call of the workload may take: the connect timeout (a call that
@@ -296,19 +331,10 @@ fn cache_value(n: u64) -> Bytes {
 async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     // Persistence with an fsync per write, so a kill -9 keeps every acknowledged
     // write and the checks below can be exact.
-    let (_data, persist) = persistent();
-    let persist: Vec<&str> = persist.iter().map(String::as_str).collect();
-    let mut server = common::RedisServer::start(&persist);
-    let port = server.port;
-    let prefix = common::unique_prefix();
-    let cfg = config(&[
-        ("USE_REDIS", "1"),
-        ("REDIS_URL", &server.url()),
-        ("CHATSTATE_KEY_PREFIX", &prefix),
-        ("REDIS_COMMAND_TIMEOUT_MS", "300"),
+    let mut redis = Durable::start();
+    let cfg = redis.config(&[
         ("REDIS_CONNECT_TIMEOUT_MS", "300"),
         ("CHATSTATE_REDIS_BREAKER_FAILURES", "3"),
-        ("CHATSTATE_REDIS_BREAKER_OPEN_MS", "200"),
         ("CHATSTATE_COUNTER_FLUSH_SECONDS", "1"),
     ]);
     let stores = Stores::open(&cfg).await.unwrap();
@@ -399,7 +425,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 1. Redis pauses (SIGSTOP): calls time out, then the breaker opens.
-    server.pause();
+    redis.server.pause();
     let paused = Instant::now();
     let mut opened = false;
     while paused.elapsed() < Duration::from_millis(2500) {
@@ -407,7 +433,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(opened, "the breaker opened during the pause");
-    server.resume();
+    redis.server.resume();
     let back = time_until_served(&stores, &watcher).await;
     eprintln!("service back {back:?} after SIGCONT");
     assert!(back < Duration::from_secs(5), "back {back:?} after SIGCONT");
@@ -415,12 +441,12 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 2. Redis dies (kill -9), stays down, and restarts on the same port.
-    server.stop();
+    redis.server.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let health = stores.health();
     assert_ne!(health.breaker, BreakerState::Closed, "{health:?}");
     assert!(!health.reachable);
-    let _restarted = common::Restarted::with_args(port, &persist);
+    let _restarted = redis.restart();
     let back = time_until_served(&stores, &watcher).await;
     eprintln!("service back {back:?} after the restart");
     assert!(
@@ -511,18 +537,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_tier_answers_while_redis_is_down_and_a_failed_delete_holds_after_it_returns() {
     use chatstate::KvCache;
-    let (_data, persist) = persistent();
-    let persist: Vec<&str> = persist.iter().map(String::as_str).collect();
-    let mut server = common::RedisServer::start(&persist);
-    let port = server.port;
-    let prefix = common::unique_prefix();
-    let cfg = config(&[
-        ("USE_REDIS", "1"),
-        ("REDIS_URL", &server.url()),
-        ("CHATSTATE_KEY_PREFIX", &prefix),
-        ("REDIS_COMMAND_TIMEOUT_MS", "300"),
-        ("CHATSTATE_REDIS_BREAKER_OPEN_MS", "200"),
-    ]);
+    let mut redis = Durable::start();
+    let cfg = redis.config(&[]);
     // Two instances of an app, each with its own connection, bus and local tier.
     let (a, b) = (
         Stores::open(&cfg).await.unwrap(),
@@ -564,7 +580,7 @@ async fn the_local_tier_answers_while_redis_is_down_and_a_failed_delete_holds_af
     }
 
     // Redis dies: both buses notice, and the local tiers keep answering.
-    server.stop();
+    redis.server.stop();
     assert!(
         until(Duration::from_secs(5), || async {
             ca.stats().bus_losses > 0 && cb.stats().bus_losses > 0
@@ -595,7 +611,7 @@ async fn the_local_tier_answers_while_redis_is_down_and_a_failed_delete_holds_af
     );
 
     // Redis returns (with its data: the delete never reached it).
-    let _restarted = common::Restarted::with_args(port, &persist);
+    let _restarted = redis.restart();
     assert!(
         until(Duration::from_secs(5), || async {
             let _ = ca.get(&k1).await;
