@@ -81,18 +81,6 @@ impl Drop for ProbeTask {
     }
 }
 
-/// Whether `e` says the server cannot be reached or cannot serve anything now.
-pub(crate) fn trips(e: &redis::RedisError) -> bool {
-    e.is_timeout()
-        || e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || matches!(
-            e.code(),
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN")
-        )
-}
-
 fn now() -> Timestamp {
     SystemClock.now()
 }
@@ -163,7 +151,7 @@ impl Breaker {
     /// Records the outcome of a call that went to the server.
     pub fn record(&self, outcome: std::result::Result<(), &redis::RedisError>) {
         match outcome {
-            Err(e) if trips(e) => {
+            Err(e) if crate::conn::trips_breaker(e) => {
                 let kind = if e.is_timeout() {
                     ErrorKind::Timeout
                 } else {
@@ -321,8 +309,9 @@ impl Breaker {
     }
 
     /// The probe loop: waits until the breaker opens, then probes with `probe` until
-    /// one succeeds; `on_first_success` runs after the first successful probe only.
-    /// Returns when [`Breaker::stop`] is called.
+    /// one succeeds (its success closes the breaker; a probe may close it itself
+    /// first, see `RedisStore::spawn_probes`). Returns when [`Breaker::stop`] is
+    /// called.
     pub async fn run_probes<P, F>(&self, mut probe: P)
     where
         P: FnMut() -> F,

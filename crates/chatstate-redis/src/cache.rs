@@ -12,7 +12,8 @@
 //! overwrite any type). The MGET and the EXISTS are not atomic: a string of the same
 //! call deleted between them can hide a key of another type from that one call (it
 //! answers `None` for it; the next call reports it). `delete`, `delete_many`,
-//! `exists`, `expire` and `ttl` act on the key whatever it holds.//!
+//! `exists`, `expire` and `ttl` act on the key whatever it holds.
+//!
 //! What the guard costs, measured: `set` about 4–8 µs of server time per call and no
 //! round trip (`redis-benchmark -c 4 -P 16` on the shared 2-core machine: 79–161k
 //! guarded calls/s against 226–444k plain `SET … PX`); `get_many` one EXISTS beside

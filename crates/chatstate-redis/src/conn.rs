@@ -236,6 +236,22 @@ fn is_transient(code: &str) -> bool {
     }
 }
 
+/// Whether `e` says the server cannot be reached or cannot serve anything now:
+/// what trips the circuit breaker (see the `breaker` module). The connection-level
+/// failures, and those [`is_transient`] codes that refuse reads too; the codes that
+/// refuse only writes (`OOM`, `MISCONF`, `READONLY`, `NOREPLICAS`, `TRYAGAIN`) do
+/// not, since the server still answers reads.
+pub(crate) fn trips_breaker(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN")
+        )
+}
+
 /// The key a chatstate script names at the start of its error detail
 /// (`CHATSTATE_CORRUPT <key> …`, `WRONGTYPE <key> holds a …`).
 fn key_in_detail<'a>(code: &str, detail: &'a str) -> Option<&'a str> {

@@ -41,15 +41,15 @@ use chatstate_core::config::MAX_TTL;
 use chatstate_core::inventory::check_scan_limit;
 use chatstate_core::key::{escape, unescape};
 use chatstate_core::{
-    Bucket, CacheKey, CacheRecord, CounterKey, CounterRecord, Error, FocusDoc, FocusKey,
-    FocusRecord, Inventory, InventoryPage, Labels, Record, RecordKey, RecordKind, RestoreMode,
-    Restored, Result, ResultExt, SessionKey, SessionRecord, Timestamp,
+    Bucket, CacheKey, CacheRecord, CounterKey, CounterRecord, Error, FocusKey, FocusRecord,
+    Inventory, InventoryPage, Labels, Record, RecordKey, RecordKind, RestoreMode, Restored, Result,
+    ResultExt, SessionKey, SessionRecord,
 };
 use redis::Value;
 
 use crate::RedisStore;
 use crate::conn::{Script, lua_int, lua_wrongtype, reply};
-use crate::session::{StoredMessage, keys, lua_prelude, message_from, session_from};
+use crate::session::{StoredMessage, keys, lua_prelude, message_from, num, session_from};
 
 /// Keys asked per SCAN step. Fixed, never derived from the page size: a resumed
 /// step must cover the same buckets as the step its cursor came from.
@@ -428,13 +428,7 @@ impl RedisStore {
         let Some(ttl) = record_ttl(reply::int(&pttl)?) else {
             return Ok(None);
         };
-        let bad = || Error::decode("a focus document hash is malformed").with_key(&doc_key);
-        let doc = FocusDoc {
-            key: key.clone(),
-            value: Bytes::from(reply::bytes(value)?.ok_or_else(bad)?),
-            version: u64::try_from(reply::int(&version).map_err(|_| bad())?).map_err(|_| bad())?,
-            updated_at: Timestamp(reply::int(&updated_at).map_err(|_| bad())?),
-        };
+        let doc = crate::focus::doc_from(key.clone(), value, version, updated_at, &doc_key)?;
         Ok(Some(FocusRecord { doc, ttl }))
     }
 
@@ -571,12 +565,11 @@ fn restored(v: &Value) -> Result<Restored> {
 /// A session's hash fields as the session scripts write them (`session_from` reads
 /// them back).
 fn session_fields(s: &chatstate_core::Session) -> Vec<(&'static str, Vec<u8>)> {
-    let num = |n: &dyn ToString| n.to_string().into_bytes();
     let mut f = vec![
         ("id", s.id.clone().into_bytes()),
-        ("created_at", num(&s.created_at.0)),
-        ("last_activity", num(&s.last_activity.0)),
-        ("updated_at", num(&s.updated_at.0)),
+        ("created_at", num(s.created_at.0)),
+        ("last_activity", num(s.last_activity.0)),
+        ("updated_at", num(s.updated_at.0)),
         (
             "paused",
             if s.paused {
@@ -585,9 +578,9 @@ fn session_fields(s: &chatstate_core::Session) -> Vec<(&'static str, Vec<u8>)> {
                 b"0".to_vec()
             },
         ),
-        ("token_estimate", num(&s.token_estimate)),
-        ("message_count", num(&s.message_count)),
-        ("version", num(&s.version)),
+        ("token_estimate", num(s.token_estimate)),
+        ("message_count", num(s.message_count)),
+        ("version", num(s.version)),
     ];
     if let Some(v) = &s.summary {
         f.push(("summary", v.clone().into_bytes()));
@@ -761,7 +754,6 @@ impl Inventory for RedisStore {
         } else {
             b"0"
         };
-        let num = |n: &dyn ToString| n.to_string().into_bytes();
         let v = match record {
             Record::Session(r) => {
                 let s = &r.session;
@@ -769,17 +761,17 @@ impl Inventory for RedisStore {
                 let fields = session_fields(s);
                 let mut args: Vec<Vec<u8>> = vec![
                     write.to_vec(),
-                    num(&r.ttl.as_millis()),
-                    num(&s.version),
-                    num(&s.message_count),
-                    num(&s.last_activity.0),
-                    num(&fields.len()),
+                    num(r.ttl.as_millis()),
+                    num(s.version),
+                    num(s.message_count),
+                    num(s.last_activity.0),
+                    num(fields.len()),
                 ];
                 for (f, v) in fields {
                     args.push(f.as_bytes().to_vec());
                     args.push(v);
                 }
-                args.push(num(&r.messages.len()));
+                args.push(num(r.messages.len()));
                 for m in &r.messages {
                     let stored = StoredMessage {
                         role: m.role,
@@ -806,10 +798,10 @@ impl Inventory for RedisStore {
                 let index = self.inner.layout.focus_index(r.doc.key.scope());
                 let args: Vec<Vec<u8>> = vec![
                     write.to_vec(),
-                    num(&r.doc.version),
-                    num(&r.doc.updated_at.0),
+                    num(r.doc.version),
+                    num(r.doc.updated_at.0),
                     r.doc.value.to_vec(),
-                    num(&r.ttl.as_millis()),
+                    num(r.ttl.as_millis()),
                     escape(r.doc.key.name()).into_owned().into_bytes(),
                 ];
                 let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
@@ -826,7 +818,7 @@ impl Inventory for RedisStore {
             Record::Counter(r) => {
                 let hash = self.inner.layout.counter_hash(r.key.name(), r.key.bucket());
                 let field = r.key.labels().escaped();
-                let value = num(&r.value);
+                let value = num(r.value);
                 self.inner
                     .conn
                     .script(
@@ -839,7 +831,7 @@ impl Inventory for RedisStore {
             }
             Record::Cache(r) => {
                 let k = self.inner.layout.cache(&r.key);
-                let ttl = num(&r.ttl.as_millis());
+                let ttl = num(r.ttl.as_millis());
                 self.inner
                     .conn
                     .script(

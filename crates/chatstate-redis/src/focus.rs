@@ -89,7 +89,7 @@ impl FocusScripts {
     }
 }
 
-fn doc_from(
+pub(crate) fn doc_from(
     key: FocusKey,
     value: Value,
     version: Value,

@@ -354,7 +354,7 @@ impl RedisStore {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
-                let trips = breaker::trips(&e);
+                let trips = conn::trips_breaker(&e);
                 let err = conn::map_err(e, "connect", None);
                 if trips || err.kind() == chatstate_core::ErrorKind::Config {
                     Err(err)
@@ -462,19 +462,13 @@ impl RedisStore {
     /// Connects as `config` says (`REDIS_URL`, prefix, pool, timeouts, settings,
     /// `CHATSTATE_REDIS_FAIL_FAST`, the breaker).
     pub async fn from_config(config: &Config) -> Result<RedisStore> {
-        RedisStore::from_config_fail_fast(config, config.redis.fail_fast).await
-    }
-
-    /// [`RedisStore::from_config`], with `fail_fast` in place of the config's (the
-    /// facade fails fast when a fallback is configured, then opens the fallback).
-    pub async fn from_config_fail_fast(config: &Config, fail_fast: bool) -> Result<RedisStore> {
         RedisStore::builder(config.redis.url.clone())
             .prefix(config.key_prefix.clone())
             .settings(config.store.clone())
             .pool_size(config.redis.pool_size)
             .connect_timeout(config.redis.connect_timeout)
             .command_timeout(config.redis.command_timeout)
-            .fail_fast(fail_fast)
+            .fail_fast(config.redis.fail_fast)
             .breaker(config.redis.breaker)
             .connect()
             .await

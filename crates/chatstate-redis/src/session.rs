@@ -423,7 +423,7 @@ fn ms(d: Duration) -> Vec<u8> {
     d.as_millis().to_string().into_bytes()
 }
 
-fn num(n: impl ToString) -> Vec<u8> {
+pub(crate) fn num(n: impl ToString) -> Vec<u8> {
     n.to_string().into_bytes()
 }
 

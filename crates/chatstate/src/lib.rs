@@ -170,13 +170,12 @@ impl Stores {
                     RedisFallback::File => Some(BackendKind::File),
                     RedisFallback::Memory => Some(BackendKind::Memory),
                 };
-                let fail_fast = config.redis.fail_fast || fallback.is_some();
-                let store = match RedisStore::from_config_fail_fast(config, fail_fast).await {
-                    Ok(store) => store,
-                    Err(err) if err.is_temporary() && fallback.is_some() => {
-                        let Some(instead) = fallback else {
-                            return Err(err);
-                        };
+                // With a fallback, opening must fail fast to know whether to take it.
+                let mut redis_config = config.clone();
+                redis_config.redis.fail_fast |= fallback.is_some();
+                let store = match (RedisStore::from_config(&redis_config).await, fallback) {
+                    (Ok(store), _) => store,
+                    (Err(err), Some(instead)) if err.is_temporary() => {
                         tracing::warn!(
                             fallback = ?instead,
                             error = %err,
@@ -191,7 +190,7 @@ impl Stores {
                         });
                         return Ok(stores);
                     }
-                    Err(err) => return Err(err),
+                    (Err(err), _) => return Err(err),
                 };
                 let bus: Arc<dyn InvalidationBus> = Arc::new(RedisBus::new(&store)?);
                 Ok(Stores::of(

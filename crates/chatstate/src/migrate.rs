@@ -45,8 +45,11 @@
 //! updated_at)` — is left alone and counted `skipped_newer`; anything else is
 //! overwritten by the record. Counters and cache entries have no version: the
 //! source's value wins. So run `migrate` (or `import`) **before** traffic reaches
-//! the target, then switch. Re-running it is safe at any time and reports what is
-//! already there as `unchanged`.
+//! the target, then switch. Re-running it before the target takes traffic is safe
+//! and reports what is already there as `unchanged`; once the target takes
+//! traffic, a re-run still leaves newer sessions and documents alone, but sets
+//! counters and cache entries back to the source's values (losing increments made
+//! since) and brings back records deleted on the target.
 //!
 //! ## Resuming
 //!
