@@ -152,7 +152,7 @@ impl Inner {
         };
         let mut items: Vec<(&CounterKey, &i64)> = values
             .range::<CounterKey, _>((start, Bound::Unbounded))
-            .take(limit + 1)
+            .take(limit.saturating_add(1))
             .collect();
         let more = items.len() > limit;
         items.truncate(limit);

@@ -88,7 +88,7 @@ impl Inventory for MemoryStore {
                     None => None,
                 };
                 let sessions = lock(&self.inner.sessions);
-                let items = live_after(&sessions, after.as_ref(), now, limit + 1)
+                let items = live_after(&sessions, after.as_ref(), now, limit.saturating_add(1))
                     .into_iter()
                     .map(|(k, (s, ttl))| {
                         let record = SessionRecord {
@@ -103,7 +103,7 @@ impl Inventory for MemoryStore {
             RecordKind::Focus => {
                 let after = cursor.as_deref().map(pair_cursor).transpose()?;
                 let focus = lock(&self.inner.focus);
-                let items = live_after(&focus, after.as_ref(), now, limit + 1)
+                let items = live_after(&focus, after.as_ref(), now, limit.saturating_add(1))
                     .into_iter()
                     .map(|(k, (d, ttl))| {
                         let record = FocusRecord {
@@ -117,7 +117,7 @@ impl Inventory for MemoryStore {
             RecordKind::Cache => {
                 let after = cursor.as_deref().map(pair_cursor).transpose()?;
                 let cache = lock(&self.inner.cache);
-                let items = live_after(&cache, after.as_ref(), now, limit + 1)
+                let items = live_after(&cache, after.as_ref(), now, limit.saturating_add(1))
                     .into_iter()
                     .map(|(k, (v, ttl))| {
                         let key = chatstate_core::CacheKey::new(k.0.as_str(), k.1.as_str());
@@ -142,7 +142,7 @@ impl Inventory for MemoryStore {
                 let items = counters
                     .values
                     .range((start, Bound::Unbounded))
-                    .take(limit + 1)
+                    .take(limit.saturating_add(1))
                     .map(|(k, v)| {
                         let record = CounterRecord {
                             key: k.clone(),
