@@ -189,27 +189,33 @@ pub trait KvCacheExt: KvCache {
             }
             Err(e) => return Err(e),
         };
+        // Sets and maps, not scans: a batch of a thousand keys stays linear.
+        let mut asked: std::collections::HashSet<&CacheKey> = std::collections::HashSet::new();
         let mut missing: Vec<CacheKey> = Vec::new();
         for (k, v) in keys.iter().zip(&out) {
-            if v.is_none() && !missing.contains(k) {
+            if v.is_none() && asked.insert(k) {
                 missing.push(k.clone());
             }
         }
         if missing.is_empty() {
             return Ok(out);
         }
+        // Only keys that were asked for, once each (the first answer wins), in the
+        // loader's order for the write-back.
         let mut loaded: Vec<(CacheKey, T)> = Vec::new();
-        for (k, v) in load(missing.clone()).await? {
-            // Only keys that were asked for, once each.
-            if missing.contains(&k) && !loaded.iter().any(|(l, _)| *l == k) {
+        let mut index: std::collections::HashMap<CacheKey, usize> =
+            std::collections::HashMap::new();
+        for (k, v) in load(missing).await? {
+            if asked.contains(&k) && !index.contains_key(&k) {
+                index.insert(k.clone(), loaded.len());
                 loaded.push((k, v));
             }
         }
         for (slot, k) in out.iter_mut().zip(keys) {
             if slot.is_none()
-                && let Some((_, v)) = loaded.iter().find(|(l, _)| l == k)
+                && let Some(&i) = index.get(k)
             {
-                *slot = Some(v.clone());
+                *slot = Some(loaded[i].1.clone());
             }
         }
         if !cache_failed && !loaded.is_empty() {
