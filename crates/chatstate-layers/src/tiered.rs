@@ -433,12 +433,7 @@ impl PendingDeletes {
 
     /// Whether `key` is covered by a pending delete.
     fn blocks(&self, key: &CacheKey) -> bool {
-        self.keys.contains(key)
-            || (self.prefixes > 0
-                && self
-                    .order
-                    .iter()
-                    .any(|p| matches!(p, Invalidation::Prefix { .. }) && p.covers(key)))
+        self.keys.contains(key) || self.prefix_covers(key)
     }
 
     /// Whether a pending cleared prefix covers `key` (a write of the key does not
@@ -1254,10 +1249,11 @@ impl Shared {
         // A write under a cleared prefix still pending: the clear goes first (a
         // replay after the write would delete what it stores). If it cannot be
         // replayed now, the write is refused like the remote refuses it.
+        // Held until the write returns: no replay runs while it is on the wire (a
+        // replay's delete landing after it would erase what it stores); the write's
+        // success settles the pending keys it writes.
+        let mut _held = None;
         if !deleting && self.touches_pending(&what) {
-            // No replay runs while this write is on the wire (a replay's delete
-            // landing after it would erase what it stores); the write's success
-            // settles the pending keys it writes.
             let guard = self.replaying.lock().await;
             if self.under_pending_prefix(&what) {
                 self.replay_locked(&guard).await;
@@ -1277,7 +1273,7 @@ impl Shared {
                 };
                 return (Err(refused), written);
             }
-            return self.change_now(what, write, deleting, false).await;
+            _held = Some(guard);
         }
         self.change_now(what, write, deleting, false).await
     }
