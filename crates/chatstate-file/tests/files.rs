@@ -372,7 +372,7 @@ async fn a_record_over_the_format_limit_is_refused_before_writing() {
 
     let err = KvCache::set(&s, &k, huge.clone(), None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
-    assert!(err.to_string().contains("limit"), "{err}");
+    assert!(err.to_string().contains("format's limit"), "{err}");
     assert_eq!(
         KvCache::get(&s, &k).await.unwrap().as_deref(),
         Some(&b"old"[..]),

@@ -29,6 +29,9 @@ enum Fault {
     LoseReply(ErrorKind),
     /// Applies after sleeping this long (past the flush timeout).
     Hang(Duration),
+    /// Applies, then sleeps this long before answering (past the flush timeout): the
+    /// batch landed, the flush timed out.
+    LandThenHang(Duration),
 }
 
 /// A sink that injects the queued faults into `apply`, refuses every batch holding
@@ -104,6 +107,11 @@ impl CounterSink for Flaky {
             Some(Fault::Hang(d)) => {
                 tokio::time::sleep(d).await;
                 self.inner.apply(batch).await
+            }
+            Some(Fault::LandThenHang(d)) => {
+                let outcome = self.inner.apply(batch).await;
+                tokio::time::sleep(d).await;
+                outcome
             }
             None => self.inner.apply(batch).await,
         }
@@ -286,6 +294,31 @@ async fn a_timed_out_flush_is_retried_without_double_counting() {
             counters.get(&k, Read::Stored).await.unwrap(),
             4,
             "{backend}"
+        );
+
+        // A timed-out flush whose batch did land: the retry, with the same batch
+        // id, is recognised and counts nothing twice.
+        let landed = key("landed");
+        counters.add(&landed, 3);
+        flaky.inject(Fault::LandThenHang(Duration::from_millis(300)));
+        let err = counters.flush().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{backend}: {err}");
+        assert_eq!(
+            flaky.inner.get(&landed).await.unwrap(),
+            3,
+            "{backend}: it landed"
+        );
+        let duplicates = counters.stats().duplicates;
+        counters.flush().await.unwrap();
+        assert_eq!(
+            counters.stats().duplicates,
+            duplicates + 1,
+            "{backend}: the retry was recognised as applied"
+        );
+        assert_eq!(
+            counters.get(&landed, Read::Stored).await.unwrap(),
+            3,
+            "{backend}: counted once"
         );
     }
 }

@@ -227,13 +227,37 @@ async fn a_failed_write_that_landed_is_still_announced() {
     let other = TieredCache::new(Arc::new(store.clone()), bus.clone(), config());
     let k = key("1");
     a.set(&k, b("v1"), None).await.unwrap();
-    assert_eq!(KvCache::get(&other, &k).await.unwrap(), Some(b("v1")));
+    // `other` holds v1 locally (a read that overlapped hearing a's write is not
+    // kept: read until one is a local hit), else it would read v2 from the remote
+    // whether or not the failed write was announced.
+    let mut kept = false;
+    for _ in 0..200 {
+        if other.stats().invalidations == 1 {
+            let before = other.stats().local_hits;
+            assert_eq!(KvCache::get(&other, &k).await.unwrap(), Some(b("v1")));
+            assert_eq!(KvCache::get(&other, &k).await.unwrap(), Some(b("v1")));
+            if other.stats().local_hits > before {
+                kept = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(kept, "other keeps v1 locally");
     remote.fail_set_after_write.store(true, Ordering::SeqCst);
     assert!(
         a.set(&k, b("v2"), None).await.is_err(),
         "the caller sees the lost reply"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut heard = false;
+    for _ in 0..200 {
+        if other.stats().invalidations == 2 {
+            heard = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(heard, "the failed write was announced");
     assert_eq!(
         KvCache::get(&other, &k).await.unwrap(),
         Some(b("v2")),
