@@ -502,6 +502,16 @@ pub fn decide_value<T: PartialEq + ?Sized>(existing: Option<&T>, record: &T) -> 
     }
 }
 
+/// A session's state as a record with `ttl` left: the inverse of
+/// [`session_state`].
+pub fn session_record(state: &SessionState, ttl: Duration) -> SessionRecord {
+    SessionRecord {
+        session: state.session.clone(),
+        messages: state.messages.iter().cloned().collect(),
+        ttl,
+    }
+}
+
 /// The state a session restore writes: the record and its window.
 pub fn session_state(record: &SessionRecord) -> SessionState {
     SessionState {
@@ -549,6 +559,12 @@ pub mod cursor {
         } else {
             Err(malformed_cursor())
         }
+    }
+
+    /// The two parts of a [`join`]ed pair (a group and a name, say).
+    pub fn pair(cursor: &str) -> Result<(String, String)> {
+        let mut p = split(cursor, 2)?.into_iter();
+        Ok((p.next().unwrap_or_default(), p.next().unwrap_or_default()))
     }
 
     /// A counter key as a cursor: its name, escaped labels and bucket (or empty).

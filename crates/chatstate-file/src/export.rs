@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::inventory::{
-    check_scan_limit, cursor, decide_focus, decide_session, decide_value, session_state,
+    check_scan_limit, cursor, decide_focus, decide_session, decide_value, session_record,
+    session_state,
 };
 use chatstate_core::transition::SessionState;
 use chatstate_core::{
@@ -56,11 +57,7 @@ impl Inner {
     fn session_record_at(&self, path: &Path, now: Timestamp) -> Result<Option<SessionRecord>> {
         Ok(self
             .read_live::<SessionState>(path, Kind::Session, now)?
-            .map(|(state, file)| SessionRecord {
-                session: state.session,
-                messages: state.messages.into_iter().collect(),
-                ttl: now.until(file.header.deadline),
-            }))
+            .map(|(state, file)| session_record(&state, now.until(file.header.deadline))))
     }
 
     fn focus_record_at(&self, path: &Path, now: Timestamp) -> Result<Option<FocusRecord>> {
@@ -268,11 +265,6 @@ impl Inner {
     }
 }
 
-fn pair(c: &str) -> Result<(String, String)> {
-    let mut p = cursor::split(c, 2)?.into_iter();
-    Ok((p.next().unwrap_or_default(), p.next().unwrap_or_default()))
-}
-
 #[async_trait]
 impl Inventory for FileStore {
     async fn scan(
@@ -289,7 +281,7 @@ impl Inventory for FileStore {
                 .await
                 .in_op("scan");
         }
-        let after = cursor.as_deref().map(pair).transpose()?;
+        let after = cursor.as_deref().map(cursor::pair).transpose()?;
         self.blocking(move |inner| {
             let now = inner.now();
             let root = inner.layout.root();

@@ -12,11 +12,12 @@ use std::ops::Bound;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::inventory::{
-    check_scan_limit, cursor, decide_focus, decide_session, decide_value, session_state,
+    check_scan_limit, cursor, decide_focus, decide_session, decide_value, session_record,
+    session_state,
 };
 use chatstate_core::{
     CacheRecord, CounterRecord, FocusRecord, Inventory, InventoryPage, Record, RecordKey,
-    RecordKind, RestoreMode, Restored, Result, ResultExt, SessionRecord, Timestamp,
+    RecordKind, RestoreMode, Restored, Result, ResultExt, Timestamp,
 };
 
 use crate::expiring::Expiring;
@@ -39,11 +40,6 @@ fn page<K: Clone, T>(
         out.push(t);
     }
     (out, None)
-}
-
-fn pair_cursor(c: &str) -> Result<(String, String)> {
-    let mut p = cursor::split(c, 2)?.into_iter();
-    Ok((p.next().unwrap_or_default(), p.next().unwrap_or_default()))
 }
 
 /// Up to `n` live entries of `map` after `after` (from the start for `None`),
@@ -90,18 +86,11 @@ impl Inventory for MemoryStore {
                 let sessions = lock(&self.inner.sessions);
                 let items = live_after(&sessions, after.as_ref(), now, limit.saturating_add(1))
                     .into_iter()
-                    .map(|(k, (s, ttl))| {
-                        let record = SessionRecord {
-                            session: s.session.clone(),
-                            messages: s.messages.iter().cloned().collect(),
-                            ttl,
-                        };
-                        (k, Record::Session(record))
-                    });
+                    .map(|(k, (s, ttl))| (k, Record::Session(session_record(s, ttl))));
                 page(items, limit, |(t, c, u)| cursor::join(&[t, c, u]))
             }
             RecordKind::Focus => {
-                let after = cursor.as_deref().map(pair_cursor).transpose()?;
+                let after = cursor.as_deref().map(cursor::pair).transpose()?;
                 let focus = lock(&self.inner.focus);
                 let items = live_after(&focus, after.as_ref(), now, limit.saturating_add(1))
                     .into_iter()
@@ -115,7 +104,7 @@ impl Inventory for MemoryStore {
                 page(items, limit, |(s, n)| cursor::join(&[s, n]))
             }
             RecordKind::Cache => {
-                let after = cursor.as_deref().map(pair_cursor).transpose()?;
+                let after = cursor.as_deref().map(cursor::pair).transpose()?;
                 let cache = lock(&self.inner.cache);
                 let items = live_after(&cache, after.as_ref(), now, limit.saturating_add(1))
                     .into_iter()
@@ -169,13 +158,7 @@ impl Inventory for MemoryStore {
                 sessions
                     .get(&t, now)
                     .zip(sessions.deadline(&t, now))
-                    .map(|(s, deadline)| {
-                        Record::Session(SessionRecord {
-                            session: s.session.clone(),
-                            messages: s.messages.iter().cloned().collect(),
-                            ttl: now.until(deadline),
-                        })
-                    })
+                    .map(|(s, deadline)| Record::Session(session_record(s, now.until(deadline))))
             }
             RecordKey::Focus(k) => {
                 let focus = lock(&self.inner.focus);
