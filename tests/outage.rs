@@ -8,7 +8,6 @@
 #[path = "../crates/chatstate-redis/tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,13 +19,7 @@ use chatstate::{
     SessionStoreExt, Stores,
 };
 
-fn config(vars: &[(&str, &str)]) -> Config {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::from_lookup(|name| map.get(name).cloned()).unwrap()
-}
+use common::config;
 
 /// A loopback port nothing listens on: a server started there and stopped.
 fn dead_port() -> u16 {

@@ -10,7 +10,7 @@
 #[path = "../../chatstate-redis/tests/common/mod.rs"]
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,18 +19,12 @@ use chatstate::migrate::{
     ExportOptions, ImportOptions, MigrateOptions, Resume, export, import, migrate,
 };
 use chatstate::{
-    BackendKind, Bucket, CacheKey, Codec, Config, CounterKey, ErrorKind, Expected, FocusKey,
-    Inventory, Labels, NewMessage, PutMode, Record, RecordKey, RecordKind, SessionKey,
-    SessionPatch, SessionStoreExt, Stores, Timestamp,
+    BackendKind, Bucket, CacheKey, Codec, CounterKey, ErrorKind, Expected, FocusKey, Inventory,
+    Labels, NewMessage, PutMode, Record, RecordKey, RecordKind, SessionKey, SessionPatch,
+    SessionStoreExt, Stores, Timestamp,
 };
 
-fn config(vars: &[(&str, &str)]) -> Config {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::from_lookup(|name| map.get(name).cloned()).unwrap()
-}
+use common::config;
 
 async fn memory() -> Stores {
     Stores::open(&config(&[("CHATSTATE_BACKEND", "memory")]))

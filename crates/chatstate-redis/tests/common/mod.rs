@@ -259,3 +259,14 @@ impl Drop for Restarted {
         let _ = self.0.wait();
     }
 }
+
+/// The configuration `vars` alone give, as `Config::from_env` would read them from
+/// the environment (the Redis tests' servers and prefixes go in as variables).
+pub fn config(vars: &[(&str, &str)]) -> chatstate_core::Config {
+    chatstate_core::Config::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+    .expect("a valid configuration")
+}
