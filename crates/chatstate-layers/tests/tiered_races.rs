@@ -434,8 +434,18 @@ async fn get_or_load_after_delete_loads_afresh(held: fn(&Gated) -> &Gate, stored
     // This instance deletes the key; the delete has returned. Then B starts.
     assert!(cache.delete(&k).await.unwrap());
     let b_task = load("loaded-b");
-    // Let B reach the local tier and join A's load, then let A answer.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let B reach the local tier (its miss is counted right before it joins A's
+    // load) and join the load, then let A answer.
+    let mut b_missed = false;
+    for _ in 0..400 {
+        if cache.stats().local_misses >= 2 {
+            b_missed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(b_missed, "B reached the local tier");
+    tokio::time::sleep(Duration::from_millis(50)).await;
     held(&remote).release();
     assert_eq!(
         a.await.unwrap().unwrap(),
