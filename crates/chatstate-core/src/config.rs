@@ -33,6 +33,14 @@
 //! | `CHATSTATE_REDIS_BREAKER_WINDOW_MS` | the failures must fall within this window | `10000` |
 //! | `CHATSTATE_REDIS_BREAKER_OPEN_MS` | how long the breaker stays open before a probe may close it | `1000` |
 //! | `CHATSTATE_SESSION_FALLBACK` | only `none`: sessions do not move to another store during an outage (see the facade's docs for why) | `none` |
+//! | `REDIS_CA_CERT` | PEM file of the CA(s) that sign the server's certificate (`rediss://` only); otherwise the system's roots | unset |
+//! | `REDIS_CLIENT_CERT` | PEM file of the client certificate for mutual TLS (with `REDIS_CLIENT_KEY`) | unset |
+//! | `REDIS_CLIENT_KEY` | PEM file of the client certificate's private key (with `REDIS_CLIENT_CERT`) | unset |
+//! | `REDIS_TLS_INSECURE` | `1`: do not verify the server's certificate (a warning is logged at every start) | off |
+//! | `REDIS_SENTINELS` | `host:port,host:port,…`: connect through these Sentinels (with `REDIS_SENTINEL_MASTER`); `REDIS_URL` then gives only the master's credentials, database and TLS scheme | unset |
+//! | `REDIS_SENTINEL_MASTER` | the name the Sentinels monitor the master under | unset |
+//! | `REDIS_SENTINEL_PASSWORD` | the Sentinels' own password, when they have one | unset |
+//! | `REDIS_CLUSTER_NODES` | `host:port,host:port,…`: seed nodes of a Redis Cluster; `REDIS_URL` then gives only the credentials and the TLS scheme | unset |
 
 use std::fmt;
 use std::path::PathBuf;
@@ -78,6 +86,14 @@ pub const ENV_VARS: &[&str] = &[
     "CHATSTATE_REDIS_BREAKER_WINDOW_MS",
     "CHATSTATE_REDIS_BREAKER_OPEN_MS",
     "CHATSTATE_SESSION_FALLBACK",
+    "REDIS_CA_CERT",
+    "REDIS_CLIENT_CERT",
+    "REDIS_CLIENT_KEY",
+    "REDIS_TLS_INSECURE",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER_NODES",
 ];
 
 /// Which backend stores the data.
@@ -88,7 +104,8 @@ pub enum BackendKind {
     Memory,
     /// Files in a local folder: the embedded default, and the fallback without Redis.
     File,
-    /// A Redis server (standalone; Sentinel and Cluster are not connected to yet).
+    /// Redis: one server, a master found through Sentinel, or a Cluster (see
+    /// [`RedisTopology`]).
     Redis,
 }
 
@@ -243,6 +260,12 @@ impl StoreSettings {
     }
 }
 
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 fn is_secret_param(name: &str) -> bool {
     name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password")
 }
@@ -271,6 +294,35 @@ impl RedisUrl {
             }
         }
         Ok(RedisUrl(url))
+    }
+
+    /// Whether the scheme is `rediss` (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.0.scheme() == "rediss"
+    }
+
+    /// Whether the URL names a Unix socket (`redis+unix`, `unix`).
+    pub fn is_unix(&self) -> bool {
+        matches!(self.0.scheme(), "redis+unix" | "unix")
+    }
+
+    /// The database number in the path (`/2`), `0` when none.
+    pub fn db(&self) -> Option<i64> {
+        match self.0.path().trim_matches('/') {
+            "" => Some(0),
+            db => db.parse().ok(),
+        }
+    }
+
+    /// The user name, when the URL has one.
+    pub fn username(&self) -> Option<String> {
+        let user = self.0.username();
+        (!user.is_empty()).then(|| percent_decode(user))
+    }
+
+    /// The password, when the URL has one (`user:pass@`). Never log it.
+    pub fn password(&self) -> Option<Secret> {
+        self.0.password().map(|p| Secret::new(percent_decode(p)))
     }
 
     /// The URL with its password, to hand to a Redis client. Never log it.
@@ -341,6 +393,156 @@ pub struct RedisConfig {
     pub fallback: RedisFallback,
     /// The circuit breaker in front of every Redis call.
     pub breaker: BreakerConfig,
+    /// Certificates for `rediss://` URLs.
+    pub tls: TlsConfig,
+    /// One server, a master found through Sentinel, or a Cluster.
+    pub topology: RedisTopology,
+}
+
+/// TLS settings for `rediss://` URLs (`REDIS_CA_CERT`, `REDIS_CLIENT_CERT`,
+/// `REDIS_CLIENT_KEY`, `REDIS_TLS_INSECURE`). The server's certificate is verified
+/// against the system's roots unless a CA file is given; `insecure` skips the
+/// verification (and is logged as a warning at every start).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificate(s) the server's certificate must chain to.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the client certificate (mutual TLS); set with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key; set with `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Do not verify the server's certificate.
+    pub insecure: bool,
+}
+
+impl TlsConfig {
+    /// Whether any TLS setting is given.
+    pub fn is_set(&self) -> bool {
+        self.ca_cert.is_some()
+            || self.client_cert.is_some()
+            || self.client_key.is_some()
+            || self.insecure
+    }
+}
+
+/// A `host:port` address of a Sentinel or a Cluster seed node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP address (an IPv6 address without its brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host:port` (`[::1]:26379` for IPv6).
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let bad = || Error::config(format!("{s:?} is not host:port"));
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || host.contains(['/', '@', ' ', '[', ']']) {
+            return Err(bad());
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(bad)?;
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// A comma-separated list of at least one `host:port`.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        let list = s
+            .split(',')
+            .map(HostPort::parse)
+            .collect::<Result<Vec<_>>>()?;
+        if list.is_empty() {
+            return Err(Error::config("expected at least one host:port"));
+        }
+        Ok(list)
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A password that never appears in `Debug` or `Display` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, to hand to a client. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the Redis servers are.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum RedisTopology {
+    /// The one server `REDIS_URL` names.
+    #[default]
+    Standalone,
+    /// The master the Sentinels monitor under `master` (`REDIS_SENTINELS`,
+    /// `REDIS_SENTINEL_MASTER`); `REDIS_URL` gives its credentials, database and
+    /// TLS scheme (its host is not used).
+    Sentinel {
+        /// The Sentinels asked for the master's address.
+        sentinels: Vec<HostPort>,
+        /// The master's name.
+        master: String,
+        /// The Sentinels' own password (`REDIS_SENTINEL_PASSWORD`).
+        password: Option<Secret>,
+    },
+    /// A Redis Cluster found through these seed nodes (`REDIS_CLUSTER_NODES`);
+    /// `REDIS_URL` gives the credentials and the TLS scheme (its host is not used).
+    Cluster {
+        /// Seed nodes: any reachable one tells the client the whole cluster.
+        nodes: Vec<HostPort>,
+    },
+}
+
+impl RedisTopology {
+    /// `standalone`, `sentinel` or `cluster`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedisTopology::Standalone => "standalone",
+            RedisTopology::Sentinel { .. } => "sentinel",
+            RedisTopology::Cluster { .. } => "cluster",
+        }
+    }
 }
 
 /// What the facade opens when Redis cannot be reached at start
@@ -444,6 +646,8 @@ impl Default for Config {
                 fail_fast: false,
                 fallback: RedisFallback::None,
                 breaker: BreakerConfig::default(),
+                tls: TlsConfig::default(),
+                topology: RedisTopology::Standalone,
             },
             key_prefix: "chatstate".into(),
             file_dir: PathBuf::from("./chatstate-data"),
@@ -508,6 +712,100 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             }
         })
     }
+}
+
+/// `REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`, `REDIS_SENTINEL_PASSWORD` and
+/// `REDIS_CLUSTER_NODES` as a topology.
+fn topology<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<RedisTopology> {
+    let sentinels = env.get("REDIS_SENTINELS");
+    let master = env.get("REDIS_SENTINEL_MASTER");
+    let password = env.get("REDIS_SENTINEL_PASSWORD");
+    let cluster = env.get("REDIS_CLUSTER_NODES");
+    match (sentinels, master, cluster) {
+        (Some(_), _, Some(_)) => Err(Error::config(
+            "REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set: Redis is reached through \
+             Sentinel or as a Cluster; set one of them",
+        )),
+        (Some(list), Some(master), None) => Ok(RedisTopology::Sentinel {
+            sentinels: HostPort::parse_list(&list).map_err(|e| named("REDIS_SENTINELS", e))?,
+            master: master.trim().to_string(),
+            password: password.map(Secret::new),
+        }),
+        (Some(_), None, None) => Err(Error::config(
+            "REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER (the name the Sentinels \
+             monitor the master under)",
+        )),
+        (None, Some(_), _) => Err(Error::config(
+            "REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS (the Sentinels' host:port list)",
+        )),
+        (None, None, cluster) => {
+            if password.is_some() {
+                return Err(Error::config(
+                    "REDIS_SENTINEL_PASSWORD is set without REDIS_SENTINELS",
+                ));
+            }
+            match cluster {
+                Some(list) => Ok(RedisTopology::Cluster {
+                    nodes: HostPort::parse_list(&list)
+                        .map_err(|e| named("REDIS_CLUSTER_NODES", e))?,
+                }),
+                None => Ok(RedisTopology::Standalone),
+            }
+        }
+    }
+}
+
+/// The checks across Redis variables: TLS settings need a `rediss://` URL, a
+/// client certificate its key, Sentinel and Cluster a network URL, a Cluster
+/// database 0.
+fn check_redis(redis: &RedisConfig) -> Result<()> {
+    let tls = &redis.tls;
+    if tls.is_set() && !redis.url.is_tls() {
+        let var = if tls.ca_cert.is_some() {
+            "REDIS_CA_CERT"
+        } else if tls.client_cert.is_some() {
+            "REDIS_CLIENT_CERT"
+        } else if tls.client_key.is_some() {
+            "REDIS_CLIENT_KEY"
+        } else {
+            "REDIS_TLS_INSECURE"
+        };
+        return Err(Error::config(format!(
+            "{var} is set but REDIS_URL is not a rediss:// URL: TLS settings apply only to \
+             rediss://"
+        )));
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(_), None) => {
+            return Err(Error::config(
+                "REDIS_CLIENT_CERT is set without REDIS_CLIENT_KEY (mutual TLS needs both)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::config(
+                "REDIS_CLIENT_KEY is set without REDIS_CLIENT_CERT (mutual TLS needs both)",
+            ));
+        }
+        _ => {}
+    }
+    if !matches!(redis.topology, RedisTopology::Standalone) && redis.url.is_unix() {
+        return Err(Error::config(format!(
+            "REDIS_URL is a Unix socket, which {} cannot use: give redis:// or rediss:// \
+             (only its credentials and scheme are used)",
+            redis.topology.name()
+        )));
+    }
+    if !redis.url.is_unix() && redis.url.db().is_none() {
+        return Err(Error::config(
+            "REDIS_URL is malformed: the path must be a database number",
+        ));
+    }
+    if matches!(redis.topology, RedisTopology::Cluster { .. }) && redis.url.db() != Some(0) {
+        return Err(Error::config(
+            "REDIS_URL names a database other than 0, which a Redis Cluster does not have",
+        ));
+    }
+    Ok(())
 }
 
 fn named(name: &'static str, e: Error) -> Error {
@@ -676,6 +974,14 @@ impl Config {
                 }
             }
         }
+        cfg.redis.tls = TlsConfig {
+            ca_cert: env.get("REDIS_CA_CERT").map(PathBuf::from),
+            client_cert: env.get("REDIS_CLIENT_CERT").map(PathBuf::from),
+            client_key: env.get("REDIS_CLIENT_KEY").map(PathBuf::from),
+            insecure: env.flag("REDIS_TLS_INSECURE")?.unwrap_or(false),
+        };
+        cfg.redis.topology = topology(&env)?;
+        check_redis(&cfg.redis)?;
         cfg.store.validate()?;
         cfg.store.check_flush_interval(cfg.counter_flush_interval)?;
         Ok(cfg)
@@ -707,6 +1013,114 @@ mod tests {
         assert_eq!(c.codec, Codec::Bincode);
         assert_eq!(c.key_prefix, "chatstate");
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn tls_settings_need_rediss_and_a_key_with_the_certificate() {
+        let c = cfg(&[
+            ("REDIS_URL", "rediss://u:pw@h:6380"),
+            ("REDIS_CA_CERT", "/etc/ca.pem"),
+            ("REDIS_CLIENT_CERT", "/etc/c.pem"),
+            ("REDIS_CLIENT_KEY", "/etc/k.pem"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.tls.ca_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!c.redis.tls.insecure);
+        for (var, value) in [
+            ("REDIS_CA_CERT", "/etc/ca.pem"),
+            ("REDIS_CLIENT_CERT", "/etc/c.pem"),
+            ("REDIS_CLIENT_KEY", "/etc/k.pem"),
+            ("REDIS_TLS_INSECURE", "1"),
+        ] {
+            let err = cfg(&[("REDIS_URL", "redis://h:6379"), (var, value)]).unwrap_err();
+            assert!(err.message().contains(var), "{err}");
+            assert!(err.message().contains("rediss://"), "{err}");
+        }
+        let err = cfg(&[
+            ("REDIS_URL", "rediss://h"),
+            ("REDIS_CLIENT_CERT", "/etc/c.pem"),
+        ])
+        .unwrap_err();
+        assert!(err.message().contains("REDIS_CLIENT_KEY"), "{err}");
+        let err = cfg(&[("REDIS_URL", "rediss://h"), ("REDIS_TLS_INSECURE", "sure")]).unwrap_err();
+        assert!(err.message().contains("REDIS_TLS_INSECURE"), "{err}");
+        let c = cfg(&[("REDIS_URL", "rediss://h"), ("REDIS_TLS_INSECURE", "1")]).unwrap();
+        assert!(c.redis.tls.insecure);
+    }
+
+    #[test]
+    fn sentinel_and_cluster_topologies() {
+        let c = cfg(&[
+            ("REDIS_URL", "redis://:pw@ignored:1/3"),
+            ("REDIS_SENTINELS", "10.0.0.1:26379, s2:26380,[::1]:26381"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+        ])
+        .unwrap();
+        let RedisTopology::Sentinel {
+            sentinels,
+            master,
+            password,
+        } = &c.redis.topology
+        else {
+            panic!("not sentinel: {:?}", c.redis.topology);
+        };
+        assert_eq!(sentinels.len(), 3);
+        assert_eq!(sentinels[2].host, "::1");
+        assert_eq!(sentinels[2].to_string(), "[::1]:26381");
+        assert_eq!(master, "mymaster");
+        assert_eq!(password.as_ref().unwrap().expose(), "sentinel-secret");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("sentinel-secret") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+        assert_eq!(c.redis.url.db(), Some(3));
+        assert_eq!(c.redis.url.password().unwrap().expose(), "pw");
+
+        let c = cfg(&[("REDIS_CLUSTER_NODES", "n1:7000,n2:7001")]).unwrap();
+        assert_eq!(
+            c.redis.topology,
+            RedisTopology::Cluster {
+                nodes: vec![
+                    HostPort::parse("n1:7000").unwrap(),
+                    HostPort::parse("n2:7001").unwrap()
+                ]
+            }
+        );
+        for (vars, names) in [
+            (
+                &[("REDIS_SENTINELS", "a:1"), ("REDIS_CLUSTER_NODES", "b:2")][..],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (&[("REDIS_SENTINELS", "a:1")][..], "REDIS_SENTINEL_MASTER"),
+            (&[("REDIS_SENTINEL_MASTER", "m")][..], "REDIS_SENTINELS"),
+            (&[("REDIS_SENTINEL_PASSWORD", "p")][..], "REDIS_SENTINELS"),
+            (
+                &[("REDIS_SENTINELS", "a"), ("REDIS_SENTINEL_MASTER", "m")][..],
+                "REDIS_SENTINELS",
+            ),
+            (&[("REDIS_CLUSTER_NODES", "a:0")][..], "REDIS_CLUSTER_NODES"),
+            (
+                &[("REDIS_CLUSTER_NODES", "a:1,")][..],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                &[("REDIS_CLUSTER_NODES", "a:1"), ("REDIS_URL", "redis://h/2")][..],
+                "database",
+            ),
+            (
+                &[
+                    ("REDIS_CLUSTER_NODES", "a:1"),
+                    ("REDIS_URL", "redis+unix:///tmp/r.sock"),
+                ][..],
+                "Unix",
+            ),
+        ] {
+            let err = cfg(vars).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.message().contains(names), "{vars:?}: {err}");
+        }
     }
 
     #[test]

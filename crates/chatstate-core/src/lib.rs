@@ -76,8 +76,8 @@ pub mod transition;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use codec::Codec;
 pub use config::{
-    BackendKind, BreakerConfig, Config, LocalCacheConfig, RedisConfig, RedisFallback, RedisUrl,
-    StoreSettings,
+    BackendKind, BreakerConfig, Config, HostPort, LocalCacheConfig, RedisConfig, RedisFallback,
+    RedisTopology, RedisUrl, Secret, StoreSettings, TlsConfig,
 };
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};

@@ -326,10 +326,37 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
     err
 }
 
+/// Where commands go: the one abstraction over how Redis is deployed, so the
+/// stores do not care (as OpenDAL's Redis service does with its connection enum).
+/// Every variant reconnects by itself; none retries a failed command (the breaker
+/// and the callers decide that).
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// One server (`redis://`, `rediss://`, a Unix socket): a multiplexed,
+    /// self-reconnecting connection.
+    Direct(ConnectionManager),
+}
+
+impl Link {
+    /// Sends one command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        match self {
+            Link::Direct(manager) => cmd.query_async(&mut manager.clone()).await,
+        }
+    }
+
+    /// Sends a pipeline (every command in one slot on a Cluster).
+    pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
+        match self {
+            Link::Direct(manager) => pipe.query_async(&mut manager.clone()).await,
+        }
+    }
+}
+
 /// The shared connection, with accounting and the circuit breaker.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub manager: ConnectionManager,
+    pub link: Link,
     pub counters: std::sync::Arc<Counters>,
     pub breaker: std::sync::Arc<Breaker>,
 }
@@ -343,9 +370,8 @@ impl Conn {
         key: Option<&str>,
     ) -> Result<T> {
         self.breaker.admit(op, key)?;
-        let mut con = self.manager.clone();
         self.counters.count([cmd]);
-        let result = cmd.query_async(&mut con).await;
+        let result = self.link.query(cmd).await;
         self.breaker.record(result.as_ref().map(|_| ()));
         result.map_err(|e| map_err(e, op, key))
     }
@@ -360,9 +386,8 @@ impl Conn {
         keys: &[&str],
     ) -> Result<T> {
         self.breaker.admit(op, keys.first().copied())?;
-        let mut con = self.manager.clone();
         self.counters.count(pipe.cmd_iter());
-        let result = pipe.query_async(&mut con).await;
+        let result = self.link.query_pipe(pipe).await;
         self.breaker.record(result.as_ref().map(|_| ()));
         result.map_err(|e| {
             let failed = e
@@ -397,9 +422,8 @@ impl Conn {
         let key = keys.first().copied();
         self.breaker.admit(op, key)?;
         let evalsha = script.command(false, keys, args);
-        let mut con = self.manager.clone();
         self.counters.count([&evalsha]);
-        let result = evalsha.query_async::<Value>(&mut con).await;
+        let result = self.link.query::<Value>(&evalsha).await;
         self.breaker.record(result.as_ref().map(|_| ()));
         match result {
             Err(e) if e.code() == Some("NOSCRIPT") => {

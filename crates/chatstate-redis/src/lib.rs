@@ -126,13 +126,14 @@ mod eviction;
 mod export;
 mod focus;
 mod session;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatstate_core::{
-    BreakerConfig, Config, Error, Health, KeyLayout, RedisUrl, Result, SharedClock, StoreSettings,
-    system_clock,
+    BreakerConfig, Config, Error, Health, KeyLayout, RedisTopology, RedisUrl, Result, SharedClock,
+    StoreSettings, TlsConfig, system_clock,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -149,7 +150,8 @@ struct Scripts {
 
 struct Inner {
     conn: conn::Conn,
-    pool: deadpool_redis::Pool,
+    /// The deadpool pool (one server only: see [`RedisStore::pool`]).
+    pool: Option<deadpool_redis::Pool>,
     layout: KeyLayout,
     settings: StoreSettings,
     clock: SharedClock,
@@ -188,9 +190,24 @@ pub struct RedisStoreBuilder {
     command_timeout: Duration,
     fail_fast: bool,
     breaker: BreakerConfig,
+    tls: TlsConfig,
+    topology: RedisTopology,
 }
 
 impl RedisStoreBuilder {
+    /// Certificates for a `rediss://` URL (default: the system's roots, no client
+    /// certificate).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// One server (default), a master found through Sentinel, or a Cluster.
+    pub fn topology(mut self, topology: RedisTopology) -> Self {
+        self.topology = topology;
+        self
+    }
+
     /// Fail [`connect`](Self::connect) when Redis cannot be reached (default: open
     /// anyway, with the breaker open, and connect in the background).
     pub fn fail_fast(mut self, fail_fast: bool) -> Self {
@@ -240,6 +257,34 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The settings of a self-reconnecting connection to one server.
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            // One connection attempt per reconnect: retrying (with backoff) is the
+            // breaker's probe's job, so a call waiting on a reconnect waits at most
+            // the connect timeout, never a chain of attempts and delays.
+            .set_number_of_retries(0)
+    }
+
+    /// The deadpool pool of connections to the server `client` reaches (with its
+    /// TLS settings).
+    fn pool(&self, client: &redis::Client) -> Result<deadpool_redis::Pool> {
+        let manager =
+            deadpool_redis::Manager::new(client.get_connection_info().clone()).map_err(|_| {
+                Error::config(format!("cannot build a connection pool for {}", self.url))
+            })?;
+        deadpool_redis::Pool::builder(manager)
+            .max_size(self.pool_size)
+            .wait_timeout(Some(self.command_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.command_timeout))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|_| Error::config(format!("cannot build a connection pool for {}", self.url)))
+    }
+
     /// Opens the store and checks the server with one `PING` within the connect
     /// timeout. Refused credentials are a `Config` error (never shown with the
     /// password). An unreachable server is an `Unavailable` (or `Timeout`) error
@@ -248,49 +293,32 @@ impl RedisStoreBuilder {
     /// fail at once with `Unavailable` until a probe reaches the server.
     pub async fn connect(self) -> Result<RedisStore> {
         self.settings.validate()?;
-        let layout = KeyLayout::new(self.prefix)?;
-        let client = redis::Client::open(self.url.expose()).map_err(|e| {
-            Error::config(format!(
-                "REDIS_URL {} is not usable: {}",
-                self.url,
-                e.category()
-            ))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
-            // One connection attempt per reconnect: retrying (with backoff) is the
-            // breaker's probe's job, so a call waiting on a reconnect waits at most
-            // the connect timeout, never a chain of attempts and delays.
-            .set_number_of_retries(0);
-        // Lazy: nothing is sent until the first call. The PING below (bounded by the
-        // connect timeout) decides whether the store starts connected.
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            Error::config(format!(
-                "REDIS_URL {} is not usable: {}",
-                self.url,
-                e.category()
-            ))
-        })?;
-        let pool = deadpool_redis::Config {
-            url: Some(self.url.expose().to_string()),
-            connection: None,
-            pool: Some(deadpool_redis::PoolConfig {
-                max_size: self.pool_size,
-                timeouts: deadpool_redis::Timeouts {
-                    wait: Some(self.command_timeout),
-                    create: Some(self.connect_timeout),
-                    recycle: Some(self.command_timeout),
-                },
-                ..deadpool_redis::PoolConfig::default()
-            }),
-        }
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|_| Error::config(format!("cannot build a connection pool for {}", self.url)))?;
+        let layout = KeyLayout::new(self.prefix.clone())?;
+        let (link, pool) = match &self.topology {
+            RedisTopology::Standalone => {
+                let client = tls::client(&self.url, &self.tls)?;
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
+                        .map_err(|e| {
+                            Error::config(format!(
+                                "REDIS_URL {} is not usable: {}",
+                                self.url,
+                                e.category()
+                            ))
+                        })?;
+                (conn::Link::Direct(manager), Some(self.pool(&client)?))
+            }
+            other => {
+                return Err(Error::config(format!(
+                    "Redis {} is not supported yet",
+                    other.name()
+                )));
+            }
+        };
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn: conn::Conn {
-                    manager,
+                    link,
                     counters: Arc::default(),
                     breaker: Arc::new(breaker::Breaker::new(self.breaker)),
                 },
@@ -345,10 +373,12 @@ impl RedisStore {
     /// trip the breaker (`MISCONF` refuses even `PING`, yet the server serves reads).
     /// Refused credentials are a `Config` error.
     async fn ping(&self, timeout: Duration) -> Result<()> {
-        let mut con = self.inner.conn.manager.clone();
         match tokio::time::timeout(
             timeout,
-            redis::cmd("PING").query_async::<redis::Value>(&mut con),
+            self.inner
+                .conn
+                .link
+                .query::<redis::Value>(&redis::cmd("PING")),
         )
         .await
         {
@@ -450,6 +480,8 @@ impl RedisStore {
             command_timeout: defaults.redis.command_timeout,
             fail_fast: defaults.redis.fail_fast,
             breaker: defaults.redis.breaker,
+            tls: defaults.redis.tls,
+            topology: defaults.redis.topology,
         }
     }
 
@@ -470,6 +502,8 @@ impl RedisStore {
             .command_timeout(config.redis.command_timeout)
             .fail_fast(config.redis.fail_fast)
             .breaker(config.redis.breaker)
+            .tls(config.redis.tls.clone())
+            .topology(config.redis.topology.clone())
             .connect()
             .await
     }
@@ -487,9 +521,11 @@ impl RedisStore {
 
     /// The deadpool pool, for work that must hold a connection alone (WATCH,
     /// blocking reads, pub/sub). Ordinary commands use the shared multiplexed
-    /// connection instead: see the crate docs.
-    pub fn pool(&self) -> &deadpool_redis::Pool {
-        &self.inner.pool
+    /// connection instead: see the crate docs. `None` through Sentinel or on a
+    /// Cluster, where a pool of connections to one address would not follow a
+    /// failover or a slot's node.
+    pub fn pool(&self) -> Option<&deadpool_redis::Pool> {
+        self.inner.pool.as_ref()
     }
 
     /// The key layout (prefix) in use.
