@@ -578,10 +578,33 @@ impl fmt::Debug for CounterKey {
 /// Every part is [`escape`]d, so a `{...}` hash tag holds exactly the ids it names:
 /// every key of one session lands in one Redis Cluster slot, so do a scope's focus
 /// documents, and so do all counters (a batch is applied atomically).
+///
+/// **On a Redis Cluster** ([`KeyLayout::clustered`]) a session and the index entry
+/// that lists it must share a slot, so that one script writes both. A tenant's
+/// sessions are therefore spread over [`CLUSTER_SESSION_SHARDS`] shards, each with
+/// its own index, and a session's hash tag names its tenant and shard:
+///
+/// | what | key (cluster layout) |
+/// | --- | --- |
+/// | session record, window, locks, fences | `{prefix}:sess:{<tenant>:<shard>}:<channel>:<user>:ctx` (`:msgs`, `:lock:<name>`, `:fence:<name>`) |
+/// | the sessions of one shard of a tenant | `{prefix}:sessidx:{<tenant>:<shard>}` and `…:exp` |
+///
+/// `<shard>` is `0`–`15`: the FNV-1a hash of the index member (`<channel>:<user>`,
+/// escaped) modulo 16 — fixed, so every instance and version agrees. A tenant thus
+/// spreads over 16 slots (and over the cluster's masters), and its listing walks 16
+/// indexes. Other keys are the same in both layouts. The two layouts do not read
+/// each other's sessions: move data between a standalone server and a cluster with
+/// the facade's export/import (`chatstate::migrate`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyLayout {
     prefix: String,
+    clustered: bool,
 }
+
+/// How many index shards a tenant's sessions are spread over in the cluster layout
+/// ([`KeyLayout::clustered`]). Part of the layout: changing it would lose track of
+/// every stored session.
+pub const CLUSTER_SESSION_SHARDS: u16 = 16;
 
 impl KeyLayout {
     /// A layout under `prefix`: 1 to 64 characters from `A-Z a-z 0-9 _ - .` (no `:`,
@@ -589,7 +612,24 @@ impl KeyLayout {
     pub fn new(prefix: impl Into<String>) -> Result<Self> {
         let prefix = prefix.into();
         check_prefix(&prefix)?;
-        Ok(KeyLayout { prefix })
+        Ok(KeyLayout {
+            prefix,
+            clustered: false,
+        })
+    }
+
+    /// The layout for a Redis Cluster under `prefix`: a tenant's sessions spread
+    /// over [`CLUSTER_SESSION_SHARDS`] index shards (see the type's docs).
+    pub fn clustered(prefix: impl Into<String>) -> Result<Self> {
+        Ok(KeyLayout {
+            clustered: true,
+            ..KeyLayout::new(prefix)?
+        })
+    }
+
+    /// Whether this is the cluster layout.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
     }
 
     /// The prefix.
@@ -597,21 +637,78 @@ impl KeyLayout {
         &self.prefix
     }
 
+    /// How many index shards a tenant's sessions are listed in: 1, or
+    /// [`CLUSTER_SESSION_SHARDS`] in the cluster layout.
+    pub fn session_shards(&self) -> u16 {
+        if self.clustered {
+            CLUSTER_SESSION_SHARDS
+        } else {
+            1
+        }
+    }
+
+    /// The index shard a session is listed in (0 outside the cluster layout).
+    pub fn session_shard(&self, key: &SessionKey) -> u16 {
+        if !self.clustered {
+            return 0;
+        }
+        // FNV-1a, 64 bits: fixed and documented, unlike std's per-process hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in Self::session_index_member(key).bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (h % u64::from(CLUSTER_SESSION_SHARDS)) as u16
+    }
+
     /// The common start of every key of one session, ending in its hash tag.
     pub fn session_base(&self, key: &SessionKey) -> String {
-        format!("{}:sess:{{{}}}", self.prefix, key.escaped())
+        if self.clustered {
+            format!(
+                "{}:sess:{{{}:{}}}:{}:{}",
+                self.prefix,
+                escape(key.tenant()),
+                self.session_shard(key),
+                escape(key.channel()),
+                escape(key.user())
+            )
+        } else {
+            format!("{}:sess:{{{}}}", self.prefix, key.escaped())
+        }
     }
 
-    /// The sorted set listing a tenant's sessions.
+    /// The sorted set listing a tenant's sessions: in the cluster layout, those of
+    /// shard 0 (see [`KeyLayout::session_index_shard`]).
     pub fn session_index(&self, tenant: &str) -> String {
-        format!("{}:sessidx:{{{}}}", self.prefix, escape(tenant))
+        self.session_index_shard(tenant, 0)
     }
 
-    /// The sorted set of the same members as [`KeyLayout::session_index`], each
-    /// scored with its session's expiry (Unix ms), so expired members can be pruned
-    /// by score while the index itself stays in member order for paging.
+    /// The sorted set listing the sessions of `tenant` in index shard `shard`
+    /// (`0..session_shards()`); outside the cluster layout the one index.
+    pub fn session_index_shard(&self, tenant: &str, shard: u16) -> String {
+        if self.clustered {
+            format!("{}:sessidx:{{{}:{shard}}}", self.prefix, escape(tenant))
+        } else {
+            format!("{}:sessidx:{{{}}}", self.prefix, escape(tenant))
+        }
+    }
+
+    /// The index that lists `key`.
+    pub fn session_index_of(&self, key: &SessionKey) -> String {
+        self.session_index_shard(key.tenant(), self.session_shard(key))
+    }
+
+    /// The sorted set of the same members as an index (`index`, from
+    /// [`KeyLayout::session_index_shard`]), each scored with its session's expiry
+    /// (Unix ms), so expired members can be pruned by score while the index itself
+    /// stays in member order for paging.
+    pub fn index_deadlines(index: &str) -> String {
+        format!("{index}:exp")
+    }
+
+    /// [`KeyLayout::index_deadlines`] of [`KeyLayout::session_index`].
     pub fn session_index_deadlines(&self, tenant: &str) -> String {
-        format!("{}:exp", self.session_index(tenant))
+        Self::index_deadlines(&self.session_index(tenant))
     }
 
     /// A session's member in its tenant's index: `<channel>:<user>`, escaped.
@@ -715,6 +812,29 @@ mod tests {
         assert_ne!(a.escaped(), b.escaped());
         let layout = KeyLayout::new("cs").unwrap();
         assert_eq!(layout.session_base(&a), "cs:sess:{a%3Ab:c:d}");
+    }
+
+    #[test]
+    fn cluster_layout_puts_a_session_and_its_index_in_one_hash_tag() {
+        let layout = KeyLayout::clustered("cs").unwrap();
+        let k = SessionKey::new("acme", "wa", "5511:9").unwrap();
+        let shard = layout.session_shard(&k);
+        assert!(shard < CLUSTER_SESSION_SHARDS);
+        let base = layout.session_base(&k);
+        assert_eq!(base, format!("cs:sess:{{acme:{shard}}}:wa:5511%3A9"));
+        assert_eq!(
+            layout.session_index_of(&k),
+            format!("cs:sessidx:{{acme:{shard}}}")
+        );
+        // Fixed across processes and versions: FNV-1a of the member.
+        assert_eq!(layout.session_shard(&k), layout.session_shard(&k.clone()));
+        let shards: std::collections::HashSet<u16> = (0..200)
+            .map(|i| layout.session_shard(&SessionKey::new("t", "c", i.to_string()).unwrap()))
+            .collect();
+        assert_eq!(shards.len(), usize::from(CLUSTER_SESSION_SHARDS));
+        let plain = KeyLayout::new("cs").unwrap();
+        assert_eq!(plain.session_shards(), 1);
+        assert_eq!(plain.session_index_of(&k), "cs:sessidx:{acme}");
     }
 
     #[test]

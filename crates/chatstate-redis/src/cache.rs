@@ -30,7 +30,7 @@ use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::{Script, lua_wrongtype, reply};
+use crate::conn::{ScanPos, Script, lua_wrongtype, reply};
 
 /// Keys asked per SCAN step and unlinked per UNLINK.
 const SCAN_BATCH: usize = 1000;
@@ -94,7 +94,8 @@ impl CacheScripts {
 }
 
 impl RedisStore {
-    /// Writes `entries` (already checked) with `ttl`: one script, all or none.
+    /// Writes `entries` (already checked) with `ttl`: one script, all or none — on
+    /// a Cluster one script per slot, sent concurrently, each all or none.
     async fn write_entries(
         &self,
         entries: &[(&CacheKey, &[u8])],
@@ -105,16 +106,67 @@ impl RedisStore {
             .iter()
             .map(|(k, _)| self.inner.layout.cache(k))
             .collect();
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let ttl_ms = ttl.as_millis().to_string();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(entries.len() + 1);
-        args.push(ttl_ms.as_bytes());
-        args.extend(entries.iter().map(|(_, v)| *v));
-        self.inner
-            .conn
-            .script(&self.inner.scripts.cache.set_many, &key_refs, &args, op)
-            .await?;
+        let groups = self.inner.conn.by_slot(&keys);
+        futures_util::future::try_join_all(groups.iter().map(|group| {
+            let key_refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
+            args.push(ttl_ms.as_bytes());
+            args.extend(group.iter().map(|&i| entries[i].1));
+            async move {
+                self.inner
+                    .conn
+                    .script(&self.inner.scripts.cache.set_many, &key_refs, &args, op)
+                    .await
+            }
+        }))
+        .await?;
         Ok(())
+    }
+
+    /// `get_many` of the keys of one slot (all of them outside a Cluster): MGET
+    /// plus EXISTS in one round trip, and the type check when they disagree.
+    async fn get_slot(&self, ks: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        // Fast path, one round trip and no script: MGET plus EXISTS of the same keys.
+        // MGET answers nil for a missing key and for a key of another type alike;
+        // EXISTS counts both kinds of present key. When it counts more than MGET
+        // found, some nil is a key of another type (or a write raced in between):
+        // a script then checks the type of each key MGET answered nil for, and
+        // answers WrongType naming one; otherwise MGET's answer stands.
+        // A script for every call cost about 2x a raw MGET of 50 values
+        // (BENCHMARKS.md); this costs one cheap EXISTS.
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(ks).cmd("EXISTS").arg(ks);
+        let (v, present): (Vec<Value>, u64) =
+            self.inner.conn.pipe(&pipe, "get_many", &[ks[0]]).await?;
+        let misses: Vec<&str> = v
+            .iter()
+            .zip(ks)
+            .filter(|(v, _)| matches!(v, Value::Nil))
+            .map(|(_, k)| *k)
+            .collect();
+        if present > (ks.len() - misses.len()) as u64 {
+            self.inner
+                .conn
+                .script(
+                    &self.inner.scripts.cache.check_strings,
+                    &misses,
+                    &[],
+                    "get_many",
+                )
+                .await?;
+        }
+        if v.len() != ks.len() {
+            return Err(
+                Error::decode("unexpected Redis reply shape: one value per key")
+                    .with_operation("get_many"),
+            );
+        }
+        let max = self.inner.settings.max_value_bytes;
+        v.into_iter()
+            .zip(ks)
+            .map(|(v, k)| value(v, max, k))
+            .collect()
     }
 }
 
@@ -148,49 +200,19 @@ impl KvCache for RedisStore {
             return Ok(Vec::new());
         }
         let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        // Fast path, one round trip and no script: MGET plus EXISTS of the same keys.
-        // MGET answers nil for a missing key and for a key of another type alike;
-        // EXISTS counts both kinds of present key. When it counts more than MGET
-        // found, some nil is a key of another type (or a write raced in between):
-        // a script then checks the type of each key MGET answered nil for, and
-        // answers WrongType naming one; otherwise MGET's answer stands.
-        // A script for every call cost about 2x a raw MGET of 50 values
-        // (BENCHMARKS.md); this costs one cheap EXISTS.
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(&ks).cmd("EXISTS").arg(&ks);
-        let (v, present): (Vec<Value>, u64) = self
-            .inner
-            .conn
-            .pipe(&pipe, "get_many", &[ks[0].as_str()])
-            .await?;
-        let misses: Vec<&str> = v
-            .iter()
-            .zip(&ks)
-            .filter(|(v, _)| matches!(v, Value::Nil))
-            .map(|(_, k)| k.as_str())
-            .collect();
-        if present > (ks.len() - misses.len()) as u64 {
-            self.inner
-                .conn
-                .script(
-                    &self.inner.scripts.cache.check_strings,
-                    &misses,
-                    &[],
-                    "get_many",
-                )
-                .await?;
+        let groups = self.inner.conn.by_slot(&ks);
+        let answers = futures_util::future::try_join_all(groups.iter().map(|group| {
+            let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+            async move { self.get_slot(&slot_keys).await }
+        }))
+        .await?;
+        let mut out: Vec<Option<Bytes>> = vec![None; ks.len()];
+        for (group, values) in groups.iter().zip(answers) {
+            for (&i, v) in group.iter().zip(values) {
+                out[i] = v;
+            }
         }
-        if v.len() != ks.len() {
-            return Err(
-                Error::decode("unexpected Redis reply shape: one value per key")
-                    .with_operation("get_many"),
-            );
-        }
-        let max = self.inner.settings.max_value_bytes;
-        v.into_iter()
-            .zip(&ks)
-            .map(|(v, k)| value(v, max, k))
-            .collect()
+        Ok(out)
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
@@ -225,16 +247,22 @@ impl KvCache for RedisStore {
             return Ok(0);
         }
         let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let n: u64 = self
-            .inner
-            .conn
-            .cmd(
-                redis::cmd("DEL").arg(&ks),
-                "delete_many",
-                ks.first().map(String::as_str),
-            )
-            .await?;
-        Ok(n)
+        let groups = self.inner.conn.by_slot(&ks);
+        let counts = futures_util::future::try_join_all(groups.iter().map(|group| {
+            let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+            async move {
+                self.inner
+                    .conn
+                    .cmd::<u64>(
+                        redis::cmd("DEL").arg(&slot_keys),
+                        "delete_many",
+                        slot_keys.first().copied(),
+                    )
+                    .await
+            }
+        }))
+        .await?;
+        Ok(counts.into_iter().sum())
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
@@ -275,41 +303,37 @@ impl KvCache for RedisStore {
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
         check_scope("cache namespace", namespace).in_op("clear_prefix")?;
         let pattern = self.inner.layout.cache_pattern(namespace, key_prefix);
-        let mut cursor: u64 = 0;
+        let batch = SCAN_BATCH.to_string();
+        let mut pos = Some(ScanPos::default());
         let mut removed = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = self
+        while let Some(at) = pos {
+            let (found, next) = self
                 .inner
                 .conn
-                .cmd(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
-                        .arg("TYPE")
-                        .arg("string"),
+                .scan(
+                    &at,
+                    &["MATCH", &pattern, "COUNT", &batch, "TYPE", "string"],
                     "clear_prefix",
-                    Some(&pattern),
                 )
-                .await?;
+                .await
+                .map_err(|e| e.with_key(pattern.clone()))?;
+            // UNLINK in batches, each batch one round trip per slot.
             for chunk in found.chunks(SCAN_BATCH) {
-                let n: u64 = self
-                    .inner
-                    .conn
-                    .cmd(
-                        redis::cmd("UNLINK").arg(chunk),
-                        "clear_prefix",
-                        Some(&pattern),
-                    )
-                    .await?;
-                removed += n;
+                for group in self.inner.conn.by_slot(chunk) {
+                    let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
+                    let n: u64 = self
+                        .inner
+                        .conn
+                        .cmd(
+                            redis::cmd("UNLINK").arg(&keys),
+                            "clear_prefix",
+                            Some(&pattern),
+                        )
+                        .await?;
+                    removed += n;
+                }
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+            pos = next;
         }
         Ok(removed)
     }

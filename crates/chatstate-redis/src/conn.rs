@@ -16,6 +16,8 @@ use chatstate_core::{Error, ErrorKind, Result};
 
 use crate::breaker::Breaker;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::Serialize;
 
@@ -328,13 +330,17 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
 
 /// Where commands go: the one abstraction over how Redis is deployed, so the
 /// stores do not care (as OpenDAL's Redis service does with its connection enum).
-/// Every variant reconnects by itself; none retries a failed command (the breaker
-/// and the callers decide that).
+/// Every variant reconnects by itself; none re-sends a command that may have run
+/// (the breaker and the callers decide that): a Cluster link re-sends only after a
+/// refusal that ran nothing (see [`Conn`]'s redirects).
 #[derive(Clone)]
 pub(crate) enum Link {
     /// One server (`redis://`, `rediss://`, a Unix socket): a multiplexed,
     /// self-reconnecting connection.
     Direct(ConnectionManager),
+    /// A Redis Cluster: redis-rs's cluster connection (slot map, a connection per
+    /// node), built with no retries of its own.
+    Cluster(ClusterConnection),
 }
 
 impl Link {
@@ -342,6 +348,7 @@ impl Link {
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match self {
             Link::Direct(manager) => cmd.query_async(&mut manager.clone()).await,
+            Link::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
         }
     }
 
@@ -349,7 +356,146 @@ impl Link {
     pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
         match self {
             Link::Direct(manager) => pipe.query_async(&mut manager.clone()).await,
+            Link::Cluster(cluster) => pipe.query_async(&mut cluster.clone()).await,
         }
+    }
+
+    /// Sends `cmds` to the node at `host:port` (a Cluster's), preceded by `ASKING`
+    /// when `asking` (the answer to an ASK redirect): the replies of `cmds`.
+    async fn query_at(
+        &self,
+        cmds: &[&Cmd],
+        node: &NodeAddr,
+        asking: bool,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let Link::Cluster(cluster) = self else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a node address outside a Cluster",
+            )));
+        };
+        let mut pipe = redis::pipe();
+        if asking {
+            pipe.cmd("ASKING");
+        }
+        for cmd in cmds {
+            pipe.add_command((*cmd).clone());
+        }
+        let offset = usize::from(asking);
+        cluster
+            .clone()
+            .route_pipeline(
+                pipe,
+                offset,
+                cmds.len(),
+                SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                },
+            )
+            .await
+    }
+}
+
+/// Where a SCAN walk is: the node (a Cluster master; `None` on one server, or
+/// at the start) and SCAN's cursor there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ScanPos {
+    pub node: Option<NodeAddr>,
+    pub cursor: u64,
+}
+
+impl ScanPos {
+    /// The text form, without spaces: `<cursor>` or `<host>:<port>/<cursor>`.
+    pub fn token(&self) -> String {
+        match &self.node {
+            Some(node) => format!("{node}/{}", self.cursor),
+            None => self.cursor.to_string(),
+        }
+    }
+
+    /// Parses [`ScanPos::token`]'s form.
+    pub fn parse(token: &str) -> Option<ScanPos> {
+        match token.rsplit_once('/') {
+            Some((node, cursor)) => Some(ScanPos {
+                node: Some(NodeAddr::parse(node)?),
+                cursor: cursor.parse().ok()?,
+            }),
+            None => Some(ScanPos {
+                node: None,
+                cursor: token.parse().ok()?,
+            }),
+        }
+    }
+}
+
+/// A Cluster node's address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// `host:port` (the last `:` separates the port, for IPv6 hosts).
+    pub fn parse(s: &str) -> Option<NodeAddr> {
+        let (host, port) = s.rsplit_once(':')?;
+        Some(NodeAddr {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: port.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part
+/// between the first `{` and the next `}`, when not empty) or of the whole key,
+/// modulo 16384 — the cluster specification's `HASH_SLOT`. Hand-written because
+/// redis-rs keeps its own private.
+pub(crate) fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+}
+
+/// How many times a Cluster call is re-sent after a refusal that ran nothing
+/// (`MOVED`, `ASK`, `TRYAGAIN`, `READONLY`), and the waits before each.
+const REDIRECT_WAITS_MS: [u64; 5] = [0, 0, 20, 50, 100];
+
+/// What a Cluster refusal asks for: follow it (nothing ran, so re-sending cannot
+/// apply a write twice), or return it.
+enum Refusal {
+    /// The slot moved (`MOVED`; the client refreshes its slot map), is being
+    /// migrated (`TRYAGAIN`), or its node is now a replica (`READONLY`): send
+    /// again, after a short wait.
+    Resend,
+    /// The key is being migrated to this node: send it there, after `ASKING`.
+    Ask(NodeAddr),
+}
+
+fn refusal(e: &redis::RedisError) -> Option<Refusal> {
+    match e.code()? {
+        "MOVED" | "TRYAGAIN" | "READONLY" => Some(Refusal::Resend),
+        "ASK" => e
+            .redirect_node()
+            .and_then(|(node, _)| NodeAddr::parse(node))
+            .map(Refusal::Ask),
+        _ => None,
     }
 }
 
@@ -370,10 +516,171 @@ impl Conn {
         key: Option<&str>,
     ) -> Result<T> {
         self.breaker.admit(op, key)?;
-        self.counters.count([cmd]);
-        let result = self.link.query(cmd).await;
+        let result = self.send(&[cmd], false).await.and_then(|mut v| {
+            let value = v.pop().unwrap_or(Value::Nil);
+            T::from_redis_value(value).map_err(redis::RedisError::from)
+        });
         self.breaker.record(result.as_ref().map(|_| ()));
         result.map_err(|e| map_err(e, op, key))
+    }
+
+    /// Sends `cmds` in one round trip (a pipeline when `pipelined`, else the one
+    /// command) and answers their replies. On a Cluster, follows refusals that ran
+    /// nothing — `MOVED`, `ASK` (to the named node, after `ASKING`), `TRYAGAIN`,
+    /// `READONLY` — at most 5 times within ~170 ms, each a counted round trip. An
+    /// I/O error or a timeout is never re-sent: the command may have run.
+    async fn send(&self, cmds: &[&Cmd], pipelined: bool) -> redis::RedisResult<Vec<Value>> {
+        let mut ask: Option<NodeAddr> = None;
+        let mut attempt = 0;
+        loop {
+            self.counters.count(cmds.iter().copied());
+            let result = match (&ask, pipelined) {
+                (Some(node), _) => self.link.query_at(cmds, node, true).await,
+                (None, true) => {
+                    let mut pipe = redis::pipe();
+                    for cmd in cmds {
+                        pipe.add_command((*cmd).clone());
+                    }
+                    self.link.query_pipe::<Vec<Value>>(&pipe).await
+                }
+                (None, false) => match cmds.first() {
+                    Some(cmd) => self.link.query::<Value>(cmd).await.map(|v| vec![v]),
+                    None => Ok(Vec::new()),
+                },
+            };
+            let Err(e) = result else { return result };
+            let follow = match &self.link {
+                Link::Cluster(_) => refusal(&e),
+                Link::Direct(_) => None,
+            };
+            let (Some(follow), Some(wait)) = (follow, REDIRECT_WAITS_MS.get(attempt)) else {
+                return Err(e);
+            };
+            attempt += 1;
+            match follow {
+                Refusal::Ask(node) => ask = Some(node),
+                Refusal::Resend => {
+                    ask = None;
+                    if *wait > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(*wait)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this is a Cluster link.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+
+    /// The positions of `keys` grouped by Cluster slot, groups in the order of
+    /// their first key: what a multi-key call sends one round trip per group for.
+    /// One group of every key outside a Cluster.
+    pub fn by_slot<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Vec<usize>> {
+        if !self.is_cluster() {
+            return vec![(0..keys.len()).collect()];
+        }
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let s = slot(key.as_ref().as_bytes());
+            match groups.iter_mut().find(|(g, _)| *g == s) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((s, vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
+    }
+
+    /// The Cluster's masters serving slots, in address order (from `CLUSTER
+    /// NODES`, one round trip). Empty outside a Cluster.
+    pub async fn masters(&self, op: &'static str) -> Result<Vec<NodeAddr>> {
+        if !self.is_cluster() {
+            return Ok(Vec::new());
+        }
+        let text: String = self
+            .cmd(redis::cmd("CLUSTER").arg("NODES"), op, None)
+            .await?;
+        let mut masters: Vec<NodeAddr> = text
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags = fields.get(2)?;
+                let is_master = flags.split(',').any(|f| f == "master")
+                    && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
+                // Field 8 on are slot ranges: a master without them serves nothing.
+                (is_master && fields.len() > 8)
+                    .then(|| NodeAddr::parse(fields.get(1)?.split('@').next()?))
+                    .flatten()
+            })
+            .collect();
+        masters.sort();
+        masters.dedup();
+        if masters.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "the Cluster reports no master serving slots",
+            )
+            .with_operation(op));
+        }
+        Ok(masters)
+    }
+
+    /// One SCAN step at `pos` with `args` after the cursor (`MATCH …`, `COUNT …`,
+    /// `TYPE …`): the keys found and where the walk goes on (`None` at its end).
+    /// On a Cluster the walk visits every master in address order.
+    pub async fn scan(
+        &self,
+        pos: &ScanPos,
+        args: &[&str],
+        op: &'static str,
+    ) -> Result<(Vec<String>, Option<ScanPos>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(pos.cursor).arg(args);
+        if !self.is_cluster() {
+            let (next, keys): (u64, Vec<String>) = self.cmd(&cmd, op, None).await?;
+            let next = (next != 0).then_some(ScanPos {
+                node: None,
+                cursor: next,
+            });
+            return Ok((keys, next));
+        }
+        let masters = match &pos.node {
+            Some(_) if pos.cursor != 0 => Vec::new(),
+            _ => self.masters(op).await?,
+        };
+        let node = match &pos.node {
+            Some(node) => node.clone(),
+            None => masters[0].clone(),
+        };
+        self.breaker.admit(op, None)?;
+        self.counters.count([&cmd]);
+        let result = self.link.query_at(&[&cmd], &node, false).await;
+        self.breaker.record(result.as_ref().map(|_| ()));
+        let mut reply = result.map_err(|e| map_err(e, op, None))?;
+        let (next, keys): (u64, Vec<String>) =
+            FromRedisValue::from_redis_value(reply.pop().unwrap_or(Value::Nil))
+                .map_err(|e| map_err(redis::RedisError::from(e), op, None))?;
+        if next != 0 {
+            return Ok((
+                keys,
+                Some(ScanPos {
+                    node: Some(node),
+                    cursor: next,
+                }),
+            ));
+        }
+        // This master is done: the next one in address order, if any.
+        let masters = if masters.is_empty() {
+            self.masters(op).await?
+        } else {
+            masters
+        };
+        let next = masters.into_iter().find(|m| *m > node).map(|m| ScanPos {
+            node: Some(m),
+            cursor: 0,
+        });
+        Ok((keys, next))
     }
 
     /// Sends a (non-transactional) pipeline: one round trip. `keys[i]` is the key
@@ -386,8 +693,11 @@ impl Conn {
         keys: &[&str],
     ) -> Result<T> {
         self.breaker.admit(op, keys.first().copied())?;
-        self.counters.count(pipe.cmd_iter());
-        let result = self.link.query_pipe(pipe).await;
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+        let result = self
+            .send(&cmds, true)
+            .await
+            .and_then(|v| T::from_redis_value(Value::Array(v)).map_err(redis::RedisError::from));
         self.breaker.record(result.as_ref().map(|_| ()));
         result.map_err(|e| {
             let failed = e
@@ -422,8 +732,10 @@ impl Conn {
         let key = keys.first().copied();
         self.breaker.admit(op, key)?;
         let evalsha = script.command(false, keys, args);
-        self.counters.count([&evalsha]);
-        let result = self.link.query::<Value>(&evalsha).await;
+        let result = self
+            .send(&[&evalsha], false)
+            .await
+            .map(|mut v| v.pop().unwrap_or(Value::Nil));
         self.breaker.record(result.as_ref().map(|_| ()));
         match result {
             Err(e) if e.code() == Some("NOSCRIPT") => {

@@ -42,13 +42,13 @@ use chatstate_core::inventory::check_scan_limit;
 use chatstate_core::key::{escape, unescape};
 use chatstate_core::{
     Bucket, CacheKey, CacheRecord, CounterKey, CounterRecord, Error, FocusKey, FocusRecord,
-    Inventory, InventoryPage, Labels, Record, RecordKey, RecordKind, RestoreMode, Restored, Result,
-    ResultExt, SessionKey, SessionRecord,
+    Inventory, InventoryPage, KeyLayout, Labels, Record, RecordKey, RecordKind, RestoreMode,
+    Restored, Result, ResultExt, SessionKey, SessionRecord,
 };
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::{Script, lua_int, lua_wrongtype, reply};
+use crate::conn::{ScanPos, Script, lua_int, lua_wrongtype, reply};
 use crate::session::{StoredMessage, keys, lua_prelude, message_from, num, session_from};
 
 /// Keys asked per SCAN step. Fixed, never derived from the page size: a resumed
@@ -281,16 +281,29 @@ fn foreign(key: &str) -> Error {
 /// [`chatstate_core::KeyLayout`]'s builders); `None` for a key the layout does not make.
 struct Parse<'a> {
     prefix: &'a str,
+    layout: &'a KeyLayout,
 }
 
 impl Parse<'_> {
     fn session(&self, key: &str) -> Option<SessionKey> {
-        let inner = key
-            .strip_prefix(&format!("{}:sess:{{", self.prefix))?
-            .strip_suffix("}:ctx")?;
-        let mut parts = inner.split(':');
-        let (t, c, u) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
+        let rest = key.strip_prefix(&format!("{}:sess:{{", self.prefix))?;
+        let (tag, after) = rest.split_once('}')?;
+        let after = after.strip_suffix(":ctx")?;
+        let mut parts = tag.split(':');
+        let (t, c, u) = if self.layout.is_clustered() {
+            // `{<tenant>:<shard>}:<channel>:<user>:ctx`
+            let (t, shard) = (parts.next()?, parts.next()?);
+            let (c, u) = after.strip_prefix(':')?.split_once(':')?;
+            if u.contains(':') || parts.next().is_some() {
+                return None;
+            }
+            let key = SessionKey::new(unescape(t)?, unescape(c)?, unescape(u)?).ok()?;
+            // A session in another shard than its own is not one the layout makes.
+            return (self.layout.session_shard(&key).to_string() == shard).then_some(key);
+        } else {
+            (parts.next()?, parts.next()?, parts.next()?)
+        };
+        if !after.is_empty() || parts.next().is_some() {
             return None;
         }
         SessionKey::new(unescape(t)?, unescape(c)?, unescape(u)?).ok()
@@ -326,32 +339,34 @@ impl Parse<'_> {
 
 /// Where a page resumes: the SCAN step, and the last record taken from it.
 struct ScanCursor {
-    step: u64,
+    step: ScanPos,
     after_key: Option<String>,
     after_field: Option<String>,
 }
 
 impl ScanCursor {
-    /// The cursor's text form: `<step>`, `<step> <key>` or `<step> <key> <field>`.
+    /// The cursor's text form: `<step>`, `<step> <key>` or `<step> <key> <field>`
+    /// (`<step>` is SCAN's cursor, after `<host>:<port>/` on a Cluster).
     fn to_cursor(&self) -> String {
+        let step = self.step.token();
         match (&self.after_key, &self.after_field) {
-            (Some(k), Some(f)) => format!("{} {k} {f}", self.step),
-            (Some(k), None) => format!("{} {k}", self.step),
-            _ => self.step.to_string(),
+            (Some(k), Some(f)) => format!("{step} {k} {f}"),
+            (Some(k), None) => format!("{step} {k}"),
+            _ => step,
         }
     }
 
     fn parse(cursor: Option<&str>, kind: RecordKind) -> Result<ScanCursor> {
         let Some(c) = cursor else {
             return Ok(ScanCursor {
-                step: 0,
+                step: ScanPos::default(),
                 after_key: None,
                 after_field: None,
             });
         };
         let bad = chatstate_core::inventory::malformed_cursor;
         let mut parts = c.splitn(3, ' ');
-        let step = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let step = parts.next().and_then(ScanPos::parse).ok_or_else(bad)?;
         let after_key = parts.next().map(str::to_string);
         let after_field = parts.next().map(str::to_string);
         let fields_ok = match kind {
@@ -373,6 +388,7 @@ impl RedisStore {
     fn parse(&self) -> Parse<'_> {
         Parse {
             prefix: self.inner.layout.prefix(),
+            layout: &self.inner.layout,
         }
     }
 
@@ -543,6 +559,9 @@ impl RedisStore {
     fn scan_pattern(&self, kind: RecordKind) -> (String, &'static str) {
         let p = self.inner.layout.prefix();
         match kind {
+            RecordKind::Session if self.inner.layout.is_clustered() => {
+                (format!("{p}:sess:{{*}}:*:ctx"), "hash")
+            }
             RecordKind::Session => (format!("{p}:sess:{{*}}:ctx"), "hash"),
             RecordKind::Focus => (format!("{p}:focus:{{*"), "hash"),
             RecordKind::Counter => (format!("{p}:cnt:{{counters}}:*"), "hash"),
@@ -616,23 +635,18 @@ impl Inventory for RedisStore {
             unreadable: Vec::new(),
             next_cursor: None,
         };
+        let count = SCAN_COUNT.to_string();
         loop {
-            let (next, mut found): (u64, Vec<String>) = self
+            let (mut found, next) = self
                 .inner
                 .conn
-                .cmd(
-                    redis::cmd("SCAN")
-                        .arg(at.step)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .arg("TYPE")
-                        .arg(type_name),
+                .scan(
+                    &at.step,
+                    &["MATCH", &pattern, "COUNT", &count, "TYPE", type_name],
                     "scan",
-                    Some(&pattern),
                 )
-                .await?;
+                .await
+                .map_err(|e| e.with_key(pattern.clone()))?;
             found.sort();
             found.dedup();
             found.retain(|key| {
@@ -705,9 +719,9 @@ impl Inventory for RedisStore {
                     }
                 }
             }
-            if next == 0 {
+            let Some(next) = next else {
                 return Ok(page);
-            }
+            };
             at = ScanCursor {
                 step: next,
                 after_key: None,
@@ -850,21 +864,40 @@ impl Inventory for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatstate_core::KeyLayout;
 
     #[test]
     fn layout_keys_parse_back() {
-        let layout = KeyLayout::new("cs").unwrap();
-        let parse = Parse { prefix: "cs" };
         let s = SessionKey::new("a:b}", "wa {x}", "+55 🙂").unwrap();
-        assert_eq!(
-            parse.session(&format!("{}:ctx", layout.session_base(&s))),
-            Some(s.clone())
-        );
-        assert_eq!(
-            parse.session(&format!("{}:lock:ctx", layout.session_base(&s))),
-            None
-        );
+        for layout in [
+            KeyLayout::clustered("cs").unwrap(),
+            KeyLayout::new("cs").unwrap(),
+        ] {
+            let parse = Parse {
+                prefix: "cs",
+                layout: &layout,
+            };
+            assert_eq!(
+                parse.session(&format!("{}:ctx", layout.session_base(&s))),
+                Some(s.clone())
+            );
+            assert_eq!(
+                parse.session(&format!("{}:lock:ctx", layout.session_base(&s))),
+                None
+            );
+        }
+        let clustered = KeyLayout::clustered("cs").unwrap();
+        let other = (clustered.session_shard(&s) + 1) % 16;
+        let moved = format!("cs:sess:{{a%3Ab%7D:{other}}}:wa%20%7Bx%7D:+55%20🙂:ctx");
+        let parse = Parse {
+            prefix: "cs",
+            layout: &clustered,
+        };
+        assert_eq!(parse.session(&moved), None);
+        let layout = KeyLayout::new("cs").unwrap();
+        let parse = Parse {
+            prefix: "cs",
+            layout: &layout,
+        };
         let f = FocusKey::new("sc}:ope", "na:me").unwrap();
         assert_eq!(parse.focus(&layout.focus(&f)), Some(f));
         let c = CacheKey::new("ns:x", "k:y*").unwrap();
@@ -884,6 +917,9 @@ mod tests {
         assert!(ScanCursor::parse(Some("5 k f"), RecordKind::Session).is_err());
         assert!(ScanCursor::parse(Some("5 k"), RecordKind::Counter).is_err());
         let c = ScanCursor::parse(Some("5 k "), RecordKind::Counter).unwrap();
-        assert_eq!((c.step, c.after_field.as_deref()), (5, Some("")));
+        assert_eq!((c.step.cursor, c.after_field.as_deref()), (5, Some("")));
+        let c = ScanCursor::parse(Some("10.0.0.1:7001/12 k"), RecordKind::Session).unwrap();
+        assert_eq!(c.step.token(), "10.0.0.1:7001/12");
+        assert!(ScanCursor::parse(Some("h:x/12"), RecordKind::Session).is_err());
     }
 }

@@ -136,6 +136,8 @@ use chatstate_core::{
     StoreSettings, TlsConfig, system_clock,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
@@ -268,6 +270,31 @@ impl RedisStoreBuilder {
             .set_number_of_retries(0)
     }
 
+    /// A Cluster connection through the seed `nodes`, with `REDIS_URL`'s
+    /// credentials and scheme. Lazy, like the one-server link; redis-rs's own
+    /// retries are off (see `conn::Conn::send` for the refusals chatstate follows).
+    fn cluster(&self, nodes: &[chatstate_core::HostPort]) -> Result<ClusterConnection> {
+        let scheme = if self.url.is_tls() { "rediss" } else { "redis" };
+        let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
+        let mut builder = ClusterClientBuilder::new(urls)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout)
+            .retries(0);
+        if let Some(user) = self.url.username() {
+            builder = builder.username(user);
+        }
+        if let Some(password) = self.url.password() {
+            builder = builder.password(password.expose());
+        }
+        let client = builder.build().map_err(|e| {
+            Error::config(format!(
+                "REDIS_CLUSTER_NODES cannot be used: {}",
+                e.category()
+            ))
+        })?;
+        Ok(client.get_pending_async_connection_with_config(ClusterConfig::new()))
+    }
+
     /// The deadpool pool of connections to the server `client` reaches (with its
     /// TLS settings).
     fn pool(&self, client: &redis::Client) -> Result<deadpool_redis::Pool> {
@@ -293,7 +320,10 @@ impl RedisStoreBuilder {
     /// fail at once with `Unavailable` until a probe reaches the server.
     pub async fn connect(self) -> Result<RedisStore> {
         self.settings.validate()?;
-        let layout = KeyLayout::new(self.prefix.clone())?;
+        let layout = match self.topology {
+            RedisTopology::Cluster { .. } => KeyLayout::clustered(self.prefix.clone())?,
+            _ => KeyLayout::new(self.prefix.clone())?,
+        };
         let (link, pool) = match &self.topology {
             RedisTopology::Standalone => {
                 let client = tls::client(&self.url, &self.tls)?;
@@ -308,6 +338,7 @@ impl RedisStoreBuilder {
                         })?;
                 (conn::Link::Direct(manager), Some(self.pool(&client)?))
             }
+            RedisTopology::Cluster { nodes } => (conn::Link::Cluster(self.cluster(nodes)?), None),
             other => {
                 return Err(Error::config(format!(
                     "Redis {} is not supported yet",

@@ -410,12 +410,109 @@ impl Keys {
 
 pub(crate) fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
     let base = layout.session_base(key);
+    let index = layout.session_index_of(key);
     Keys {
         ctx: format!("{base}:ctx"),
         msgs: format!("{base}:msgs"),
-        index: layout.session_index(key.tenant()),
-        deadlines: layout.session_index_deadlines(key.tenant()),
+        deadlines: KeyLayout::index_deadlines(&index),
+        index,
         member: KeyLayout::session_index_member(key),
+    }
+}
+
+impl RedisStore {
+    /// Up to `want` live sessions of one index shard of `tenant`, in member order
+    /// after `after`, with their members. Reads members in batches, keeps the live
+    /// ones and drops the dead ones from the index; every command stays in the
+    /// shard's slot.
+    async fn list_shard(
+        &self,
+        tenant: &str,
+        shard: u16,
+        after: Option<String>,
+        want: usize,
+    ) -> Result<Vec<(String, SessionKey)>> {
+        let layout = &self.inner.layout;
+        let index = layout.session_index_shard(tenant, shard);
+        let deadlines = KeyLayout::index_deadlines(&index);
+        let mut start = match after {
+            Some(m) => format!("({m}"),
+            None => "-".to_string(),
+        };
+        let mut items: Vec<(String, SessionKey)> = Vec::new();
+        loop {
+            let batch = (want - items.len()).clamp(64, 1000);
+            let members: Vec<String> = self
+                .inner
+                .conn
+                .cmd(
+                    redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("BYLEX")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch),
+                    "list",
+                    Some(&index),
+                )
+                .await?;
+            if members.is_empty() {
+                break;
+            }
+            let mut candidates = Vec::new();
+            for m in &members {
+                let parsed = m
+                    .split_once(':')
+                    .and_then(|(c, u)| Some((unescape(c)?, unescape(u)?)))
+                    .and_then(|(c, u)| SessionKey::new(tenant, c, u).ok());
+                // A member listed in another shard's index than its own would be
+                // found twice (or its session's keys are not where the index is).
+                if let Some(key) = parsed.filter(|k| layout.session_shard(k) == shard) {
+                    candidates.push((m.clone(), key));
+                }
+            }
+            // One script checks which candidates live and drops the dead from the
+            // index atomically, so a session re-created meanwhile is never dropped.
+            let ctx_keys: Vec<String> = candidates
+                .iter()
+                .map(|(_, key)| format!("{}:ctx", layout.session_base(key)))
+                .collect();
+            let alive: Vec<i64> = if candidates.is_empty() {
+                Vec::new()
+            } else {
+                let mut script_keys: Vec<&str> = vec![index.as_str(), deadlines.as_str()];
+                script_keys.extend(ctx_keys.iter().map(String::as_str));
+                let members: Vec<&[u8]> = candidates.iter().map(|(m, _)| m.as_bytes()).collect();
+                let v = self
+                    .inner
+                    .conn
+                    .script(
+                        &self.inner.scripts.session.list_live,
+                        &script_keys,
+                        &members,
+                        "list",
+                    )
+                    .await?;
+                reply::array(v)?
+                    .iter()
+                    .map(reply::int)
+                    .collect::<Result<_>>()?
+            };
+            for ((member, key), live) in candidates.into_iter().zip(alive) {
+                if live == 1 && items.len() < want {
+                    items.push((member, key));
+                }
+            }
+            if items.len() >= want || members.len() < batch {
+                break;
+            }
+            if let Some(last) = members.last() {
+                start = format!("({last}");
+            }
+        }
+        Ok(items)
     }
 }
 
@@ -638,19 +735,30 @@ impl SessionStore for RedisStore {
             .iter()
             .map(|k| keys(&self.inner.layout, k))
             .collect();
-        let mut pipe = redis::pipe();
-        for k in &ks {
-            pipe.cmd("HGETALL").arg(&k.ctx);
+        // One pipeline of HGETALLs: one round trip (one per slot on a Cluster, sent
+        // concurrently).
+        let ctx_keys: Vec<&str> = ks.iter().map(|k| k.ctx.as_str()).collect();
+        let groups = self.inner.conn.by_slot(&ctx_keys);
+        let answers = futures_util::future::try_join_all(groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            let slot_keys: Vec<&str> = group.iter().map(|&i| ctx_keys[i]).collect();
+            for k in &slot_keys {
+                pipe.cmd("HGETALL").arg(*k);
+            }
+            async move {
+                self.inner
+                    .conn
+                    .pipe::<Vec<Value>>(&pipe, "get_many", &slot_keys)
+                    .await
+            }
+        }))
+        .await?;
+        let mut replies: Vec<Value> = vec![Value::Nil; ks.len()];
+        for (group, values) in groups.iter().zip(answers) {
+            for (&i, v) in group.iter().zip(values) {
+                replies[i] = v;
+            }
         }
-        let replies: Vec<Value> = self
-            .inner
-            .conn
-            .pipe(
-                &pipe,
-                "get_many",
-                &ks.iter().map(|k| k.ctx.as_str()).collect::<Vec<_>>(),
-            )
-            .await?;
         replies
             .into_iter()
             .zip(keys_in.iter().zip(&ks))
@@ -819,102 +927,57 @@ impl SessionStore for RedisStore {
         check_scope("tenant", tenant).in_op("list")?;
         chatstate_core::model::check_list_limit(limit).in_op("list")?;
         let layout = &self.inner.layout;
-        let index = layout.session_index(tenant);
-        let deadlines = layout.session_index_deadlines(tenant);
-        let mut start = match &cursor {
+        let shards = layout.session_shards();
+        // The cursor: the last member returned (`<shard>~<member>` in the cluster
+        // layout, whose shards are walked in order).
+        let (mut shard, mut after) = match &cursor {
             Some(c) => {
-                if c.is_empty() || c.contains(['\0', ' ']) || unescape(c).is_none() {
+                let (shard, member) = if layout.is_clustered() {
+                    c.split_once('~')
+                        .and_then(|(s, m)| Some((s.parse::<u16>().ok()?, m)))
+                        .filter(|(s, _)| *s < shards)
+                        .ok_or_else(|| {
+                            Error::invalid_input("list cursor is malformed").with_operation("list")
+                        })?
+                } else {
+                    (0, c.as_str())
+                };
+                if member.is_empty() || member.contains(['\0', ' ']) || unescape(member).is_none() {
                     return Err(
                         Error::invalid_input("list cursor is malformed").with_operation("list")
                     );
                 }
-                format!("({c}")
+                (shard, Some(member.to_string()))
             }
-            None => "-".to_string(),
+            None => (0, None),
         };
-        let mut items: Vec<(String, SessionKey)> = Vec::new();
-        // Read members in index order, keep the live ones, drop the dead ones, until
-        // the page is full plus one (to know whether there is a next page).
-        loop {
+        let mut items: Vec<(u16, String, SessionKey)> = Vec::new();
+        // Shard by shard (one in the standalone layout), until the page is full plus
+        // one (to know whether there is a next page).
+        while shard < shards {
             let want = limit.saturating_add(1) - items.len();
-            let batch = want.clamp(64, 1000);
-            let members: Vec<String> = self
-                .inner
-                .conn
-                .cmd(
-                    redis::cmd("ZRANGE")
-                        .arg(&index)
-                        .arg(&start)
-                        .arg("+")
-                        .arg("BYLEX")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(batch),
-                    "list",
-                    Some(&index),
-                )
-                .await?;
-            if members.is_empty() {
+            let found = self.list_shard(tenant, shard, after.take(), want).await?;
+            items.extend(found.into_iter().map(|(m, k)| (shard, m, k)));
+            if items.len() > limit {
                 break;
             }
-            let mut candidates = Vec::new();
-            for m in &members {
-                let parsed = m
-                    .split_once(':')
-                    .and_then(|(c, u)| Some((unescape(c)?, unescape(u)?)))
-                    .and_then(|(c, u)| SessionKey::new(tenant, c, u).ok());
-                if let Some(key) = parsed {
-                    candidates.push((m.clone(), key));
-                }
-            }
-            // One script checks which candidates live and drops the dead from the
-            // index atomically, so a session re-created meanwhile is never dropped.
-            let ctx_keys: Vec<String> = candidates
-                .iter()
-                .map(|(_, key)| format!("{}:ctx", layout.session_base(key)))
-                .collect();
-            let alive: Vec<i64> = if candidates.is_empty() {
-                Vec::new()
-            } else {
-                let mut script_keys: Vec<&str> = vec![index.as_str(), deadlines.as_str()];
-                script_keys.extend(ctx_keys.iter().map(String::as_str));
-                let members: Vec<&[u8]> = candidates.iter().map(|(m, _)| m.as_bytes()).collect();
-                let v = self
-                    .inner
-                    .conn
-                    .script(
-                        &self.inner.scripts.session.list_live,
-                        &script_keys,
-                        &members,
-                        "list",
-                    )
-                    .await?;
-                reply::array(v)?
-                    .iter()
-                    .map(reply::int)
-                    .collect::<Result<_>>()?
-            };
-            for ((member, key), live) in candidates.into_iter().zip(alive) {
-                if live == 1 && items.len() <= limit {
-                    items.push((member, key));
-                }
-            }
-            if items.len() > limit || members.len() < batch {
-                break;
-            }
-            if let Some(last) = members.last() {
-                start = format!("({last}");
-            }
+            shard += 1;
         }
         let more = items.len() > limit;
         items.truncate(limit);
         Ok(Page {
             next_cursor: if more {
-                items.last().map(|(m, _)| m.clone())
+                items.last().map(|(shard, m, _)| {
+                    if layout.is_clustered() {
+                        format!("{shard}~{m}")
+                    } else {
+                        m.clone()
+                    }
+                })
             } else {
                 None
             },
-            items: items.into_iter().map(|(_, k)| k).collect(),
+            items: items.into_iter().map(|(_, _, k)| k).collect(),
         })
     }
 

@@ -1,0 +1,158 @@
+//! A throwaway Redis Cluster: `redis-server --cluster-enabled yes` on free loopback
+//! ports (each node in a folder of its own for its `nodes.conf`), joined with
+//! `redis-cli --cluster create`, and ready once every node says `cluster_state:ok`
+//! and knows every other. Nodes are [`RedisServer`]s: stopped on drop, and by their
+//! watchdog if the test process dies.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::RedisServer;
+
+/// A running cluster.
+pub struct Cluster {
+    /// Every node: the first `masters` were created as masters.
+    pub nodes: Vec<RedisServer>,
+    dirs: Vec<PathBuf>,
+}
+
+fn node_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "chatstate-cluster-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a node folder");
+    dir
+}
+
+impl Cluster {
+    /// Starts `masters` masters with `replicas` replicas each (the slots spread
+    /// evenly by `redis-cli --cluster create`), and waits until the cluster serves.
+    pub fn start(masters: usize, replicas: usize) -> Cluster {
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..total {
+            let dir = node_dir();
+            let node = RedisServer::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--dir",
+                dir.to_str().expect("a UTF-8 temp path"),
+            ]);
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Cluster { nodes, dirs };
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and knows all nodes.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                let info = n.cli(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ready: {}",
+                self.nodes[0].cli(&["CLUSTER", "INFO"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `host:port,host:port,…` of every node: `REDIS_CLUSTER_NODES`.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node id and port of each master serving slots, with the slot ranges
+    /// (`CLUSTER NODES` fields 9 on).
+    pub fn masters(&self) -> Vec<(String, u16, Vec<String>)> {
+        self.nodes[0]
+            .cli(&["CLUSTER", "NODES"])
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split(' ').collect();
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (f.get(2)?.contains("master") && f.len() > 8).then(|| {
+                    (
+                        f[0].to_string(),
+                        port,
+                        f[8..].iter().map(|s| s.to_string()).collect(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The node serving `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// One 3-master cluster shared by every test of this process (tests isolate by key
+/// prefix).
+pub fn shared() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start(3, 0))
+}
