@@ -296,6 +296,22 @@ impl RedisUrl {
         Ok(RedisUrl(url))
     }
 
+    /// The same URL (scheme, credentials, database) for another server: a Cluster
+    /// node or a master Sentinel named.
+    pub fn with_host_port(&self, host: &str, port: u16) -> Result<RedisUrl> {
+        let mut u = self.0.clone();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        u.set_host(Some(&host))
+            .map_err(|e| Error::config(format!("{host:?} is not a host name ({e})")))?;
+        u.set_port(Some(port))
+            .map_err(|()| Error::config("REDIS_URL cannot take a port"))?;
+        Ok(RedisUrl(u))
+    }
+
     /// Whether the scheme is `rediss` (TLS).
     pub fn is_tls(&self) -> bool {
         self.0.scheme() == "rediss"

@@ -16,7 +16,6 @@ use chatstate_core::{Error, ErrorKind, Result};
 
 use crate::breaker::Breaker;
 use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::Serialize;
@@ -234,6 +233,9 @@ fn is_transient(code: &str) -> bool {
         "OOM" => true,
         // Cluster: a slot migrates, or the cluster is not serving all slots yet.
         "TRYAGAIN" | "CLUSTERDOWN" => true,
+        // Cluster: the slot is served elsewhere, still after the redirects a call
+        // follows (a failover in progress names a dead master until it ends).
+        "MOVED" | "ASK" => true,
         _ => false,
     }
 }
@@ -339,8 +341,9 @@ pub(crate) enum Link {
     /// self-reconnecting connection.
     Direct(ConnectionManager),
     /// A Redis Cluster: redis-rs's cluster connection (slot map, a connection per
-    /// node), built with no retries of its own.
-    Cluster(ClusterConnection),
+    /// node), built with no retries of its own, and the seed nodes (which the
+    /// breaker's probe asks).
+    Cluster(crate::cluster::Shared),
 }
 
 impl Link {
@@ -348,7 +351,7 @@ impl Link {
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match self {
             Link::Direct(manager) => cmd.query_async(&mut manager.clone()).await,
-            Link::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
+            Link::Cluster(cluster) => cmd.query_async(&mut cluster.connection()).await,
         }
     }
 
@@ -356,7 +359,18 @@ impl Link {
     pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
         match self {
             Link::Direct(manager) => pipe.query_async(&mut manager.clone()).await,
-            Link::Cluster(cluster) => pipe.query_async(&mut cluster.clone()).await,
+            Link::Cluster(cluster) => pipe.query_async(&mut cluster.connection()).await,
+        }
+    }
+
+    /// Whether the server answers: `PING` on one server; on a Cluster, a seed node
+    /// says `cluster_state:ok` (see the `cluster` module: a Cluster refuses every
+    /// command while a master is down and not yet replaced, and a success renews
+    /// the cluster connection).
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        match self {
+            Link::Cluster(cluster) => cluster.probe().await,
+            _ => self.query::<Value>(&redis::cmd("PING")).await.map(drop),
         }
     }
 
@@ -383,7 +397,7 @@ impl Link {
         }
         let offset = usize::from(asking);
         cluster
-            .clone()
+            .connection()
             .route_pipeline(
                 pipe,
                 offset,
@@ -550,7 +564,7 @@ impl Conn {
             };
             let Err(e) = result else { return result };
             let follow = match &self.link {
-                Link::Cluster(_) => refusal(&e),
+                Link::Cluster(..) => refusal(&e),
                 Link::Direct(_) => None,
             };
             let (Some(follow), Some(wait)) = (follow, REDIRECT_WAITS_MS.get(attempt)) else {
@@ -571,7 +585,7 @@ impl Conn {
 
     /// Whether this is a Cluster link.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.link, Link::Cluster(_))
+        matches!(self.link, Link::Cluster(..))
     }
 
     /// The positions of `keys` grouped by Cluster slot, groups in the order of

@@ -120,6 +120,7 @@
 mod breaker;
 mod bus;
 mod cache;
+mod cluster;
 mod conn;
 mod counters;
 mod eviction;
@@ -136,8 +137,7 @@ use chatstate_core::{
     StoreSettings, TlsConfig, system_clock,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
+use redis::cluster::ClusterClientBuilder;
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
@@ -273,7 +273,10 @@ impl RedisStoreBuilder {
     /// A Cluster connection through the seed `nodes`, with `REDIS_URL`'s
     /// credentials and scheme. Lazy, like the one-server link; redis-rs's own
     /// retries are off (see `conn::Conn::send` for the refusals chatstate follows).
-    fn cluster(&self, nodes: &[chatstate_core::HostPort]) -> Result<ClusterConnection> {
+    fn cluster(&self, nodes: &[chatstate_core::HostPort]) -> Result<cluster::Shared> {
+        if nodes.is_empty() {
+            return Err(cluster::no_seeds());
+        }
         let scheme = if self.url.is_tls() { "rediss" } else { "redis" };
         let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
         let mut builder = ClusterClientBuilder::new(urls)
@@ -292,7 +295,21 @@ impl RedisStoreBuilder {
                 e.category()
             ))
         })?;
-        Ok(client.get_pending_async_connection_with_config(ClusterConfig::new()))
+        let seeds: Vec<conn::NodeAddr> = nodes
+            .iter()
+            .map(|n| conn::NodeAddr {
+                host: n.host.clone(),
+                port: n.port,
+            })
+            .collect();
+        Ok(Arc::new(cluster::ClusterLink::new(
+            client,
+            &seeds,
+            &self.url,
+            &self.tls,
+            self.connect_timeout,
+            self.command_timeout,
+        )?))
     }
 
     /// The deadpool pool of connections to the server `client` reaches (with its
@@ -404,15 +421,7 @@ impl RedisStore {
     /// trip the breaker (`MISCONF` refuses even `PING`, yet the server serves reads).
     /// Refused credentials are a `Config` error.
     async fn ping(&self, timeout: Duration) -> Result<()> {
-        match tokio::time::timeout(
-            timeout,
-            self.inner
-                .conn
-                .link
-                .query::<redis::Value>(&redis::cmd("PING")),
-        )
-        .await
-        {
+        match tokio::time::timeout(timeout, self.inner.conn.link.ping()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 let trips = conn::trips_breaker(&e);

@@ -47,6 +47,9 @@ impl Cluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "1000",
+                // Replicas sync at once (the default waits 5 s for more replicas).
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 dir.to_str().expect("a UTF-8 temp path"),
             ]);
@@ -75,14 +78,19 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every live node reports `cluster_state:ok` and knows all nodes.
+    /// Waits until every live node reports `cluster_state:ok` and knows all nodes,
+    /// and every replica is in sync with its master (a replica that never synced
+    /// cannot take over).
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let ok = self.nodes.iter().all(|n| {
                 let info = n.cli(&["CLUSTER", "INFO"]);
+                let replication = n.cli(&["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
             });
             if ok {
                 return;

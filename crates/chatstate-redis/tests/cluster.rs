@@ -1,0 +1,400 @@
+//! What only a Redis Cluster asks of the store, against clusters this test process
+//! starts on free ports (never 6379): one slot per session operation, one round
+//! trip per slot for multi-key calls, walks over every master, the inventory, and a
+//! slot migration and a master failover in the middle of a workload.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chatstate_conformance::inventory;
+use chatstate_core::{
+    CacheKey, HostPort, Inventory, KeyLayout, KvCache, NewMessage, RecordKind, RedisTopology,
+    RedisUrl, SessionKey, SessionStore, StoreSettings,
+};
+use chatstate_redis::RedisStore;
+use common::cluster::{self, Cluster};
+
+async fn store_on(cluster: &Cluster) -> RedisStore {
+    RedisStore::builder(RedisUrl::parse("redis://127.0.0.1").unwrap())
+        .topology(RedisTopology::Cluster {
+            nodes: HostPort::parse_list(&cluster.seeds()).unwrap(),
+        })
+        .prefix(common::unique_prefix())
+        .settings(StoreSettings::default())
+        .fail_fast(true)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn keyslot(cluster: &Cluster, key: &str) -> u16 {
+    cluster.nodes[0]
+        .cli(&["CLUSTER", "KEYSLOT", key])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_stays_in_one_slot_and_a_tenant_spreads_over_shards() {
+    let c = cluster::shared();
+    let s = store_on(c).await;
+    let layout = KeyLayout::clustered(s.layout().prefix()).unwrap();
+    let mut slots = HashSet::new();
+    let mut keys = BTreeSet::new();
+    for i in 0..48 {
+        let key = SessionKey::new("acme", "wa", format!("55{i}")).unwrap();
+        s.append_messages(&key, vec![NewMessage::user("oi")])
+            .await
+            .unwrap();
+        let lease = s
+            .try_lock(&key, "remind", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(lease.is_some());
+        let base = layout.session_base(&key);
+        let slot = keyslot(c, &format!("{base}:ctx"));
+        for part in [":msgs", ":lock:remind", ":fence:remind"] {
+            assert_eq!(keyslot(c, &format!("{base}{part}")), slot, "{part}");
+        }
+        assert_eq!(keyslot(c, &layout.session_index_of(&key)), slot);
+        slots.insert(slot);
+        keys.insert(key);
+    }
+    assert!(
+        slots.len() >= 8,
+        "48 sessions of one tenant in {} slots",
+        slots.len()
+    );
+    // Listed exactly once each, across the shards, in small pages.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.list("acme", cursor, 7).await.unwrap();
+        listed.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(listed.len(), keys.len());
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), keys);
+    let sent = s.commands_by_name();
+    assert!(!sent.contains_key("KEYS"), "{sent:?}");
+}
+
+#[tokio::test]
+async fn multi_key_cache_calls_take_one_round_trip_per_slot() {
+    let c = cluster::shared();
+    let s = store_on(c).await;
+    let keys: Vec<CacheKey> = (0..40)
+        .map(|i| CacheKey::new("customers", format!("c{i}")).unwrap())
+        .collect();
+    let slots: HashSet<u16> = keys
+        .iter()
+        .map(|k| keyslot(c, &s.layout().cache(k)))
+        .collect();
+    assert!(slots.len() > 30, "40 keys in {} slots", slots.len());
+    // The first write loads the script on every master (NOSCRIPT, then EVAL: two
+    // round trips per slot that time); then one per slot.
+    let entries: Vec<(CacheKey, Bytes)> = keys
+        .iter()
+        .map(|k| (k.clone(), Bytes::from_static(b"warm")))
+        .collect();
+    s.set_many(entries, None).await.unwrap();
+    let before = s.round_trips().round_trips;
+    s.set_many(
+        keys.iter()
+            .map(|k| (k.clone(), Bytes::from(k.key().to_string())))
+            .collect(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.round_trips().round_trips - before, slots.len() as u64);
+    let before = s.round_trips().round_trips;
+    let got = KvCache::get_many(&s, &keys).await.unwrap();
+    assert_eq!(s.round_trips().round_trips - before, slots.len() as u64);
+    for (k, v) in keys.iter().zip(&got) {
+        assert_eq!(v.as_deref(), Some(k.key().as_bytes()));
+    }
+    let before = s.round_trips().round_trips;
+    assert_eq!(s.delete_many(&keys[..20]).await.unwrap(), 20);
+    let deleted_slots: HashSet<u16> = keys[..20]
+        .iter()
+        .map(|k| keyslot(c, &s.layout().cache(k)))
+        .collect();
+    assert_eq!(
+        s.round_trips().round_trips - before,
+        deleted_slots.len() as u64
+    );
+    let got = KvCache::get_many(&s, &keys).await.unwrap();
+    assert!(got[..20].iter().all(Option::is_none));
+    assert!(got[20..].iter().all(Option::is_some));
+}
+
+#[tokio::test]
+async fn clear_prefix_and_the_inventory_walk_every_master() {
+    let c = cluster::shared();
+    let s = store_on(c).await;
+    let entries: Vec<(CacheKey, Bytes)> = (0..300)
+        .map(|i| {
+            (
+                CacheKey::new("tools", format!("r{i}")).unwrap(),
+                Bytes::from_static(b"x"),
+            )
+        })
+        .collect();
+    s.set_many(entries.clone(), None).await.unwrap();
+    // Every master holds some of them.
+    let pattern = format!("{}:kv:tools:*", s.layout().prefix());
+    for (_, port, _) in c.masters() {
+        let found = c.node(port).cli(&["--scan", "--pattern", &pattern]);
+        assert!(found.lines().count() > 0, "master {port} holds none");
+    }
+    let page = s.scan(RecordKind::Cache, None, 1000).await.unwrap();
+    assert_eq!(page.records.len(), 300);
+    assert_eq!(s.clear_prefix("tools", "").await.unwrap(), 300);
+    let left = KvCache::get_many(
+        &s,
+        &entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert!(left.iter().all(Option::is_none));
+}
+
+#[tokio::test]
+async fn inventory_paging_returns_every_record_once() {
+    let s = store_on(cluster::shared()).await;
+    inventory::paging_returns_every_record_once(&s).await;
+}
+
+#[tokio::test]
+async fn inventory_restore_is_exact_idempotent_and_keeps_newer() {
+    inventory::restore_is_exact_idempotent_and_keeps_newer(&store_on(cluster::shared()).await)
+        .await;
+}
+
+/// What a workload task saw acknowledged: per session the messages whose append
+/// returned Ok, per cache key the value whose set returned Ok.
+#[derive(Default)]
+struct Acked {
+    messages: BTreeMap<SessionKey, Vec<(String, Instant)>>,
+    cache: BTreeMap<CacheKey, (String, Instant)>,
+    failures: u64,
+}
+
+/// Runs `tasks` writers over `sessions` sessions and as many cache keys until
+/// `stop`; every acknowledged write is recorded with the time it was acknowledged.
+async fn workload(
+    s: RedisStore,
+    tasks: usize,
+    sessions: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Acked {
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (s, stop, acked) = (s.clone(), stop.clone(), acked.clone());
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = (n as usize * tasks + t) % sessions;
+                let key = SessionKey::new("load", "wa", format!("u{i}")).unwrap();
+                let text = format!("t{t}-{n}");
+                match s
+                    .append_messages(&key, vec![NewMessage::user(text.clone())])
+                    .await
+                {
+                    Ok(_) => acked
+                        .lock()
+                        .unwrap()
+                        .messages
+                        .entry(key)
+                        .or_default()
+                        .push((text.clone(), Instant::now())),
+                    Err(_) => {
+                        acked.lock().unwrap().failures += 1;
+                        // A breaker open fails calls at once: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                let ck = CacheKey::new("cust", format!("k{t}-{}", n % 50)).unwrap();
+                match KvCache::set(&s, &ck, Bytes::from(text.clone()), None).await {
+                    Ok(()) => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .cache
+                            .insert(ck, (text, Instant::now()));
+                    }
+                    Err(_) => {
+                        acked.lock().unwrap().failures += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                n += 1;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    Arc::try_unwrap(acked)
+        .map_err(|_| ())
+        .unwrap()
+        .into_inner()
+        .unwrap()
+}
+
+/// Checks every acknowledged write before `lost_after` (all of them when `None`)
+/// is stored, and that no message is stored twice; answers how many acknowledged
+/// writes after it were lost.
+async fn check_acked(s: &RedisStore, acked: &Acked, lost_after: Option<Instant>) -> usize {
+    let mut lost = 0;
+    let may_lose = |at: &Instant| lost_after.is_some_and(|t| *at >= t);
+    for (key, sent) in &acked.messages {
+        let loaded = s.load(key).await.unwrap();
+        let stored: Vec<String> = loaded
+            .map(|l| l.messages.into_iter().map(|m| m.content).collect())
+            .unwrap_or_default();
+        let unique: HashSet<&String> = stored.iter().collect();
+        assert_eq!(
+            unique.len(),
+            stored.len(),
+            "a message stored twice in {key}"
+        );
+        // The window keeps the newest 20: check those the window must still hold.
+        let window: Vec<&(String, Instant)> = sent.iter().rev().take(20).collect();
+        for (text, at) in window {
+            if !stored.contains(text) {
+                assert!(may_lose(at), "acknowledged message {text} of {key} lost");
+                lost += 1;
+            }
+        }
+    }
+    for (key, (text, at)) in &acked.cache {
+        let got = KvCache::get(s, key).await.unwrap();
+        if got.as_deref() != Some(text.as_bytes()) {
+            assert!(
+                may_lose(at),
+                "acknowledged cache value of {key} lost: {got:?}"
+            );
+            lost += 1;
+        }
+    }
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_mid_workload_loses_no_acknowledged_write() {
+    let c = Cluster::start(3, 0);
+    let s = store_on(&c).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let work = tokio::spawn(workload(s.clone(), 8, 200, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let masters = c.masters();
+    let (from, to) = (&masters[0].0, &masters[1].0);
+    let seed = format!("127.0.0.1:{}", c.nodes[0].port);
+    let out = tokio::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &seed,
+            "--cluster-from",
+            from,
+            "--cluster-to",
+            to,
+            "--cluster-slots",
+            "3000",
+            "--cluster-yes",
+            "--cluster-pipeline",
+            "20",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reshard failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = work.await.unwrap();
+    let total: usize = acked.messages.values().map(Vec::len).sum();
+    assert!(total > 200, "the workload ran: {total} appends");
+    assert_eq!(check_acked(&s, &acked, None).await, 0);
+    let moved_by_us = s.commands_by_name();
+    assert!(!moved_by_us.contains_key("KEYS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_mid_workload_serves_again_and_loses_only_the_replication_window() {
+    let c = Cluster::start(3, 1);
+    let s = store_on(&c).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let work = tokio::spawn(workload(s.clone(), 8, 200, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let victim = c.masters()[0].1;
+    let killed_at = Instant::now();
+    // SAFETY of the test: only this cluster's own node, by pid.
+    let mut nodes = c;
+    let idx = nodes.nodes.iter().position(|n| n.port == victim).unwrap();
+    nodes.nodes[idx].stop();
+    // Service returns: a write to every slot succeeds within node timeout (1 s) +
+    // election + 5 s.
+    let deadline = killed_at + Duration::from_secs(1 + 5 + 5);
+    let probe_keys: Vec<CacheKey> = (0..64)
+        .map(|i| CacheKey::new("probe", format!("p{i}")).unwrap())
+        .collect();
+    let back = loop {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.set_many(
+                probe_keys
+                    .iter()
+                    .map(|k| (k.clone(), Bytes::from_static(b"1")))
+                    .collect(),
+                None,
+            ),
+        )
+        .await;
+        let ok = matches!(r, Ok(Ok(())));
+        if ok {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no service 11 s after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = work.await.unwrap();
+    let before_kill = acked
+        .messages
+        .values()
+        .flatten()
+        .filter(|(_, at)| *at < killed_at)
+        .count();
+    assert!(
+        before_kill > 50,
+        "the workload ran before the kill: {before_kill}"
+    );
+    // The bound: Redis replicates asynchronously, so writes the dead master
+    // acknowledged in its last moments may not have reached its replica. Every
+    // write acknowledged more than 1 s before the kill must be there.
+    let lost = check_acked(&s, &acked, Some(killed_at - Duration::from_secs(1))).await;
+    eprintln!(
+        "failover: service back {:?} after the kill; {lost} acknowledged writes lost \
+         in the last second before it; {} failures",
+        back - killed_at,
+        acked.failures
+    );
+}
