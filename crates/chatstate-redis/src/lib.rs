@@ -157,6 +157,8 @@ struct Inner {
     clock: SharedClock,
     scripts: Scripts,
     url: RedisUrl,
+    /// The TLS settings of `url` (for the bus's own connection).
+    tls: TlsConfig,
     command_timeout: Duration,
     /// Whether the eviction policy was checked (once Redis was first reached).
     eviction_checked: std::sync::atomic::AtomicBool,
@@ -294,6 +296,7 @@ impl RedisStoreBuilder {
     pub async fn connect(self) -> Result<RedisStore> {
         self.settings.validate()?;
         let layout = KeyLayout::new(self.prefix.clone())?;
+        tls::insecure_warning(&self.tls);
         let (link, pool) = match &self.topology {
             RedisTopology::Standalone => {
                 let client = tls::client(&self.url, &self.tls)?;
@@ -334,6 +337,7 @@ impl RedisStoreBuilder {
                     cache: cache::CacheScripts::new(),
                 },
                 url: self.url,
+                tls: self.tls,
                 command_timeout: self.command_timeout,
             }),
         };
