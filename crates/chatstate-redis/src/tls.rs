@@ -116,6 +116,12 @@ pub(crate) fn client(url: &RedisUrl, tls: &TlsConfig) -> Result<redis::Client> {
     };
     let info = url.expose().into_connection_info().map_err(unusable)?;
     if !url.is_tls() {
+        // (`Config` refuses this too; a builder may not have gone through it.)
+        if tls.is_set() {
+            return Err(Error::config(format!(
+                "TLS settings are given but REDIS_URL {url} is not a rediss:// URL"
+            )));
+        }
         return redis::Client::open(info).map_err(unusable);
     }
     install_crypto_provider();

@@ -263,3 +263,20 @@ async fn the_invalidation_bus_works_over_tls() {
         }
     );
 }
+
+#[tokio::test]
+async fn tls_settings_on_a_plain_url_are_refused_by_the_builder_too() {
+    let tls = common::shared_tls();
+    let plain = format!("redis://127.0.0.1:{}", tls.server.port);
+    let err = RedisStore::builder(chatstate_core::RedisUrl::parse(&plain).unwrap())
+        .tls(chatstate_core::TlsConfig {
+            ca_cert: Some(tls.files.ca.clone()),
+            ..Default::default()
+        })
+        .fail_fast(true)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.message().contains("rediss://"), "{err}");
+}
