@@ -32,15 +32,9 @@ pub(crate) fn install_crypto_provider() {
 
 /// Reads the PEM file `path` named by the variable `var`.
 fn read_pem(var: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        Error::config(format!(
-            "{var} {}: cannot read: {}",
-            path.display(),
-            // The io error's kind, not its Display: that one can quote the OS's text
-            // only, but the kind is all a reader needs.
-            e.kind()
-        ))
-    })
+    // The io error says why ("No such file or directory"), never what is inside.
+    std::fs::read(path)
+        .map_err(|e| Error::config(format!("{var} {}: cannot read: {e}", path.display())))
 }
 
 /// A PEM file of one or more certificates (checked here, so that the error names
