@@ -55,13 +55,7 @@ impl RedisBus {
     /// inside a tokio runtime (it spawns the listening task).
     pub fn new(store: &RedisStore) -> Result<RedisBus> {
         let channel = format!("{}:invalidate", store.layout().prefix());
-        let client = redis::Client::open(store.inner.url.expose()).map_err(|e| {
-            Error::config(format!(
-                "REDIS_URL {} is not usable: {}",
-                store.inner.url,
-                e.category()
-            ))
-        })?;
+        let client = crate::tls::client(&store.inner.url, &store.inner.tls)?;
         let (tx, _) = broadcast::channel(1024);
         let task = tokio::spawn(listen(client, channel.clone(), tx.clone()));
         Ok(RedisBus {

@@ -246,6 +246,10 @@ fn is_transient(code: &str) -> bool {
 /// refuse only writes (`OOM`, `MISCONF`, `READONLY`, `NOREPLICAS`, `TRYAGAIN`) do
 /// not, since the server still answers reads.
 pub(crate) fn trips_breaker(e: &redis::RedisError) -> bool {
+    // A refused TLS handshake is a misconfiguration, not an outage.
+    if crate::tls::handshake_failure(e).is_some() {
+        return false;
+    }
     e.is_timeout()
         || e.is_io_error()
         || e.is_connection_refusal()
@@ -276,7 +280,10 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
     if let Some(named) = key_in_detail(code, detail) {
         key = Some(named.to_string());
     }
-    let (kind, message): (ErrorKind, String) = if e.is_timeout() {
+    let (kind, message): (ErrorKind, String) = if let Some(tls) = crate::tls::handshake_failure(&e)
+    {
+        (ErrorKind::Config, tls)
+    } else if e.is_timeout() {
         (ErrorKind::Timeout, "Redis did not answer in time".into())
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         (ErrorKind::Unavailable, "Redis is unreachable".into())

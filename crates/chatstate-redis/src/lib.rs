@@ -19,6 +19,8 @@
 //!   state, TTL and tenant index in one step), for moves between backends.
 //! - `eviction`: [`eviction_risk`], the check of the server's `maxmemory-policy`
 //!   run when the store first reaches the server.
+//! - `tls`: `rediss://` — the certificate files read, the client built with them,
+//!   a refused handshake told from an outage (see [TLS](#tls)).
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
 //!   tiered cache in `chatstate-layers`).
 //!
@@ -69,7 +71,8 @@
 //! When the server cannot be reached, the store opens anyway with its circuit
 //! breaker open and a background task connects it; with
 //! [`fail_fast`](RedisStoreBuilder::fail_fast) (`CHATSTATE_REDIS_FAIL_FAST=1`)
-//! opening fails instead. Refused credentials fail either way.
+//! opening fails instead. Refused credentials, and a refused TLS handshake (see
+//! [TLS](#tls)), fail either way.
 //!
 //! A call waits at most the connect timeout (when it finds the connection being
 //! re-established: one attempt, no retries inside the call) plus the command
@@ -102,6 +105,27 @@
 //! server it reads the policy (`CONFIG GET`, ignored when refused) and logs a
 //! `tracing::warn!` when it could evict them; [`RedisStore::eviction_risk`] and
 //! [`eviction_risk`] are the same check for tools and tests.
+//!
+//! ## TLS
+//!
+//! A `rediss://` URL connects over TLS with redis-rs's rustls support (the `tls`
+//! module; ring is installed as rustls's process-wide crypto provider unless the
+//! application installed one). The server's certificate is verified against the
+//! system's roots, or against the CA file of [`TlsConfig::ca_cert`]
+//! (`REDIS_CA_CERT`); [`TlsConfig::client_cert`] and [`TlsConfig::client_key`]
+//! (`REDIS_CLIENT_CERT`, `REDIS_CLIENT_KEY`) add a client certificate for mutual
+//! TLS. [`TlsConfig::insecure`] (`REDIS_TLS_INSECURE=1`) skips the verification and
+//! logs a `tracing::warn!` at every [`RedisStoreBuilder::connect`]. Set them with
+//! [`RedisStoreBuilder::tls`] or through [`RedisStore::from_config`]; the
+//! connection pool and [`RedisBus`] use the same settings.
+//!
+//! A certificate file that is missing, unreadable or not PEM is a `Config` error
+//! naming the variable and the path (never the contents). A server certificate
+//! that is not trusted (another CA, another host name) or a client certificate the
+//! server refuses fails the TLS handshake: a `Config` error that says which ("the
+//! server's certificate is not trusted", "the server refused the client
+//! certificate"). It does not trip the breaker, and `connect` fails with it even
+//! without `fail_fast`: retrying cannot fix a misconfiguration.
 //!
 //! ## Deployment notes
 //!
@@ -159,6 +183,8 @@ struct Inner {
     clock: SharedClock,
     scripts: Scripts,
     url: RedisUrl,
+    /// The TLS settings of `url` (for the bus's own connection).
+    tls: TlsConfig,
     command_timeout: Duration,
     /// Whether the eviction policy was checked (once Redis was first reached).
     eviction_checked: std::sync::atomic::AtomicBool,
@@ -289,6 +315,17 @@ impl RedisStoreBuilder {
         if let Some(password) = self.url.password() {
             builder = builder.password(password.expose());
         }
+        if self.url.is_tls() {
+            tls::install_crypto_provider();
+            builder = builder.tls(if self.tls.insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            });
+            if let Some(certs) = tls::certificates(&self.tls)? {
+                builder = builder.certs(certs);
+            }
+        }
         let client = builder.build().map_err(|e| {
             Error::config(format!(
                 "REDIS_CLUSTER_NODES cannot be used: {}",
@@ -341,6 +378,7 @@ impl RedisStoreBuilder {
             RedisTopology::Cluster { .. } => KeyLayout::clustered(self.prefix.clone())?,
             _ => KeyLayout::new(self.prefix.clone())?,
         };
+        tls::insecure_warning(&self.tls);
         let (link, pool) = match &self.topology {
             RedisTopology::Standalone => {
                 let client = tls::client(&self.url, &self.tls)?;
@@ -382,6 +420,7 @@ impl RedisStoreBuilder {
                     cache: cache::CacheScripts::new(),
                 },
                 url: self.url,
+                tls: self.tls,
                 command_timeout: self.command_timeout,
             }),
         };

@@ -1,4 +1,4 @@
-//! A conformance fixture on the shared throwaway server, under a key prefix of its
+//! A conformance fixture on the shared throwaway server (or another, e.g. a TLS one), under a key prefix of its
 //! own, that can be reopened by that prefix: the Redis suite uses it as it is, and
 //! the layers' suite wraps its cache in a tiered cache. Included with `#[path]` by
 //! the conformance tests only (it needs `chatstate-conformance`, which the benches
@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use chatstate_conformance::{Fixture, TimeControl};
-use chatstate_core::{Error, ErrorKind, KvCache, RedisUrl, Result, StoreSettings};
+use chatstate_core::{Error, ErrorKind, KvCache, RedisUrl, Result, StoreSettings, TlsConfig};
 use chatstate_redis::RedisStore;
 
 use crate::common;
@@ -24,9 +24,21 @@ pub async fn open(
     settings: StoreSettings,
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
-    let server = common::shared();
+    let url = common::shared().url();
+    open_on(&url, TlsConfig::default(), prefix, settings, cache).await
+}
+
+/// [`open`] on the server at `url`, with `tls` (for a `rediss://` URL).
+pub async fn open_on(
+    url: &str,
+    tls: TlsConfig,
+    prefix: String,
+    settings: StoreSettings,
+    cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
+) -> Result<Fixture> {
     let store = Arc::new(
-        RedisStore::builder(RedisUrl::parse(&server.url())?)
+        RedisStore::builder(RedisUrl::parse(url)?)
+            .tls(tls)
             .prefix(prefix.clone())
             .settings(settings.clone())
             .connect()

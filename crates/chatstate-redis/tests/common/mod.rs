@@ -21,6 +21,10 @@ pub struct RedisServer {
     pub port: u16,
     pid: u32,
     watchdog: Child,
+    /// `redis-cli`'s arguments to reach it (`-p <port>`, and the TLS ones).
+    cli_args: Vec<String>,
+    /// Whether it listens for TLS only (`rediss://`).
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -41,27 +45,80 @@ fn redis_server_path() -> String {
 impl RedisServer {
     /// Starts a server with extra `redis-server` arguments (e.g. `--requirepass x`).
     pub fn start(extra: &[&str]) -> RedisServer {
+        RedisServer::launch(extra, None)
+    }
+
+    /// Starts a server that listens for TLS only (`--port 0 --tls-port <free>`), with
+    /// `files`' server certificate; `auth_clients` is `--tls-auth-clients`
+    /// (`no`, `optional`, `yes`: whether clients must show a certificate signed by
+    /// `files`' CA). Readiness is checked with `redis-cli --tls`.
+    pub fn start_tls(files: &TlsFiles, auth_clients: &str, extra: &[&str]) -> RedisServer {
+        RedisServer::launch(extra, Some((files, auth_clients)))
+    }
+
+    fn launch(extra: &[&str], tls: Option<(&TlsFiles, &str)>) -> RedisServer {
         let bin = redis_server_path();
         for _attempt in 0..5 {
             let port = free_port();
-            let args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(extra.iter().map(|s| s.to_string()))
-            .collect();
+            let path = |p: &std::path::Path| p.display().to_string();
+            let (listen, mut cli_args): (Vec<String>, Vec<String>) = match tls {
+                None => (
+                    vec!["--port".into(), port.to_string()],
+                    vec!["-p".into(), port.to_string()],
+                ),
+                Some((files, auth_clients)) => (
+                    vec![
+                        "--port".into(),
+                        "0".into(),
+                        "--tls-port".into(),
+                        port.to_string(),
+                        "--tls-cert-file".into(),
+                        path(&files.server_cert),
+                        "--tls-key-file".into(),
+                        path(&files.server_key),
+                        "--tls-ca-cert-file".into(),
+                        path(&files.ca),
+                        "--tls-auth-clients".into(),
+                        auth_clients.into(),
+                    ],
+                    vec![
+                        "--tls".into(),
+                        "--cacert".into(),
+                        path(&files.ca),
+                        "--cert".into(),
+                        path(&files.client_cert),
+                        "--key".into(),
+                        path(&files.client_key),
+                        "-p".into(),
+                        port.to_string(),
+                    ],
+                ),
+            };
+            if let Some(i) = extra.iter().position(|a| *a == "--requirepass") {
+                cli_args.push("--no-auth-warning".into());
+                cli_args.push("-a".into());
+                cli_args.push(extra[i + 1].to_string());
+            }
+            let args: Vec<String> = listen
+                .into_iter()
+                .chain(
+                    [
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--daemonize",
+                        "no",
+                        "--loglevel",
+                        "warning",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string()),
+                )
+                .chain(extra.iter().map(|s| s.to_string()))
+                .collect();
             let quoted: Vec<String> = args
                 .iter()
                 .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
@@ -92,8 +149,10 @@ impl RedisServer {
                 port,
                 pid,
                 watchdog,
+                cli_args,
+                tls: tls.is_some(),
             };
-            if server.wait_ready(extra) {
+            if server.wait_ready() {
                 return server;
             }
             drop(server);
@@ -101,17 +160,13 @@ impl RedisServer {
         panic!("redis-server did not start on a free port after 5 attempts");
     }
 
-    fn wait_ready(&self, extra: &[&str]) -> bool {
+    fn wait_ready(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut cli = vec!["-p".to_string(), self.port.to_string()];
-        if let Some(i) = extra.iter().position(|a| *a == "--requirepass") {
-            cli.push("--no-auth-warning".into());
-            cli.push("-a".into());
-            cli.push(extra[i + 1].to_string());
-        }
-        cli.push("PING".into());
         while Instant::now() < deadline {
-            if let Ok(o) = Command::new("redis-cli").args(&cli).output()
+            if let Ok(o) = Command::new("redis-cli")
+                .args(&self.cli_args)
+                .arg("PING")
+                .output()
                 && String::from_utf8_lossy(&o.stdout).contains("PONG")
             {
                 return true;
@@ -121,16 +176,23 @@ impl RedisServer {
         false
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// Runs `redis-cli` against this server; returns stdout.
+    /// Runs `redis-cli` against this server (over TLS, with the client certificate,
+    /// for a TLS server); returns stdout. The password of `--requirepass` is not
+    /// passed: give `-a` in `args` when needed.
     pub fn cli(&self, args: &[&str]) -> String {
+        let conn: Vec<&String> = self
+            .cli_args
+            .iter()
+            .take_while(|a| *a != "--no-auth-warning")
+            .collect();
         let o = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
+            .args(conn)
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -271,4 +333,161 @@ pub fn config(vars: &[(&str, &str)]) -> chatstate_core::Config {
             .map(|(_, v)| v.to_string())
     })
     .expect("a valid configuration")
+}
+
+/// Certificates for TLS tests, made with the `openssl` CLI in a temporary folder
+/// (removed on drop): a CA, a server certificate it signs (for `127.0.0.1` and
+/// `localhost`), a client certificate it signs, and another CA that signs neither.
+/// Keys are ECDSA P-256 (quick to make). A missing `openssl` fails the test.
+pub struct TlsFiles {
+    dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    pub other_ca: std::path::PathBuf,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "openssl cannot run ({e}): the TLS tests need the openssl CLI \
+                 (apt-get install -y openssl)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsFiles {
+    pub fn generate() -> TlsFiles {
+        // std only: every crate that includes this module compiles it.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "chatstate-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let d = dir.as_path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca = |name: &str| {
+            let (key, pem, cn) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("/CN=chatstate test {name}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend([
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-subj",
+                &cn,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            openssl(d, &args);
+        };
+        ca("ca");
+        ca("other-ca");
+        let leaf = |name: &str, usage: &str| {
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(
+                d.join(&ext),
+                format!(
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                     keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
+                ),
+            )
+            .expect("the extensions file");
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+            openssl(d, &args);
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-CAserial",
+                    "ca.srl",
+                    "-days",
+                    "2",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    &ext,
+                ],
+            );
+        };
+        leaf("server", "serverAuth");
+        leaf("client", "clientAuth");
+        TlsFiles {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            other_ca: d.join("other-ca.pem"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TLS server with its certificates (which must outlive it).
+pub struct TlsServer {
+    pub server: RedisServer,
+    pub files: TlsFiles,
+}
+
+/// One TLS server (`--tls-auth-clients optional`) shared by every test of this
+/// process (tests isolate by key prefix).
+pub fn shared_tls() -> &'static TlsServer {
+    static SERVER: OnceLock<TlsServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let files = TlsFiles::generate();
+        let server = RedisServer::start_tls(&files, "optional", &[]);
+        TlsServer { server, files }
+    })
 }
