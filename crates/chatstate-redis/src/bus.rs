@@ -55,7 +55,9 @@ impl RedisBus {
     /// inside a tokio runtime (it spawns the listening task).
     pub fn new(store: &RedisStore) -> Result<RedisBus> {
         let channel = format!("{}:invalidate", store.layout().prefix());
-        let client = redis::Client::open(store.inner.url.expose()).map_err(|e| {
+        // Checked here so a bad URL fails now; the listener asks the store for its
+        // client at every (re)connect (through Sentinel: the master of the moment).
+        redis::Client::open(store.inner.url.expose()).map_err(|e| {
             Error::config(format!(
                 "REDIS_URL {} is not usable: {}",
                 store.inner.url,
@@ -63,7 +65,7 @@ impl RedisBus {
             ))
         })?;
         let (tx, _) = broadcast::channel(1024);
-        let task = tokio::spawn(listen(client, channel.clone(), tx.clone()));
+        let task = tokio::spawn(listen(store.clone(), channel.clone(), tx.clone()));
         Ok(RedisBus {
             store: store.clone(),
             channel,
@@ -79,10 +81,19 @@ impl RedisBus {
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<BusEvent>) {
+async fn listen(store: RedisStore, channel: String, tx: broadcast::Sender<BusEvent>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.get_async_pubsub().await {
+        let pubsub = match store.dedicated_client().await {
+            Ok(client) => client.get_async_pubsub().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "chatstate invalidation subscription finds no server");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        match pubsub {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(&channel).await.is_ok() {
                     backoff = Duration::from_millis(100);

@@ -335,6 +335,8 @@ pub(crate) enum Link {
     /// One server (`redis://`, `rediss://`, a Unix socket): a multiplexed,
     /// self-reconnecting connection.
     Direct(ConnectionManager),
+    /// The master a set of Sentinels names, followed across failovers.
+    Sentinel(std::sync::Arc<crate::sentinel::SentinelLink>),
 }
 
 impl Link {
@@ -342,6 +344,7 @@ impl Link {
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match self {
             Link::Direct(manager) => cmd.query_async(&mut manager.clone()).await,
+            Link::Sentinel(link) => link.query(cmd).await,
         }
     }
 
@@ -349,6 +352,7 @@ impl Link {
     pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
         match self {
             Link::Direct(manager) => pipe.query_async(&mut manager.clone()).await,
+            Link::Sentinel(link) => link.query_pipe(pipe).await,
         }
     }
 }

@@ -125,6 +125,7 @@ mod counters;
 mod eviction;
 mod export;
 mod focus;
+mod sentinel;
 mod session;
 mod tls;
 
@@ -307,6 +308,22 @@ impl RedisStoreBuilder {
                             ))
                         })?;
                 (conn::Link::Direct(manager), Some(self.pool(&client)?))
+            }
+            RedisTopology::Sentinel {
+                sentinels,
+                master,
+                password,
+            } => {
+                let link = sentinel::SentinelLink::new(
+                    &self.url,
+                    &self.tls,
+                    sentinels,
+                    master,
+                    password.as_ref(),
+                    self.manager_config(),
+                    self.connect_timeout + self.command_timeout,
+                )?;
+                (conn::Link::Sentinel(Arc::new(link)), None)
             }
             other => {
                 return Err(Error::config(format!(
@@ -526,6 +543,25 @@ impl RedisStore {
     /// failover or a slot's node.
     pub fn pool(&self) -> Option<&deadpool_redis::Pool> {
         self.inner.pool.as_ref()
+    }
+
+    /// A client for a connection of its own (pub/sub) to the server commands go
+    /// to: through Sentinel, the master the Sentinels name now (asked each time).
+    pub(crate) async fn dedicated_client(&self) -> Result<redis::Client> {
+        match &self.inner.conn.link {
+            conn::Link::Sentinel(link) => link
+                .master_client()
+                .await
+                .map_err(|e| conn::map_err(e, "connect", None)),
+            #[allow(unreachable_patterns)]
+            _ => redis::Client::open(self.inner.url.expose()).map_err(|e| {
+                Error::config(format!(
+                    "REDIS_URL {} is not usable: {}",
+                    self.inner.url,
+                    e.category()
+                ))
+            }),
+        }
     }
 
     /// The key layout (prefix) in use.
