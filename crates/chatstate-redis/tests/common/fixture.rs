@@ -4,11 +4,13 @@
 //! the conformance tests only (it needs `chatstate-conformance`, which the benches
 //! that share `common` do not depend on).
 
+#![allow(dead_code)]
+
 use std::sync::Arc;
 
 use chatstate_conformance::{Fixture, TimeControl};
 use chatstate_core::{Error, ErrorKind, KvCache, RedisUrl, Result, StoreSettings};
-use chatstate_redis::RedisStore;
+use chatstate_redis::{RedisStore, RedisStoreBuilder};
 
 use crate::common;
 
@@ -25,8 +27,25 @@ pub async fn open(
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
     let server = common::shared();
+    open_with(
+        RedisStore::builder(RedisUrl::parse(&server.url())?),
+        prefix,
+        settings,
+        cache,
+    )
+    .await
+}
+
+/// As [`open`], with stores `builder` makes (another server, or a master found
+/// through Sentinel); the prefix and settings are set on it here.
+pub async fn open_with(
+    builder: RedisStoreBuilder,
+    prefix: String,
+    settings: StoreSettings,
+    cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
+) -> Result<Fixture> {
     let store = Arc::new(
-        RedisStore::builder(RedisUrl::parse(&server.url())?)
+        builder
             .prefix(prefix.clone())
             .settings(settings.clone())
             .connect()
