@@ -46,6 +46,10 @@ use redis::{Cmd, ConnectionAddr, FromRedisValue, Pipeline, RedisError, RedisResu
 /// lazy start and [`SentinelLink::master_client`] ask whenever they are called).
 pub(crate) const RESOLVE_SPACING: Duration = Duration::from_millis(100);
 
+/// The longest a failed command waits for the resolution it started before it
+/// returns its error (the resolution goes on in the background).
+pub(crate) const RESOLVE_WAIT: Duration = Duration::from_secs(1);
+
 /// The master in use: its address and a connection to it.
 struct Master {
     /// Bumped each time another master is put in place.
@@ -297,17 +301,22 @@ impl SentinelLink {
 
     /// After a failed command on the master of `generation`: asks the Sentinels
     /// again in the background when the error says the master may have moved.
-    fn after_error(self: &Arc<Self>, e: &RedisError, generation: u64) {
+    /// Returns the resolution's task when this call started one.
+    fn after_error(
+        self: &Arc<Self>,
+        e: &RedisError,
+        generation: u64,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if !needs_resolve(e) || self.current().is_some_and(|m| m.generation != generation) {
-            return;
+            return None;
         }
         {
             let mut last = self.last_resolve.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|at| at.elapsed() < RESOLVE_SPACING) {
-                return;
+                return None;
             }
             if self.resolving.swap(true, Ordering::AcqRel) {
-                return;
+                return None;
             }
             *last = Some(Instant::now());
         }
@@ -317,7 +326,7 @@ impl SentinelLink {
             "the Redis master failed: asking the Sentinels where it is"
         );
         let guard = Resolving(self.clone());
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             if let Err(e) = guard.0.resolve(Some(generation)).await {
                 tracing::debug!(
                     master_name = %guard.0.name,
@@ -326,7 +335,17 @@ impl SentinelLink {
                 );
             }
             drop(guard);
-        });
+        }))
+    }
+
+    /// After a failed command: starts a resolution when the error calls for one
+    /// ([`Self::after_error`]) and waits for it at most [`RESOLVE_WAIT`], so the
+    /// next command (the probe's second `PING`, a caller's retry) already goes to
+    /// the master the Sentinels name now.
+    async fn after_error_wait(self: &Arc<Self>, e: &RedisError, generation: u64) {
+        if let Some(task) = self.after_error(e, generation) {
+            let _ = tokio::time::timeout(RESOLVE_WAIT, task).await;
+        }
     }
 
     /// Sends one command to the master.
@@ -334,7 +353,7 @@ impl SentinelLink {
         let master = self.master().await?;
         let result = cmd.query_async(&mut master.manager.clone()).await;
         if let Err(e) = &result {
-            self.after_error(e, master.generation);
+            self.after_error_wait(e, master.generation).await;
         }
         result
     }
@@ -347,7 +366,7 @@ impl SentinelLink {
         let master = self.master().await?;
         let result = pipe.query_async(&mut master.manager.clone()).await;
         if let Err(e) = &result {
-            self.after_error(e, master.generation);
+            self.after_error_wait(e, master.generation).await;
         }
         result
     }

@@ -497,6 +497,29 @@ impl SentinelSet {
         cli_auth(self.data[i].port, self.password.as_deref(), args)
     }
 
+    /// `kill -9` data node `i` (as a crash would), and waits until it is gone.
+    pub fn kill_data_node(&self, i: usize) {
+        let pid = self.data[i].pid.to_string();
+        let _ = Command::new("kill")
+            .args(["-CONT", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("kill")
+            .args(["-9", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && Command::new("kill")
+                .args(["-0", &pid])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The data node on `port`.
     pub fn node(&self, port: u16) -> usize {
         self.data
