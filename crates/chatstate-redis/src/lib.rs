@@ -21,6 +21,8 @@
 //!   run when the store first reaches the server.
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
 //!   tiered cache in `chatstate-layers`).
+//! - `sentinel`: the link to a master found through Sentinel, following failovers
+//!   (see "Sentinel" below).
 //!
 //! ## Round trips
 //!
@@ -103,10 +105,73 @@
 //! `tracing::warn!` when it could evict them; [`RedisStore::eviction_risk`] and
 //! [`eviction_risk`] are the same check for tools and tests.
 //!
+//! ## Sentinel
+//!
+//! `REDIS_SENTINELS` (`host:port,host:port,…`) and `REDIS_SENTINEL_MASTER` (the
+//! name the Sentinels monitor the master under) select Sentinel
+//! ([`RedisTopology::Sentinel`], or [`RedisStoreBuilder::topology`]). `REDIS_URL`
+//! then gives only the master's credentials (`redis://user:pass@…`), database and
+//! scheme (`rediss://` for TLS to the master, with the system's roots or
+//! `REDIS_TLS_INSECURE=1`; custom certificates are not wired through Sentinel yet):
+//! its host and port are not used. `REDIS_SENTINEL_PASSWORD` is the Sentinels' own
+//! password (`requirepass` in their config), when they have one. Neither password
+//! is ever logged or shown in `Debug`.
+//!
+//! At connect (or on the first call, if the Sentinels cannot be reached then: the
+//! same lazy start as above) the store asks the Sentinels for the master's address
+//! (redis-rs's `SentinelClient`: the first Sentinel, in the order given, that names
+//! a master which says it is one) and logs it (`tracing::info!`, "Redis master
+//! found through Sentinel"). Commands go over one multiplexed connection to it,
+//! with the same timeouts and no-retry reconnects as on one server.
+//!
+//! **Failover.** A command that fails at the connection level (refused, dropped,
+//! I/O error, timeout), or that the server refuses with `READONLY` (a demoted
+//! master) or `MASTERDOWN`, makes the store ask the Sentinels again: one question
+//! at a time, and only once per connection that failed (a failure on a connection
+//! already replaced asks nothing; failures at most every 100 ms ask). When they
+//! name another address, the store logs it ("Redis master moved"), counts it
+//! (`chatstate_redis_sentinel_failovers_total`) and sends the next command to the
+//! new master. The failed command is not retried: it fails with `Unavailable` (the
+//! breaker counts it) after waiting at most 1 s for the question it raised. While
+//! the Sentinels still name a dead master, the breaker opens as on one server; its
+//! probe goes through the same link, so it keeps asking, and service returns within
+//! about 2 s (the longest probe delay) of the Sentinels naming the new master: the
+//! test kills the master mid-workload (`down-after-milliseconds` 1000) and measured
+//! the Sentinels naming the new master ~2.2 s after the kill and writes succeeding
+//! again ~3.6 s after it (it asserts within the Sentinels' time plus 5 s).
+//!
+//! **`READONLY`.** A master demoted to a replica while clients stay connected
+//! (a failover seen late, an operator's `REPLICAOF`, a client that reconnected to
+//! the old address) still answers `PING` and reads, so the breaker stays closed;
+//! its first `READONLY` reply moves the store, so writes fail for as long as the
+//! Sentinels take to name the new master (~0.1 s in the test), not until the socket
+//! dies. [`RedisBus`] asks the Sentinels each time its subscription (re)connects,
+//! so invalidations flow from the new master after a failover.
+//! [`RedisStore::pool`] is `None` through Sentinel.
+//!
+//! **What a failover can lose.** Redis replication is asynchronous: the master
+//! acknowledges a write before any replica has it. A write is lost in a failover
+//! when the replica that is promoted had not received it when the master died;
+//! with a connected replica the master streams each write to it as it executes it,
+//! and the replica reports its offset every second, so the writes at risk are those
+//! acknowledged within the replica's lag before the crash: **at most about the last
+//! 1 s of writes** for a replica the master saw in sync, usually far less (on
+//! loopback the test lost none). The test checks exactly this: every write
+//! acknowledged more than 1 s before the `kill -9`, or after the Sentinels named
+//! the new master, is on the new master. Two cases lose more, as with any Redis
+//! client: a replica already far behind (bound it with the master's
+//! `min-replicas-to-write 1` and `min-replicas-max-lag <s>`: the master then
+//! refuses writes with `NOREPLICAS`, a temporary error here, once no replica is
+//! within that lag), and a master cut off from the Sentinels but not from its
+//! clients, which keeps acknowledging writes until it is reconfigured (the same
+//! settings bound it). `WAIT` is not sent: it would cost a round trip per write
+//! and still not make a write survive every failover.
+//!
 //! ## Deployment notes
 //!
-//! Standalone Redis (and anything speaking its protocol on one endpoint). This
-//! crate does not connect to Redis Cluster or through Sentinel. A session's keys
+//! Standalone Redis (and anything speaking its protocol on one endpoint), or a
+//! master found through Sentinel (above). This crate does not connect to Redis
+//! Cluster. A session's keys
 //! share a hash tag, but the session scripts also write the tenant's index (another
 //! hash tag), so Cluster support would need that index written differently.
 //!

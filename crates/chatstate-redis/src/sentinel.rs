@@ -12,7 +12,10 @@
 //! Sentinels name another address, the next command goes there over a new
 //! connection (the old one is dropped once the calls still using it finish). The
 //! failed command itself is not retried: it fails with `Unavailable` as on one
-//! server, and the circuit breaker counts it. While the Sentinels still name a dead
+//! server, and the circuit breaker counts it; the call that started the
+//! resolution waits for it at most [`RESOLVE_WAIT`] first, so that the next
+//! command (a caller's retry, the probe's second `PING`) already goes to the new
+//! master. While the Sentinels still name a dead
 //! master (before they agree it is down), resolutions fail; they are spaced at
 //! least [`RESOLVE_SPACING`] apart, and the breaker's probe, which goes through
 //! this link too, keeps asking until the new master answers.
@@ -125,13 +128,11 @@ fn resolution_error(name: &str, e: RedisError) -> RedisError {
 
 fn address_of(client: &redis::Client) -> String {
     match client.get_connection_info().addr() {
-        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-            HostPort {
-                host: host.clone(),
-                port: *port,
-            }
-            .to_string()
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => HostPort {
+            host: host.clone(),
+            port: *port,
         }
+        .to_string(),
         other => other.to_string(),
     }
 }
@@ -239,21 +240,17 @@ impl SentinelLink {
         {
             return Ok(m.clone());
         }
-        let client = match tokio::time::timeout(self.resolve_timeout, sentinel.async_get_client())
-            .await
-        {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(resolution_error(&self.name, e)),
-            Err(_) => {
-                return Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "the Sentinels did not name master {:?} in time",
-                        self.name
-                    ),
-                )));
-            }
-        };
+        let client =
+            match tokio::time::timeout(self.resolve_timeout, sentinel.async_get_client()).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => return Err(resolution_error(&self.name, e)),
+                Err(_) => {
+                    return Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the Sentinels did not name master {:?} in time", self.name),
+                    )));
+                }
+            };
         drop(sentinel);
         let address = address_of(&client);
         if let Some(m) = &previous

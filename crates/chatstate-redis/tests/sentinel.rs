@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chatstate_core::{
-    BusEvent, CacheKey, ErrorKind, Invalidation, InvalidationBus, KvCache, NewMessage,
-    SessionKey, SessionStore, SessionStoreExt,
+    BusEvent, CacheKey, ErrorKind, Invalidation, InvalidationBus, KvCache, NewMessage, SessionKey,
+    SessionStore, SessionStoreExt,
 };
 use chatstate_redis::{RedisBus, RedisStore};
 use common::{SENTINEL_DOWN_AFTER, SENTINEL_FAILOVER_TIMEOUT, SentinelSet};
@@ -67,10 +67,16 @@ async fn connects_through_sentinel_with_both_passwords_from_the_variables() {
     let store = RedisStore::from_config(&vars("sentinel-secret"))
         .await
         .expect("connects through the Sentinel");
-    assert!(store.pool().is_none(), "no pool to one address via Sentinel");
+    assert!(
+        store.pool().is_none(),
+        "no pool to one address via Sentinel"
+    );
 
     let k = SessionKey::new("acme", "web", "u1").unwrap();
-    store.append_message(&k, NewMessage::user("hello")).await.unwrap();
+    store
+        .append_message(&k, NewMessage::user("hello"))
+        .await
+        .unwrap();
     let loaded = store.load(&k).await.unwrap().expect("the session");
     assert_eq!(loaded.messages[0].content, "hello");
     let ck = CacheKey::new("ns", "k").unwrap();
@@ -78,7 +84,10 @@ async fn connects_through_sentinel_with_both_passwords_from_the_variables() {
         .set(&ck, Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(KvCache::get(&store, &ck).await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        KvCache::get(&store, &ck).await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
     // The data is on the master the Sentinel names.
     let keys = set.cli(0, &["--scan", "--pattern", &format!("{prefix}*")]);
     assert!(keys.lines().count() >= 2, "keys on the master: {keys:?}");
@@ -135,14 +144,20 @@ async fn workload(store: RedisStore, t: usize, stop: Arc<AtomicBool>) -> Vec<Ack
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let write = if t == 0 {
-            Write::Session(SessionKey::new("acme", "web", format!("w{t}-{i}")).unwrap())
+            Write::Session(
+                SessionKey::new("acme", "web", format!("w{t}-{i}")).expect("a valid key"),
+            )
         } else {
-            Write::Cache(CacheKey::new("w", format!("{t}-{i}")).unwrap())
+            Write::Cache(CacheKey::new("w", format!("{t}-{i}")).expect("a valid key"))
         };
         let result = match &write {
             Write::Cache(k) => {
                 store
-                    .set(k, Bytes::from(format!("v{i}")), Some(Duration::from_secs(600)))
+                    .set(
+                        k,
+                        Bytes::from(format!("v{i}")),
+                        Some(Duration::from_secs(600)),
+                    )
                     .await
             }
             Write::Session(k) => store
@@ -163,7 +178,10 @@ async fn workload(store: RedisStore, t: usize, stop: Arc<AtomicBool>) -> Vec<Ack
 
 async fn present(store: &RedisStore, write: &Write) -> bool {
     match write {
-        Write::Cache(k) => KvCache::get(store, k).await.expect("read on the new master").is_some(),
+        Write::Cache(k) => KvCache::get(store, k)
+            .await
+            .expect("read on the new master")
+            .is_some(),
         Write::Session(k) => store
             .load(k)
             .await
@@ -197,8 +215,8 @@ async fn a_killed_master_is_followed_and_only_the_replication_window_is_lost() {
     {
         let set = set.clone();
         tokio::task::spawn_blocking(move || set.kill_data_node(0))
-        .await
-        .unwrap();
+            .await
+            .unwrap();
     }
     let new_port = wait_for_new_master(&set, old_port, Duration::from_secs(30)).await;
     let switched = killed_at.elapsed();
@@ -208,7 +226,11 @@ async fn a_killed_master_is_followed_and_only_the_replication_window_is_lost() {
     let probe = CacheKey::new("probe", "after").unwrap();
     let recovered = loop {
         if store
-            .set(&probe, Bytes::from_static(b"x"), Some(Duration::from_secs(600)))
+            .set(
+                &probe,
+                Bytes::from_static(b"x"),
+                Some(Duration::from_secs(600)),
+            )
             .await
             .is_ok()
         {
@@ -276,7 +298,10 @@ async fn a_killed_master_is_followed_and_only_the_replication_window_is_lost() {
         "{before} writes before the window and {after} after it all kept; \
          {lost_in_window} of {in_window} in the window lost"
     );
-    assert!(before > 50 && after > 10, "the workload ran on both masters");
+    assert!(
+        before > 50 && after > 10,
+        "the workload ran on both masters"
+    );
 
     // The invalidation bus follows the master too.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -312,7 +337,11 @@ async fn a_demoted_master_answering_readonly_moves_the_store_to_the_new_master()
         let (store, k) = (store.clone(), k.clone());
         async move {
             store
-                .set(&k, Bytes::from_static(v.as_bytes()), Some(Duration::from_secs(600)))
+                .set(
+                    &k,
+                    Bytes::from_static(v.as_bytes()),
+                    Some(Duration::from_secs(600)),
+                )
                 .await
         }
     };
@@ -362,7 +391,14 @@ async fn a_demoted_master_answering_readonly_moves_the_store_to_the_new_master()
         "writes came back {recovered:?} after the demotion"
     );
     let node = set.node(new_port);
-    let keys = set.cli(node, &["--scan", "--pattern", &format!("{}*", store.layout().prefix())]);
+    let keys = set.cli(
+        node,
+        &[
+            "--scan",
+            "--pattern",
+            &format!("{}*", store.layout().prefix()),
+        ],
+    );
     let values: Vec<String> = keys
         .lines()
         .map(|key| set.cli(node, &["GET", key]).trim().to_string())
