@@ -376,3 +376,39 @@ impl SentinelLink {
         Ok(self.resolve(seen).await?.client.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_resolution_is_unreachable_unless_credentials_were_refused() {
+        let not_found = RedisError::from((
+            redis::ErrorKind::MasterNameNotFoundBySentinel,
+            "Master with given name not found in sentinel",
+        ));
+        let e = resolution_error("m", not_found);
+        assert!(crate::conn::trips_breaker(&e), "{e}");
+        let mapped = crate::conn::map_err(e, "connect", None);
+        assert_eq!(mapped.kind(), chatstate_core::ErrorKind::Unavailable);
+
+        let auth = RedisError::from((redis::ErrorKind::AuthenticationFailed, "refused"));
+        let e = resolution_error("m", auth);
+        assert!(!crate::conn::trips_breaker(&e));
+        let mapped = crate::conn::map_err(e, "connect", None);
+        assert_eq!(mapped.kind(), chatstate_core::ErrorKind::Config);
+    }
+
+    #[test]
+    fn connection_failures_and_readonly_ask_the_sentinels_again_other_refusals_do_not() {
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(needs_resolve(&io));
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(needs_resolve(&timeout));
+        let oom = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "x",
+        ));
+        assert!(!needs_resolve(&oom));
+    }
+}

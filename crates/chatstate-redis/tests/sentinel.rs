@@ -254,11 +254,12 @@ async fn a_killed_master_is_followed_and_only_the_replication_window_is_lost() {
          succeeded again {recovered:?} after it; {} writes acknowledged",
         acked.len()
     );
-    assert!(
-        switched <= SENTINEL_DOWN_AFTER + SENTINEL_FAILOVER_TIMEOUT,
-        "the Sentinels took {switched:?} (down-after + failover-timeout is {:?})",
-        SENTINEL_DOWN_AFTER + SENTINEL_FAILOVER_TIMEOUT
-    );
+    // How fast the Sentinels fail over is theirs (a split vote retries after twice
+    // the failover-timeout), so it is reported, not asserted; what the store adds
+    // on top of it is.
+    if switched > SENTINEL_DOWN_AFTER + SENTINEL_FAILOVER_TIMEOUT {
+        eprintln!("the Sentinels were slow: {switched:?}");
+    }
     assert!(
         recovered <= switched + Duration::from_secs(5),
         "writes came back {recovered:?} after the kill, the failover took {switched:?}: \
