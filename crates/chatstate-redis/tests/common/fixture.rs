@@ -27,31 +27,39 @@ pub async fn open(
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
     let server = common::shared();
-    open_with(
-        RedisStore::builder(RedisUrl::parse(&server.url())?),
-        prefix,
-        settings,
-        cache,
-    )
-    .await
+    let store = RedisStore::builder(RedisUrl::parse(&server.url())?)
+        .prefix(prefix.clone())
+        .settings(settings.clone())
+        .connect()
+        .await?;
+    Ok(fixture(Arc::new(store), prefix, settings, cache))
 }
 
 /// As [`open`], with stores `builder` makes (another server, or a master found
-/// through Sentinel); the prefix and settings are set on it here.
+/// through Sentinel); the prefix and settings are set on it here. (Not written as
+/// `open` calling this: one more nested future overflows the layers' conformance
+/// test's query depth.)
 pub async fn open_with(
     builder: RedisStoreBuilder,
     prefix: String,
     settings: StoreSettings,
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
-    let store = Arc::new(
-        builder
-            .prefix(prefix.clone())
-            .settings(settings.clone())
-            .connect()
-            .await?,
-    );
-    Ok(Fixture {
+    let store = builder
+        .prefix(prefix.clone())
+        .settings(settings.clone())
+        .connect()
+        .await?;
+    Ok(fixture(Arc::new(store), prefix, settings, cache))
+}
+
+fn fixture(
+    store: Arc<RedisStore>,
+    prefix: String,
+    settings: StoreSettings,
+    cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
+) -> Fixture {
+    Fixture {
         sessions: store.clone(),
         focus: store.clone(),
         counters: store.clone(),
@@ -59,7 +67,7 @@ pub async fn open_with(
         time: TimeControl::Real,
         settings,
         guard: Some(Box::new(Guard { prefix })),
-    })
+    }
 }
 
 /// The prefix a fixture made by [`open`] lives under (to reopen the same data).
