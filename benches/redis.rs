@@ -244,7 +244,7 @@ fn benches(c: &mut Criterion) {
     });
 
     // Connections: 64 tasks × 100 GETs, shared multiplexed vs a pool checkout per call.
-    let pool = store.pool().clone();
+    let pool = store.pool().expect("one server: a pool").clone();
     g.throughput(Throughput::Elements(6400));
     g.sample_size(20);
     g.bench_function(

@@ -55,9 +55,12 @@ impl RedisBus {
     /// inside a tokio runtime (it spawns the listening task).
     pub fn new(store: &RedisStore) -> Result<RedisBus> {
         let channel = format!("{}:invalidate", store.layout().prefix());
-        let client = crate::tls::client(&store.inner.url, &store.inner.tls)?;
+        // Checked here so a bad URL or TLS file fails now; the listener asks the store
+        // for its client at every (re)connect (through Sentinel: the master of the
+        // moment).
+        store.check_dedicated_client()?;
         let (tx, _) = broadcast::channel(1024);
-        let task = tokio::spawn(listen(client, channel.clone(), tx.clone()));
+        let task = tokio::spawn(listen(store.clone(), channel.clone(), tx.clone()));
         Ok(RedisBus {
             store: store.clone(),
             channel,
@@ -73,10 +76,19 @@ impl RedisBus {
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn listen(client: redis::Client, channel: String, tx: broadcast::Sender<BusEvent>) {
+async fn listen(store: RedisStore, channel: String, tx: broadcast::Sender<BusEvent>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.get_async_pubsub().await {
+        let pubsub = match store.dedicated_client().await {
+            Ok(client) => client.get_async_pubsub().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "chatstate invalidation subscription finds no server");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        match pubsub {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(&channel).await.is_ok() {
                     backoff = Duration::from_millis(100);

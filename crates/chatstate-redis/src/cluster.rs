@@ -27,6 +27,7 @@ pub(crate) struct ClusterLink {
     seeds: Vec<(NodeAddr, redis::Client)>,
     connect_timeout: Duration,
     command_timeout: Duration,
+    next_seed: std::sync::atomic::AtomicUsize,
 }
 
 impl ClusterLink {
@@ -54,6 +55,7 @@ impl ClusterLink {
             seeds,
             connect_timeout,
             command_timeout,
+            next_seed: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -65,10 +67,13 @@ impl ClusterLink {
             .clone()
     }
 
-    /// A seed's client, for a connection of its own (pub/sub reaches the whole
-    /// cluster from any node).
-    pub fn seed_clients(&self) -> impl Iterator<Item = &redis::Client> {
-        self.seeds.iter().map(|(_, c)| c)
+    /// The next seed's client in turn, for a connection of its own (pub/sub
+    /// reaches the whole cluster from any node).
+    pub fn next_seed_client(&self) -> redis::Client {
+        let i = self
+            .next_seed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.seeds[i % self.seeds.len()].1.clone()
     }
 
     /// Whether the cluster serves: some seed node says `cluster_state:ok` (asked
@@ -113,7 +118,7 @@ impl ClusterLink {
     }
 }
 
-/// Checks that a Cluster answered (for `connect`'s error when no seed can be used).
+/// The error for a Cluster configured without a seed node.
 pub(crate) fn no_seeds() -> Error {
     Error::new(ErrorKind::Config, "REDIS_CLUSTER_NODES lists no node")
 }

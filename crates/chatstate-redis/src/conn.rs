@@ -351,6 +351,8 @@ pub(crate) enum Link {
     /// node), built with no retries of its own, and the seed nodes (which the
     /// breaker's probe asks).
     Cluster(crate::cluster::Shared),
+    /// The master a set of Sentinels names, followed across failovers.
+    Sentinel(std::sync::Arc<crate::sentinel::SentinelLink>),
 }
 
 impl Link {
@@ -359,6 +361,7 @@ impl Link {
         match self {
             Link::Direct(manager) => cmd.query_async(&mut manager.clone()).await,
             Link::Cluster(cluster) => cmd.query_async(&mut cluster.connection()).await,
+            Link::Sentinel(link) => link.query(cmd).await,
         }
     }
 
@@ -367,6 +370,7 @@ impl Link {
         match self {
             Link::Direct(manager) => pipe.query_async(&mut manager.clone()).await,
             Link::Cluster(cluster) => pipe.query_async(&mut cluster.connection()).await,
+            Link::Sentinel(link) => link.query_pipe(pipe).await,
         }
     }
 
@@ -572,7 +576,7 @@ impl Conn {
             let Err(e) = result else { return result };
             let follow = match &self.link {
                 Link::Cluster(..) => refusal(&e),
-                Link::Direct(_) => None,
+                Link::Direct(_) | Link::Sentinel(_) => None,
             };
             let (Some(follow), Some(wait)) = (follow, REDIRECT_WAITS_MS.get(attempt)) else {
                 return Err(e);

@@ -23,6 +23,8 @@
 //!   a refused handshake told from an outage (see [TLS](#tls)).
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
 //!   tiered cache in `chatstate-layers`).
+//! - `sentinel`: the link to a master found through Sentinel, following failovers
+//!   (see "Sentinel" below).
 //!
 //! ## Round trips
 //!
@@ -127,10 +129,73 @@
 //! certificate"). It does not trip the breaker, and `connect` fails with it even
 //! without `fail_fast`: retrying cannot fix a misconfiguration.
 //!
+//! ## Sentinel
+//!
+//! `REDIS_SENTINELS` (`host:port,host:port,…`) and `REDIS_SENTINEL_MASTER` (the
+//! name the Sentinels monitor the master under) select Sentinel
+//! ([`RedisTopology::Sentinel`], or [`RedisStoreBuilder::topology`]). `REDIS_URL`
+//! then gives only the master's credentials (`redis://user:pass@…`), database and
+//! scheme (`rediss://` for TLS to the master, with the system's roots or
+//! `REDIS_TLS_INSECURE=1`; custom certificates are not wired through Sentinel yet):
+//! its host and port are not used. `REDIS_SENTINEL_PASSWORD` is the Sentinels' own
+//! password (`requirepass` in their config), when they have one. Neither password
+//! is ever logged or shown in `Debug`.
+//!
+//! At connect (or on the first call, if the Sentinels cannot be reached then: the
+//! same lazy start as above) the store asks the Sentinels for the master's address
+//! (redis-rs's `SentinelClient`: the first Sentinel, in the order given, that names
+//! a master which says it is one) and logs it (`tracing::info!`, "Redis master
+//! found through Sentinel"). Commands go over one multiplexed connection to it,
+//! with the same timeouts and no-retry reconnects as on one server.
+//!
+//! **Failover.** A command that fails at the connection level (refused, dropped,
+//! I/O error, timeout), or that the server refuses with `READONLY` (a demoted
+//! master) or `MASTERDOWN`, makes the store ask the Sentinels again: one question
+//! at a time, and only once per connection that failed (a failure on a connection
+//! already replaced asks nothing; failures at most every 100 ms ask). When they
+//! name another address, the store logs it ("Redis master moved"), counts it
+//! (`chatstate_redis_sentinel_failovers_total`) and sends the next command to the
+//! new master. The failed command is not retried: it fails with `Unavailable` (the
+//! breaker counts it) after waiting at most 1 s for the question it raised. While
+//! the Sentinels still name a dead master, the breaker opens as on one server; its
+//! probe goes through the same link, so it keeps asking, and service returns within
+//! about 2 s (the longest probe delay) of the Sentinels naming the new master: the
+//! test kills the master mid-workload (`down-after-milliseconds` 1000) and measured
+//! the Sentinels naming the new master ~2.2 s after the kill and writes succeeding
+//! again ~3.6 s after it (it asserts within the Sentinels' time plus 5 s).
+//!
+//! **`READONLY`.** A master demoted to a replica while clients stay connected
+//! (a failover seen late, an operator's `REPLICAOF`, a client that reconnected to
+//! the old address) still answers `PING` and reads, so the breaker stays closed;
+//! its first `READONLY` reply moves the store, so writes fail for as long as the
+//! Sentinels take to name the new master (~0.1 s in the test), not until the socket
+//! dies. [`RedisBus`] asks the Sentinels each time its subscription (re)connects,
+//! so invalidations flow from the new master after a failover.
+//! [`RedisStore::pool`] is `None` through Sentinel.
+//!
+//! **What a failover can lose.** Redis replication is asynchronous: the master
+//! acknowledges a write before any replica has it. A write is lost in a failover
+//! when the replica that is promoted had not received it when the master died;
+//! with a connected replica the master streams each write to it as it executes it,
+//! and the replica reports its offset every second, so the writes at risk are those
+//! acknowledged within the replica's lag before the crash: **at most about the last
+//! 1 s of writes** for a replica the master saw in sync, usually far less (on
+//! loopback the test lost none). The test checks exactly this: every write
+//! acknowledged more than 1 s before the `kill -9`, or after the Sentinels named
+//! the new master, is on the new master. Two cases lose more, as with any Redis
+//! client: a replica already far behind (bound it with the master's
+//! `min-replicas-to-write 1` and `min-replicas-max-lag <s>`: the master then
+//! refuses writes with `NOREPLICAS`, a temporary error here, once no replica is
+//! within that lag), and a master cut off from the Sentinels but not from its
+//! clients, which keeps acknowledging writes until it is reconfigured (the same
+//! settings bound it). `WAIT` is not sent: it would cost a round trip per write
+//! and still not make a write survive every failover.
+//!
 //! ## Deployment notes
 //!
-//! Standalone Redis (and anything speaking its protocol on one endpoint). This
-//! crate does not connect to Redis Cluster or through Sentinel. A session's keys
+//! Standalone Redis (and anything speaking its protocol on one endpoint), or a
+//! master found through Sentinel (above). This crate does not connect to Redis
+//! Cluster. A session's keys
 //! share a hash tag, but the session scripts also write the tenant's index (another
 //! hash tag), so Cluster support would need that index written differently.
 //!
@@ -150,6 +215,7 @@ mod counters;
 mod eviction;
 mod export;
 mod focus;
+mod sentinel;
 mod session;
 mod tls;
 
@@ -373,6 +439,13 @@ impl RedisStoreBuilder {
     /// circuit breaker open, logs a warning, and connects in the background: calls
     /// fail at once with `Unavailable` until a probe reaches the server.
     pub async fn connect(self) -> Result<RedisStore> {
+        // Boxed: the connect future is deep (TLS, Sentinel, Cluster, the first
+        // PING), and callers that nest it (the facade, conformance fixtures) would
+        // otherwise hit rustc's query depth limit computing their futures' layout.
+        Box::pin(self.open()).await
+    }
+
+    async fn open(self) -> Result<RedisStore> {
         self.settings.validate()?;
         let layout = match self.topology {
             RedisTopology::Cluster { .. } => KeyLayout::clustered(self.prefix.clone())?,
@@ -394,11 +467,21 @@ impl RedisStoreBuilder {
                 (conn::Link::Direct(manager), Some(self.pool(&client)?))
             }
             RedisTopology::Cluster { nodes } => (conn::Link::Cluster(self.cluster(nodes)?), None),
-            other => {
-                return Err(Error::config(format!(
-                    "Redis {} is not supported yet",
-                    other.name()
-                )));
+            RedisTopology::Sentinel {
+                sentinels,
+                master,
+                password,
+            } => {
+                let link = sentinel::SentinelLink::new(
+                    &self.url,
+                    &self.tls,
+                    sentinels,
+                    master,
+                    password.as_ref(),
+                    self.manager_config(),
+                    self.connect_timeout + self.command_timeout,
+                )?;
+                (conn::Link::Sentinel(Arc::new(link)), None)
             }
         };
         let store = RedisStore {
@@ -605,6 +688,30 @@ impl RedisStore {
     /// failover or a slot's node.
     pub fn pool(&self) -> Option<&deadpool_redis::Pool> {
         self.inner.pool.as_ref()
+    }
+
+    /// A client for a connection of its own (pub/sub) to the server commands go
+    /// to: through Sentinel, the master the Sentinels name now (asked each time).
+    pub(crate) async fn dedicated_client(&self) -> Result<redis::Client> {
+        match &self.inner.conn.link {
+            conn::Link::Sentinel(link) => link
+                .master_client()
+                .await
+                .map_err(|e| conn::map_err(e, "connect", None)),
+            // Any node: a Cluster delivers every PUBLISH to every node. The seeds
+            // in turn, so a dead one is not asked again and again.
+            conn::Link::Cluster(cluster) => Ok(cluster.next_seed_client()),
+            conn::Link::Direct(_) => tls::client(&self.inner.url, &self.inner.tls),
+        }
+    }
+
+    /// Checks at once what [`RedisStore::dedicated_client`] needs that cannot
+    /// change (the URL and TLS files of one server).
+    pub(crate) fn check_dedicated_client(&self) -> Result<()> {
+        match &self.inner.conn.link {
+            conn::Link::Direct(_) => tls::client(&self.inner.url, &self.inner.tls).map(drop),
+            _ => Ok(()),
+        }
     }
 
     /// The key layout (prefix) in use.

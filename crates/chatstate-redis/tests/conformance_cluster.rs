@@ -4,42 +4,24 @@
 //! clears across shards and masters.
 
 mod common;
-
-use std::sync::Arc;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 use async_trait::async_trait;
-use chatstate_conformance::{Backend, Fixture, TimeControl};
-use chatstate_core::{Error, ErrorKind, HostPort, RedisTopology, RedisUrl, Result, StoreSettings};
-use chatstate_redis::RedisStore;
+use chatstate_conformance::{Backend, Fixture};
+use chatstate_core::{HostPort, RedisTopology, RedisUrl, Result, StoreSettings};
+use chatstate_redis::{RedisStore, RedisStoreBuilder};
 
 struct ClusterBackend;
 
-struct Guard {
-    prefix: String,
-}
-
-async fn open(prefix: String, settings: StoreSettings) -> Result<Fixture> {
+/// Stores on the shared cluster (the key prefix and settings are the fixture's).
+fn builder() -> Result<RedisStoreBuilder> {
     let cluster = common::cluster::shared();
-    let store = Arc::new(
-        RedisStore::builder(RedisUrl::parse("redis://127.0.0.1")?)
-            .topology(RedisTopology::Cluster {
-                nodes: HostPort::parse_list(&cluster.seeds())?,
-            })
-            .prefix(prefix.clone())
-            .settings(settings.clone())
-            .fail_fast(true)
-            .connect()
-            .await?,
-    );
-    Ok(Fixture {
-        sessions: store.clone(),
-        focus: store.clone(),
-        counters: store.clone(),
-        cache: store,
-        time: TimeControl::Real,
-        settings,
-        guard: Some(Box::new(Guard { prefix })),
-    })
+    Ok(RedisStore::builder(RedisUrl::parse("redis://127.0.0.1")?)
+        .topology(RedisTopology::Cluster {
+            nodes: HostPort::parse_list(&cluster.seeds())?,
+        })
+        .fail_fast(true))
 }
 
 #[async_trait]
@@ -49,17 +31,17 @@ impl Backend for ClusterBackend {
     }
 
     async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        open(common::unique_prefix(), settings).await
+        fixture::open_with(builder()?, common::unique_prefix(), settings, |s| s).await
     }
 
     async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        let prefix = old
-            .guard
-            .as_ref()
-            .and_then(|g| g.downcast_ref::<Guard>())
-            .map(|g| g.prefix.clone())
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "not a cluster fixture"))?;
-        open(prefix, old.settings.clone()).await
+        fixture::open_with(
+            builder()?,
+            fixture::prefix_of(old)?,
+            old.settings.clone(),
+            |s| s,
+        )
+        .await
     }
 }
 

@@ -5,26 +5,27 @@
 
 mod common;
 #[path = "common/fixture.rs"]
-#[allow(dead_code)] // `open` is the plain server's
 mod fixture;
 
 use async_trait::async_trait;
 use chatstate_conformance::{Backend, Fixture};
-use chatstate_core::{Result, StoreSettings, TlsConfig};
+use chatstate_core::{RedisUrl, Result, StoreSettings, TlsConfig};
+use chatstate_redis::{RedisStore, RedisStoreBuilder};
 
 struct RedisTlsBackend;
 
-impl RedisTlsBackend {
-    async fn open_as(prefix: String, settings: StoreSettings) -> Result<Fixture> {
-        let tls = common::shared_tls();
-        let config = TlsConfig {
+/// Stores on the shared TLS server, verified with its CA, with the client
+/// certificate (the key prefix and settings are the fixture's).
+fn builder() -> Result<RedisStoreBuilder> {
+    let tls = common::shared_tls();
+    Ok(
+        RedisStore::builder(RedisUrl::parse(&tls.server.url())?).tls(TlsConfig {
             ca_cert: Some(tls.files.ca.clone()),
             client_cert: Some(tls.files.client_cert.clone()),
             client_key: Some(tls.files.client_key.clone()),
             insecure: false,
-        };
-        fixture::open_on(&tls.server.url(), config, prefix, settings, |s| s).await
-    }
+        }),
+    )
 }
 
 #[async_trait]
@@ -34,11 +35,17 @@ impl Backend for RedisTlsBackend {
     }
 
     async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        RedisTlsBackend::open_as(common::unique_prefix(), settings).await
+        fixture::open_with(builder()?, common::unique_prefix(), settings, |s| s).await
     }
 
     async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        RedisTlsBackend::open_as(fixture::prefix_of(old)?, old.settings.clone()).await
+        fixture::open_with(
+            builder()?,
+            fixture::prefix_of(old)?,
+            old.settings.clone(),
+            |s| s,
+        )
+        .await
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -490,4 +491,324 @@ pub fn shared_tls() -> &'static TlsServer {
         let server = RedisServer::start_tls(&files, "optional", &[]);
         TlsServer { server, files }
     })
+}
+
+/// Starts `redis-server` with `args` under a watchdog shell (as [`RedisServer::start`]
+/// does): returns the server's pid and the watchdog, which kills the server once the
+/// test process is gone.
+fn start_watched(args: &[String]) -> (u32, Child) {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let script = format!(
+        "{bin} {} >/dev/null 2>&1 & srv=$!; echo $srv; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $srv 2>/dev/null; do sleep 0.2; done; \
+         kill $srv 2>/dev/null",
+        quoted.join(" "),
+        bin = redis_server_path(),
+        parent = std::process::id()
+    );
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    let mut line = String::new();
+    BufReader::new(watchdog.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the watchdog prints the server pid");
+    (line.trim().parse().expect("a pid"), watchdog)
+}
+
+/// `redis-cli -p port [-a password] args…`: stdout.
+pub fn cli_auth(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.arg("-p").arg(port.to_string());
+    if let Some(pw) = password {
+        cmd.args(["--no-auth-warning", "-a", pw]);
+    }
+    let o = cmd.args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A master, one replica and three Sentinels (quorum 2, the master down after 1 s
+/// without an answer, `failover-timeout` 5 s) on free loopback ports, each
+/// Sentinel with its own generated config in a fresh temporary directory (they
+/// rewrite it). Everything stops on drop, or with the test process (watchdogs).
+pub struct SentinelSet {
+    /// The master at start (index 0) and the replica (index 1, in a full set).
+    pub data: Vec<RedisServer>,
+    pub sentinels: Vec<RedisServer>,
+    /// The data nodes' password (`--requirepass`, `--masterauth`).
+    pub password: Option<String>,
+    /// The Sentinels' own password (`requirepass` in their config).
+    pub sentinel_password: Option<String>,
+    dir: std::path::PathBuf,
+}
+
+/// The name the Sentinels monitor the master under.
+pub const SENTINEL_MASTER: &str = "m";
+/// `sentinel down-after-milliseconds` of a [`SentinelSet`].
+pub const SENTINEL_DOWN_AFTER: Duration = Duration::from_millis(1000);
+/// `sentinel failover-timeout` of a [`SentinelSet`].
+pub const SENTINEL_FAILOVER_TIMEOUT: Duration = Duration::from_millis(5000);
+
+impl SentinelSet {
+    /// Starts the set and waits until every Sentinel sees the replica and the two
+    /// other Sentinels, and the replica is in sync.
+    pub fn start(password: Option<&str>, sentinel_password: Option<&str>) -> SentinelSet {
+        SentinelSet::start_sized(true, 3, password, sentinel_password)
+    }
+
+    /// A master alone watched by one Sentinel: no failover possible, but it settles
+    /// at once (a full set waits ~2 s for the Sentinels to find each other), for
+    /// tests of what goes through the link rather than of failover.
+    pub fn start_small(password: Option<&str>, sentinel_password: Option<&str>) -> SentinelSet {
+        SentinelSet::start_sized(false, 1, password, sentinel_password)
+    }
+
+    fn start_sized(
+        with_replica: bool,
+        sentinel_count: usize,
+        password: Option<&str>,
+        sentinel_password: Option<&str>,
+    ) -> SentinelSet {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "chatstate-sentinel-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let auth: Vec<&str> = match password {
+            Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
+            None => vec![],
+        };
+        let master = RedisServer::start(&auth);
+        let master_port = master.port.to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        replica_args.extend(&auth);
+        let mut data = vec![master];
+        if with_replica {
+            data.push(RedisServer::start(&replica_args));
+        }
+        let quorum = sentinel_count.min(2);
+        let mut sentinels = Vec::new();
+        for i in 0..sentinel_count {
+            sentinels.push(Self::start_sentinel(
+                &dir,
+                i,
+                data[0].port,
+                quorum,
+                password,
+                sentinel_password,
+            ));
+        }
+        let set = SentinelSet {
+            data,
+            sentinels,
+            password: password.map(str::to_string),
+            sentinel_password: sentinel_password.map(str::to_string),
+            dir,
+        };
+        set.wait_settled();
+        set
+    }
+
+    fn start_sentinel(
+        dir: &std::path::Path,
+        i: usize,
+        master_port: u16,
+        quorum: usize,
+        password: Option<&str>,
+        sentinel_password: Option<&str>,
+    ) -> RedisServer {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
+                 sentinel monitor {m} 127.0.0.1 {master_port} {quorum}\n\
+                 sentinel down-after-milliseconds {m} {down}\n\
+                 sentinel failover-timeout {m} {failover}\n",
+                dir = dir.display(),
+                m = SENTINEL_MASTER,
+                down = SENTINEL_DOWN_AFTER.as_millis(),
+                failover = SENTINEL_FAILOVER_TIMEOUT.as_millis(),
+            );
+            if let Some(pw) = password {
+                text.push_str(&format!("sentinel auth-pass {SENTINEL_MASTER} {pw}\n"));
+            }
+            if let Some(pw) = sentinel_password {
+                text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+            }
+            std::fs::write(&conf, text).expect("the sentinel config is written");
+            let (pid, watchdog) =
+                start_watched(&[conf.display().to_string(), "--sentinel".to_string()]);
+            let server = RedisServer {
+                port,
+                pid,
+                watchdog,
+                cli_args: Vec::new(),
+                tls: false,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if cli_auth(port, sentinel_password, &["PING"]).contains("PONG") {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(server);
+        }
+        panic!("redis-server --sentinel did not start on a free port after 5 attempts");
+    }
+
+    /// `SENTINEL MASTER m` on Sentinel `i`, as field → value.
+    pub fn sentinel_view(&self, i: usize) -> BTreeMap<String, String> {
+        let out = cli_auth(
+            self.sentinels[i].port,
+            self.sentinel_password.as_deref(),
+            &["SENTINEL", "MASTER", SENTINEL_MASTER],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].to_string()))
+            .collect()
+    }
+
+    fn wait_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = self.data.len() < 2
+                || self
+                    .cli(1, &["INFO", "replication"])
+                    .contains("master_link_status:up");
+            let replicas = (self.data.len() - 1).to_string();
+            let others = (self.sentinels.len() - 1).to_string();
+            let views: Vec<_> = (0..self.sentinels.len())
+                .map(|i| self.sentinel_view(i))
+                .collect();
+            let seen = views.iter().all(|v| {
+                v.get("num-slaves") == Some(&replicas)
+                    && v.get("num-other-sentinels") == Some(&others)
+            });
+            if synced && seen {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel set did not settle within 30 s (replica synced: {synced}; \
+                 sentinels' views: {views:?}; logs in {})",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cli` on data node `i` (0: the master at start, 1: the replica), with
+    /// the data nodes' password.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        cli_auth(self.data[i].port, self.password.as_deref(), args)
+    }
+
+    /// `kill -9` data node `i` (as a crash would), and waits until it is gone.
+    pub fn kill_data_node(&self, i: usize) {
+        let pid = self.data[i].pid.to_string();
+        let _ = Command::new("kill")
+            .args(["-CONT", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("kill")
+            .args(["-9", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && Command::new("kill")
+                .args(["-0", &pid])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The data node on `port`.
+    pub fn node(&self, port: u16) -> usize {
+        self.data
+            .iter()
+            .position(|s| s.port == port)
+            .unwrap_or_else(|| panic!("no data node on port {port}"))
+    }
+
+    /// The master's port as a reachable Sentinel names it now.
+    pub fn master_port(&self) -> Option<u16> {
+        for s in &self.sentinels {
+            let out = cli_auth(
+                s.port,
+                self.sentinel_password.as_deref(),
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER],
+            );
+            if let Some(port) = out.lines().nth(1).and_then(|p| p.trim().parse().ok()) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// `host:port,host:port,host:port` of the Sentinels (`REDIS_SENTINELS`).
+    pub fn sentinels_var(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A `REDIS_URL` with the data nodes' password and a host that is never used.
+    pub fn url_var(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@ignored.invalid:1"),
+            None => "redis://ignored.invalid:1".to_string(),
+        }
+    }
+
+    /// A store builder that reaches the master through these Sentinels.
+    pub fn builder(&self) -> chatstate_redis::RedisStoreBuilder {
+        chatstate_redis::RedisStore::builder(
+            chatstate_core::RedisUrl::parse(&self.url_var()).expect("a valid URL"),
+        )
+        .topology(chatstate_core::RedisTopology::Sentinel {
+            sentinels: chatstate_core::HostPort::parse_list(&self.sentinels_var())
+                .expect("valid host:port list"),
+            master: SENTINEL_MASTER.to_string(),
+            password: self
+                .sentinel_password
+                .as_deref()
+                .map(chatstate_core::Secret::new),
+        })
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        // Sentinels first, so they do not fail over while the data nodes stop.
+        self.sentinels.clear();
+        self.data.clear();
+        if std::thread::panicking() {
+            eprintln!("Sentinel logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
