@@ -280,6 +280,14 @@ impl RedisUrl {
     pub fn parse(s: &str) -> Result<Self> {
         let url = url::Url::parse(s.trim())
             .map_err(|e| Error::config(format!("not a valid URL ({e})")))?;
+        // redis-rs reads `rediss://…/#insecure` as "do not verify the server's
+        // certificate": only REDIS_TLS_INSECURE (which warns) may say that.
+        if url.fragment().is_some() {
+            return Err(Error::config(
+                "a URL fragment (#…) is not accepted: to skip TLS verification set \
+                 REDIS_TLS_INSECURE=1",
+            ));
+        }
         match url.scheme() {
             "redis" | "rediss" => {
                 if url.host_str().is_none_or(str::is_empty) {
@@ -1058,6 +1066,9 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.message().contains("REDIS_CLIENT_KEY"), "{err}");
+        let err = cfg(&[("REDIS_URL", "rediss://h:6380/#insecure")]).unwrap_err();
+        assert!(err.message().contains("REDIS_TLS_INSECURE"), "{err}");
+        assert!(RedisUrl::parse("rediss://h:6380/0#insecure").is_err());
         let err = cfg(&[("REDIS_URL", "rediss://h"), ("REDIS_TLS_INSECURE", "sure")]).unwrap_err();
         assert!(err.message().contains("REDIS_TLS_INSECURE"), "{err}");
         let c = cfg(&[("REDIS_URL", "rediss://h"), ("REDIS_TLS_INSECURE", "1")]).unwrap();

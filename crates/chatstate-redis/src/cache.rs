@@ -306,8 +306,9 @@ impl KvCache for RedisStore {
         let batch = SCAN_BATCH.to_string();
         let mut pos = Some(ScanPos::default());
         let mut removed = 0;
+        let mut restarts = 0;
         while let Some(at) = pos {
-            let (found, next) = self
+            let step = self
                 .inner
                 .conn
                 .scan(
@@ -315,23 +316,37 @@ impl KvCache for RedisStore {
                     &["MATCH", &pattern, "COUNT", &batch, "TYPE", "string"],
                     "clear_prefix",
                 )
-                .await
-                .map_err(|e| e.with_key(pattern.clone()))?;
-            // UNLINK in batches, each batch one round trip per slot.
-            for chunk in found.chunks(SCAN_BATCH) {
-                for group in self.inner.conn.by_slot(chunk) {
-                    let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
-                    let n: u64 = self
-                        .inner
-                        .conn
-                        .cmd(
-                            redis::cmd("UNLINK").arg(&keys),
-                            "clear_prefix",
-                            Some(&pattern),
-                        )
-                        .await?;
-                    removed += n;
+                .await;
+            let (found, _, next) = match step {
+                // The Cluster's slots moved meanwhile: clearing is idempotent, so the
+                // walk starts again (a few times at most).
+                Err(e) if e.kind() == chatstate_core::ErrorKind::Conflict && restarts < 3 => {
+                    restarts += 1;
+                    pos = Some(ScanPos::default());
+                    continue;
                 }
+                other => other.map_err(|e| e.with_key(pattern.clone()))?,
+            };
+            // UNLINK in batches, each batch one round trip per slot (sent
+            // concurrently on a Cluster).
+            for chunk in found.chunks(SCAN_BATCH) {
+                let groups = self.inner.conn.by_slot(chunk);
+                let counts = futures_util::future::try_join_all(groups.iter().map(|group| {
+                    let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
+                    let pattern = &pattern;
+                    async move {
+                        self.inner
+                            .conn
+                            .cmd::<u64>(
+                                redis::cmd("UNLINK").arg(&keys),
+                                "clear_prefix",
+                                Some(pattern),
+                            )
+                            .await
+                    }
+                }))
+                .await?;
+                removed += counts.into_iter().sum::<u64>();
             }
             pos = next;
         }

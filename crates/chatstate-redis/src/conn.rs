@@ -283,6 +283,12 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
     let (kind, message): (ErrorKind, String) = if let Some(tls) = crate::tls::handshake_failure(&e)
     {
         (ErrorKind::Config, tls)
+    } else if e.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+        (
+            ErrorKind::Unavailable,
+            "no connection to the Redis Cluster node the slot is on (its topology is changing)"
+                .into(),
+        )
     } else if e.is_timeout() {
         (ErrorKind::Timeout, "Redis did not answer in time".into())
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -423,35 +429,48 @@ impl Link {
 }
 
 /// Where a SCAN walk is: the node (a Cluster master; `None` on one server, or
-/// at the start) and SCAN's cursor there.
+/// at the start), SCAN's cursor there, and on a Cluster the fingerprint of the
+/// slots' owners when the walk began (see [`Conn::scan`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ScanPos {
     pub node: Option<NodeAddr>,
     pub cursor: u64,
+    pub fingerprint: Option<u64>,
 }
 
 impl ScanPos {
-    /// The text form, without spaces: `<cursor>` or `<host>:<port>/<cursor>`.
+    /// The text form, without spaces: `<cursor>`, or on a Cluster
+    /// `<host>:<port>/<cursor>/<fingerprint, hex>`.
     pub fn token(&self) -> String {
-        match &self.node {
-            Some(node) => format!("{node}/{}", self.cursor),
-            None => self.cursor.to_string(),
+        match (&self.node, self.fingerprint) {
+            (Some(node), Some(fp)) => format!("{node}/{}/{fp:x}", self.cursor),
+            _ => self.cursor.to_string(),
         }
     }
 
     /// Parses [`ScanPos::token`]'s form.
     pub fn parse(token: &str) -> Option<ScanPos> {
-        match token.rsplit_once('/') {
-            Some((node, cursor)) => Some(ScanPos {
+        let mut parts = token.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(node), Some(cursor), Some(fp), None) => Some(ScanPos {
                 node: Some(NodeAddr::parse(node)?),
                 cursor: cursor.parse().ok()?,
+                fingerprint: Some(u64::from_str_radix(fp, 16).ok()?),
             }),
-            None => Some(ScanPos {
+            (Some(cursor), None, None, None) => Some(ScanPos {
                 node: None,
-                cursor: token.parse().ok()?,
+                cursor: cursor.parse().ok()?,
+                fingerprint: None,
             }),
+            _ => None,
         }
     }
+}
+
+/// The masters of a Cluster serving slots, and a fingerprint of which serves which.
+pub(crate) struct Topology {
+    pub masters: Vec<NodeAddr>,
+    pub fingerprint: u64,
 }
 
 /// A Cluster node's address.
@@ -501,6 +520,20 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
 /// How many times a Cluster call is re-sent after a refusal that ran nothing
 /// (`MOVED`, `ASK`, `TRYAGAIN`, `READONLY`), and the waits before each.
 const REDIRECT_WAITS_MS: [u64; 5] = [0, 0, 20, 50, 100];
+
+/// Whether `cmd` only reads (what a pipeline must hold to be sent again after a
+/// redirect).
+fn is_read(cmd: &Cmd) -> bool {
+    matches!(
+        cmd.args_iter().next(),
+        Some(redis::Arg::Simple(name)) if [
+            &b"GET"[..], b"MGET", b"EXISTS", b"HGETALL", b"HGET", b"LRANGE", b"PTTL", b"TYPE",
+            b"ZRANGE", b"SSCAN", b"SCAN",
+        ]
+        .iter()
+        .any(|r| name.eq_ignore_ascii_case(r))
+    )
+}
 
 /// What a Cluster refusal asks for: follow it (nothing ran, so re-sending cannot
 /// apply a write twice), or return it.
@@ -574,9 +607,12 @@ impl Conn {
                 },
             };
             let Err(e) = result else { return result };
+            // A pipeline's error names its first failed command: the others may have
+            // run, so only a pipeline of reads is sent again.
+            let may_resend = !pipelined || cmds.iter().all(|c| is_read(c));
             let follow = match &self.link {
-                Link::Cluster(..) => refusal(&e),
-                Link::Direct(_) | Link::Sentinel(_) => None,
+                Link::Cluster(..) if may_resend => refusal(&e),
+                _ => None,
             };
             let (Some(follow), Some(wait)) = (follow, REDIRECT_WAITS_MS.get(attempt)) else {
                 return Err(e);
@@ -606,60 +642,104 @@ impl Conn {
         if !self.is_cluster() {
             return vec![(0..keys.len()).collect()];
         }
-        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut index: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
         for (i, key) in keys.iter().enumerate() {
             let s = slot(key.as_ref().as_bytes());
-            match groups.iter_mut().find(|(g, _)| *g == s) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((s, vec![i])),
-            }
+            let g = *index.entry(s).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
         }
-        groups.into_iter().map(|(_, members)| members).collect()
+        groups
     }
 
-    /// The Cluster's masters serving slots, in address order (from `CLUSTER
-    /// NODES`, one round trip). Empty outside a Cluster.
-    pub async fn masters(&self, op: &'static str) -> Result<Vec<NodeAddr>> {
-        if !self.is_cluster() {
-            return Ok(Vec::new());
-        }
+    /// The Cluster's masters serving slots, in address order, and a fingerprint of
+    /// which master serves which slots (from `CLUSTER NODES`, one round trip).
+    /// `Unavailable` while a slot is not served (a master down and not yet
+    /// replaced): a walk over the masters would silently miss its keys.
+    pub async fn topology(&self, op: &'static str) -> Result<Topology> {
         let text: String = self
             .cmd(redis::cmd("CLUSTER").arg("NODES"), op, None)
             .await?;
-        let mut masters: Vec<NodeAddr> = text
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split(' ').collect();
-                let flags = fields.get(2)?;
-                let is_master = flags.split(',').any(|f| f == "master")
-                    && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
-                // Field 8 on are slot ranges: a master without them serves nothing.
-                (is_master && fields.len() > 8)
-                    .then(|| NodeAddr::parse(fields.get(1)?.split('@').next()?))
-                    .flatten()
-            })
-            .collect();
-        masters.sort();
-        masters.dedup();
-        if masters.is_empty() {
+        let mut masters: Vec<(NodeAddr, Vec<String>)> = Vec::new();
+        let mut covered: u32 = 0;
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            let flags: Vec<&str> = flags.split(',').collect();
+            // Field 8 on: slot ranges (`0-5460`, `5461`); `[…]` marks a slot being
+            // imported or migrated, still served by its owner.
+            let ranges: Vec<String> = fields
+                .iter()
+                .skip(8)
+                .filter(|r| !r.starts_with('['))
+                .map(|r| r.to_string())
+                .collect();
+            if !flags.contains(&"master") || ranges.is_empty() {
+                continue;
+            }
+            if flags.contains(&"fail") || flags.contains(&"noaddr") {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "a Cluster master is down and not yet replaced: its slots are not served",
+                )
+                .with_operation(op));
+            }
+            for r in &ranges {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    covered += b.saturating_sub(a) + 1;
+                }
+            }
+            let host_port = addr.split('@').next().unwrap_or(addr);
+            if let Some(node) = NodeAddr::parse(host_port) {
+                masters.push((node, ranges));
+            }
+        }
+        if covered < 16384 || masters.is_empty() {
             return Err(Error::new(
                 ErrorKind::Unavailable,
-                "the Cluster reports no master serving slots",
+                "the Cluster does not serve every slot now",
             )
             .with_operation(op));
         }
-        Ok(masters)
+        masters.sort();
+        // FNV-1a of the sorted masters and their ranges: fixed across processes.
+        let mut fingerprint: u64 = 0xcbf2_9ce4_8422_2325;
+        for (node, ranges) in &masters {
+            for part in std::iter::once(node.to_string()).chain(ranges.iter().cloned()) {
+                for b in part.bytes().chain([b' ']) {
+                    fingerprint ^= u64::from(b);
+                    fingerprint = fingerprint.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+        }
+        Ok(Topology {
+            masters: masters.into_iter().map(|(n, _)| n).collect(),
+            fingerprint,
+        })
     }
 
     /// One SCAN step at `pos` with `args` after the cursor (`MATCH …`, `COUNT …`,
-    /// `TYPE …`): the keys found and where the walk goes on (`None` at its end).
-    /// On a Cluster the walk visits every master in address order.
+    /// `TYPE …`): the keys found, `pos` resolved (on a Cluster the start names the
+    /// first master and the slots' fingerprint: a cursor made at this step must
+    /// carry them), and where the walk goes on (`None` at its end).
+    ///
+    /// On a Cluster the walk visits every master in address order, and each step
+    /// first checks that the slots are still where they were when the walk began
+    /// (one `CLUSTER NODES` per step): a failover or a slot migration during the
+    /// walk could make it miss keys or return them twice, so it is a `Conflict`
+    /// ("start the walk again"). `Unavailable` while a slot is not served.
     pub async fn scan(
         &self,
         pos: &ScanPos,
         args: &[&str],
         op: &'static str,
-    ) -> Result<(Vec<String>, Option<ScanPos>)> {
+    ) -> Result<(Vec<String>, ScanPos, Option<ScanPos>)> {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(pos.cursor).arg(args);
         if !self.is_cluster() {
@@ -667,16 +747,25 @@ impl Conn {
             let next = (next != 0).then_some(ScanPos {
                 node: None,
                 cursor: next,
+                fingerprint: None,
             });
-            return Ok((keys, next));
+            return Ok((keys, pos.clone(), next));
         }
-        let masters = match &pos.node {
-            Some(_) if pos.cursor != 0 => Vec::new(),
-            _ => self.masters(op).await?,
-        };
+        let topology = self.topology(op).await?;
         let node = match &pos.node {
-            Some(node) => node.clone(),
-            None => masters[0].clone(),
+            Some(node) => {
+                if pos.fingerprint != Some(topology.fingerprint) || !topology.masters.contains(node)
+                {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "the Cluster's slots moved during this walk (a failover or a \
+                         resharding): start the walk again",
+                    )
+                    .with_operation(op));
+                }
+                node.clone()
+            }
+            None => topology.masters[0].clone(),
         };
         self.breaker.admit(op, None)?;
         self.counters.count([&cmd]);
@@ -686,26 +775,30 @@ impl Conn {
         let (next, keys): (u64, Vec<String>) =
             FromRedisValue::from_redis_value(reply.pop().unwrap_or(Value::Nil))
                 .map_err(|e| map_err(redis::RedisError::from(e), op, None))?;
-        if next != 0 {
-            return Ok((
-                keys,
-                Some(ScanPos {
-                    node: Some(node),
-                    cursor: next,
-                }),
-            ));
-        }
-        // This master is done: the next one in address order, if any.
-        let masters = if masters.is_empty() {
-            self.masters(op).await?
-        } else {
-            masters
+        let at = ScanPos {
+            node: Some(node.clone()),
+            cursor: pos.cursor,
+            fingerprint: Some(topology.fingerprint),
         };
-        let next = masters.into_iter().find(|m| *m > node).map(|m| ScanPos {
-            node: Some(m),
-            cursor: 0,
-        });
-        Ok((keys, next))
+        let next = if next != 0 {
+            Some(ScanPos {
+                node: Some(node),
+                cursor: next,
+                fingerprint: Some(topology.fingerprint),
+            })
+        } else {
+            // This master is done: the next one in address order, if any.
+            topology
+                .masters
+                .into_iter()
+                .find(|m| *m > node)
+                .map(|m| ScanPos {
+                    node: Some(m),
+                    cursor: 0,
+                    fingerprint: Some(topology.fingerprint),
+                })
+        };
+        Ok((keys, at, next))
     }
 
     /// Sends a (non-transactional) pipeline: one round trip. `keys[i]` is the key

@@ -637,7 +637,7 @@ impl Inventory for RedisStore {
         };
         let count = SCAN_COUNT.to_string();
         loop {
-            let (mut found, next) = self
+            let (mut found, resolved, next) = self
                 .inner
                 .conn
                 .scan(
@@ -647,6 +647,9 @@ impl Inventory for RedisStore {
                 )
                 .await
                 .map_err(|e| e.with_key(pattern.clone()))?;
+            // Cursors made at this step name it resolved (on a Cluster: the master
+            // and the slots' fingerprint, even for the walk's first step).
+            at.step = resolved;
             found.sort();
             found.dedup();
             found.retain(|key| {
@@ -918,8 +921,9 @@ mod tests {
         assert!(ScanCursor::parse(Some("5 k"), RecordKind::Counter).is_err());
         let c = ScanCursor::parse(Some("5 k "), RecordKind::Counter).unwrap();
         assert_eq!((c.step.cursor, c.after_field.as_deref()), (5, Some("")));
-        let c = ScanCursor::parse(Some("10.0.0.1:7001/12 k"), RecordKind::Session).unwrap();
-        assert_eq!(c.step.token(), "10.0.0.1:7001/12");
-        assert!(ScanCursor::parse(Some("h:x/12"), RecordKind::Session).is_err());
+        let c = ScanCursor::parse(Some("10.0.0.1:7001/12/ab12 k"), RecordKind::Session).unwrap();
+        assert_eq!(c.step.token(), "10.0.0.1:7001/12/ab12");
+        assert!(ScanCursor::parse(Some("h:x/12/ab"), RecordKind::Session).is_err());
+        assert!(ScanCursor::parse(Some("h:1/12"), RecordKind::Session).is_err());
     }
 }

@@ -135,9 +135,9 @@
 //! name the Sentinels monitor the master under) select Sentinel
 //! ([`RedisTopology::Sentinel`], or [`RedisStoreBuilder::topology`]). `REDIS_URL`
 //! then gives only the master's credentials (`redis://user:pass@…`), database and
-//! scheme (`rediss://` for TLS to the master, with the system's roots or
-//! `REDIS_TLS_INSECURE=1`; custom certificates are not wired through Sentinel yet):
-//! its host and port are not used. `REDIS_SENTINEL_PASSWORD` is the Sentinels' own
+//! scheme (`rediss://` for TLS to the master, with the same `REDIS_CA_CERT`,
+//! client certificate and `REDIS_TLS_INSECURE` settings as one server; the
+//! Sentinels themselves are asked without TLS): its host and port are not used. `REDIS_SENTINEL_PASSWORD` is the Sentinels' own
 //! password (`requirepass` in their config), when they have one. Neither password
 //! is ever logged or shown in `Debug`.
 //!

@@ -197,16 +197,9 @@ impl SentinelLink {
             } else {
                 redis::TlsMode::Secure
             });
-            // INTEGRATION POINT (tls.rs): custom certificates for the master. Once
-            // `crate::tls::certificates(tls)` exists, replace this refusal with
-            //     if let Some(certs) = crate::tls::certificates(tls)? {
-            //         builder = builder.set_client_to_redis_certificates(certs);
-            //     }
-            if tls.ca_cert.is_some() || tls.client_cert.is_some() || tls.client_key.is_some() {
-                return Err(Error::config(
-                    "REDIS_CA_CERT / REDIS_CLIENT_CERT are not supported through Sentinel yet \
-                     (rediss:// with the system's roots or REDIS_TLS_INSECURE=1 is)",
-                ));
+            crate::tls::install_crypto_provider();
+            if let Some(certs) = crate::tls::certificates(tls)? {
+                builder = builder.set_client_to_redis_certificates(certs);
             }
         }
         let client = builder.build().map_err(bad)?;
@@ -251,7 +244,6 @@ impl SentinelLink {
                     )));
                 }
             };
-        drop(sentinel);
         let address = address_of(&client);
         if let Some(m) = &previous
             && m.address == address
@@ -269,6 +261,9 @@ impl SentinelLink {
             manager,
         });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(master.clone());
+        // Held until the new master is in place: a resolution waiting on the lock
+        // then sees it, instead of asking again and building another.
+        drop(sentinel);
         match previous {
             None => tracing::info!(
                 master_name = %self.name,

@@ -590,9 +590,25 @@ impl SentinelSet {
             Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
             None => vec![],
         };
-        let master = RedisServer::start(&auth);
+        // Each data node writes its RDB (a replica's full sync) in a folder of its
+        // own under the set's, never the working directory.
+        let node_dir = |name: &str| {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).expect("a node folder");
+            d.display().to_string()
+        };
+        let (master_dir, replica_dir) = (node_dir("master"), node_dir("replica"));
+        let mut master_args = vec!["--dir", master_dir.as_str()];
+        master_args.extend(&auth);
+        let master = RedisServer::start(&master_args);
         let master_port = master.port.to_string();
-        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        let mut replica_args = vec![
+            "--replicaof",
+            "127.0.0.1",
+            &master_port,
+            "--dir",
+            replica_dir.as_str(),
+        ];
         replica_args.extend(&auth);
         let mut data = vec![master];
         if with_replica {
