@@ -1,6 +1,8 @@
 //! KvCache on Redis: a string per entry, always with a TTL. Reads and writes of many
 //! keys are one round trip each (MGET + EXISTS in one pipeline; a script of
-//! `SET … PX`); clearing a prefix walks SCAN (never KEYS) and UNLINKs in batches.
+//! `SET … PX`) — on a Cluster one per slot, sent concurrently, each slot's part
+//! keeping the promises below; clearing a prefix walks SCAN (never KEYS; every
+//! master on a Cluster) and UNLINKs in batches.
 //!
 //! A key of another type (a hash another program wrote under the prefix) is a
 //! `WrongType` error naming it for every call that reads or writes a value, and

@@ -42,8 +42,14 @@
 //! | clear a cache prefix | 1 per SCAN step + 1 per UNLINK batch | never KEYS |
 //! | list a tenant's sessions | 2 per batch of up to 1,000 index members (dead members are dropped in the same script; a page takes more batches only when dead members fill one) | sorted-set index |
 //!
-//! A script the server does not know (first use, restart, SCRIPT FLUSH) costs one
-//! more round trip, once. [`RedisStore::round_trips`] counts what the store sent.
+//! On a Cluster (below) the same, except: multi-key cache calls and session
+//! `get_many` take one round trip per slot (sent concurrently); a listing walks up
+//! to 16 index shards (2 round trips per non-empty shard batch, 1 per empty shard);
+//! a SCAN step costs one more round trip (`CLUSTER NODES`, the topology check).
+//!
+//! A script the server does not know (first use, restart, SCRIPT FLUSH, each
+//! Cluster master) costs one more round trip, once. [`RedisStore::round_trips`]
+//! counts what the store sent.
 //!
 //! ## Keys
 //!
@@ -191,13 +197,50 @@
 //! settings bound it). `WAIT` is not sent: it would cost a round trip per write
 //! and still not make a write survive every failover.
 //!
+//! ## Cluster
+//!
+//! `REDIS_CLUSTER_NODES` (`host:port,…`, seed nodes) selects a Redis Cluster
+//! ([`RedisTopology::Cluster`]); `REDIS_URL` gives the credentials and the scheme
+//! (TLS as above), database 0 only. The connection is redis-rs's cluster
+//! connection with its own retries off (the `cluster` module), so that chatstate
+//! decides what is sent again: a refusal that ran nothing (`MOVED`, `ASK` — to the
+//! named node after `ASKING` —, `TRYAGAIN`, `READONLY`) is followed at most 5
+//! times within ~170 ms, each a counted round trip; a command that may have run (an
+//! I/O error, a timeout) is never re-sent, and a pipeline is re-sent only when it
+//! only reads.
+//!
+//! - **Layout**: [`KeyLayout::clustered`]: a session and its index shard share a
+//!   hash tag (`{<tenant>:<shard>}`, 16 shards per tenant), so every session script
+//!   stays in one slot. Focus documents of a scope share `{<scope>}`, counters
+//!   `{counters}` (a flush stays one atomic, idempotent script, on one master: see
+//!   the README for why it is not sharded), cache entries have no tag.
+//! - **Multi-key calls**: cache `get_many`, `set_many`, `delete_many` and session
+//!   `get_many` group their keys by slot (`conn::Conn::by_slot`) and send one round
+//!   trip per slot, concurrently; each slot's part keeps its one-server promise
+//!   (a `set_many` part is all or nothing), the call as a whole does not.
+//! - **Listing** walks the tenant's 16 index shards in order (cursor
+//!   `<shard>~<member>`); every command of a shard stays in its slot.
+//! - **Walks over the keyspace** (`clear_prefix`, the export's `scan`) visit every
+//!   master with `SCAN`, in address order, and check at every step (one `CLUSTER
+//!   NODES`) that the slots' owners are those the walk began with: otherwise the
+//!   walk could miss or repeat keys, so an export cursor is refused with `Conflict`
+//!   ("start the walk again") and `clear_prefix` starts again by itself. While a
+//!   slot is not served they are `Unavailable`.
+//! - **Failover**: while a master is down and not yet replaced the Cluster refuses
+//!   every command and the breaker opens; its probe asks every seed node, each on a
+//!   fresh connection, for `CLUSTER INFO`, and when one says `cluster_state:ok` it
+//!   replaces the cluster connection (redis-rs's kept the dead master in its maps).
+//!   The loss bound is Redis replication's, as with Sentinel; measured figures are
+//!   in the README.
+//! - [`RedisStore::pool`] is `None`; [`RedisBus`] subscribes on a seed node (a
+//!   Cluster delivers every `PUBLISH` to every node), the next seed at each
+//!   reconnect.
+//!
 //! ## Deployment notes
 //!
-//! Standalone Redis (and anything speaking its protocol on one endpoint), or a
-//! master found through Sentinel (above). This crate does not connect to Redis
-//! Cluster. A session's keys
-//! share a hash tag, but the session scripts also write the tenant's index (another
-//! hash tag), so Cluster support would need that index written differently.
+//! One server (and anything speaking its protocol on one endpoint), a master found
+//! through Sentinel, or a Redis Cluster; each over TLS or not. The conformance
+//! suite runs on all four in this crate's tests.
 //!
 //! ## What it must never do
 //!

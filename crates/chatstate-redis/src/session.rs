@@ -17,9 +17,12 @@
 //! write, and a write adds at most one member), so a tenant with many short
 //! sessions keeps an index of about its live sessions without any `list` call.
 //!
-//! The session scripts thus name keys of two hash tags (the session's and the
-//! tenant's): fine on the standalone server this crate connects to; Redis Cluster
-//! would need the index written differently.
+//! On one server the index is one pair per tenant, and the session scripts name
+//! keys of two hash tags (the session's and the tenant's). On a Cluster
+//! ([`KeyLayout::clustered`]) every script's keys must share a slot, so the tenant's
+//! index is split into 16 shards and a session's hash tag names its tenant and
+//! shard (`{<tenant>:<shard>}`): its keys and its shard's index share a slot, and
+//! `list` walks the shards in order (`list_shard`), each in its own slot.
 
 use std::collections::HashMap;
 use std::time::Duration;
