@@ -21,11 +21,16 @@ use chatstate_redis::RedisStore;
 use common::cluster::{self, Cluster};
 
 async fn store_on(cluster: &Cluster) -> RedisStore {
+    store_with(cluster, &cluster.seeds(), &common::unique_prefix()).await
+}
+
+async fn store_with(cluster: &Cluster, seeds: &str, prefix: &str) -> RedisStore {
+    let _ = cluster;
     RedisStore::builder(RedisUrl::parse("redis://127.0.0.1").unwrap())
         .topology(RedisTopology::Cluster {
-            nodes: HostPort::parse_list(&cluster.seeds()).unwrap(),
+            nodes: HostPort::parse_list(seeds).unwrap(),
         })
-        .prefix(common::unique_prefix())
+        .prefix(prefix)
         .settings(StoreSettings::default())
         .fail_fast(true)
         .connect()
@@ -481,4 +486,42 @@ async fn a_walk_across_a_resharding_is_refused_not_silently_incomplete() {
     let page = s.scan(RecordKind::Cache, None, 1000).await.unwrap();
     assert_eq!(page.records.len(), 200);
     assert_eq!(s.clear_prefix("walk", "").await.unwrap(), 200);
+}
+
+/// Two instances whose buses subscribe on different nodes: an invalidation
+/// published through one (routed by the channel's slot) reaches the other (a
+/// Cluster delivers every PUBLISH to every node).
+#[tokio::test]
+async fn the_invalidation_bus_reaches_every_instance_on_a_cluster() {
+    let c = cluster::shared();
+    let prefix = common::unique_prefix();
+    let seeds: Vec<String> = c.seeds().split(',').map(str::to_string).collect();
+    let a = store_with(c, &seeds.join(","), &prefix).await;
+    let rotated: Vec<String> = seeds[1..].iter().chain(&seeds[..1]).cloned().collect();
+    let b = store_with(c, &rotated.join(","), &prefix).await;
+    let bus_a = chatstate_redis::RedisBus::new(&a).unwrap();
+    let bus_b = chatstate_redis::RedisBus::new(&b).unwrap();
+    let mut rx_b = chatstate_core::InvalidationBus::subscribe(&bus_b);
+    let mut rx_a = chatstate_core::InvalidationBus::subscribe(&bus_a);
+    for rx in [&mut rx_a, &mut rx_b] {
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(
+            first.expect("subscribed").unwrap(),
+            chatstate_core::BusEvent::Reset
+        );
+    }
+    let what = chatstate_core::Invalidation::Key(CacheKey::new("answers", "q1").unwrap());
+    chatstate_core::InvalidationBus::publish(&bus_a, "instance-a", &what)
+        .await
+        .unwrap();
+    for rx in [&mut rx_a, &mut rx_b] {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(
+            got.expect("received in time").unwrap(),
+            chatstate_core::BusEvent::Invalidate {
+                origin: "instance-a".into(),
+                what: what.clone(),
+            }
+        );
+    }
 }
