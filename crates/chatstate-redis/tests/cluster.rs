@@ -525,3 +525,45 @@ async fn the_invalidation_bus_reaches_every_instance_on_a_cluster() {
         );
     }
 }
+
+/// A Cluster whose nodes speak only TLS: the store connects with `rediss://` and
+/// the CA, and everything that reaches nodes by address (SCAN over the masters,
+/// the breaker's probe of the seeds) goes over TLS too; another CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_verifies_the_nodes_and_serves() {
+    let files = common::TlsFiles::generate();
+    let c = Cluster::start_tls(3, &files);
+    let open = |ca: std::path::PathBuf| {
+        RedisStore::builder(RedisUrl::parse("rediss://127.0.0.1").unwrap())
+            .topology(RedisTopology::Cluster {
+                nodes: HostPort::parse_list(&c.seeds()).unwrap(),
+            })
+            .tls(chatstate_core::TlsConfig {
+                ca_cert: Some(ca),
+                ..Default::default()
+            })
+            .prefix(common::unique_prefix())
+            .fail_fast(true)
+            .connect()
+    };
+    let s = open(files.ca.clone()).await.unwrap();
+    let key = SessionKey::new("acme", "wa", "5511").unwrap();
+    s.append_messages(&key, vec![NewMessage::user("oi")])
+        .await
+        .unwrap();
+    assert_eq!(s.load(&key).await.unwrap().unwrap().messages.len(), 1);
+    let entries: Vec<(CacheKey, Bytes)> = (0..30)
+        .map(|i| {
+            (
+                CacheKey::new("tls", format!("k{i}")).unwrap(),
+                Bytes::from_static(b"v"),
+            )
+        })
+        .collect();
+    s.set_many(entries, None).await.unwrap();
+    assert_eq!(s.clear_prefix("tls", "").await.unwrap(), 30);
+    assert_eq!(s.list("acme", None, 10).await.unwrap().items, vec![key]);
+    let err = open(files.other_ca.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), chatstate_core::ErrorKind::Config, "{err}");
+    assert!(err.message().contains("not trusted"), "{err}");
+}

@@ -5,7 +5,6 @@
 //! watchdog if the test process dies.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -35,12 +34,28 @@ impl Cluster {
     /// Starts `masters` masters with `replicas` replicas each (the slots spread
     /// evenly by `redis-cli --cluster create`), and waits until the cluster serves.
     pub fn start(masters: usize, replicas: usize) -> Cluster {
+        Cluster::launch(masters, replicas, None)
+    }
+
+    /// As [`Cluster::start`], every node listening for TLS only (clients,
+    /// replication and the cluster bus), with `files`' certificates; clients may
+    /// show a client certificate (`--tls-auth-clients optional`).
+    pub fn start_tls(masters: usize, files: &super::TlsFiles) -> Cluster {
+        Cluster::launch(masters, 0, Some(files))
+    }
+
+    fn launch(masters: usize, replicas: usize, tls: Option<&super::TlsFiles>) -> Cluster {
         let total = masters * (1 + replicas);
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for _ in 0..total {
             let dir = node_dir();
-            let node = RedisServer::start(&[
+            // The cluster bus port is the client port + 10000 by default, which a
+            // TLS-only node (`--port 0`) does not have: name one.
+            let bus_port = super::free_port().to_string();
+            let args = vec![
+                "--cluster-port",
+                bus_port.as_str(),
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -52,7 +67,24 @@ impl Cluster {
                 "0",
                 "--dir",
                 dir.to_str().expect("a UTF-8 temp path"),
-            ]);
+            ];
+            let node = match tls {
+                None => RedisServer::start(&args),
+                Some(files) => {
+                    // Nodes connect to each other (the bus, replication) as TLS
+                    // clients: with the client certificate (the server one is for
+                    // serverAuth only).
+                    let (cert, key) = (
+                        files.client_cert.display().to_string(),
+                        files.client_key.display().to_string(),
+                    );
+                    let mut args = args.clone();
+                    args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                    args.extend(["--tls-client-cert-file", cert.as_str()]);
+                    args.extend(["--tls-client-key-file", key.as_str()]);
+                    RedisServer::start_tls(files, "optional", &args)
+                }
+            };
             nodes.push(node);
             dirs.push(dir);
         }
@@ -60,18 +92,15 @@ impl Cluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create runs");
+        let replicas = replicas.to_string();
+        let mut create: Vec<&str> = vec!["--cluster", "create"];
+        create.extend(addrs.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
+        // Through the first node's redis-cli arguments (TLS ones included).
+        let out = nodes[0].cli(&create);
         assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            out.contains("All 16384 slots covered"),
+            "redis-cli --cluster create failed: {out}"
         );
         let cluster = Cluster { nodes, dirs };
         cluster.wait_ok(Duration::from_secs(30));
