@@ -409,3 +409,50 @@ async fn a_demoted_master_answering_readonly_moves_the_store_to_the_new_master()
         "the write went to the new master: {values:?}"
     );
 }
+
+/// A master that speaks only TLS, found through a Sentinel: `rediss://` in
+/// `REDIS_URL` and `REDIS_CA_CERT` apply to the master the Sentinel names (and to
+/// the bus's connection to it); another CA is refused with a Config error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_master_found_through_sentinel_is_verified_with_the_ca() {
+    let files = common::TlsFiles::generate();
+    let set = SentinelSet::start_small_tls(&files);
+    let open = |ca: &std::path::Path| {
+        let ca = ca.display().to_string();
+        let vars = [
+            ("REDIS_URL", "rediss://ignored.invalid:1".to_string()),
+            ("REDIS_SENTINELS", set.sentinels_var()),
+            ("REDIS_SENTINEL_MASTER", common::SENTINEL_MASTER.to_string()),
+            ("REDIS_CA_CERT", ca),
+            ("CHATSTATE_REDIS_FAIL_FAST", "1".to_string()),
+            ("CHATSTATE_KEY_PREFIX", common::unique_prefix()),
+        ];
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let config = common::config(&vars);
+        async move { RedisStore::from_config(&config).await }
+    };
+    let store = open(&files.ca).await.unwrap();
+    let key = chatstate_core::SessionKey::new("acme", "wa", "5511").unwrap();
+    chatstate_core::SessionStore::append_messages(
+        &store,
+        &key,
+        vec![chatstate_core::NewMessage::user("oi")],
+    )
+    .await
+    .unwrap();
+    let loaded = chatstate_core::SessionStore::load(&store, &key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.messages.len(), 1);
+    let bus = RedisBus::new(&store).unwrap();
+    let mut rx = chatstate_core::InvalidationBus::subscribe(&bus);
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert_eq!(
+        first.expect("subscribed over TLS").unwrap(),
+        chatstate_core::BusEvent::Reset
+    );
+    let err = open(&files.other_ca).await.unwrap_err();
+    assert_eq!(err.kind(), chatstate_core::ErrorKind::Config, "{err}");
+    assert!(err.message().contains("not trusted"), "{err}");
+}

@@ -561,14 +561,21 @@ impl SentinelSet {
     /// Starts the set and waits until every Sentinel sees the replica and the two
     /// other Sentinels, and the replica is in sync.
     pub fn start(password: Option<&str>, sentinel_password: Option<&str>) -> SentinelSet {
-        SentinelSet::start_sized(true, 3, password, sentinel_password)
+        SentinelSet::start_sized(true, 3, password, sentinel_password, None)
+    }
+
+    /// [`SentinelSet::start_small`] with a master that speaks only TLS (`files`'
+    /// certificates), which the Sentinel watches over TLS (its own port stays
+    /// plain, as the store asks it without TLS).
+    pub fn start_small_tls(files: &TlsFiles) -> SentinelSet {
+        SentinelSet::start_sized(false, 1, None, None, Some(files))
     }
 
     /// A master alone watched by one Sentinel: no failover possible, but it settles
     /// at once (a full set waits ~2 s for the Sentinels to find each other), for
     /// tests of what goes through the link rather than of failover.
     pub fn start_small(password: Option<&str>, sentinel_password: Option<&str>) -> SentinelSet {
-        SentinelSet::start_sized(false, 1, password, sentinel_password)
+        SentinelSet::start_sized(false, 1, password, sentinel_password, None)
     }
 
     fn start_sized(
@@ -576,6 +583,7 @@ impl SentinelSet {
         sentinel_count: usize,
         password: Option<&str>,
         sentinel_password: Option<&str>,
+        tls: Option<&TlsFiles>,
     ) -> SentinelSet {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
@@ -600,7 +608,10 @@ impl SentinelSet {
         let (master_dir, replica_dir) = (node_dir("master"), node_dir("replica"));
         let mut master_args = vec!["--dir", master_dir.as_str()];
         master_args.extend(&auth);
-        let master = RedisServer::start(&master_args);
+        let master = match tls {
+            None => RedisServer::start(&master_args),
+            Some(files) => RedisServer::start_tls(files, "optional", &master_args),
+        };
         let master_port = master.port.to_string();
         let mut replica_args = vec![
             "--replicaof",
@@ -624,6 +635,7 @@ impl SentinelSet {
                 quorum,
                 password,
                 sentinel_password,
+                tls,
             ));
         }
         let set = SentinelSet {
@@ -644,6 +656,7 @@ impl SentinelSet {
         quorum: usize,
         password: Option<&str>,
         sentinel_password: Option<&str>,
+        tls: Option<&TlsFiles>,
     ) -> RedisServer {
         for _attempt in 0..5 {
             let port = free_port();
@@ -663,6 +676,18 @@ impl SentinelSet {
             }
             if let Some(pw) = sentinel_password {
                 text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+            }
+            if let Some(files) = tls {
+                // To the master over TLS, as a client with the client certificate.
+                text.push_str(&format!(
+                    "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-client-cert-file {}\ntls-client-key-file {}\ntls-ca-cert-file {}\n",
+                    files.server_cert.display(),
+                    files.server_key.display(),
+                    files.client_cert.display(),
+                    files.client_key.display(),
+                    files.ca.display(),
+                ));
             }
             std::fs::write(&conf, text).expect("the sentinel config is written");
             let (pid, watchdog) =
