@@ -270,7 +270,6 @@ use chatstate_core::{
     StoreSettings, TlsConfig, system_clock,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
@@ -409,38 +408,6 @@ impl RedisStoreBuilder {
     /// credentials and scheme. Lazy, like the one-server link; redis-rs's own
     /// retries are off (see `conn::Conn::send` for the refusals chatstate follows).
     fn cluster(&self, nodes: &[chatstate_core::HostPort]) -> Result<cluster::Shared> {
-        if nodes.is_empty() {
-            return Err(cluster::no_seeds());
-        }
-        let scheme = if self.url.is_tls() { "rediss" } else { "redis" };
-        let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
-        let mut builder = ClusterClientBuilder::new(urls)
-            .connection_timeout(self.connect_timeout)
-            .response_timeout(self.command_timeout)
-            .retries(0);
-        if let Some(user) = self.url.username() {
-            builder = builder.username(user);
-        }
-        if let Some(password) = self.url.password() {
-            builder = builder.password(password.expose());
-        }
-        if self.url.is_tls() {
-            tls::install_crypto_provider();
-            builder = builder.tls(if self.tls.insecure {
-                redis::TlsMode::Insecure
-            } else {
-                redis::TlsMode::Secure
-            });
-            if let Some(certs) = tls::certificates(&self.tls)? {
-                builder = builder.certs(certs);
-            }
-        }
-        let client = builder.build().map_err(|e| {
-            Error::config(format!(
-                "REDIS_CLUSTER_NODES cannot be used: {}",
-                e.category()
-            ))
-        })?;
         let seeds: Vec<conn::NodeAddr> = nodes
             .iter()
             .map(|n| conn::NodeAddr {
@@ -449,7 +416,6 @@ impl RedisStoreBuilder {
             })
             .collect();
         Ok(Arc::new(cluster::ClusterLink::new(
-            client,
             &seeds,
             &self.url,
             &self.tls,

@@ -351,11 +351,13 @@ async fn a_slot_migration_mid_workload_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_mid_workload_serves_again_and_loses_only_the_replication_window() {
     let c = Cluster::start(3, 1);
-    let s = store_on(&c).await;
+    // The store knows only the victim as a seed: after the kill it finds the
+    // cluster again through the nodes it learned at connect.
+    let victim = c.masters()[0].1;
+    let s = store_with(&c, &format!("127.0.0.1:{victim}"), &common::unique_prefix()).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let work = tokio::spawn(workload(s.clone(), 8, 200, stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let victim = c.masters()[0].1;
     let killed_at = Instant::now();
     // SAFETY of the test: only this cluster's own node, by pid.
     let mut nodes = c;
