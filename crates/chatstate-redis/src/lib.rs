@@ -291,6 +291,9 @@ struct Inner {
     clock: SharedClock,
     scripts: Scripts,
     url: RedisUrl,
+    /// What the store connects to, safe to log: the redacted URL, the Sentinels
+    /// and master name, or the Cluster's seed nodes.
+    target: String,
     /// The TLS settings of `url` (for the bus's own connection).
     tls: TlsConfig,
     command_timeout: Duration,
@@ -307,7 +310,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("url", &self.inner.url)
+            .field("target", &self.inner.target)
             .field("prefix", &self.inner.layout.prefix())
             .field("round_trips", &self.round_trips())
             .finish()
@@ -511,6 +514,7 @@ impl RedisStoreBuilder {
                     counters: counters::CounterScripts::new(),
                     cache: cache::CacheScripts::new(),
                 },
+                target: describe(&self.url, &self.topology),
                 url: self.url,
                 tls: self.tls,
                 command_timeout: self.command_timeout,
@@ -520,7 +524,7 @@ impl RedisStoreBuilder {
             Ok(()) => store.check_eviction_once().await,
             Err(err) if err.is_temporary() && !self.fail_fast => {
                 tracing::warn!(
-                    url = %store.inner.url,
+                    target = %store.inner.target,
                     error = %err,
                     "Redis cannot be reached: the store opens anyway and connects in the \
                      background; calls fail at once (Unavailable) until it does \
@@ -531,7 +535,11 @@ impl RedisStoreBuilder {
             Err(err) => {
                 return Err(Error::new(
                     err.kind(),
-                    format!("cannot connect to {}: {}", store.inner.url, err.message()),
+                    format!(
+                        "cannot connect to {}: {}",
+                        store.inner.target,
+                        err.message()
+                    ),
                 ));
             }
         }
@@ -726,6 +734,32 @@ impl RedisStore {
     /// The key layout (prefix) in use.
     pub fn layout(&self) -> &KeyLayout {
         &self.inner.layout
+    }
+}
+
+/// What a store connects to, for logs, errors and `Debug` (never a password).
+fn describe(url: &RedisUrl, topology: &RedisTopology) -> String {
+    let list = |nodes: &[chatstate_core::HostPort]| {
+        nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match topology {
+        RedisTopology::Standalone => url.to_string(),
+        RedisTopology::Sentinel {
+            sentinels, master, ..
+        } => format!(
+            "master {master:?} through Sentinels {} ({})",
+            list(sentinels),
+            if url.is_tls() { "TLS" } else { "no TLS" }
+        ),
+        RedisTopology::Cluster { nodes } => format!(
+            "Redis Cluster through {} ({})",
+            list(nodes),
+            if url.is_tls() { "TLS" } else { "no TLS" }
+        ),
     }
 }
 

@@ -92,6 +92,11 @@ async fn a_session_stays_in_one_slot_and_a_tenant_spreads_over_shards() {
     assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), keys);
     let sent = s.commands_by_name();
     assert!(!sent.contains_key("KEYS"), "{sent:?}");
+    let shown = format!("{s:?}");
+    assert!(
+        shown.contains("Redis Cluster through 127.0.0.1:"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
