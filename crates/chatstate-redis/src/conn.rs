@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chatstate_core::{Error, ErrorKind, Result};
 
 use crate::breaker::Breaker;
-use redis::aio::ConnectionManager;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::Serialize;
@@ -351,8 +350,9 @@ pub(crate) fn map_err(e: redis::RedisError, op: &'static str, key: Option<&str>)
 #[derive(Clone)]
 pub(crate) enum Link {
     /// One server (`redis://`, `rediss://`, a Unix socket): a multiplexed,
-    /// self-reconnecting connection.
-    Direct(ConnectionManager),
+    /// self-reconnecting connection, renewed after a `READONLY` (see the `direct`
+    /// module).
+    Direct(std::sync::Arc<crate::direct::DirectLink>),
     /// A Redis Cluster: redis-rs's cluster connection (slot map, a connection per
     /// node), built with no retries of its own, and the seed nodes (which the
     /// breaker's probe asks).
@@ -365,7 +365,12 @@ impl Link {
     /// Sends one command.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match self {
-            Link::Direct(manager) => cmd.query_async(&mut manager.clone()).await,
+            Link::Direct(link) => {
+                let (generation, mut manager) = link.connection();
+                let result = cmd.query_async(&mut manager).await;
+                link.after(generation, &result);
+                result
+            }
             Link::Cluster(cluster) => cmd.query_async(&mut cluster.connection()).await,
             Link::Sentinel(link) => link.query(cmd).await,
         }
@@ -374,7 +379,12 @@ impl Link {
     /// Sends a pipeline (every command in one slot on a Cluster).
     pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
         match self {
-            Link::Direct(manager) => pipe.query_async(&mut manager.clone()).await,
+            Link::Direct(link) => {
+                let (generation, mut manager) = link.connection();
+                let result = pipe.query_async(&mut manager).await;
+                link.after(generation, &result);
+                result
+            }
             Link::Cluster(cluster) => pipe.query_async(&mut cluster.connection()).await,
             Link::Sentinel(link) => link.query_pipe(pipe).await,
         }

@@ -95,6 +95,10 @@
 //! (`HalfOpen` while it waits for the answer; calls still fail at once); its success
 //! closes the breaker. Refusals of writes alone (`OOM`, `MISCONF`, `READONLY`,
 //! `NOREPLICAS`, `TRYAGAIN`) never trip it: the server answers and reads work.
+//! A server that answers `READONLY` (demoted to a replica behind the same address,
+//! as a managed Redis's failover behind one DNS name does) makes the next command
+//! go over a new connection, which resolves the name again (the `direct` module;
+//! Sentinel and Cluster follow failovers their own way, below).
 //! [`RedisStore::health`] reports the state; the gauge
 //! `chatstate_redis_breaker_open` and the counter
 //! `chatstate_redis_breaker_opened_total` go to the `metrics` facade. The breaker
@@ -255,6 +259,7 @@ mod cache;
 mod cluster;
 mod conn;
 mod counters;
+mod direct;
 mod eviction;
 mod export;
 mod focus;
@@ -269,7 +274,7 @@ use chatstate_core::{
     BreakerConfig, Config, Error, Health, KeyLayout, RedisTopology, RedisUrl, Result, SharedClock,
     StoreSettings, TlsConfig, system_clock,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
@@ -467,16 +472,19 @@ impl RedisStoreBuilder {
         let (link, pool) = match &self.topology {
             RedisTopology::Standalone => {
                 let client = tls::client(&self.url, &self.tls)?;
-                let manager =
-                    ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
-                        .map_err(|e| {
-                            Error::config(format!(
-                                "REDIS_URL {} is not usable: {}",
-                                self.url,
-                                e.category()
-                            ))
-                        })?;
-                (conn::Link::Direct(manager), Some(self.pool(&client)?))
+                let link = direct::DirectLink::new(client.clone(), self.manager_config()).map_err(
+                    |e| {
+                        Error::config(format!(
+                            "REDIS_URL {} is not usable: {}",
+                            self.url,
+                            e.category()
+                        ))
+                    },
+                )?;
+                (
+                    conn::Link::Direct(Arc::new(link)),
+                    Some(self.pool(&client)?),
+                )
             }
             RedisTopology::Cluster { nodes } => (conn::Link::Cluster(self.cluster(nodes)?), None),
             RedisTopology::Sentinel {

@@ -901,3 +901,48 @@ async fn a_store_opened_without_redis_connects_later_and_checks_the_eviction_pol
         .await
         .unwrap();
 }
+
+/// A server demoted to a replica behind the same address (what a managed Redis's
+/// failover behind one DNS name looks like to a client): its `READONLY` makes the
+/// store open a new connection for the next command, instead of sending every
+/// write down the old one until the socket dies.
+#[tokio::test]
+async fn a_readonly_reply_makes_the_next_command_use_a_new_connection() {
+    let a = RedisServer::start(&[]);
+    let b = RedisServer::start(&[]);
+    let s = connect(&a.url()).await;
+    let key = CacheKey::new("ns", "k").unwrap();
+    KvCache::set(&s, &key, Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    let connections = |srv: &RedisServer| -> u64 {
+        srv.cli(&["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("total_connections_received")
+    };
+    a.cli(&["REPLICAOF", "127.0.0.1", &b.port.to_string()]);
+    let before = connections(&a);
+    let err = KvCache::set(&s, &key, Bytes::from_static(b"2"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("READONLY"), "{err}");
+    // Promoted back (the DNS name would now point at the new primary).
+    a.cli(&["REPLICAOF", "NO", "ONE"]);
+    KvCache::set(&s, &key, Bytes::from_static(b"3"), None)
+        .await
+        .unwrap();
+    // One connection by the store, and one per redis-cli call after `before`
+    // (the REPLICAOF NO ONE and this INFO).
+    let opened = connections(&a) - before - 2;
+    assert_eq!(
+        opened, 1,
+        "the store opened a new connection after READONLY"
+    );
+    assert_eq!(
+        KvCache::get(&s, &key).await.unwrap().as_deref(),
+        Some(&b"3"[..])
+    );
+}
