@@ -133,11 +133,13 @@ pub trait FollowSource: Send + 'static {
     /// Reads the run from `from` (as [`crate::ReplyStream::read`]).
     fn read(&mut self, from: u64) -> BoxFuture<'_, Result<RunRead>>;
 
-    /// Returns when the run may have changed, or after `at_most` at the latest.
-    /// Waking early is harmless (the loop reads again); waking late only adds
-    /// latency. Whatever the source listens to must have been set up before the
-    /// first `read`, so that no append between a read and the wait is missed.
-    fn wait(&mut self, at_most: Duration) -> BoxFuture<'_, ()>;
+    /// Returns when the run may have changed — a chunk at offset `next` or later,
+    /// or the finish — or after `at_most` at the latest. Waking early is harmless
+    /// (the loop reads again); waking late only adds latency. Whatever the source
+    /// listens to must have been set up before the first `read` and must keep
+    /// news that arrives during a read (a queue, not a flag), because the loop
+    /// waits right after a read that found chunks instead of reading again.
+    fn wait(&mut self, next: u64, at_most: Duration) -> BoxFuture<'_, ()>;
 }
 
 struct Follow<S> {
@@ -146,11 +148,14 @@ struct Follow<S> {
     idle_timeout: Duration,
     pending: VecDeque<ReplyEvent>,
     done: bool,
+    /// Read before waiting (the first poll only: afterwards every read follows
+    /// a wait, so a chunk costs one read, not a read plus an empty one).
+    read_first: bool,
 }
 
 /// The follow loop: read from `from`; yield the chunks in order; when the run has
 /// ended yield [`ReplyEvent::Finished`] and stop; otherwise wait for news and read
-/// again from the next offset. A read error is yielded and ends the stream; so does
+/// again from the next offset (after the first read, every read follows a wait). A read error is yielded and ends the stream; so does
 /// `Timeout` when no chunk (and no finish) came for `idle_timeout`. Because every
 /// read asks for the offset after the last chunk yielded, a chunk is never
 /// repeated or skipped, whatever the wake-ups were.
@@ -161,6 +166,7 @@ pub fn follow_with<S: FollowSource>(source: S, from: u64, idle_timeout: Duration
         idle_timeout,
         pending: VecDeque::new(),
         done: false,
+        read_first: true,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         if let Some(event) = st.pending.pop_front() {
@@ -171,6 +177,15 @@ pub fn follow_with<S: FollowSource>(source: S, from: u64, idle_timeout: Duration
         }
         let started = tokio::time::Instant::now();
         loop {
+            if !st.read_first {
+                let left = st.idle_timeout.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    st.done = true;
+                    return Some((Err(idle_error(st.idle_timeout)), st));
+                }
+                st.source.wait(st.next, left).await;
+            }
+            st.read_first = false;
             match st.source.read(st.next).await {
                 Err(e) => {
                     st.done = true;
@@ -195,19 +210,16 @@ pub fn follow_with<S: FollowSource>(source: S, from: u64, idle_timeout: Duration
                     }
                 }
             }
-            let waited = started.elapsed();
-            if waited >= st.idle_timeout {
-                st.done = true;
-                let err = Error::new(
-                    ErrorKind::Timeout,
-                    format!("no new chunk for {} ms", st.idle_timeout.as_millis()),
-                )
-                .with_operation("follow");
-                return Some((Err(err), st));
-            }
-            st.source.wait(st.idle_timeout - waited).await;
         }
     }))
+}
+
+fn idle_error(idle_timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("no new chunk for {} ms", idle_timeout.as_millis()),
+    )
+    .with_operation("follow")
 }
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ impl FollowSource for FileFollow {
         .boxed()
     }
 
-    fn wait(&mut self, at_most: Duration) -> BoxFuture<'_, ()> {
+    fn wait(&mut self, _next: u64, at_most: Duration) -> BoxFuture<'_, ()> {
         tokio::time::sleep(at_most.min(FOLLOW_POLL)).boxed()
     }
 }

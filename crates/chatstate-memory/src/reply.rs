@@ -73,7 +73,7 @@ impl FollowSource for MemoryFollow {
         async move { result }.boxed()
     }
 
-    fn wait(&mut self, at_most: Duration) -> BoxFuture<'_, ()> {
+    fn wait(&mut self, _next: u64, at_most: Duration) -> BoxFuture<'_, ()> {
         async move {
             let woke = match self.wake.as_mut() {
                 Some(rx) => match tokio::time::timeout(at_most, rx.recv()).await {

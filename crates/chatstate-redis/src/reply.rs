@@ -291,18 +291,31 @@ impl FollowSource for RedisFollow {
         .boxed()
     }
 
-    fn wait(&mut self, at_most: Duration) -> BoxFuture<'_, ()> {
+    fn wait(&mut self, next: u64, at_most: Duration) -> BoxFuture<'_, ()> {
         async move {
-            match self.wakeups.as_mut() {
-                Some(messages) => {
-                    let wait = at_most.min(SAFETY_POLL);
-                    match tokio::time::timeout(wait, messages.next()).await {
-                        Ok(Some(_)) | Err(_) => {}
-                        // The subscription is gone: poll until it is back.
-                        Ok(None) => self.wakeups = None,
+            let Some(messages) = self.wakeups.as_mut() else {
+                return tokio::time::sleep(at_most.min(FALLBACK_POLL)).await;
+            };
+            let deadline = tokio::time::Instant::now() + at_most.min(SAFETY_POLL);
+            loop {
+                match tokio::time::timeout_at(deadline, messages.next()).await {
+                    Err(_) => return,
+                    // The subscription is gone: poll until it is back.
+                    Ok(None) => {
+                        self.wakeups = None;
+                        return;
+                    }
+                    Ok(Some(msg)) => {
+                        // An append publishes its offset: one already read is stale
+                        // news (it was published before the last read finished).
+                        let stale = reply::redis_int(msg.get_payload_bytes())
+                            .and_then(|n| u64::try_from(n).ok())
+                            .is_some_and(|n| n < next);
+                        if !stale {
+                            return;
+                        }
                     }
                 }
-                None => tokio::time::sleep(at_most.min(FALLBACK_POLL)).await,
             }
         }
         .boxed()
