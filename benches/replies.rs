@@ -7,7 +7,8 @@
 //! design pub/sub wake-ups were chosen over).
 //!
 //! Run: `cargo bench --bench replies` (about 3.5 minutes: each variant streams for
-//! 40 s). `REPLY_BENCH_TOKENS=500` shortens every variant. Starts its own
+//! 40 s). `REPLY_BENCH_TOKENS=500`, or `--quick` (300 tokens), shortens every
+//! variant. Starts its own
 //! `redis-server` on a free loopback port (never 6379).
 
 #[path = "../crates/chatstate-redis/tests/common/mod.rs"]
@@ -175,10 +176,12 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // `cargo xtask bench -- --quick` passes `--quick` to every bench: 300 tokens.
+    let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = std::env::var("REPLY_BENCH_TOKENS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(if quick { 300 } else { 2000 });
     let server = common::RedisServer::start(&[]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

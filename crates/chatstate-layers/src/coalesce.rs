@@ -29,6 +29,10 @@
 //! the measured round trips and latencies.
 //!
 //! Reads (`read`, `follow`) go straight to the wrapped store.
+//!
+//! **Memory.** A run's buffer lives from its first append to its `finish` (or a
+//! refusal that ends it); finish every run you start through the writer, or its
+//! (empty) buffer stays until the writer is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

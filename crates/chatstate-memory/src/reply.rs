@@ -58,15 +58,20 @@ struct MemoryFollow {
     store: std::sync::Weak<Inner>,
     run: RunId,
     wake: Option<broadcast::Receiver<()>>,
+    /// The followed run's channel closed: the run was dropped (swept, or replaced
+    /// by a new run of the same id after it expired), so it is gone for this
+    /// follower even if a new run now has the id.
+    gone: bool,
 }
 
-/// How often a follower whose run has no channel (not started yet when it
-/// subscribed, or replaced) reads again.
+/// How often a follower whose run had no channel (it did not exist when the
+/// follow began) reads again.
 const FALLBACK_POLL: Duration = Duration::from_millis(20);
 
 impl FollowSource for MemoryFollow {
     fn read(&mut self, from: u64) -> BoxFuture<'_, Result<RunRead>> {
         let result = match self.store.upgrade() {
+            _ if self.gone => Err(run_missing().with_key(&self.run)),
             Some(inner) => read_run(&inner, &self.run, from),
             None => Err(Error::new(ErrorKind::Unavailable, "the store was dropped")),
         };
@@ -75,18 +80,16 @@ impl FollowSource for MemoryFollow {
 
     fn wait(&mut self, _next: u64, at_most: Duration) -> BoxFuture<'_, ()> {
         async move {
-            let woke = match self.wake.as_mut() {
-                Some(rx) => match tokio::time::timeout(at_most, rx.recv()).await {
-                    Err(_) => return,
-                    Ok(Ok(())) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => true,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => false,
-                },
-                None => false,
-            };
-            if !woke {
-                // Closed (the run expired and was swept) or none: read again soon.
-                self.wake = None;
-                tokio::time::sleep(at_most.min(FALLBACK_POLL)).await;
+            match self.wake.as_mut() {
+                Some(rx) => {
+                    if let Ok(Err(broadcast::error::RecvError::Closed)) =
+                        tokio::time::timeout(at_most, rx.recv()).await
+                    {
+                        self.gone = true;
+                    }
+                }
+                // No channel: the run did not exist when the follow began.
+                None => tokio::time::sleep(at_most.min(FALLBACK_POLL)).await,
             }
         }
         .boxed()
@@ -168,11 +171,40 @@ impl ReplyStream for MemoryStore {
             store: std::sync::Arc::downgrade(&self.inner),
             run: run.clone(),
             wake,
+            gone: false,
         };
         follow_with(source, from, idle_timeout)
     }
 
     fn capabilities(&self) -> chatstate_core::Capabilities {
         MemoryStore::capabilities(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatstate_core::{ManualClock, ReplyEvent};
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn a_follower_of_a_replaced_run_ends_instead_of_reading_the_new_one() {
+        let clock = ManualClock::starting_now();
+        let store = MemoryStore::builder().clock(clock.shared()).build();
+        let run = RunId::new("reused").unwrap();
+        store
+            .start(&run, Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        store.append(&run, "old").await.unwrap();
+        let mut events = store.follow(&run, 0, Duration::from_secs(5));
+        let first = events.next().await.unwrap().unwrap();
+        assert!(matches!(first, ReplyEvent::Chunk(c) if c.text == "old"));
+        clock.advance(Duration::from_secs(2));
+        store.start(&run, None).await.unwrap();
+        store.append(&run, "new").await.unwrap();
+        let err = events.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(events.next().await.is_none());
     }
 }
