@@ -353,6 +353,7 @@ macro_rules! conformance_suite {
             reply_late_reader_from_offset_zero,
             reply_every_follower_sees_the_finish,
             reply_expires_after_ttl,
+            reply_follower_of_an_expired_run_ends,
             reply_limits_are_invalid_input,
             reply_cancel_stops_the_producer,
         }

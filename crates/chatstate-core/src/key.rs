@@ -623,7 +623,7 @@ impl fmt::Debug for CounterKey {
 /// | cache entry | `{prefix}:kv:<namespace>:<key>` | string: the value |
 /// | counters of a name (and bucket) | `{prefix}:cnt:{counters}:<name>[@<bucket>]` | hash: labels (`a=1,b=2`, empty for none) to value |
 /// | an applied counter batch | `{prefix}:cnt:{counters}:batch:<id>` | string, kept for the batch retention |
-/// | a streamed reply's state | `{prefix}:reply:{<run>}:meta` | hash: status, bytes, chunks |
+/// | a streamed reply's state | `{prefix}:reply:{<run>}:meta` | hash: status, bytes, n (chunks), gen (a random id per start) |
 /// | its chunks | `{prefix}:reply:{<run>}:chunks` | stream, entry id `0-<offset + 1>`, field `t` |
 /// | its wake-up channel | `{prefix}:reply:{<run>}:live` | pub/sub channel (not a key) |
 ///

@@ -36,7 +36,8 @@ use redis::Value;
 use crate::RedisStore;
 use crate::conn::{Script, lua_wrongtype, reply};
 
-/// Starts a run. KEYS: meta, chunks. ARGV: ttl_ms.
+/// Starts a run. KEYS: meta, chunks. ARGV: ttl_ms, a random generation id (tells
+/// a follower that its run was replaced by a new one of the same id).
 /// Returns -1 when a live run has the id, 1 when started.
 const START: &str = concat!(
     lua_wrongtype!(),
@@ -45,7 +46,7 @@ local e = wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'stream')
 if e then return e end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'open', 'bytes', 0, 'n', 0)
+redis.call('HSET', KEYS[1], 'status', 'open', 'bytes', 0, 'n', 0, 'gen', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#
@@ -92,16 +93,17 @@ return {0}
 );
 
 /// Reads a run from an offset. KEYS: meta, chunks. ARGV: first stream id.
-/// Returns {-1} no run, or {status, {id, {field, text}}, ...}. The status is read
-/// in the same script as the chunks: when it is not `open`, the chunks are all.
+/// Returns {-1} no run, or {status, generation, {{id, {field, text}}, ...}}. The
+/// status is read in the same script as the chunks: when it is not `open`, the
+/// chunks are all.
 const READ: &str = concat!(
     lua_wrongtype!(),
     r#"
 local e = wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'stream')
 if e then return e end
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {-1} end
-return {st, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
+if not st[1] then return {-1} end
+return {st[1], st[2] or '', redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
 "#
 );
 
@@ -146,7 +148,8 @@ impl RedisStore {
         }
     }
 
-    async fn read_run(&self, run: &RunId, from: u64) -> Result<RunRead> {
+    /// Reads `run` from `from`, with the run's generation id.
+    async fn read_run(&self, run: &RunId, from: u64) -> Result<(RunRead, Vec<u8>)> {
         let keys = self.reply_keys(run);
         let first = format!("0-{}", from.saturating_add(1));
         let v = self
@@ -168,6 +171,7 @@ impl RedisStore {
             Error::decode(format!("a reply run is malformed: {what}")).with_key(&keys.meta)
         };
         let status = reply::bytes(status)?.ok_or_else(|| bad("no status"))?;
+        let generation = reply::bytes(parts.next().unwrap_or(Value::Nil))?.unwrap_or_default();
         let finished = match status.as_slice() {
             b"open" => None,
             s => Some(
@@ -200,7 +204,7 @@ impl RedisStore {
                 text,
             });
         }
-        Ok(RunRead { chunks, finished })
+        Ok((RunRead { chunks, finished }, generation))
     }
 }
 
@@ -247,6 +251,8 @@ struct RedisFollow {
     run: RunId,
     channel: String,
     wakeups: Option<Wakeups>,
+    /// The generation of the run this follower follows (set by its first read).
+    generation: Option<Vec<u8>>,
     /// When the last subscription attempt failed: the next waits a second.
     failed_at: Option<tokio::time::Instant>,
 }
@@ -286,7 +292,16 @@ impl FollowSource for RedisFollow {
         async move {
             // Subscribed before reading, so an append after this read wakes us.
             self.subscribe().await;
-            self.store.read_run(&self.run, from).await
+            let (read, generation) = self.store.read_run(&self.run, from).await?;
+            match &self.generation {
+                // The run expired and another of the same id started since.
+                Some(g) if *g != generation => Err(run_missing().with_key(&self.run)),
+                Some(_) => Ok(read),
+                None => {
+                    self.generation = Some(generation);
+                    Ok(read)
+                }
+            }
         }
         .boxed()
     }
@@ -328,13 +343,14 @@ impl ReplyStream for RedisStore {
         let ttl = StoreSettings::ttl_or(ttl, self.inner.settings.reply_ttl).in_op("start")?;
         let keys = self.reply_keys(run);
         let ttl_ms = ttl.as_millis().to_string();
+        let generation = chatstate_core::model::random_id();
         let v = self
             .inner
             .conn
             .script(
                 &self.inner.scripts.replies.start,
                 &[&keys.meta, &keys.chunks],
-                &[ttl_ms.as_bytes()],
+                &[ttl_ms.as_bytes(), generation.as_bytes()],
                 "start",
             )
             .await?;
@@ -383,7 +399,10 @@ impl ReplyStream for RedisStore {
     }
 
     async fn read(&self, run: &RunId, from: u64) -> Result<RunRead> {
-        self.read_run(run, from).await.in_op("read")
+        self.read_run(run, from)
+            .await
+            .map(|(read, _)| read)
+            .in_op("read")
     }
 
     fn follow(&self, run: &RunId, from: u64, idle_timeout: Duration) -> ReplyEvents {
@@ -392,6 +411,7 @@ impl ReplyStream for RedisStore {
             run: run.clone(),
             channel: self.reply_keys(run).live,
             wakeups: None,
+            generation: None,
             failed_at: None,
         };
         follow_with(source, from, idle_timeout)

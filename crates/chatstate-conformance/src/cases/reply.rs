@@ -254,6 +254,34 @@ pub async fn reply_expires_after_ttl(ctx: Ctx) -> Outcome {
     Outcome::Passed
 }
 
+/// A follower of a run that expires ends with `NotFound`, and never reads a new run
+/// started under the same id afterwards.
+pub async fn reply_follower_of_an_expired_run_ends(ctx: Ctx) -> Outcome {
+    let fx = ctx.open().await;
+    let unit = ctx.unit();
+    let r = run("reused");
+    fx.replies.start(&r, Some(unit * 2)).await.must("start");
+    fx.replies.append(&r, "old").await.must("append");
+    let mut events = fx.replies_peer.follow(&r, 0, IDLE);
+    match events.next().await.expect("an event").must("follow") {
+        ReplyEvent::Chunk(c) => assert_eq!(c.text, "old"),
+        other => panic!("expected the chunk, got {other:?}"),
+    }
+    fx.advance(unit * 3).await;
+    fx.replies
+        .start(&r, None)
+        .await
+        .must("start again after expiry");
+    fx.replies
+        .append(&r, "new")
+        .await
+        .must("append to the new run");
+    let next = events.next().await.expect("an event");
+    expect_err(next, ErrorKind::NotFound, "follow of an expired run");
+    assert!(events.next().await.is_none(), "the stream ends");
+    Outcome::Passed
+}
+
 /// Empty chunks, chunks over the value limit and chunks that would take the run
 /// over the run limit are `InvalidInput`, write nothing, and leave the run open.
 pub async fn reply_limits_are_invalid_input(ctx: Ctx) -> Outcome {
