@@ -26,7 +26,7 @@
 //!   buffers a run's tiny chunks and writes them every `max_delay` (50 ms) or
 //!   `max_bytes` (256 B), in order, flushing on finish: one round trip per flush
 //!   instead of one per token.
-//! - [`instrument`]: [`Instrumented`], counts, errors, latency percentiles and hit
+//! - [`instrument`]: [`Instrumented`] (over any of the five traits), counts, errors, latency percentiles and hit
 //!   rates per operation and namespace, through a snapshot, the `metrics` facade and
 //!   `tracing` spans.
 //!

@@ -26,21 +26,13 @@ impl Backend for InstrumentedMemory {
                 .clock(clock.shared())
                 .build(),
         ));
-        // Instrumented does not wrap ReplyStream: the reply cases run on a plain
-        // memory store on the same clock (the coalescing writer has its own tests).
-        let replies = Arc::new(
-            MemoryStore::builder()
-                .settings(settings.clone())
-                .clock(clock.shared())
-                .build(),
-        );
         Ok(Fixture {
             sessions: store.clone(),
             focus: store.clone(),
             counters: store.clone(),
+            replies: store.clone(),
+            replies_peer: store.clone(),
             cache: store,
-            replies: replies.clone(),
-            replies_peer: replies,
             time: TimeControl::Manual(clock),
             settings,
             guard: None,
