@@ -55,7 +55,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use chatstate_core::Capabilities;
 use chatstate_core::{
-    CounterSink, FocusStore, KvCache, ManualClock, Result, SessionStore, StoreSettings,
+    CounterSink, FocusStore, KvCache, ManualClock, ReplyStream, Result, SessionStore, StoreSettings,
 };
 
 pub mod cases;
@@ -71,7 +71,7 @@ pub enum TimeControl {
     Real,
 }
 
-/// A fresh, isolated set of the four stores of one backend.
+/// A fresh, isolated set of the stores of one backend.
 pub struct Fixture {
     /// Sessions.
     pub sessions: Arc<dyn SessionStore>,
@@ -81,6 +81,12 @@ pub struct Fixture {
     pub counters: Arc<dyn CounterSink>,
     /// The cache.
     pub cache: Arc<dyn KvCache>,
+    /// Streamed replies.
+    pub replies: Arc<dyn ReplyStream>,
+    /// Streamed replies through another instance over the same data (a second
+    /// client of the same server, the same folder opened again; in one process's
+    /// memory, the same store): what a reader on another instance uses.
+    pub replies_peer: Arc<dyn ReplyStream>,
     /// How time moves for these stores.
     pub time: TimeControl,
     /// The settings the stores were opened with.
@@ -340,6 +346,16 @@ macro_rules! conformance_suite {
             kv_binary_values_roundtrip,
             kv_typed_values_and_decode_errors,
             kv_get_or_load_caches_and_does_not_cache_errors,
+            // streamed replies
+            reply_chunks_in_order_and_read_from_offset,
+            reply_follow_resumes_without_loss_or_duplicate,
+            reply_reader_on_another_instance,
+            reply_late_reader_from_offset_zero,
+            reply_every_follower_sees_the_finish,
+            reply_expires_after_ttl,
+            reply_follower_of_an_expired_run_ends,
+            reply_limits_are_invalid_input,
+            reply_cancel_stops_the_producer,
         }
 
         #[test]

@@ -21,6 +21,8 @@
 //! | `CHATSTATE_CACHE_TTL_SECONDS` | default TTL of cache entries | `3600` |
 //! | `CHATSTATE_FOCUS_TTL_SECONDS` | default TTL of focus documents | the session TTL |
 //! | `CHATSTATE_MAX_VALUE_BYTES` | largest value accepted (message, blob, cache value) | `1048576` (1 MiB) |
+//! | `CHATSTATE_STREAM_TTL_SECONDS` | TTL of a streamed reply (a [`crate::ReplyStream`] run) started without one | `3600` (1 h) |
+//! | `CHATSTATE_STREAM_MAX_RUN_BYTES` | most bytes one streamed reply may hold (its chunks together); a chunk's own limit is `CHATSTATE_MAX_VALUE_BYTES` | `4194304` (4 MiB) |
 //! | `CHATSTATE_CODEC` | `bincode` or `json`, for typed values (the facade's `Stores::codec`) | `bincode` |
 //! | `CHATSTATE_COUNTER_FLUSH_SECONDS` | batched counters' flush interval | `60` |
 //! | `CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS` | how long an applied batch id is remembered, so a retried flush is not counted twice; at least 10 flush intervals | `86400` |
@@ -74,6 +76,8 @@ pub const ENV_VARS: &[&str] = &[
     "CHATSTATE_CACHE_TTL_SECONDS",
     "CHATSTATE_FOCUS_TTL_SECONDS",
     "CHATSTATE_MAX_VALUE_BYTES",
+    "CHATSTATE_STREAM_TTL_SECONDS",
+    "CHATSTATE_STREAM_MAX_RUN_BYTES",
     "CHATSTATE_CODEC",
     "CHATSTATE_COUNTER_FLUSH_SECONDS",
     "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
@@ -139,6 +143,11 @@ pub struct StoreSettings {
     pub max_value_bytes: usize,
     /// How long an applied counter batch id is remembered.
     pub batch_retention: Duration,
+    /// TTL of a streamed reply started without one.
+    pub reply_ttl: Duration,
+    /// Most bytes one streamed reply may hold, its chunks together (each chunk is
+    /// also held to `max_value_bytes`).
+    pub max_run_bytes: usize,
 }
 
 impl Default for StoreSettings {
@@ -151,6 +160,8 @@ impl Default for StoreSettings {
             focus_ttl: Duration::from_secs(259_200),
             max_value_bytes: 1024 * 1024,
             batch_retention: Duration::from_secs(86_400),
+            reply_ttl: Duration::from_secs(3600),
+            max_run_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -252,6 +263,8 @@ impl StoreSettings {
                 self.max_value_bytes == 0,
                 "max value bytes must be positive",
             ),
+            (self.reply_ttl.is_zero(), "reply TTL must be positive"),
+            (self.max_run_bytes == 0, "max run bytes must be positive"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, msg)) => Err(Error::config(*msg)),
@@ -933,6 +946,12 @@ impl Config {
         if let Some(n) = env.int("CHATSTATE_MAX_VALUE_BYTES", 1, 512 * 1024 * 1024)? {
             cfg.store.max_value_bytes = n as usize;
         }
+        if let Some(d) = env.seconds("CHATSTATE_STREAM_TTL_SECONDS")? {
+            cfg.store.reply_ttl = d;
+        }
+        if let Some(n) = env.int("CHATSTATE_STREAM_MAX_RUN_BYTES", 1, 1024 * 1024 * 1024)? {
+            cfg.store.max_run_bytes = n as usize;
+        }
         if let Some(raw) = env.get("CHATSTATE_CODEC") {
             cfg.codec = raw
                 .parse::<Codec>()
@@ -1194,6 +1213,8 @@ mod tests {
             "CHATSTATE_CACHE_TTL_SECONDS",
             "CHATSTATE_FOCUS_TTL_SECONDS",
             "CHATSTATE_MAX_VALUE_BYTES",
+            "CHATSTATE_STREAM_TTL_SECONDS",
+            "CHATSTATE_STREAM_MAX_RUN_BYTES",
             "CHATSTATE_COUNTER_FLUSH_SECONDS",
             "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
             "CHATSTATE_LOCAL_CACHE_CAPACITY",
@@ -1395,6 +1416,22 @@ mod tests {
             let err = StoreSettings::ttl_or(Some(bad), d).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput);
         }
+    }
+
+    #[test]
+    fn stream_settings_are_read_with_defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.store.reply_ttl, Duration::from_secs(3600));
+        assert_eq!(c.store.max_run_bytes, 4 * 1024 * 1024);
+        let c = cfg(&[
+            ("CHATSTATE_STREAM_TTL_SECONDS", "120"),
+            ("CHATSTATE_STREAM_MAX_RUN_BYTES", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(c.store.reply_ttl, Duration::from_secs(120));
+        assert_eq!(c.store.max_run_bytes, 65_536);
+        assert!(ENV_VARS.contains(&"CHATSTATE_STREAM_TTL_SECONDS"));
+        assert!(ENV_VARS.contains(&"CHATSTATE_STREAM_MAX_RUN_BYTES"));
     }
 
     #[test]

@@ -265,6 +265,55 @@ impl fmt::Debug for CacheKey {
     }
 }
 
+/// One streamed reply (a run of [`crate::ReplyStream`]): any non-empty UTF-8 id up
+/// to [`MAX_ID_BYTES`] — a request id, a message id, a UUID.
+///
+/// ```
+/// use chatstate_core::RunId;
+/// let run = RunId::new("reply-42").unwrap();
+/// assert_eq!(run.as_str(), "reply-42");
+/// assert!(RunId::new("").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A run id: non-empty, at most [`MAX_ID_BYTES`] bytes, any UTF-8.
+    pub fn new(id: impl Into<String>) -> Result<Self> {
+        let id = id.into();
+        check_id("run id", &id, MAX_ID_BYTES)?;
+        Ok(RunId(id))
+    }
+
+    /// A fresh random run id (a UUID v4).
+    pub fn random() -> Self {
+        RunId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks the id again: for ids that arrived through deserialization.
+    pub fn validate(&self) -> Result<()> {
+        check_id("run id", &self.0, MAX_ID_BYTES)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(&self.0))
+    }
+}
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunId({self})")
+    }
+}
+
 /// A counter's labels, kept sorted so `{a=1,b=2}` and `{b=2,a=1}` are one counter.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -574,10 +623,14 @@ impl fmt::Debug for CounterKey {
 /// | cache entry | `{prefix}:kv:<namespace>:<key>` | string: the value |
 /// | counters of a name (and bucket) | `{prefix}:cnt:{counters}:<name>[@<bucket>]` | hash: labels (`a=1,b=2`, empty for none) to value |
 /// | an applied counter batch | `{prefix}:cnt:{counters}:batch:<id>` | string, kept for the batch retention |
+/// | a streamed reply's state | `{prefix}:reply:{<run>}:meta` | hash: status, bytes, n (chunks), gen (a random id per start) |
+/// | its chunks | `{prefix}:reply:{<run>}:chunks` | stream, entry id `0-<offset + 1>`, field `t` |
+/// | its wake-up channel | `{prefix}:reply:{<run>}:live` | pub/sub channel (not a key) |
 ///
 /// Every part is [`escape`]d, so a `{...}` hash tag holds exactly the ids it names:
 /// every key of one session lands in one Redis Cluster slot, so do a scope's focus
-/// documents, and so do all counters (a batch is applied atomically).
+/// documents, and so do all counters (a batch is applied atomically), and so do a
+/// streamed reply's keys (one script appends to both).
 ///
 /// **On a Redis Cluster** ([`KeyLayout::clustered`]) a session and the index entry
 /// that lists it must share a slot, so that one script writes both. A tenant's
@@ -765,6 +818,11 @@ impl KeyLayout {
     /// The key recording that a counter batch was applied.
     pub fn counter_batch(&self, id: &str) -> String {
         format!("{}:cnt:{{counters}}:batch:{}", self.prefix, escape(id))
+    }
+    /// The common start of a streamed reply's keys, ending in its hash tag:
+    /// `{prefix}:reply:{<run>}` (append `:meta`, `:chunks`, `:live`).
+    pub fn reply_base(&self, run: &RunId) -> String {
+        format!("{}:reply:{{{}}}", self.prefix, escape(run.as_str()))
     }
 }
 

@@ -1,7 +1,7 @@
 //! # chatstate-core
 //!
-//! The short-term memory of a conversational app, as four store traits and the
-//! rules every backend shares. Depend on this crate plus one backend
+//! The short-term memory of a conversational app, as four store traits (and a
+//! fifth, [`ReplyStream`], for streamed replies) and the rules every backend shares. Depend on this crate plus one backend
 //! (`chatstate-memory`, `chatstate-file`, `chatstate-redis`), or on the facade that
 //! picks one from the environment.
 //!
@@ -9,6 +9,8 @@
 //!
 //! - [`traits`]: [`SessionStore`], [`FocusStore`], [`CounterSink`], [`KvCache`] — the
 //!   contract, method by method.
+//! - [`reply`]: streamed replies ([`ReplyStream`]'s chunks, statuses and events),
+//!   the append limits, and the follow loop every backend runs.
 //! - [`ext`]: conveniences over the traits (typed values, one-message append,
 //!   get-or-load), for every store through blanket impls.
 //! - [`model`]: sessions, messages, patches, leases, focus documents, counter
@@ -70,6 +72,7 @@ pub mod invalidation;
 pub mod inventory;
 pub mod key;
 pub mod model;
+pub mod reply;
 pub mod traits;
 pub mod transition;
 
@@ -87,12 +90,13 @@ pub use inventory::{
     CacheRecord, CounterRecord, FocusRecord, Inventory, InventoryPage, Record, RecordKey,
     RecordKind, RestoreMode, Restored, SessionRecord,
 };
-pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, SessionKey};
+pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, RunId, SessionKey};
 pub use model::{
     AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
     Message, NewMessage, Page, PutMode, Role, Session, SessionPatch,
 };
-pub use traits::{Capabilities, CounterSink, FocusStore, KvCache, SessionStore};
+pub use reply::{Chunk, ReplyEvent, ReplyEvents, RunRead, RunStatus};
+pub use traits::{Capabilities, CounterSink, FocusStore, KvCache, ReplyStream, SessionStore};
 
 /// mockall mocks of the four traits, for unit tests of code that uses chatstate.
 ///

@@ -1,4 +1,4 @@
-//! The four store traits. Each is object-safe (`Arc<dyn SessionStore>` works),
+//! The four store traits, and [`ReplyStream`] for streamed replies. Each is object-safe (`Arc<dyn SessionStore>` works),
 //! `Send + Sync`, and small: conveniences live in [`crate::ext`].
 //!
 //! The doc of each method is the contract every backend keeps; the conformance suite
@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, SessionKey};
+use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, RunId, SessionKey};
 use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
     NewMessage, Page, PutMode, Session, SessionPatch,
 };
+use crate::reply::{ReplyEvents, RunRead, RunStatus};
 
 /// What a store can do, where backends differ, reported by the store itself at run
 /// time (every trait has a `capabilities()` method), so the conformance suite and
@@ -292,6 +293,86 @@ pub trait KvCache: Send + Sync {
     /// the namespace for `""`); returns how many. Other namespaces are never touched,
     /// even ones whose name starts with `namespace` (`users` vs `users:archive`).
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64>;
+
+    /// What this store can do ([`Capabilities::NONE`] unless the store says).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+}
+
+/// Streamed replies across instances: one instance appends a model's reply chunk by
+/// chunk (a *run*), any instance reads it from an offset or follows it live.
+///
+/// The promises below are what the conformance suite's `reply_*` cases check.
+///
+/// - **Offsets** are chunk indexes: the first chunk of a run is 0, the next 1, in
+///   the order the appends were acknowledged. A chunk is never changed once written.
+/// - **TTL.** A run lives for the TTL given to [`start`](ReplyStream::start) (the
+///   configured reply TTL, `CHATSTATE_STREAM_TTL_SECONDS`, default 1 h, when
+///   `None`), counted from the start; then the whole run — chunks and status — is
+///   gone at once, and every operation on it is `NotFound`.
+/// - **Limits.** A chunk is non-empty and at most `max_value_bytes`; a run holds at
+///   most `max_run_bytes` (`CHATSTATE_STREAM_MAX_RUN_BYTES`) in total. An append
+///   over a limit is `InvalidInput` and writes nothing; the run stays open.
+/// - **Finish.** A run ends once, with a [`RunStatus`]; appends and finishes after
+///   that are `Conflict` (a producer whose run was cancelled learns it on its next
+///   append). Every follower sees the finish after the last chunk.
+/// - **Follow** yields every chunk from the offset on, in order, exactly once,
+///   waiting for new ones, then [`ReplyEvent::Finished`](crate::ReplyEvent::Finished), and ends. It ends with a
+///   `Timeout` error when nothing new came for `idle_timeout`, and with `NotFound`
+///   when the run does not exist (or expired). After a dropped connection or a
+///   restarted reader, following again from the offset after the last chunk seen
+///   neither loses nor repeats a chunk.
+///
+/// For many tiny chunks (1–5 characters per token), wrap the store in the
+/// coalescing writer of `chatstate-layers`, which costs one write per flush instead
+/// of one per token.
+///
+/// ```
+/// # async fn demo(replies: &dyn chatstate_core::ReplyStream) -> chatstate_core::Result<()> {
+/// use std::time::Duration;
+/// use chatstate_core::{ReplyEvent, RunId, RunStatus};
+/// use futures_util::StreamExt;
+/// let run = RunId::new("reply-42")?;
+/// replies.start(&run, None).await?;
+/// replies.append(&run, "Olá").await?;
+/// replies.append(&run, ", mundo").await?;
+/// replies.finish(&run, RunStatus::Done).await?;
+/// // Any instance, any time within the TTL:
+/// let mut events = replies.follow(&run, 0, Duration::from_secs(30));
+/// let mut text = String::new();
+/// while let Some(event) = events.next().await {
+///     match event? {
+///         ReplyEvent::Chunk(chunk) => text.push_str(&chunk.text),
+///         ReplyEvent::Finished(status) => assert_eq!(status, RunStatus::Done),
+///     }
+/// }
+/// assert_eq!(text, "Olá, mundo");
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait ReplyStream: Send + Sync {
+    /// Starts run `run`, open and empty, for `ttl` (the configured reply TTL when
+    /// `None`). `AlreadyExists` when a live run has this id.
+    async fn start(&self, run: &RunId, ttl: Option<Duration>) -> Result<()>;
+
+    /// Appends `text` as the run's next chunk. `NotFound` when there is no live
+    /// run, `Conflict` when it has ended, `InvalidInput` for an empty chunk or one
+    /// over a limit (see the trait's docs); nothing is written then.
+    async fn append(&self, run: &RunId, text: &str) -> Result<()>;
+
+    /// Ends the run with `status`. `NotFound` when there is no live run,
+    /// `Conflict` when it has already ended.
+    async fn finish(&self, run: &RunId, status: RunStatus) -> Result<()>;
+
+    /// The run's chunks from offset `from` on (none when `from` is past the end)
+    /// and its status, read together. `NotFound` when there is no live run.
+    async fn read(&self, run: &RunId, from: u64) -> Result<RunRead>;
+
+    /// The run's events from offset `from` on, live: every chunk once and in
+    /// order, then the finish (see the trait's docs). Lazy: nothing is read
+    /// before the stream is polled.
+    fn follow(&self, run: &RunId, from: u64, idle_timeout: Duration) -> ReplyEvents;
 
     /// What this store can do ([`Capabilities::NONE`] unless the store says).
     fn capabilities(&self) -> Capabilities {

@@ -20,6 +20,10 @@
 //!   the folder).
 //! - `stripes`: writer exclusion across threads and processes (256 `flock`ed lock
 //!   files).
+//! - `reply`: [`ReplyStream`](chatstate_core::ReplyStream) — one append-only file of
+//!   JSON lines per run; followers poll it every 20 ms (the module says why polling
+//!   rather than file notifications). Not part of the inventory: replies are
+//!   short-lived and not moved between backends.
 //! - `sweep`: the sweeper (expired records, stale temp files) and [`FileStore::verify`].
 //!
 //! ## Folder layout (for operators)
@@ -31,6 +35,7 @@
 //! <dir>/focus/<scope>/<name>.f                          focus document (payload = the value)
 //! <dir>/cache/<namespace>/<key>.k                       cache entry (payload = the value)
 //! <dir>/counters/counters.c                             all counters + recently applied batch ids
+//! <dir>/replies/<run>.r                                 a streamed reply: JSON lines, append-only
 //! <dir>/locks/00.lock … ff.lock                         writer lock stripes
 //! ```
 //!
@@ -83,6 +88,7 @@ mod export;
 mod focus;
 mod format;
 mod paths;
+mod reply;
 mod session;
 mod stripes;
 mod sweep;

@@ -16,12 +16,13 @@
 //! <dir>/focus/<scope>/<name>.f                        focus document
 //! <dir>/cache/<namespace>/<key>.k                     cache entry
 //! <dir>/counters/counters.c                           every counter + applied batch ids
+//! <dir>/replies/<run>.r                               a streamed reply: JSON lines, append-only
 //! <dir>/locks/00.lock … ff.lock                       lock stripes (flock) for writers
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use chatstate_core::{CacheKey, FocusKey, SessionKey};
+use chatstate_core::{CacheKey, FocusKey, RunId, SessionKey};
 use sha2::{Digest, Sha256};
 
 /// The file name component for `id`.
@@ -106,6 +107,15 @@ impl Layout {
 
     pub fn counters(&self) -> PathBuf {
         self.root.join("counters").join("counters.c")
+    }
+
+    pub fn replies_dir(&self) -> PathBuf {
+        self.root.join("replies")
+    }
+
+    pub fn reply(&self, run: &RunId) -> PathBuf {
+        self.replies_dir()
+            .join(format!("{}.r", component(run.as_str())))
     }
 
     pub fn lock_stripe(&self, stripe: u8) -> PathBuf {

@@ -1,6 +1,7 @@
 //! The sweeper and the verifier.
 //!
-//! The sweeper walks `sessions/`, `session-locks/`, `focus/` and `cache/` one folder
+//! The sweeper walks `sessions/`, `session-locks/`, `focus/`, `cache/` (and
+//! `replies/`, whose files start with a JSON header line instead) one folder
 //! entry at a time (`read_dir` is streamed, never collected), reads only each file's
 //! 32-byte header, and deletes a record whose deadline has passed — after taking its
 //! stripe lock and reading the header again, so a record refreshed meanwhile stays.
@@ -182,6 +183,33 @@ pub(crate) fn sweep(inner: &Inner) -> Result<SweepReport> {
             Ok(())
         })?;
     }
+    // Streamed replies: one level, a JSON header line instead of a record header.
+    for_each_entry(&inner.layout.replies_dir(), &mut unlistable, |entry| {
+        let path = entry.path();
+        if stale_tmp(&path, &entry.file_name().to_string_lossy(), &mut report) {
+            return Ok(());
+        }
+        report.scanned += 1;
+        match crate::reply::expired(inner, &path) {
+            Ok(true) => {
+                let _g = inner.stripes.lock(&path)?;
+                if matches!(crate::reply::expired(inner, &path), Ok(true)) {
+                    match format::remove(&path, inner.durability) {
+                        Ok(true) => report.removed += 1,
+                        Ok(false) => {}
+                        Err(e) => skip(&mut report, &e),
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) if e.kind() == ErrorKind::Decode => {
+                report.corrupt += 1;
+                tracing::warn!(error = %e, "chatstate-file sweep found a corrupt file");
+            }
+            Err(e) => skip(&mut report, &e),
+        }
+        Ok(())
+    })?;
     for e in &unlistable {
         skip(&mut report, e);
     }

@@ -18,16 +18,21 @@ struct Guard {
 }
 
 fn fixture(dir: Arc<TempDir>, clock: ManualClock, settings: StoreSettings) -> Result<Fixture> {
-    let store = Arc::new(
+    let open = || {
         FileStore::builder(dir.path())
             .settings(settings.clone())
             .clock(clock.shared())
-            .open()?,
-    );
+            .open()
+    };
+    let store = Arc::new(open()?);
+    // The same folder opened again: the "other instance" of the reply cases.
+    let peer = Arc::new(open()?);
     Ok(Fixture {
         sessions: store.clone(),
         focus: store.clone(),
         counters: store.clone(),
+        replies: store.clone(),
+        replies_peer: peer,
         cache: store,
         time: TimeControl::Manual(clock.clone()),
         settings,

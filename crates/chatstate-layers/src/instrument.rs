@@ -11,10 +11,11 @@
 //!   labelled `op` and `ns` — plug in Prometheus or whatever recorder the app runs.
 //! - [`tracing`]: every call runs in a `chatstate` debug span with `op` and `ns`.
 //!
-//! Labels: `store` (`cache`, `sessions`, `focus`, `counters`), `op`, and `ns` — the
-//! cache namespace (for a many-key call, its first key's), or the counter name;
-//! empty for sessions and focus documents, whose tenants and scopes are unbounded
-//! and would make a label per tenant.
+//! Labels: `store` (`cache`, `sessions`, `focus`, `counters`, `replies`), `op`, and
+//! `ns` — the cache namespace (for a many-key call, its first key's), or the counter
+//! name; empty for sessions, focus documents and replies, whose tenants, scopes and
+//! runs are unbounded and would make a label per tenant. A reply `follow` is passed
+//! through unmeasured: it returns a stream at once, and its reads are the backend's.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,7 +27,8 @@ use bytes::Bytes;
 use chatstate_core::{
     AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
     FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, NewMessage, Page,
-    PutMode, Result, Session, SessionKey, SessionPatch, SessionStore,
+    PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus, Session, SessionKey,
+    SessionPatch, SessionStore,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -594,5 +596,47 @@ impl<S: CounterSink> CounterSink for Instrumented<S> {
 
     fn capabilities(&self) -> chatstate_core::Capabilities {
         CounterSink::capabilities(&self.inner)
+    }
+}
+
+#[async_trait]
+impl<S: ReplyStream> ReplyStream for Instrumented<S> {
+    async fn start(&self, run: &RunId, ttl: Option<Duration>) -> Result<()> {
+        self.measure(
+            ("replies", "start"),
+            NO_NS,
+            none,
+            self.inner.start(run, ttl),
+        )
+        .await
+    }
+    async fn append(&self, run: &RunId, text: &str) -> Result<()> {
+        self.measure(
+            ("replies", "append"),
+            NO_NS,
+            none,
+            self.inner.append(run, text),
+        )
+        .await
+    }
+    async fn finish(&self, run: &RunId, status: RunStatus) -> Result<()> {
+        self.measure(
+            ("replies", "finish"),
+            NO_NS,
+            none,
+            self.inner.finish(run, status),
+        )
+        .await
+    }
+    async fn read(&self, run: &RunId, from: u64) -> Result<RunRead> {
+        self.measure(("replies", "read"), NO_NS, none, self.inner.read(run, from))
+            .await
+    }
+    fn follow(&self, run: &RunId, from: u64, idle_timeout: Duration) -> ReplyEvents {
+        self.inner.follow(run, from, idle_timeout)
+    }
+
+    fn capabilities(&self) -> chatstate_core::Capabilities {
+        ReplyStream::capabilities(&self.inner)
     }
 }

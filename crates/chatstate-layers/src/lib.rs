@@ -22,24 +22,30 @@
 //!   or ambiguous flush is retried with the same batch id, without counting twice;
 //!   only a deterministic refusal drops a counter, and [`FlushReport`] names it; an
 //!   outage keeps each counter queued at most twice ([`Backlog`]).
-//! - [`instrument`]: [`Instrumented`], counts, errors, latency percentiles and hit
+//! - [`coalesce`]: [`CoalescingWriter`], a [`chatstate_core::ReplyStream`] that
+//!   buffers a run's tiny chunks and writes them every `max_delay` (50 ms) or
+//!   `max_bytes` (256 B), in order, flushing on finish: one round trip per flush
+//!   instead of one per token.
+//! - [`instrument`]: [`Instrumented`] (over any of the five traits), counts, errors, latency percentiles and hit
 //!   rates per operation and namespace, through a snapshot, the `metrics` facade and
 //!   `tracing` spans.
 //!
 //! ## What it must never do
 //!
 //! Know which backend it wraps, or make a reader wait for a remote call: the only
-//! lock held across one is the batched counters' flush lock, which serialises
-//! flushes and nothing else.
+//! locks held across one are the batched counters' flush lock and the coalescing
+//! writer's per-run buffer lock, which serialise writes and nothing else.
 
 #![warn(missing_docs)]
 
 pub mod batched;
+pub mod coalesce;
 pub mod instrument;
 pub mod tiered;
 
 pub use batched::{
     Backlog, BatchedCounters, BatchedCountersBuilder, DroppedCounter, FlushReport, FlushStats, Read,
 };
+pub use coalesce::{CoalesceConfig, CoalesceStats, CoalescingWriter};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
 pub use tiered::{TierStats, TieredCache, TieredConfig};

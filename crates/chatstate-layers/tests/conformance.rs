@@ -30,6 +30,8 @@ impl Backend for InstrumentedMemory {
             sessions: store.clone(),
             focus: store.clone(),
             counters: store.clone(),
+            replies: store.clone(),
+            replies_peer: store.clone(),
             cache: store,
             time: TimeControl::Manual(clock),
             settings,

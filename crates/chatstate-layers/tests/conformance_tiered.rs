@@ -71,6 +71,8 @@ impl Backend for TieredMemory {
             sessions: store.clone(),
             focus: store.clone(),
             counters: store.clone(),
+            replies: store.clone(),
+            replies_peer: store.clone(),
             cache: tiered(store, &settings, local_ttl, clock.shared()),
             time: TimeControl::Manual(clock),
             settings,

@@ -109,3 +109,27 @@ async fn records_per_operation_and_namespace_on_redis() {
     exercise(&store, "redis").await;
     assert!(store.inner().round_trips().round_trips > 0);
 }
+
+#[tokio::test]
+async fn reply_operations_are_counted_with_their_errors() {
+    use chatstate_core::{ReplyStream, RunId, RunStatus, StoreSettings};
+    let store = Instrumented::new(MemoryStore::new(StoreSettings::default()));
+    let run = RunId::new("r").unwrap();
+    store.start(&run, None).await.unwrap();
+    store.append(&run, "a").await.unwrap();
+    store.append(&run, "").await.unwrap_err();
+    store.read(&run, 0).await.unwrap();
+    store.finish(&run, RunStatus::Done).await.unwrap();
+    let snap = store.snapshot();
+    let op = |name: &str| {
+        snap.ops
+            .iter()
+            .find(|o| o.store == "replies" && o.op == name)
+            .unwrap_or_else(|| panic!("replies {name} is recorded"))
+    };
+    assert_eq!(op("append").count, 2);
+    assert_eq!(op("append").errors.get("invalid_input"), Some(&1));
+    for name in ["start", "read", "finish"] {
+        assert_eq!(op(name).count, 1, "{name}");
+    }
+}

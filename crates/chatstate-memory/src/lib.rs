@@ -9,7 +9,8 @@
 //! - [`MemoryStore`] (this file): one store implementing [`SessionStore`](chatstate_core::SessionStore),
 //!   [`FocusStore`](chatstate_core::FocusStore), [`CounterSink`](chatstate_core::CounterSink) and [`KvCache`](chatstate_core::KvCache); clones share the data. One
 //!   file per trait: `session.rs` (sessions and locks), `focus.rs`, `counters.rs`,
-//!   `cache.rs`; `export.rs` is [`chatstate_core::Inventory`] (enumerate and
+//!   `cache.rs`, `reply.rs` ([`ReplyStream`](chatstate_core::ReplyStream): a `Vec` per
+//!   run, followers woken by a tokio `broadcast` channel); `export.rs` is [`chatstate_core::Inventory`] (enumerate and
 //!   restore every record, for moves between backends). Session, lock and counter rules are the core's
 //!   ([`chatstate_core::transition`]); this crate only holds the state.
 //! - `expiring`: the ordered map with deadlines every part is kept in.
@@ -50,6 +51,7 @@ mod counters;
 mod expiring;
 mod export;
 mod focus;
+mod reply;
 mod session;
 
 use std::collections::BTreeMap;
@@ -91,6 +93,8 @@ struct Inner {
     focus: Mutex<Expiring<(String, String), FocusDoc>>,
     counters: Mutex<Counters>,
     cache: Mutex<Expiring<(String, String), Bytes>>,
+    /// Streamed replies by run id.
+    replies: Mutex<Expiring<String, reply::Run>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -156,6 +160,7 @@ impl MemoryStoreBuilder {
             focus: Mutex::default(),
             counters: Mutex::default(),
             cache: Mutex::default(),
+            replies: Mutex::default(),
             sweeper: Mutex::new(None),
         });
         if let (Some(interval), Ok(rt)) =
@@ -202,6 +207,7 @@ impl Inner {
         freed += lock(&self.focus).sweep(now, SWEEP_BATCH);
         freed += lock(&self.counters).applied_batches.sweep(now, SWEEP_BATCH);
         freed += lock(&self.cache).sweep(now, SWEEP_BATCH);
+        freed += lock(&self.replies).sweep(now, SWEEP_BATCH);
         freed
     }
 }
@@ -260,6 +266,7 @@ impl MemoryStore {
         n += lock(&self.inner.focus).stored();
         n += lock(&self.inner.counters).applied_batches.stored();
         n += lock(&self.inner.cache).stored();
+        n += lock(&self.inner.replies).stored();
         n
     }
 

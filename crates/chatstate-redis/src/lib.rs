@@ -21,6 +21,10 @@
 //!   run when the store first reaches the server.
 //! - `tls`: `rediss://` — the certificate files read, the client built with them,
 //!   a refused handshake told from an outage (see [TLS](#tls)).
+//! - `reply`: [`ReplyStream`](chatstate_core::ReplyStream) — a Stream per run
+//!   appended by one script per chunk (limits, TTL and a pub/sub wake-up
+//!   included), followers woken by pub/sub and reading with `XRANGE` (the module
+//!   says why not `XREAD BLOCK`).
 //! - `bus`: [`RedisBus`], cache invalidation between instances over pub/sub (for the
 //!   tiered cache in `chatstate-layers`).
 //! - `sentinel`: the link to a master found through Sentinel, following failovers
@@ -40,6 +44,8 @@
 //! | focus put (compare-and-set) | 1 | script |
 //! | focus list | 1 per ~200 documents | script per SSCAN step |
 //! | clear a cache prefix | 1 per SCAN step + 1 per UNLINK batch | never KEYS |
+//! | reply append (limits, `XADD`, TTL, wake-up) / finish / read from an offset | 1 each | script |
+//! | follow a reply | 1 read per wake-up (at least every second), over one subscribed connection per follower | pub/sub + `XRANGE` |
 //! | list a tenant's sessions | 2 per batch of up to 1,000 index members (dead members are dropped in the same script; a page takes more batches only when dead members fill one) | sorted-set index |
 //!
 //! On a Cluster (below) the same, except: multi-key cache calls and session
@@ -263,6 +269,7 @@ mod direct;
 mod eviction;
 mod export;
 mod focus;
+mod reply;
 mod sentinel;
 mod session;
 mod tls;
@@ -285,6 +292,7 @@ struct Scripts {
     focus: focus::FocusScripts,
     counters: counters::CounterScripts,
     cache: cache::CacheScripts,
+    replies: reply::ReplyScripts,
 }
 
 struct Inner {
@@ -323,7 +331,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Configures a [`RedisStore`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RedisStoreBuilder {
     url: RedisUrl,
     prefix: String,
@@ -521,6 +529,7 @@ impl RedisStoreBuilder {
                     focus: focus::FocusScripts::new(),
                     counters: counters::CounterScripts::new(),
                     cache: cache::CacheScripts::new(),
+                    replies: reply::ReplyScripts::new(),
                 },
                 target: describe(&self.url, &self.topology),
                 url: self.url,

@@ -16,14 +16,16 @@
 //!
 //! ## Layout
 //!
-//! - [`Stores`]: the four stores of the configured backend, as trait objects, plus
+//! - [`Stores`]: the four stores of the configured backend and its
+//!   [`ReplyStream`] for streamed replies, as trait objects, plus
 //!   the invalidation bus a [`TieredCache`] should use with them.
 //! - [`migrate`](mod@migrate): lossless moves between backends — [`export`] to
 //!   JSON lines, [`import`], [`migrate()`] from one backend to another
 //!   (idempotent, resumable, dry run, count [`Report`], progress), over
 //!   [`Stores::inventory`].
 //! - Re-exports: everything of `chatstate_core` (traits, model, config, errors) and
-//!   the layers ([`TieredCache`], [`BatchedCounters`], [`Instrumented`]).
+//!   the layers ([`TieredCache`], [`BatchedCounters`], [`CoalescingWriter`],
+//!   [`Instrumented`]).
 //!
 //! Switching backends with `USE_REDIS` alone moves nothing: each backend keeps its
 //! own data where it was, so the app starts on the other backend's data as that
@@ -81,7 +83,8 @@ use std::sync::Arc;
 
 pub use chatstate_core::*;
 pub use chatstate_layers::{
-    BatchedCounters, Instrumented, MetricsSnapshot, Read, TierStats, TieredCache, TieredConfig,
+    BatchedCounters, CoalesceConfig, CoalesceStats, CoalescingWriter, Instrumented,
+    MetricsSnapshot, Read, TierStats, TieredCache, TieredConfig,
 };
 
 pub use migrate::{
@@ -99,7 +102,7 @@ use chatstate_redis::{RedisBus, RedisStore};
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
-/// The four stores of one backend, chosen by [`Config::backend`].
+/// The stores of one backend, chosen by [`Config::backend`].
 #[derive(Clone)]
 pub struct Stores {
     /// Which backend these are.
@@ -112,6 +115,9 @@ pub struct Stores {
     pub counters: Arc<dyn CounterSink>,
     /// The cache.
     pub cache: Arc<dyn KvCache>,
+    /// Streamed replies (a run per model reply, read or followed from any
+    /// instance). Wrap it with [`Stores::coalesced_replies`] for token streams.
+    pub replies: Arc<dyn ReplyStream>,
     /// The bus a [`TieredCache`] over [`Stores::cache`] should listen on: Redis
     /// pub/sub for Redis, an in-process bus otherwise.
     pub bus: Arc<dyn InvalidationBus>,
@@ -234,7 +240,7 @@ impl Stores {
         source: HealthSource,
     ) -> Stores
     where
-        S: SessionStore + FocusStore + CounterSink + KvCache + Inventory + 'static,
+        S: SessionStore + FocusStore + CounterSink + KvCache + ReplyStream + Inventory + 'static,
     {
         let s = Arc::new(s);
         Stores {
@@ -243,6 +249,7 @@ impl Stores {
             focus: s.clone(),
             counters: s.clone(),
             cache: s.clone(),
+            replies: s.clone(),
             inventory: s,
             bus,
             codec,
@@ -281,6 +288,14 @@ impl Stores {
             self.bus.clone(),
             TieredConfig::from_config(config),
         )
+    }
+
+    /// A [`CoalescingWriter`] over [`Stores::replies`]: appends of a token stream
+    /// are written every `config.max_delay` or `config.max_bytes` instead of one
+    /// round trip each ([`CoalesceConfig::default`]: 50 ms, 256 B). Reads and
+    /// follows go to the store as they are.
+    pub fn coalesced_replies(&self, config: CoalesceConfig) -> CoalescingWriter {
+        CoalescingWriter::new(self.replies.clone(), config)
     }
 
     /// [`BatchedCounters`] over this backend's counters, flushed every

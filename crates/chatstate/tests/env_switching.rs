@@ -124,3 +124,32 @@ async fn chatstate_codec_is_the_stores_codec() {
         "memory reports it is not persistent"
     );
 }
+
+#[tokio::test]
+async fn every_backend_opens_a_reply_stream_and_the_coalesced_writer_writes_through() {
+    use chatstate::{CoalesceConfig, ReplyStream, RunId, RunStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    for cfg in [
+        config(&[("CHATSTATE_BACKEND", "memory")]),
+        config(&[
+            ("USE_REDIS", "0"),
+            ("CHATSTATE_FILE_DIR", &dir_s),
+            ("CHATSTATE_STREAM_TTL_SECONDS", "60"),
+        ]),
+    ] {
+        let stores = Stores::open(&cfg).await.unwrap();
+        let replies = stores.coalesced_replies(CoalesceConfig::default());
+        let run = RunId::new("facade").unwrap();
+        replies.start(&run, None).await.unwrap();
+        for t in ["Ol", "á", "!"] {
+            replies.append(&run, t).await.unwrap();
+        }
+        replies.finish(&run, RunStatus::Done).await.unwrap();
+        let read = stores.replies.read(&run, 0).await.unwrap();
+        let text: String = read.chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(text, "Olá!", "{:?}", stores.backend);
+        assert_eq!(read.chunks.len(), 1, "three tokens, one write");
+        assert_eq!(read.finished, Some(RunStatus::Done));
+    }
+}

@@ -7,6 +7,7 @@ mod focus;
 mod isolation;
 mod kv;
 mod lock;
+mod reply;
 mod session;
 
 pub use counter::*;
@@ -14,6 +15,7 @@ pub use focus::*;
 pub use isolation::*;
 pub use kv::*;
 pub use lock::*;
+pub use reply::*;
 pub use session::*;
 
 use chatstate_core::{CacheKey, CounterKey, FocusKey, SessionKey};

@@ -27,12 +27,13 @@ pub async fn open(
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
     let server = common::shared();
-    let store = RedisStore::builder(RedisUrl::parse(&server.url())?)
+    let builder = RedisStore::builder(RedisUrl::parse(&server.url())?)
         .prefix(prefix.clone())
-        .settings(settings.clone())
-        .connect()
-        .await?;
-    Ok(fixture(Arc::new(store), prefix, settings, cache))
+        .settings(settings.clone());
+    let store = builder.clone().connect().await?;
+    // A second client of the same data: the "other instance" of the reply cases.
+    let peer = builder.connect().await?;
+    Ok(fixture(Arc::new(store), peer, prefix, settings, cache))
 }
 
 /// As [`open`], with stores `builder` makes (another server, or a master found
@@ -45,16 +46,15 @@ pub async fn open_with(
     settings: StoreSettings,
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
-    let store = builder
-        .prefix(prefix.clone())
-        .settings(settings.clone())
-        .connect()
-        .await?;
-    Ok(fixture(Arc::new(store), prefix, settings, cache))
+    let builder = builder.prefix(prefix.clone()).settings(settings.clone());
+    let store = builder.clone().connect().await?;
+    let peer = builder.connect().await?;
+    Ok(fixture(Arc::new(store), peer, prefix, settings, cache))
 }
 
 fn fixture(
     store: Arc<RedisStore>,
+    peer: RedisStore,
     prefix: String,
     settings: StoreSettings,
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
@@ -63,6 +63,8 @@ fn fixture(
         sessions: store.clone(),
         focus: store.clone(),
         counters: store.clone(),
+        replies: store.clone(),
+        replies_peer: Arc::new(peer),
         cache: cache(store),
         time: TimeControl::Real,
         settings,
