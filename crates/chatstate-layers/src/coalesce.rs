@@ -18,9 +18,14 @@
 //! **Errors.** `append` only buffers (it writes itself only when the buffer is
 //! full), so a refusal of a timed flush — the run was cancelled by another instance
 //! (`Conflict`), it expired (`NotFound`), a limit (`InvalidInput`) — is returned by
-//! the run's next `append` or `finish`. A temporary failure (`Unavailable`,
-//! `Timeout`) keeps the text buffered, ahead of newer text, for the next flush; any
-//! other refusal drops the buffered text, which the store refused anyway.
+//! the run's next `append` or `finish`. An `append` that returns an error did not
+//! take its text. A temporary failure (`Unavailable`, `Timeout`) keeps the text
+//! buffered, ahead of newer text, and the timer tries again (backing off); since
+//! such a failure may come after the store wrote the chunk, the next flush first
+//! reads whether it landed, so it is never written twice (this assumes the writer
+//! is the run's only producer, as a streamed reply has). Any other refusal drops
+//! the buffered text, which the store refused anyway, and a `finish` still ends the
+//! run so followers see the end.
 //!
 //! **Defaults.** 50 ms and 256 bytes: at 50 tokens/s a flush carries 2–3 tokens
 //! and a reader sees a token at most ~50 ms late — below what a reader of a chat
@@ -86,6 +91,14 @@ struct Buffer {
     timer: bool,
     /// The refusal of a timed flush, for the next append or finish.
     error: Option<Error>,
+    /// Chunks this writer wrote since it started the run (`None` when it did not
+    /// start it): where a write it is unsure of would be.
+    written: Option<u64>,
+    /// The text of a write that failed temporarily and may have run anyway (a
+    /// timeout, a dropped connection): checked before it is sent again.
+    uncertain: Option<String>,
+    /// The run was started again: a timer of the old run writes nothing.
+    closed: bool,
 }
 
 type RunBuffer = Arc<tokio::sync::Mutex<Buffer>>;
@@ -144,19 +157,53 @@ impl Shared {
 
     /// Writes the buffer (held by the caller) as one chunk. A temporary failure
     /// keeps the text for the next flush; another refusal drops it.
+    ///
+    /// A temporary failure may come after the store ran the write (a timeout, a
+    /// connection dropped before the reply): before the text is sent again, the run
+    /// is read at the offset the write would have taken (the last chunk when this
+    /// writer did not start the run), and a chunk there with exactly that text means
+    /// it landed — so a retry never writes it twice.
     async fn flush(&self, run: &RunId, buf: &mut Buffer) -> Result<()> {
-        if buf.pending.is_empty() {
+        if buf.closed || buf.pending.is_empty() {
             return Ok(());
+        }
+        if let Some(sent) = buf.uncertain.take() {
+            let from = buf.written.unwrap_or(0);
+            let read = self.inner.read(run, from).await;
+            let landed = match &read {
+                Ok(r) => match buf.written {
+                    Some(_) => r.chunks.first().is_some_and(|c| c.text == sent),
+                    None => r.chunks.last().is_some_and(|c| c.text == sent),
+                },
+                Err(_) => false,
+            };
+            if let Err(e) = read {
+                if e.is_temporary() {
+                    buf.uncertain = Some(sent);
+                    return Err(e);
+                }
+            }
+            if landed && buf.pending.starts_with(&sent) {
+                buf.pending.drain(..sent.len());
+                buf.written = buf.written.map(|n| n + 1);
+                if buf.pending.is_empty() {
+                    return Ok(());
+                }
+            }
         }
         let text = std::mem::take(&mut buf.pending);
         self.writes.fetch_add(1, Ordering::Relaxed);
         match self.inner.append(run, &text).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                buf.written = buf.written.map(|n| n + 1);
+                Ok(())
+            }
             Err(e) => {
                 self.failed_writes.fetch_add(1, Ordering::Relaxed);
                 if e.is_temporary() {
                     // Ahead of anything appended since: order is kept.
                     buf.pending.insert_str(0, &text);
+                    buf.uncertain = Some(text);
                 }
                 Err(e)
             }
@@ -164,15 +211,38 @@ impl Shared {
     }
 }
 
-/// The timer of one run: waits `max_delay`, then flushes what is buffered.
-async fn timed_flush(shared: Arc<Shared>, run: RunId, buffer: RunBuffer) {
-    tokio::time::sleep(shared.config.max_delay).await;
-    let mut buf = buffer.lock().await;
-    buf.timer = false;
-    if let Err(e) = shared.flush(&run, &mut buf).await {
-        tracing::debug!(error = %e, "coalesced reply flush failed; the next append reports it");
-        buf.error = Some(e);
-    }
+/// The timer of one run: waits `max_delay` (longer after failed timed flushes),
+/// then flushes what is buffered. A temporary failure schedules another try (at
+/// most 10 in a row, backing off to ~25 s), so text does not wait for the
+/// producer's next call; the error is also kept for that call.
+fn timed_flush(
+    shared: Arc<Shared>,
+    run: RunId,
+    buffer: RunBuffer,
+    attempt: u32,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    // Boxed: the task schedules its own retry.
+    Box::pin(async move {
+        tokio::time::sleep(shared.config.max_delay * 2u32.pow(attempt.min(9))).await;
+        let mut buf = buffer.lock().await;
+        buf.timer = false;
+        match shared.flush(&run, &mut buf).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "coalesced reply flush failed; the next append reports it");
+                if e.is_temporary() && attempt < 10 && !buf.closed {
+                    buf.timer = true;
+                    tokio::spawn(timed_flush(
+                        shared.clone(),
+                        run.clone(),
+                        buffer.clone(),
+                        attempt + 1,
+                    ));
+                }
+                buf.error = Some(e);
+            }
+        }
+    })
 }
 
 impl CoalescingWriter {
@@ -223,11 +293,27 @@ impl CoalescingWriter {
 impl ReplyStream for CoalescingWriter {
     async fn start(&self, run: &RunId, ttl: Option<Duration>) -> Result<()> {
         self.shared.inner.start(run, ttl).await?;
-        // A fresh run: nothing left over from an earlier one of the same id.
-        self.shared.forget(run);
+        // A fresh run: nothing left over from an earlier one of the same id (an old
+        // timer still holding the old buffer writes nothing).
+        let old = self
+            .shared
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(run);
+        if let Some(old) = old {
+            let mut old = old.lock().await;
+            old.closed = true;
+            old.pending.clear();
+        }
+        let buffer = self.shared.buffer(run);
+        buffer.lock().await.written = Some(0);
         Ok(())
     }
 
+    /// Buffers `text`. `Err` means this text was not taken (retry it or give
+    /// up); text taken by earlier calls stays buffered through a temporary failure
+    /// and is written by the next flush, never twice.
     async fn append(&self, run: &RunId, text: &str) -> Result<()> {
         if text.is_empty() {
             return Err(Error::invalid_input("a reply chunk must not be empty")
@@ -238,15 +324,35 @@ impl ReplyStream for CoalescingWriter {
         let buffer = self.shared.buffer(run);
         let mut buf = buffer.lock().await;
         if let Some(e) = buf.error.take() {
+            if !e.is_temporary() {
+                drop(buf);
+                self.shared.forget(run);
+            }
             return Err(e);
         }
         let max = self.shared.config.max_bytes;
         if !buf.pending.is_empty() && buf.pending.len() + text.len() > max {
-            self.shared.flush(run, &mut buf).await?;
+            if let Err(e) = self.shared.flush(run, &mut buf).await {
+                if !e.is_temporary() {
+                    drop(buf);
+                    self.shared.forget(run);
+                }
+                return Err(e);
+            }
         }
         buf.pending.push_str(text);
         if buf.pending.len() >= max {
-            return self.shared.flush(run, &mut buf).await;
+            match self.shared.flush(run, &mut buf).await {
+                Ok(()) => return Ok(()),
+                // The text is taken (buffered): the timer writes it later, and the
+                // next call reports the failure.
+                Err(e) if e.is_temporary() => buf.error = Some(e),
+                Err(e) => {
+                    drop(buf);
+                    self.shared.forget(run);
+                    return Err(e);
+                }
+            }
         }
         if !buf.timer {
             buf.timer = true;
@@ -254,6 +360,7 @@ impl ReplyStream for CoalescingWriter {
                 self.shared.clone(),
                 run.clone(),
                 buffer.clone(),
+                0,
             ));
         }
         Ok(())
@@ -262,17 +369,32 @@ impl ReplyStream for CoalescingWriter {
     async fn finish(&self, run: &RunId, status: RunStatus) -> Result<()> {
         let buffer = self.shared.buffer(run);
         let mut buf = buffer.lock().await;
-        if let Some(e) = buf.error.take() {
-            if !e.is_temporary() {
+        // A stored refusal, or this flush's: text the store refused is not written,
+        // which the caller learns; the run is still ended (unless the failure is
+        // temporary: then nothing is lost and `finish` can be called again).
+        let flushed = match buf.error.take() {
+            Some(e) if e.is_temporary() => match self.shared.flush(run, &mut buf).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Some(e) => Err(e),
+            None => self.shared.flush(run, &mut buf).await,
+        };
+        match flushed {
+            Err(e) if e.is_temporary() => return Err(e),
+            Err(e) => {
+                // Followers still see the finish (a cancelled or expired run refuses
+                // it, which changes nothing).
+                let _ = self.shared.inner.finish(run, status).await;
+                drop(buf);
                 self.shared.forget(run);
+                return Err(e);
             }
-            // A cancelled run's producer still learns it here; a finish after a
-            // refused flush must not pretend the text landed.
-            return Err(e);
+            Ok(()) => {}
         }
-        self.shared.flush(run, &mut buf).await?;
         let result = self.shared.inner.finish(run, status).await;
         if result.as_ref().map_or_else(|e| !e.is_temporary(), |_| true) {
+            drop(buf);
             self.shared.forget(run);
         }
         result

@@ -63,7 +63,9 @@ async fn a_reader_sees_every_token_in_order_in_fewer_chunks() {
     let stats = writer.stats();
     assert_eq!(stats.appends, 300);
     assert_eq!(stats.writes, chunks);
-    assert!(chunks < 100, "{chunks} writes for 300 tokens");
+    // Fewer writes than tokens however slow the box (the exact timing is checked
+    // on paused time in `flushes_after_max_delay_or_at_max_bytes_and_on_finish`).
+    assert!(chunks < 300, "{chunks} writes for 300 tokens");
 }
 
 #[tokio::test(start_paused = true)]
@@ -131,10 +133,13 @@ async fn a_cancel_from_another_instance_is_reported_on_the_next_append() {
     assert_eq!(read.finished, Some(RunStatus::Cancelled));
 }
 
-/// A memory store whose appends fail with `Unavailable` while `down`.
+/// A memory store whose appends fail with `Unavailable` while `down` — or, with
+/// `lands_anyway`, write the chunk and then fail with `Timeout` (a reply lost after
+/// the store ran the write).
 struct Flaky {
     inner: MemoryStore,
     down: AtomicBool,
+    lands_anyway: AtomicBool,
 }
 
 #[async_trait]
@@ -144,6 +149,10 @@ impl ReplyStream for Flaky {
     }
     async fn append(&self, run: &RunId, text: &str) -> Result<()> {
         if self.down.load(Ordering::SeqCst) {
+            if self.lands_anyway.load(Ordering::SeqCst) {
+                self.inner.append(run, text).await?;
+                return Err(Error::new(ErrorKind::Timeout, "the reply was lost"));
+            }
             return Err(Error::new(ErrorKind::Unavailable, "down"));
         }
         self.inner.append(run, text).await
@@ -164,6 +173,7 @@ async fn a_temporary_failure_keeps_the_text_in_order() {
     let flaky = Arc::new(Flaky {
         inner: MemoryStore::new(StoreSettings::default()),
         down: AtomicBool::new(false),
+        lands_anyway: AtomicBool::new(false),
     });
     let writer = CoalescingWriter::new(flaky.clone(), CoalesceConfig::default());
     let run = RunId::new("flaky").unwrap();
@@ -180,4 +190,77 @@ async fn a_temporary_failure_keeps_the_text_in_order() {
     let read = flaky.read(&run, 0).await.unwrap();
     let text: String = read.chunks.iter().map(|c| c.text.as_str()).collect();
     assert_eq!(text, "one two three");
+}
+
+fn flaky() -> Arc<Flaky> {
+    Arc::new(Flaky {
+        inner: MemoryStore::new(StoreSettings::default()),
+        down: AtomicBool::new(false),
+        lands_anyway: AtomicBool::new(false),
+    })
+}
+
+async fn text_of(store: &Flaky, run: &RunId) -> String {
+    let read = store.read(run, 0).await.unwrap();
+    read.chunks.iter().map(|c| c.text.as_str()).collect()
+}
+
+/// A write that timed out after the store ran it is not written again: the next
+/// flush reads whether it landed first.
+#[tokio::test(start_paused = true)]
+async fn a_write_that_landed_before_its_timeout_is_not_written_twice() {
+    let flaky = flaky();
+    let writer = CoalescingWriter::new(flaky.clone(), CoalesceConfig::default());
+    let run = RunId::new("landed").unwrap();
+    writer.start(&run, None).await.unwrap();
+    writer.append(&run, "one ").await.unwrap();
+    flaky.down.store(true, Ordering::SeqCst);
+    flaky.lands_anyway.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(60)).await; // the timed flush: lands, times out
+    flaky.down.store(false, Ordering::SeqCst);
+    let err = writer.append(&run, "two ").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    writer.append(&run, "two ").await.unwrap(); // the caller retries its own chunk
+    writer.finish(&run, RunStatus::Done).await.unwrap();
+    assert_eq!(text_of(&flaky, &run).await, "one two ");
+}
+
+/// A size-triggered write that fails temporarily keeps the text it took: the
+/// append succeeds (the text is buffered), the next call reports the failure, and
+/// nothing is written twice when the caller goes on.
+#[tokio::test(start_paused = true)]
+async fn a_full_buffer_that_cannot_be_written_keeps_its_text_once() {
+    let flaky = flaky();
+    let config = CoalesceConfig {
+        max_bytes: 4,
+        ..CoalesceConfig::default()
+    };
+    let writer = CoalescingWriter::new(flaky.clone(), config);
+    let run = RunId::new("full").unwrap();
+    writer.start(&run, None).await.unwrap();
+    flaky.down.store(true, Ordering::SeqCst);
+    writer.append(&run, "abcd").await.unwrap(); // taken, though the write failed
+    let err = writer.append(&run, "ef").await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    flaky.down.store(false, Ordering::SeqCst);
+    writer.append(&run, "ef").await.unwrap();
+    writer.finish(&run, RunStatus::Done).await.unwrap();
+    assert_eq!(text_of(&flaky, &run).await, "abcdef");
+}
+
+/// A refused timed flush (the run was cancelled elsewhere) is reported by
+/// `finish`, which still leaves the run ended for its followers.
+#[tokio::test(start_paused = true)]
+async fn a_finish_after_a_refused_flush_reports_it_and_the_run_stays_ended() {
+    let store = memory();
+    let writer = CoalescingWriter::new(store.clone(), CoalesceConfig::default());
+    let run = RunId::new("refused").unwrap();
+    writer.start(&run, None).await.unwrap();
+    writer.append(&run, "x").await.unwrap();
+    store.finish(&run, RunStatus::Cancelled).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let err = writer.finish(&run, RunStatus::Done).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let read = store.read(&run, 0).await.unwrap();
+    assert_eq!(read.finished, Some(RunStatus::Cancelled));
 }
