@@ -177,11 +177,11 @@ impl Shared {
                 },
                 Err(_) => false,
             };
-            if let Err(e) = read {
-                if e.is_temporary() {
-                    buf.uncertain = Some(sent);
-                    return Err(e);
-                }
+            if let Err(e) = read
+                && e.is_temporary()
+            {
+                buf.uncertain = Some(sent);
+                return Err(e);
             }
             if landed && buf.pending.starts_with(&sent) {
                 buf.pending.drain(..sent.len());
@@ -331,14 +331,15 @@ impl ReplyStream for CoalescingWriter {
             return Err(e);
         }
         let max = self.shared.config.max_bytes;
-        if !buf.pending.is_empty() && buf.pending.len() + text.len() > max {
-            if let Err(e) = self.shared.flush(run, &mut buf).await {
-                if !e.is_temporary() {
-                    drop(buf);
-                    self.shared.forget(run);
-                }
-                return Err(e);
+        if !buf.pending.is_empty()
+            && buf.pending.len() + text.len() > max
+            && let Err(e) = self.shared.flush(run, &mut buf).await
+        {
+            if !e.is_temporary() {
+                drop(buf);
+                self.shared.forget(run);
             }
+            return Err(e);
         }
         buf.pending.push_str(text);
         if buf.pending.len() >= max {
