@@ -71,14 +71,21 @@ fn corrupt(path: &Path, what: &str) -> Error {
 
 /// Reads the header line; `None` when there is no file.
 fn read_header(path: &Path) -> Result<Option<(Header, u64)>> {
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(path, "opening", e)),
     };
+    header_of(&mut file, path).map(Some)
+}
+
+/// The header line of an open run file (read from its start) and its length.
+fn header_of(file: &mut File, path: &Path) -> Result<(Header, u64)> {
     let mut line = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| io_error(path, "reading", e))?;
     // A header is at most a few KiB (a 512-byte id escaped as JSON).
-    BufReader::new(file)
+    BufReader::new(Read::by_ref(file))
         .take(64 * 1024)
         .read_until(b'\n', &mut line)
         .map_err(|e| io_error(path, "reading", e))?;
@@ -87,7 +94,7 @@ fn read_header(path: &Path) -> Result<Option<(Header, u64)>> {
     }
     let header: Header =
         serde_json::from_slice(&line).map_err(|_| corrupt(path, "a malformed header"))?;
-    Ok(Some((header, line.len() as u64)))
+    Ok((header, line.len() as u64))
 }
 
 /// The live header of `run`'s file (`None` when missing or expired).
@@ -193,9 +200,22 @@ fn read_run(
     cursor: Option<Cursor>,
 ) -> Result<(RunRead, Cursor)> {
     let path = inner.layout.reply(run);
-    let Some((header, header_len)) = live_header(inner, &path, run)? else {
-        return Err(run_missing().with_key(run));
+    // One handle for the header and the chunks: a run replaced (expired and started
+    // again) between two opens could otherwise be read with the old run's cursor.
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(run_missing().with_key(run));
+        }
+        Err(e) => return Err(io_error(&path, "opening", e)),
     };
+    let (header, header_len) = header_of(&mut file, &path)?;
+    if &header.run != run {
+        return Err(collision(&path));
+    }
+    if header.deadline <= inner.now() {
+        return Err(run_missing().with_key(run));
+    }
     let cursor = match cursor {
         // Replaced by a new run of the same id since the last read.
         Some(c) if c.nonce != header.nonce => return Err(run_missing().with_key(run)),
@@ -206,7 +226,6 @@ fn read_run(
             pos: header_len,
         },
     };
-    let mut file = File::open(&path).map_err(|e| io_error(&path, "opening", e))?;
     let mut rest = Vec::new();
     file.seek(SeekFrom::Start(cursor.pos))
         .and_then(|_| file.read_to_end(&mut rest))
