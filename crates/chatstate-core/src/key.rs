@@ -654,6 +654,15 @@ pub struct KeyLayout {
     clustered: bool,
 }
 
+/// FNV-1a (64 bits) of `bytes`: a hash fixed across processes, platforms and
+/// versions (unlike std's per-process hasher), for what is stored or compared
+/// between processes — the cluster layout's session shard, a topology fingerprint.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// How many index shards a tenant's sessions are spread over in the cluster layout
 /// ([`KeyLayout::clustered`]). Part of the layout: changing it would lose track of
 /// every stored session.
@@ -705,12 +714,7 @@ impl KeyLayout {
         if !self.clustered {
             return 0;
         }
-        // FNV-1a, 64 bits: fixed and documented, unlike std's per-process hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in Self::session_index_member(key).bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = fnv1a(Self::session_index_member(key).bytes());
         (h % u64::from(CLUSTER_SESSION_SHARDS)) as u16
     }
 
@@ -870,6 +874,14 @@ mod tests {
         assert_ne!(a.escaped(), b.escaped());
         let layout = KeyLayout::new("cs").unwrap();
         assert_eq!(layout.session_base(&a), "cs:sess:{a%3Ab:c:d}");
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_function() {
+        // Reference values of 64-bit FNV-1a: the layout depends on them never
+        // changing.
+        assert_eq!(fnv1a(*b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -109,20 +109,20 @@ impl RedisStore {
             .map(|(k, _)| self.inner.layout.cache(k))
             .collect();
         let ttl_ms = ttl.as_millis().to_string();
-        let groups = self.inner.conn.by_slot(&keys);
-        futures_util::future::try_join_all(groups.iter().map(|group| {
-            let key_refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
-            let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
-            args.push(ttl_ms.as_bytes());
-            args.extend(group.iter().map(|&i| entries[i].1));
-            async move {
+        let (keys, ttl_ms) = (&keys, &ttl_ms);
+        self.inner
+            .conn
+            .per_slot(keys, |group| async move {
+                let key_refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+                let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
+                args.push(ttl_ms.as_bytes());
+                args.extend(group.iter().map(|&i| entries[i].1));
                 self.inner
                     .conn
                     .script(&self.inner.scripts.cache.set_many, &key_refs, &args, op)
                     .await
-            }
-        }))
-        .await?;
+            })
+            .await?;
         Ok(())
     }
 
@@ -202,17 +202,19 @@ impl KvCache for RedisStore {
             return Ok(Vec::new());
         }
         let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let groups = self.inner.conn.by_slot(&ks);
-        let answers = futures_util::future::try_join_all(groups.iter().map(|group| {
-            let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
-            async move { self.get_slot(&slot_keys).await }
-        }))
-        .await?;
+        let ks = &ks;
+        let parts = self
+            .inner
+            .conn
+            .per_slot(ks, |group| async move {
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+                let values = self.get_slot(&slot_keys).await?;
+                Ok(group.into_iter().zip(values))
+            })
+            .await?;
         let mut out: Vec<Option<Bytes>> = vec![None; ks.len()];
-        for (group, values) in groups.iter().zip(answers) {
-            for (&i, v) in group.iter().zip(values) {
-                out[i] = v;
-            }
+        for (i, v) in parts.into_iter().flatten() {
+            out[i] = v;
         }
         Ok(out)
     }
@@ -249,10 +251,12 @@ impl KvCache for RedisStore {
             return Ok(0);
         }
         let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let groups = self.inner.conn.by_slot(&ks);
-        let counts = futures_util::future::try_join_all(groups.iter().map(|group| {
-            let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
-            async move {
+        let ks = &ks;
+        let counts = self
+            .inner
+            .conn
+            .per_slot(ks, |group| async move {
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
                 self.inner
                     .conn
                     .cmd::<u64>(
@@ -261,9 +265,8 @@ impl KvCache for RedisStore {
                         slot_keys.first().copied(),
                     )
                     .await
-            }
-        }))
-        .await?;
+            })
+            .await?;
         Ok(counts.into_iter().sum())
     }
 
@@ -332,11 +335,12 @@ impl KvCache for RedisStore {
             // UNLINK in batches, each batch one round trip per slot (sent
             // concurrently on a Cluster).
             for chunk in found.chunks(SCAN_BATCH) {
-                let groups = self.inner.conn.by_slot(chunk);
-                let counts = futures_util::future::try_join_all(groups.iter().map(|group| {
-                    let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
-                    let pattern = &pattern;
-                    async move {
+                let pattern = &pattern;
+                let counts = self
+                    .inner
+                    .conn
+                    .per_slot(chunk, |group| async move {
+                        let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
                         self.inner
                             .conn
                             .cmd::<u64>(
@@ -345,9 +349,8 @@ impl KvCache for RedisStore {
                                 Some(pattern),
                             )
                             .await
-                    }
-                }))
-                .await?;
+                    })
+                    .await?;
                 removed += counts.into_iter().sum::<u64>();
             }
             pos = next;

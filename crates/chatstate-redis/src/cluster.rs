@@ -156,12 +156,10 @@ impl ClusterLink {
             .query_async::<Value>(&mut con)
             .await
         {
-            let learned: Vec<(NodeAddr, redis::Client)> = text_of(nodes)
-                .lines()
-                .filter_map(|line| {
-                    let mut fields = line.split(' ');
-                    let addr = fields.nth(1)?.split('@').next()?;
-                    let node = NodeAddr::parse(addr).filter(|n| !n.host.is_empty())?;
+            let text = text_of(nodes);
+            let learned: Vec<(NodeAddr, redis::Client)> = crate::conn::cluster_nodes(&text)
+                .filter_map(|n| {
+                    let node = n.addr?;
                     let url = self.url.with_host_port(&node.host, node.port).ok()?;
                     let client = crate::tls::client(&url, &self.tls).ok()?;
                     Some((node, client))

@@ -477,6 +477,33 @@ impl ScanPos {
     }
 }
 
+/// One line of `CLUSTER NODES`: the node's address (`None` when it has none), its
+/// flags, and the slot ranges it serves (`0-5460`, `5461`; the `[…]` entries of a
+/// slot being imported or migrated, still served by its owner, left out).
+pub(crate) struct ClusterNode<'a> {
+    pub addr: Option<NodeAddr>,
+    pub flags: Vec<&'a str>,
+    pub ranges: Vec<String>,
+}
+
+/// The lines of a `CLUSTER NODES` reply.
+pub(crate) fn cluster_nodes(text: &str) -> impl Iterator<Item = ClusterNode<'_>> {
+    text.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let addr = fields.get(1)?.split('@').next()?;
+        Some(ClusterNode {
+            addr: NodeAddr::parse(addr).filter(|n| !n.host.is_empty()),
+            flags: fields.get(2)?.split(',').collect(),
+            ranges: fields
+                .iter()
+                .skip(8)
+                .filter(|r| !r.starts_with('['))
+                .map(|r| r.to_string())
+                .collect(),
+        })
+    })
+}
+
 /// The masters of a Cluster serving slots, and a fingerprint of which serves which.
 pub(crate) struct Topology {
     pub masters: Vec<NodeAddr>,
@@ -567,6 +594,24 @@ fn refusal(e: &redis::RedisError) -> Option<Refusal> {
     }
 }
 
+/// What [`Conn::send`] sends: one command, or a pipeline.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    One(&'a Cmd),
+    Pipe(&'a Pipeline),
+}
+
+impl<'a> Request<'a> {
+    fn cmds(self) -> impl Iterator<Item = &'a Cmd> {
+        let (one, pipe) = match self {
+            Request::One(cmd) => (Some(cmd), None),
+            Request::Pipe(pipe) => (None, Some(pipe)),
+        };
+        one.into_iter()
+            .chain(pipe.into_iter().flat_map(Pipeline::cmd_iter))
+    }
+}
+
 /// The shared connection, with accounting and the circuit breaker.
 #[derive(Clone)]
 pub(crate) struct Conn {
@@ -584,42 +629,44 @@ impl Conn {
         key: Option<&str>,
     ) -> Result<T> {
         self.breaker.admit(op, key)?;
-        let result = self.send(&[cmd], false).await.and_then(|mut v| {
-            let value = v.pop().unwrap_or(Value::Nil);
-            T::from_redis_value(value).map_err(redis::RedisError::from)
-        });
+        let result = self
+            .send(Request::One(cmd))
+            .await
+            .and_then(|v| T::from_redis_value(v).map_err(redis::RedisError::from));
         self.breaker.record(result.as_ref().map(|_| ()));
         result.map_err(|e| map_err(e, op, key))
     }
 
-    /// Sends `cmds` in one round trip (a pipeline when `pipelined`, else the one
-    /// command) and answers their replies. On a Cluster, follows refusals that ran
-    /// nothing — `MOVED`, `ASK` (to the named node, after `ASKING`), `TRYAGAIN`,
-    /// `READONLY` — at most 5 times within ~170 ms, each a counted round trip. An
-    /// I/O error or a timeout is never re-sent: the command may have run.
-    async fn send(&self, cmds: &[&Cmd], pipelined: bool) -> redis::RedisResult<Vec<Value>> {
+    /// Sends `request` in one round trip and answers its reply (a pipeline's: an
+    /// array). On a Cluster, follows refusals that ran nothing — `MOVED`, `ASK` (to
+    /// the named node, after `ASKING`), `TRYAGAIN`, `READONLY` — at most 5 times
+    /// within ~170 ms, each a counted round trip. An I/O error or a timeout is never
+    /// re-sent: the command may have run. The request is sent as it is (no copy),
+    /// except after an `ASK`.
+    async fn send(&self, request: Request<'_>) -> redis::RedisResult<Value> {
         let mut ask: Option<NodeAddr> = None;
         let mut attempt = 0;
         loop {
-            self.counters.count(cmds.iter().copied());
-            let result = match (&ask, pipelined) {
-                (Some(node), _) => self.link.query_at(cmds, node, true).await,
-                (None, true) => {
-                    let mut pipe = redis::pipe();
-                    for cmd in cmds {
-                        pipe.add_command((*cmd).clone());
+            self.counters.count(request.cmds());
+            let result = match (&ask, request) {
+                (Some(node), _) => {
+                    let cmds: Vec<&Cmd> = request.cmds().collect();
+                    let replies = self.link.query_at(&cmds, node, true).await;
+                    match request {
+                        Request::One(_) => replies.map(|mut v| v.pop().unwrap_or(Value::Nil)),
+                        Request::Pipe(_) => replies.map(Value::Array),
                     }
-                    self.link.query_pipe::<Vec<Value>>(&pipe).await
                 }
-                (None, false) => match cmds.first() {
-                    Some(cmd) => self.link.query::<Value>(cmd).await.map(|v| vec![v]),
-                    None => Ok(Vec::new()),
-                },
+                (None, Request::One(cmd)) => self.link.query::<Value>(cmd).await,
+                (None, Request::Pipe(pipe)) => self.link.query_pipe::<Value>(pipe).await,
             };
             let Err(e) = result else { return result };
             // A pipeline's error names its first failed command: the others may have
             // run, so only a pipeline of reads is sent again.
-            let may_resend = !pipelined || cmds.iter().all(|c| is_read(c));
+            let may_resend = match request {
+                Request::One(_) => true,
+                Request::Pipe(pipe) => pipe.cmd_iter().all(is_read),
+            };
             let follow = match &self.link {
                 Link::Cluster(..) if may_resend => refusal(&e),
                 _ => None,
@@ -648,7 +695,7 @@ impl Conn {
     /// The positions of `keys` grouped by Cluster slot, groups in the order of
     /// their first key: what a multi-key call sends one round trip per group for.
     /// One group of every key outside a Cluster.
-    pub fn by_slot<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Vec<usize>> {
+    fn by_slot<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Vec<usize>> {
         if !self.is_cluster() {
             return vec![(0..keys.len()).collect()];
         }
@@ -665,6 +712,24 @@ impl Conn {
         groups
     }
 
+    /// Runs `f` once per slot of `keys` (once for all of them outside a Cluster)
+    /// with the positions in `keys` of that slot's keys, the slots concurrently;
+    /// the results in slot order. What every multi-key call sends through: one
+    /// round trip per slot.
+    pub async fn per_slot<K, T, F, Fut>(&self, keys: &[K], f: F) -> Result<Vec<T>>
+    where
+        K: AsRef<str>,
+        F: Fn(Vec<usize>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut groups = self.by_slot(keys);
+        if groups.len() == 1 {
+            let group = groups.pop().unwrap_or_default();
+            return Ok(vec![f(group).await?]);
+        }
+        futures_util::future::try_join_all(groups.into_iter().map(f)).await
+    }
+
     /// The Cluster's masters serving slots, in address order, and a fingerprint of
     /// which master serves which slots (from `CLUSTER NODES`, one round trip).
     /// `Unavailable` while a slot is not served (a master down and not yet
@@ -675,20 +740,12 @@ impl Conn {
             .await?;
         let mut masters: Vec<(NodeAddr, Vec<String>)> = Vec::new();
         let mut covered: u32 = 0;
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
-                continue;
-            };
-            let flags: Vec<&str> = flags.split(',').collect();
-            // Field 8 on: slot ranges (`0-5460`, `5461`); `[…]` marks a slot being
-            // imported or migrated, still served by its owner.
-            let ranges: Vec<String> = fields
-                .iter()
-                .skip(8)
-                .filter(|r| !r.starts_with('['))
-                .map(|r| r.to_string())
-                .collect();
+        for ClusterNode {
+            addr,
+            flags,
+            ranges,
+        } in cluster_nodes(&text)
+        {
             if !flags.contains(&"master") || ranges.is_empty() {
                 continue;
             }
@@ -705,8 +762,7 @@ impl Conn {
                     covered += b.saturating_sub(a) + 1;
                 }
             }
-            let host_port = addr.split('@').next().unwrap_or(addr);
-            if let Some(node) = NodeAddr::parse(host_port) {
+            if let Some(node) = addr {
                 masters.push((node, ranges));
             }
         }
@@ -718,16 +774,12 @@ impl Conn {
             .with_operation(op));
         }
         masters.sort();
-        // FNV-1a of the sorted masters and their ranges: fixed across processes.
-        let mut fingerprint: u64 = 0xcbf2_9ce4_8422_2325;
-        for (node, ranges) in &masters {
-            for part in std::iter::once(node.to_string()).chain(ranges.iter().cloned()) {
-                for b in part.bytes().chain([b' ']) {
-                    fingerprint ^= u64::from(b);
-                    fingerprint = fingerprint.wrapping_mul(0x0000_0100_0000_01b3);
-                }
-            }
-        }
+        // Fixed across processes: a cursor made by one is checked by another.
+        let fingerprint = chatstate_core::key::fnv1a(masters.iter().flat_map(|(node, ranges)| {
+            std::iter::once(node.to_string())
+                .chain(ranges.iter().cloned())
+                .flat_map(|part| part.into_bytes().into_iter().chain([b' ']))
+        }));
         Ok(Topology {
             masters: masters.into_iter().map(|(n, _)| n).collect(),
             fingerprint,
@@ -821,11 +873,10 @@ impl Conn {
         keys: &[&str],
     ) -> Result<T> {
         self.breaker.admit(op, keys.first().copied())?;
-        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
         let result = self
-            .send(&cmds, true)
+            .send(Request::Pipe(pipe))
             .await
-            .and_then(|v| T::from_redis_value(Value::Array(v)).map_err(redis::RedisError::from));
+            .and_then(|v| T::from_redis_value(v).map_err(redis::RedisError::from));
         self.breaker.record(result.as_ref().map(|_| ()));
         result.map_err(|e| {
             let failed = e
@@ -860,10 +911,7 @@ impl Conn {
         let key = keys.first().copied();
         self.breaker.admit(op, key)?;
         let evalsha = script.command(false, keys, args);
-        let result = self
-            .send(&[&evalsha], false)
-            .await
-            .map(|mut v| v.pop().unwrap_or(Value::Nil));
+        let result = self.send(Request::One(&evalsha)).await;
         self.breaker.record(result.as_ref().map(|_| ()));
         match result {
             Err(e) if e.code() == Some("NOSCRIPT") => {

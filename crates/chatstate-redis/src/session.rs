@@ -741,26 +741,24 @@ impl SessionStore for RedisStore {
         // One pipeline of HGETALLs: one round trip (one per slot on a Cluster, sent
         // concurrently).
         let ctx_keys: Vec<&str> = ks.iter().map(|k| k.ctx.as_str()).collect();
-        let groups = self.inner.conn.by_slot(&ctx_keys);
-        let answers = futures_util::future::try_join_all(groups.iter().map(|group| {
-            let mut pipe = redis::pipe();
-            let slot_keys: Vec<&str> = group.iter().map(|&i| ctx_keys[i]).collect();
-            for k in &slot_keys {
-                pipe.cmd("HGETALL").arg(*k);
-            }
-            async move {
-                self.inner
-                    .conn
-                    .pipe::<Vec<Value>>(&pipe, "get_many", &slot_keys)
-                    .await
-            }
-        }))
-        .await?;
+        let ctx_keys = &ctx_keys;
+        let parts = self
+            .inner
+            .conn
+            .per_slot(ctx_keys, |group| async move {
+                let mut pipe = redis::pipe();
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ctx_keys[i]).collect();
+                for k in &slot_keys {
+                    pipe.cmd("HGETALL").arg(*k);
+                }
+                let values: Vec<Value> =
+                    self.inner.conn.pipe(&pipe, "get_many", &slot_keys).await?;
+                Ok(group.into_iter().zip(values))
+            })
+            .await?;
         let mut replies: Vec<Value> = vec![Value::Nil; ks.len()];
-        for (group, values) in groups.iter().zip(answers) {
-            for (&i, v) in group.iter().zip(values) {
-                replies[i] = v;
-            }
+        for (i, v) in parts.into_iter().flatten() {
+            replies[i] = v;
         }
         replies
             .into_iter()
