@@ -7,12 +7,8 @@ mod common;
 #[path = "common/fixture.rs"]
 mod fixture;
 
-use async_trait::async_trait;
-use chatstate_conformance::{Backend, Fixture};
-use chatstate_core::{HostPort, RedisTopology, RedisUrl, Result, StoreSettings};
+use chatstate_core::{HostPort, RedisTopology, RedisUrl, Result};
 use chatstate_redis::{RedisStore, RedisStoreBuilder};
-
-struct ClusterBackend;
 
 /// Stores on the shared cluster (the key prefix and settings are the fixture's).
 fn builder() -> Result<RedisStoreBuilder> {
@@ -24,25 +20,10 @@ fn builder() -> Result<RedisStoreBuilder> {
         .fail_fast(true))
 }
 
-#[async_trait]
-impl Backend for ClusterBackend {
-    fn name(&self) -> &'static str {
-        "redis-cluster"
-    }
-
-    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        fixture::open_with(builder()?, common::unique_prefix(), settings, |s| s).await
-    }
-
-    async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        fixture::open_with(
-            builder()?,
-            fixture::prefix_of(old)?,
-            old.settings.clone(),
-            |s| s,
-        )
-        .await
-    }
-}
-
-chatstate_conformance::conformance_suite!(ClusterBackend, model_cases = 3);
+chatstate_conformance::conformance_suite!(
+    fixture::BuilderBackend {
+        name: "redis-cluster",
+        builder,
+    },
+    model_cases = 3
+);

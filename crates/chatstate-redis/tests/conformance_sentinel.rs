@@ -10,9 +10,7 @@ mod fixture;
 
 use std::sync::OnceLock;
 
-use async_trait::async_trait;
-use chatstate_conformance::{Backend, Fixture};
-use chatstate_core::{Result, StoreSettings};
+use chatstate_core::Result;
 use common::SentinelSet;
 
 /// One set for every test of this process (tests isolate by key prefix).
@@ -21,27 +19,15 @@ fn set() -> &'static SentinelSet {
     SET.get_or_init(|| SentinelSet::start_small(Some("conf-master-pw"), Some("conf-sentinel-pw")))
 }
 
-struct SentinelBackend;
-
-#[async_trait]
-impl Backend for SentinelBackend {
-    fn name(&self) -> &'static str {
-        "redis-sentinel"
-    }
-
-    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        fixture::open_with(set().builder(), common::unique_prefix(), settings, |s| s).await
-    }
-
-    async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        fixture::open_with(
-            set().builder(),
-            fixture::prefix_of(old)?,
-            old.settings.clone(),
-            |s| s,
-        )
-        .await
-    }
+/// Stores reaching the master through the set's Sentinel.
+fn builder() -> Result<chatstate_redis::RedisStoreBuilder> {
+    Ok(set().builder())
 }
 
-chatstate_conformance::conformance_suite!(SentinelBackend, model_cases = 2);
+chatstate_conformance::conformance_suite!(
+    fixture::BuilderBackend {
+        name: "redis-sentinel",
+        builder,
+    },
+    model_cases = 2
+);

@@ -7,12 +7,8 @@ mod common;
 #[path = "common/fixture.rs"]
 mod fixture;
 
-use async_trait::async_trait;
-use chatstate_conformance::{Backend, Fixture};
-use chatstate_core::{RedisUrl, Result, StoreSettings, TlsConfig};
+use chatstate_core::{RedisUrl, Result, TlsConfig};
 use chatstate_redis::{RedisStore, RedisStoreBuilder};
-
-struct RedisTlsBackend;
 
 /// Stores on the shared TLS server, verified with its CA, with the client
 /// certificate (the key prefix and settings are the fixture's).
@@ -28,25 +24,10 @@ fn builder() -> Result<RedisStoreBuilder> {
     )
 }
 
-#[async_trait]
-impl Backend for RedisTlsBackend {
-    fn name(&self) -> &'static str {
-        "redis-tls"
-    }
-
-    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
-        fixture::open_with(builder()?, common::unique_prefix(), settings, |s| s).await
-    }
-
-    async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
-        fixture::open_with(
-            builder()?,
-            fixture::prefix_of(old)?,
-            old.settings.clone(),
-            |s| s,
-        )
-        .await
-    }
-}
-
-chatstate_conformance::conformance_suite!(RedisTlsBackend, model_cases = 2);
+chatstate_conformance::conformance_suite!(
+    fixture::BuilderBackend {
+        name: "redis-tls",
+        builder,
+    },
+    model_cases = 2
+);

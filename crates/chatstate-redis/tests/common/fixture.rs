@@ -14,6 +14,36 @@ use chatstate_redis::{RedisStore, RedisStoreBuilder};
 
 use crate::common;
 
+/// A conformance backend whose stores `builder` makes (a TLS server, a master
+/// found through Sentinel, a Cluster), each fixture under a prefix of its own.
+pub struct BuilderBackend {
+    /// The backend's name in the suite's output.
+    pub name: &'static str,
+    /// Makes a builder for the deployment (prefix and settings are set here).
+    pub builder: fn() -> Result<RedisStoreBuilder>,
+}
+
+#[async_trait::async_trait]
+impl chatstate_conformance::Backend for BuilderBackend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn open(&self, settings: StoreSettings) -> Result<Fixture> {
+        open_with((self.builder)()?, common::unique_prefix(), settings, |s| s).await
+    }
+
+    async fn reopen(&self, old: &Fixture) -> Result<Fixture> {
+        open_with(
+            (self.builder)()?,
+            prefix_of(old)?,
+            old.settings.clone(),
+            |s| s,
+        )
+        .await
+    }
+}
+
 /// What a fixture keeps: its prefix, for reopen.
 struct Guard {
     prefix: String,
@@ -26,20 +56,13 @@ pub async fn open(
     settings: StoreSettings,
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Result<Fixture> {
-    let server = common::shared();
-    let builder = RedisStore::builder(RedisUrl::parse(&server.url())?)
-        .prefix(prefix.clone())
-        .settings(settings.clone());
-    let store = builder.clone().connect().await?;
-    // A second client of the same data: the "other instance" of the reply cases.
-    let peer = builder.connect().await?;
-    Ok(fixture(Arc::new(store), peer, prefix, settings, cache))
+    let builder = RedisStore::builder(RedisUrl::parse(&common::shared().url())?);
+    open_with(builder, prefix, settings, cache).await
 }
 
 /// As [`open`], with stores `builder` makes (another server, or a master found
-/// through Sentinel); the prefix and settings are set on it here. (Not written as
-/// `open` calling this: one more nested future overflows the layers' conformance
-/// test's query depth.)
+/// through Sentinel, a Cluster); the prefix and settings are set on it here, and a
+/// second client of the same data is the "other instance" of the reply cases.
 pub async fn open_with(
     builder: RedisStoreBuilder,
     prefix: String,

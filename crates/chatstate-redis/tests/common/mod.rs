@@ -58,7 +58,6 @@ impl RedisServer {
     }
 
     fn launch(extra: &[&str], tls: Option<(&TlsFiles, &str)>) -> RedisServer {
-        let bin = redis_server_path();
         for _attempt in 0..5 {
             let port = free_port();
             let path = |p: &std::path::Path| p.display().to_string();
@@ -120,32 +119,7 @@ impl RedisServer {
                 )
                 .chain(extra.iter().map(|s| s.to_string()))
                 .collect();
-            let quoted: Vec<String> = args
-                .iter()
-                .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-                .collect();
-            // The shell starts the server, prints its pid, and kills it once the test
-            // process (its parent) is gone.
-            let script = format!(
-                "{bin} {} >/dev/null 2>&1 & srv=$!; echo $srv; \
-                 while kill -0 {parent} 2>/dev/null && kill -0 $srv 2>/dev/null; do sleep 0.2; done; \
-                 kill $srv 2>/dev/null",
-                quoted.join(" "),
-                parent = std::process::id()
-            );
-            let mut watchdog = Command::new("sh")
-                .arg("-c")
-                .arg(script)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("sh starts");
-            let mut line = String::new();
-            BufReader::new(watchdog.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("the watchdog prints the server pid");
-            let pid: u32 = line.trim().parse().expect("a pid");
+            let (pid, watchdog) = start_watched(&args);
             let server = RedisServer {
                 port,
                 pid,
