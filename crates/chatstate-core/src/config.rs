@@ -383,6 +383,23 @@ impl StoreSettings {
         Ok(ttl)
     }
 
+    /// The TTL of each entry of a [`crate::KvCache::set_many_with_ttls`] (its own, or
+    /// the cache TTL), after checking every value's length: one bad entry fails
+    /// them all.
+    pub fn cache_write_ttls<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a CacheKey, usize, Option<Duration>)>,
+    ) -> Result<Vec<Duration>> {
+        entries
+            .into_iter()
+            .map(|(key, len, ttl)| {
+                self.check_value_len("cache value", len)
+                    .map_err(|e| e.with_key(key))?;
+                StoreSettings::ttl_or(ttl, self.cache_ttl).map_err(|e| e.with_key(key))
+            })
+            .collect()
+    }
+
     /// The TTL of a focus put (`ttl`, or the focus TTL), after checking the value's
     /// length against the value limit.
     pub fn focus_put_ttl(&self, value_len: usize, ttl: Option<Duration>) -> Result<Duration> {

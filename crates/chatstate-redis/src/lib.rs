@@ -271,6 +271,7 @@ mod export;
 mod focus;
 mod reply;
 mod sentinel;
+mod server;
 mod session;
 mod tls;
 
@@ -285,6 +286,7 @@ use redis::aio::ConnectionManagerConfig;
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
+pub use server::ServerSummary;
 pub use eviction::{EvictionRisk, eviction_risk};
 
 struct Scripts {

@@ -4,6 +4,7 @@
 
 mod counter;
 mod focus;
+mod handles;
 mod isolation;
 mod kv;
 mod lock;
@@ -12,6 +13,7 @@ mod session;
 
 pub use counter::*;
 pub use focus::*;
+pub use handles::*;
 pub use isolation::*;
 pub use kv::*;
 pub use lock::*;
