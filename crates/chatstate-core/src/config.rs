@@ -914,7 +914,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     fn seconds(&self, name: &'static str) -> Result<Option<Duration>> {
-        self.duration(name, Duration::from_secs(1), Duration::from_secs(1), MAX_TTL)
+        self.duration(
+            name,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            MAX_TTL,
+        )
     }
 
     fn millis(&self, name: &'static str) -> Result<Option<Duration>> {
@@ -940,7 +945,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
              (300, 5m, 72h, 1h 30m, 250ms)",
             humantime::format_duration(min),
             humantime::format_duration(max),
-            if unit == Duration::from_secs(1) { "seconds" } else { "milliseconds" },
+            if unit == Duration::from_secs(1) {
+                "seconds"
+            } else {
+                "milliseconds"
+            },
         );
         self.parsed(name, &accepts, |s| {
             parse_duration(s, unit).filter(|d| (min..=max).contains(d))
@@ -1260,7 +1269,12 @@ mod tests {
 
     #[test]
     fn durations_take_a_bare_number_in_the_variables_unit_or_a_unit() {
-        for (raw, secs) in [("300", 300), ("5m", 300), ("72h", 259_200), ("1h 30m", 5400)] {
+        for (raw, secs) in [
+            ("300", 300),
+            ("5m", 300),
+            ("72h", 259_200),
+            ("1h 30m", 5400),
+        ] {
             let c = cfg(&[("REDIS_TTL_SECONDS", raw)]).unwrap();
             assert_eq!(c.store.session_ttl, Duration::from_secs(secs), "{raw}");
         }
@@ -1283,7 +1297,10 @@ mod tests {
             let err = cfg(&[(name, raw)]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config, "{name}={raw}");
             assert!(err.to_string().contains(name), "{err}");
-            assert!(err.to_string().contains("72h"), "says what it accepts: {err}");
+            assert!(
+                err.to_string().contains("72h"),
+                "says what it accepts: {err}"
+            );
         }
     }
 
@@ -1322,8 +1339,8 @@ mod tests {
             let Some(value) = var.default.split('`').nth(1) else {
                 continue; // "unset", "off", "the session TTL", ...
             };
-            let set = cfg(&[(var.name, value)])
-                .unwrap_or_else(|e| panic!("{} = {value}: {e}", var.name));
+            let set =
+                cfg(&[(var.name, value)]).unwrap_or_else(|e| panic!("{} = {value}: {e}", var.name));
             assert_eq!(set, unset, "{} = {value} is not the default", var.name);
             checked += 1;
         }
@@ -1723,8 +1740,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.reply_ttl, Duration::from_secs(120));
         assert_eq!(c.store.max_run_bytes, 65_536);
-        assert!(env_vars().iter().any(|v| v.name == "CHATSTATE_STREAM_TTL_SECONDS"));
-        assert!(env_vars().iter().any(|v| v.name == "CHATSTATE_STREAM_MAX_RUN_BYTES"));
+        assert!(
+            env_vars()
+                .iter()
+                .any(|v| v.name == "CHATSTATE_STREAM_TTL_SECONDS")
+        );
+        assert!(
+            env_vars()
+                .iter()
+                .any(|v| v.name == "CHATSTATE_STREAM_MAX_RUN_BYTES")
+        );
     }
 
     #[test]

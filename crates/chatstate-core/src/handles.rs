@@ -195,7 +195,11 @@ impl<C: KvCache + ?Sized> CacheNamespace<C> {
     /// The values of `keys`, loading the missing ones
     /// ([`KvCacheExt::get_many_or_load`]): `load` gets the missing keys (without
     /// the namespace) and returns `(key, value)` pairs for those it found.
-    pub async fn get_many_or_load<T, K, F, Fut>(&self, keys: &[K], mut load: F) -> Result<Vec<Option<T>>>
+    pub async fn get_many_or_load<T, K, F, Fut>(
+        &self,
+        keys: &[K],
+        mut load: F,
+    ) -> Result<Vec<Option<T>>>
     where
         T: Serialize + DeserializeOwned + Send + Sync,
         K: AsRef<str>,
@@ -205,17 +209,22 @@ impl<C: KvCache + ?Sized> CacheNamespace<C> {
         let full = self.keys(keys)?;
         let namespace = self.namespace.as_str();
         self.cache
-            .get_many_or_load(&full, self.ttl, self.codec, move |missing: Vec<CacheKey>| {
-                let names = missing.into_iter().map(|k| k.key().to_string()).collect();
-                let loaded = load(names);
-                async move {
-                    loaded
-                        .await?
-                        .into_iter()
-                        .map(|(k, v)| Ok((CacheKey::new(namespace, k)?, v)))
-                        .collect()
-                }
-            })
+            .get_many_or_load(
+                &full,
+                self.ttl,
+                self.codec,
+                move |missing: Vec<CacheKey>| {
+                    let names = missing.into_iter().map(|k| k.key().to_string()).collect();
+                    let loaded = load(names);
+                    async move {
+                        loaded
+                            .await?
+                            .into_iter()
+                            .map(|(k, v)| Ok((CacheKey::new(namespace, k)?, v)))
+                            .collect()
+                    }
+                },
+            )
             .await
     }
 
@@ -379,7 +388,8 @@ impl<F: FocusStore + ?Sized> FocusScope<F> {
         value: &T,
         version: u64,
     ) -> Result<u64> {
-        self.put_mode(name, value, PutMode::IfVersion(version)).await
+        self.put_mode(name, value, PutMode::IfVersion(version))
+            .await
     }
 
     /// Deletes document `name`; `false` when there was none.

@@ -94,8 +94,8 @@ pub use ext::{
     FocusStoreExt, KvCacheExt, LoadFuture, Loader, ManyLoader, SessionStoreExt, loader, many_loader,
 };
 pub use handles::{
-    Bucketing, CacheHandles, CacheNamespace, CounterFamily, CounterHandles, FocusHandles, FocusScope,
-    Versioned,
+    Bucketing, CacheHandles, CacheNamespace, CounterFamily, CounterHandles, FocusHandles,
+    FocusScope, Versioned,
 };
 pub use health::{BreakerState, Fallback, Health};
 pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};

@@ -278,8 +278,10 @@ pub trait KvCache: Send + Sync {
     /// `None`), in one step — one round trip on Redis, as [`KvCache::set_many`],
     /// with the same rules: an oversize value or a TTL out of range fails the whole
     /// call and stores nothing; a key given twice keeps its last value and TTL.
-    async fn set_many_with_ttls(&self, entries: Vec<(CacheKey, Bytes, Option<Duration>)>)
-    -> Result<()>;
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()>;
 
     /// Deletes the entry. `false` when there was none.
     async fn delete(&self, key: &CacheKey) -> Result<bool>;

@@ -67,7 +67,10 @@ impl KvCache for FileStore {
             .in_op("set_many")
     }
 
-    async fn set_many_with_ttls(&self, entries: Vec<(CacheKey, Bytes, Option<Duration>)>) -> Result<()> {
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
         let ttls = self
             .inner
             .settings

@@ -27,9 +27,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
     AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
-    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, Loader, ManyLoader, LoadedSession, NewMessage, Page,
-    PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus, Session, SessionKey,
-    SessionPatch, SessionStore,
+    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, Loader, ManyLoader,
+    NewMessage, Page, PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus,
+    Session, SessionKey, SessionPatch, SessionStore,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;

@@ -174,9 +174,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ext::{read_fell_back, write_back_failed};
 use chatstate_core::{
-    BusEvent, CacheKey, Error, ErrorKind, Invalidation, InvalidationBus, KvCache, Loader, ManyLoader,
-    Result,
-    SharedClock, StoreSettings, Timestamp,
+    BusEvent, CacheKey, Error, ErrorKind, Invalidation, InvalidationBus, KvCache, Loader,
+    ManyLoader, Result, SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
 

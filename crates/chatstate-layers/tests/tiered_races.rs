@@ -105,7 +105,10 @@ impl KvCache for Gated {
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         self.inner.set_many(entries, ttl).await
     }
-    async fn set_many_with_ttls(&self, entries: Vec<(CacheKey, Bytes, Option<Duration>)>) -> Result<()> {
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
         self.inner.set_many_with_ttls(entries).await
     }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {

@@ -41,7 +41,10 @@ impl KvCache for SlowReplies {
         self.clock.advance(self.reply_delay);
         Ok(())
     }
-    async fn set_many_with_ttls(&self, entries: Vec<(CacheKey, Bytes, Option<Duration>)>) -> Result<()> {
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
         self.inner.set_many_with_ttls(entries).await?;
         self.clock.advance(self.reply_delay);
         Ok(())

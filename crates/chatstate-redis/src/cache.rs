@@ -248,7 +248,10 @@ impl KvCache for RedisStore {
         self.write_entries(&refs, "set_many").await
     }
 
-    async fn set_many_with_ttls(&self, entries: Vec<(CacheKey, Bytes, Option<Duration>)>) -> Result<()> {
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
         let ttls: Vec<String> = self
             .inner
             .settings

@@ -286,8 +286,8 @@ use redis::aio::ConnectionManagerConfig;
 
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
-pub use server::ServerSummary;
 pub use eviction::{EvictionRisk, eviction_risk};
+pub use server::ServerSummary;
 
 struct Scripts {
     session: session::SessionScripts,

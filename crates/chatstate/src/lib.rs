@@ -122,7 +122,7 @@ pub struct Stores {
     /// The bus a [`TieredCache`] over [`Stores::cache`] should listen on: Redis
     /// pub/sub for Redis, an in-process bus otherwise.
     pub bus: Arc<dyn InvalidationBus>,
-    /// The codec for typed values, from `CHATSTATE_CODEC` (bincode by default): pass
+    /// The codec for typed values, from `CHATSTATE_CODEC` (JSON by default): pass
     /// it to the typed calls (`set_value`, `get_value`, `SessionPatch::context`, ...)
     /// so one setting decides how every typed value is stored.
     pub codec: Codec,

@@ -156,12 +156,22 @@ pub async fn kv_typed_many_calls(ctx: Ctx) -> Outcome {
         .must("get_many_or_load");
     assert_eq!(
         got,
-        vec![Some(customer(0)), Some(customer(1)), Some(customer(2)), None, None],
+        vec![
+            Some(customer(0)),
+            Some(customer(1)),
+            Some(customer(2)),
+            None,
+            None
+        ],
         "hits, a loaded value, and a key the loader did not find"
     );
     let mut asked = asked.lock().expect("lock").clone();
     asked.sort_by(|a, b| a.key().cmp(b.key()));
-    assert_eq!(asked, vec![keys[2].clone(), keys[3].clone()], "only the misses, once each");
+    assert_eq!(
+        asked,
+        vec![keys[2].clone(), keys[3].clone()],
+        "only the misses, once each"
+    );
     assert_eq!(
         fx.cache
             .get_value::<Customer>(&keys[2], Codec::Json)
@@ -184,11 +194,17 @@ pub async fn kv_namespace_handle(ctx: Ctx) -> Outcome {
         .must("namespace")
         .ttl(unit * 5)
         .codec(Codec::Json);
-    let other = fx.cache.namespace("customers:archive").must("other namespace");
+    let other = fx
+        .cache
+        .namespace("customers:archive")
+        .must("other namespace");
     other.set("1", &customer(99)).await.must("set other");
 
     customers.set("1", &customer(1)).await.must("set");
-    assert_eq!(customers.get::<Customer>("1").await.must("get"), Some(customer(1)));
+    assert_eq!(
+        customers.get::<Customer>("1").await.must("get"),
+        Some(customer(1))
+    );
     let raw = fx.cache.get(&ckey("customers", "1")).await.must("raw get");
     assert_eq!(
         raw.as_deref().map(|r| Codec::of(r).must("header")),
@@ -247,10 +263,19 @@ pub async fn kv_namespace_handle(ctx: Ctx) -> Outcome {
     assert!(customers.expire("8", unit * 3).await.must("expire"));
     assert!(customers.delete("8").await.must("delete"));
     assert!(!customers.delete("8").await.must("delete again"));
-    assert_eq!(customers.delete_many(&["1", "2", "nope"]).await.must("delete_many"), 2);
+    assert_eq!(
+        customers
+            .delete_many(&["1", "2", "nope"])
+            .await
+            .must("delete_many"),
+        2
+    );
     assert_eq!(customers.clear_prefix("3").await.must("clear_prefix"), 1);
     assert!(customers.clear().await.must("clear") >= 3);
-    assert_eq!(customers.get::<Customer>("4").await.must("get after clear"), None);
+    assert_eq!(
+        customers.get::<Customer>("4").await.must("get after clear"),
+        None
+    );
     assert_eq!(
         other.get::<Customer>("1").await.must("other after clear"),
         Some(customer(99)),
@@ -302,7 +327,9 @@ pub async fn focus_scope_handle(ctx: Ctx) -> Outcome {
         ErrorKind::AlreadyExists,
         "create over an existing document",
     );
-    flow.create("address", &vec!["Rua Augusta"]).await.must("create");
+    flow.create("address", &vec!["Rua Augusta"])
+        .await
+        .must("create");
     let all: Vec<Versioned<Vec<String>>> = flow.list().await.must("list");
     let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["address", "order"], "sorted by name");
@@ -375,7 +402,10 @@ pub async fn counter_family_handle(ctx: Ctx) -> Outcome {
     );
     if bucket == Some(hour) {
         // (The hour did not turn between the add and this read.)
-        assert_eq!(value, 2, "the family's counter is the labelled, bucketed key");
+        assert_eq!(
+            value, 2,
+            "the family's counter is the labelled, bucketed key"
+        );
         assert_eq!(messages.get().await.must("get"), 2);
         assert_eq!(
             messages
