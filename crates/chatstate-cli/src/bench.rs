@@ -7,12 +7,14 @@
 //!
 //! A small timing harness, not criterion (which stays for `cargo bench`): each
 //! operation runs `warmup` times unmeasured, then `iterations` times, each call
-//! timed alone with `Instant` (the clock reads, ~30–50 ns, are inside every sample,
-//! on both sides of a ratio); the figures are the median and the 99th percentile of
-//! those samples. chatstate and its raw contender run one after the other in the
-//! same process, on the same runtime (2 worker threads), against the same server,
-//! so a ratio compares numbers measured side by side. The ratio is chatstate's
-//! median over the raw contender's median.
+//! timed alone with `Instant`; the figures are the median and the 99th percentile
+//! of those samples. chatstate and its raw contender run in the same process, on
+//! the same runtime, against the same server, **alternating call by call**, so a
+//! burst of load elsewhere on the machine hits both sides of a ratio alike. Every
+//! call of either side goes through the same boxed closure and future, and the
+//! clock reads (together ~50–100 ns) are inside every sample: sub-microsecond
+//! figures carry that constant on both sides. The ratio is chatstate's median over
+//! the raw contender's median.
 //!
 //! What each side does, per operation (values are 256 bytes; the session has a full
 //! window of 20 messages):
@@ -31,6 +33,8 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -111,26 +115,55 @@ pub struct BenchReport {
     pub cpus: usize,
 }
 
-/// Times `warmup + iterations` calls of `call(i)`; returns the median and p99.
-async fn measure<F, Fut>(size: BenchSize, mut call: F) -> Result<Figures>
+/// One call of a workload: the call number in, a future out (boxed, so every
+/// operation of every side has one type; both sides of a ratio pay the same box).
+type Call<'a> =
+    Box<dyn FnMut(u32) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> + Send + 'a>;
+
+fn call<'a, F, Fut>(mut f: F) -> Call<'a>
 where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    F: FnMut(u32) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<()>> + Send + 'a,
 {
-    for i in 0..size.warmup {
-        call(i).await?;
-    }
-    let mut samples = Vec::with_capacity(size.iterations as usize);
-    for i in 0..size.iterations {
-        let started = Instant::now();
-        call(size.warmup + i).await?;
-        samples.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    }
+    Box::new(move |i| Box::pin(f(i)))
+}
+
+fn figures(mut samples: Vec<u64>) -> Figures {
     samples.sort_unstable();
-    Ok(Figures {
+    Figures {
         p50_ns: crate::demo::percentile(&samples, 0.50),
         p99_ns: crate::demo::percentile(&samples, 0.99),
-    })
+    }
+}
+
+/// Times `ours` and, when given, `raw`: `warmup` unmeasured calls of each, then
+/// `iterations` calls of each, alternating call by call so both sides run under
+/// the same conditions (a burst of load elsewhere on the machine hits both).
+async fn measure(
+    size: BenchSize,
+    mut ours: Call<'_>,
+    mut raw: Option<Call<'_>>,
+) -> Result<(Figures, Option<Figures>)> {
+    for i in 0..size.warmup {
+        ours(i).await?;
+        if let Some(raw) = raw.as_mut() {
+            raw(i).await?;
+        }
+    }
+    let n = size.iterations as usize;
+    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let ns = |t: Instant| u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    for i in size.warmup..size.warmup + size.iterations {
+        let t = Instant::now();
+        ours(i).await?;
+        a.push(ns(t));
+        if let Some(raw) = raw.as_mut() {
+            let t = Instant::now();
+            raw(i).await?;
+            b.push(ns(t));
+        }
+    }
+    Ok((figures(a), raw.map(|_| figures(b))))
 }
 
 const VALUE_BYTES: usize = 256;
@@ -145,143 +178,125 @@ fn redis_err(e: redis::RedisError) -> Error {
     Error::new(ErrorKind::Unavailable, "raw redis-rs call failed").with_source(e)
 }
 
-/// chatstate's side of every operation on `stores`.
-async fn chatstate_side(
-    stores: &Stores,
-    size: BenchSize,
-    mut step: impl FnMut(&str),
-) -> Result<Vec<Figures>> {
+/// The first of 100 consecutive keys for call `i`.
+fn window(i: u32) -> usize {
+    (i as usize * 100) % (KEYS as usize - 100)
+}
+
+/// chatstate's calls on `stores`, in [`OPERATIONS`] order, after writing the keys,
+/// the session and its 20 messages they read.
+async fn chatstate_calls(stores: &Stores) -> Result<Vec<Call<'static>>> {
+    let keys: Arc<Vec<CacheKey>> = Arc::new(
+        (0..KEYS)
+            .map(|i| CacheKey::new("bench", i.to_string()))
+            .collect::<Result<_>>()?,
+    );
     let cache = stores.cache.clone();
-    let keys: Vec<CacheKey> = (0..KEYS)
-        .map(|i| CacheKey::new("bench", i.to_string()))
-        .collect::<Result<_>>()?;
     cache
         .set_many(
             keys.iter().map(|k| (k.clone(), value())).collect(),
             Some(TTL),
         )
         .await?;
-    let session = SessionKey::new("bench", "whatsapp", "+5511999990000")?;
-    for i in 0..20 {
+    let session = Arc::new(SessionKey::new("bench", "whatsapp", "+5511999990000")?);
+    let text = format!("message {}", "x".repeat(200));
+    for _ in 0..20 {
         stores
             .sessions
-            .append_message(
-                &session,
-                NewMessage::user(format!("message {i:03} {}", "x".repeat(200))),
-            )
+            .append_message(&session, NewMessage::user(text.clone()))
             .await?;
     }
-    let counter = CounterKey::new("bench_messages")?;
-    let keys = &keys;
-    let mut out = Vec::new();
+    let counter = Arc::new(CounterKey::new("bench_messages")?);
     let n = keys.len();
-    step("cache_get");
-    out.push(
-        measure(size, |i| {
-            let c = cache.clone();
-            async move { c.get(&keys[i as usize % n]).await.map(drop) }
-        })
-        .await?,
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache);
+    let (k1, k2, k3) = (keys.clone(), keys.clone(), keys);
+    let (s1, s2, counters) = (
+        stores.sessions.clone(),
+        stores.sessions.clone(),
+        stores.counters.clone(),
     );
-    step("cache_set");
-    out.push(
-        measure(size, |i| {
-            let c = cache.clone();
-            async move { c.set(&keys[i as usize % n], value(), Some(TTL)).await }
-        })
-        .await?,
-    );
-    step("cache_get_many_100");
-    out.push(
-        measure(size, |i| {
-            let c = cache.clone();
-            let start = (i as usize * 100) % (n - 100);
-            async move { c.get_many(&keys[start..start + 100]).await.map(drop) }
-        })
-        .await?,
-    );
-    step("append_message");
-    let text = format!("message {}", "x".repeat(200));
-    out.push(
-        measure(size, |_| {
-            let s = stores.sessions.clone();
-            let t = text.clone();
-            let k = &session;
-            async move { s.append_message(k, NewMessage::user(t)).await.map(drop) }
-        })
-        .await?,
-    );
-    step("load_session");
-    out.push(
-        measure(size, |_| {
-            let s = stores.sessions.clone();
-            let k = &session;
-            async move { s.load(k).await.map(drop) }
-        })
-        .await?,
-    );
-    step("counter_add");
-    out.push(
-        measure(size, |_| {
-            let c = stores.counters.clone();
-            let k = &counter;
-            async move { c.add(k, 1).await.map(drop) }
-        })
-        .await?,
-    );
-    Ok(out)
+    let session2 = session.clone();
+    Ok(vec![
+        call(move |i| {
+            let (c, k) = (c1.clone(), k1.clone());
+            async move { c.get(&k[i as usize % n]).await.map(drop) }
+        }),
+        call(move |i| {
+            let (c, k) = (c2.clone(), k2.clone());
+            async move { c.set(&k[i as usize % n], value(), Some(TTL)).await }
+        }),
+        call(move |i| {
+            let (c, k) = (c3.clone(), k3.clone());
+            async move { c.get_many(&k[window(i)..window(i) + 100]).await.map(drop) }
+        }),
+        call(move |_| {
+            let (s, k, t) = (s1.clone(), session.clone(), text.clone());
+            async move { s.append_message(&k, NewMessage::user(t)).await.map(drop) }
+        }),
+        call(move |_| {
+            let (s, k) = (s2.clone(), session2.clone());
+            async move { s.load(&k).await.map(drop) }
+        }),
+        call(move |_| {
+            let (c, k) = (counters.clone(), counter.clone());
+            async move { c.add(&k, 1).await.map(drop) }
+        }),
+    ])
 }
 
 /// raw moka doing the cache operations (the session and counter rows have no moka
 /// contender).
-async fn moka_side(size: BenchSize) -> Result<Vec<Option<Figures>>> {
+async fn moka_calls() -> Vec<Option<Call<'static>>> {
     let cache: moka::future::Cache<String, Bytes> = moka::future::Cache::builder()
         .max_capacity(100_000)
         .time_to_live(TTL)
         .build();
-    let keys: Vec<String> = (0..KEYS).map(|i| format!("bench:{i}")).collect();
-    for k in &keys {
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("bench:{i}")).collect());
+    for k in keys.iter() {
         cache.insert(k.clone(), value()).await;
     }
-    let (keys, n) = (&keys, keys.len());
-    let get = measure(size, |i| {
-        let c = cache.clone();
-        async move {
-            c.get(&keys[i as usize % n]).await;
-            Ok(())
-        }
-    })
-    .await?;
-    let set = measure(size, |i| {
-        let c = cache.clone();
-        async move {
-            c.insert(keys[i as usize % n].clone(), value()).await;
-            Ok(())
-        }
-    })
-    .await?;
-    let many = measure(size, |i| {
-        let c = cache.clone();
-        let start = (i as usize * 100) % (n - 100);
-        async move {
-            for k in &keys[start..start + 100] {
-                c.get(k).await;
+    let n = keys.len();
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache);
+    let (k1, k2, k3) = (keys.clone(), keys.clone(), keys);
+    vec![
+        Some(call(move |i| {
+            let (c, k) = (c1.clone(), k1.clone());
+            async move {
+                c.get(&k[i as usize % n]).await;
+                Ok(())
             }
-            Ok(())
-        }
-    })
-    .await?;
-    Ok(vec![Some(get), Some(set), Some(many), None, None, None])
+        })),
+        Some(call(move |i| {
+            let (c, k) = (c2.clone(), k2.clone());
+            async move {
+                c.insert(k[i as usize % n].clone(), value()).await;
+                Ok(())
+            }
+        })),
+        Some(call(move |i| {
+            let (c, k) = (c3.clone(), k3.clone());
+            async move {
+                for key in &k[window(i)..window(i) + 100] {
+                    c.get(key).await;
+                }
+                Ok(())
+            }
+        })),
+        None,
+        None,
+        None,
+    ]
 }
 
-/// raw redis-rs doing the same work under `stem` (one multiplexed connection, as
-/// chatstate uses).
-async fn redis_side(url: &str, stem: &str, size: BenchSize) -> Result<Vec<Option<Figures>>> {
-    let client = redis::Client::open(url).map_err(redis_err)?;
-    let conn = client.get_connection_manager().await.map_err(redis_err)?;
-    let keys: Vec<String> = (0..KEYS).map(|i| format!("{stem}raw:kv:{i}")).collect();
+/// raw redis-rs doing the same work under `stem`, over one multiplexed connection
+/// (as chatstate uses).
+async fn redis_calls(
+    conn: &redis::aio::ConnectionManager,
+    stem: &str,
+) -> Result<Vec<Option<Call<'static>>>> {
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("{stem}raw:kv:{i}")).collect());
     let mut c = conn.clone();
-    for k in &keys {
+    for k in keys.iter() {
         let _: () = redis::cmd("SET")
             .arg(k)
             .arg(value().as_ref())
@@ -291,153 +306,150 @@ async fn redis_side(url: &str, stem: &str, size: BenchSize) -> Result<Vec<Option
             .await
             .map_err(redis_err)?;
     }
-    let (keys, n) = (&keys, keys.len());
-    let get = measure(size, |i| {
-        let mut c = conn.clone();
-        async move {
-            let _: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&keys[i as usize % n])
-                .query_async(&mut c)
-                .await
-                .map_err(redis_err)?;
-            Ok(())
-        }
-    })
-    .await?;
-    let set = measure(size, |i| {
-        let mut c = conn.clone();
-        async move {
-            let _: () = redis::cmd("SET")
-                .arg(&keys[i as usize % n])
-                .arg(value().as_ref())
-                .arg("PX")
-                .arg(600_000)
-                .query_async(&mut c)
-                .await
-                .map_err(redis_err)?;
-            Ok(())
-        }
-    })
-    .await?;
-    let many = measure(size, |i| {
-        let mut c = conn.clone();
-        let start = (i as usize * 100) % (n - 100);
-        async move {
-            let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&keys[start..start + 100])
-                .query_async(&mut c)
-                .await
-                .map_err(redis_err)?;
-            Ok(())
-        }
-    })
-    .await?;
-    let (list, hash) = (
-        format!("{stem}raw:sess:msgs"),
-        format!("{stem}raw:sess:ctx"),
+    let n = keys.len();
+    let list = Arc::new(format!("{stem}raw:sess:msgs"));
+    let hash = Arc::new(format!("{stem}raw:sess:ctx"));
+    let counter = Arc::new(format!("{stem}raw:cnt"));
+    let text = Arc::new(format!("message {}", "x".repeat(200)));
+    let (k1, k2, k3) = (keys.clone(), keys.clone(), keys);
+    let (c1, c2, c3, c4, c5, c6) = (
+        conn.clone(),
+        conn.clone(),
+        conn.clone(),
+        conn.clone(),
+        conn.clone(),
+        conn.clone(),
     );
-    let text = format!("message {}", "x".repeat(200));
-    let append = measure(size, |i| {
-        let mut c = conn.clone();
-        let (list, hash, text) = (&list, &hash, &text);
-        async move {
-            let mut p = redis::pipe();
-            p.atomic()
-                .cmd("RPUSH")
-                .arg(list)
-                .arg(format!("{i}:{text}"))
-                .ignore()
-                .cmd("LTRIM")
-                .arg(list)
-                .arg(-20)
-                .arg(-1)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(list)
-                .arg(259_200_000)
-                .ignore()
-                .cmd("HSET")
-                .arg(hash)
-                .arg("last_activity")
-                .arg(i)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(hash)
-                .arg(259_200_000)
-                .ignore();
-            let _: () = p.query_async(&mut c).await.map_err(redis_err)?;
-            Ok(())
-        }
-    })
-    .await?;
-    let load = measure(size, |_| {
-        let mut c = conn.clone();
-        let (list, hash) = (&list, &hash);
-        async move {
-            let mut p = redis::pipe();
-            p.cmd("HGETALL")
-                .arg(hash)
-                .cmd("LRANGE")
-                .arg(list)
-                .arg(0)
-                .arg(-1);
-            let _: (Vec<(String, String)>, Vec<String>) =
-                p.query_async(&mut c).await.map_err(redis_err)?;
-            Ok(())
-        }
-    })
-    .await?;
-    let counter = format!("{stem}raw:cnt");
-    let incr = measure(size, |_| {
-        let mut c = conn.clone();
-        let k = &counter;
-        async move {
-            let _: i64 = redis::cmd("HINCRBY")
-                .arg(k)
-                .arg("")
-                .arg(1)
-                .query_async(&mut c)
-                .await
-                .map_err(redis_err)?;
-            Ok(())
-        }
-    })
-    .await?;
-    let mut c = conn.clone();
-    crate::ops::unlink_matching(&mut c, &format!("{stem}*")).await?;
+    let (l1, h1, l2, h2) = (list.clone(), hash.clone(), list, hash);
     Ok(vec![
-        Some(get),
-        Some(set),
-        Some(many),
-        Some(append),
-        Some(load),
-        Some(incr),
+        Some(call(move |i| {
+            let (mut c, k) = (c1.clone(), k1.clone());
+            async move {
+                let _: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&k[i as usize % n])
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_err)?;
+                Ok(())
+            }
+        })),
+        Some(call(move |i| {
+            let (mut c, k) = (c2.clone(), k2.clone());
+            async move {
+                let _: () = redis::cmd("SET")
+                    .arg(&k[i as usize % n])
+                    .arg(value().as_ref())
+                    .arg("PX")
+                    .arg(600_000)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_err)?;
+                Ok(())
+            }
+        })),
+        Some(call(move |i| {
+            let (mut c, k) = (c3.clone(), k3.clone());
+            async move {
+                let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(&k[window(i)..window(i) + 100])
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_err)?;
+                Ok(())
+            }
+        })),
+        Some(call(move |i| {
+            let (mut c, list, hash, text) = (c4.clone(), l1.clone(), h1.clone(), text.clone());
+            async move {
+                let mut p = redis::pipe();
+                p.atomic()
+                    .cmd("RPUSH")
+                    .arg(list.as_str())
+                    .arg(format!("{i}:{text}"))
+                    .ignore()
+                    .cmd("LTRIM")
+                    .arg(list.as_str())
+                    .arg(-20)
+                    .arg(-1)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(list.as_str())
+                    .arg(259_200_000)
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(hash.as_str())
+                    .arg("last_activity")
+                    .arg(i)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(hash.as_str())
+                    .arg(259_200_000)
+                    .ignore();
+                let _: () = p.query_async(&mut c).await.map_err(redis_err)?;
+                Ok(())
+            }
+        })),
+        Some(call(move |_| {
+            let (mut c, list, hash) = (c5.clone(), l2.clone(), h2.clone());
+            async move {
+                let mut p = redis::pipe();
+                p.cmd("HGETALL")
+                    .arg(hash.as_str())
+                    .cmd("LRANGE")
+                    .arg(list.as_str())
+                    .arg(0)
+                    .arg(-1);
+                let _: (Vec<(String, String)>, Vec<String>) =
+                    p.query_async(&mut c).await.map_err(redis_err)?;
+                Ok(())
+            }
+        })),
+        Some(call(move |_| {
+            let (mut c, k) = (c6.clone(), counter.clone());
+            async move {
+                let _: i64 = redis::cmd("HINCRBY")
+                    .arg(k.as_str())
+                    .arg("")
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_err)?;
+                Ok(())
+            }
+        })),
     ])
 }
 
-fn rows(
+/// Measures every operation of `backend`, beside `raw` (named `raw_name`) where
+/// there is a contender.
+async fn rows(
     backend: &str,
-    ours: Vec<Figures>,
+    ours: Vec<Call<'static>>,
     raw_name: Option<&str>,
-    raw: Vec<Option<Figures>>,
-) -> Vec<Row> {
-    OPERATIONS
-        .iter()
-        .zip(ours)
-        .zip(raw.into_iter().chain(std::iter::repeat(None)))
-        .map(|((op, ours), raw)| Row {
+    raw: Vec<Option<Call<'static>>>,
+    size: BenchSize,
+    step: &mut dyn FnMut(&str),
+) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    let raw = raw.into_iter().chain(std::iter::repeat_with(|| None));
+    for ((op, ours), raw) in OPERATIONS.iter().zip(ours).zip(raw) {
+        step(&format!("{backend} {op}"));
+        let (figures, raw) = measure(size, ours, raw).await?;
+        out.push(Row {
             operation: op.to_string(),
             backend: backend.to_string(),
-            chatstate: ours,
+            chatstate: figures,
             raw_name: raw.and(raw_name.map(str::to_string)),
             raw,
-            ratio: raw.map(|r| ours.p50_ns / r.p50_ns),
-        })
-        .collect()
+            ratio: raw.map(|r| figures.p50_ns / r.p50_ns),
+        });
+    }
+    Ok(out)
 }
 
-/// Runs the workloads: memory vs moka, file (in a temporary folder), and Redis at
-/// `redis_url` vs redis-rs (left out when `None`). `step` is told each step's name.
+/// Runs the workloads: memory beside moka, file (in a temporary folder), and Redis
+/// at `redis_url` beside redis-rs (left out when `None`). `step` is told each
+/// step's name.
 pub async fn run(
     redis_url: Option<&str>,
     size: BenchSize,
@@ -449,21 +461,32 @@ pub async fn run(
     let mut memory = base.clone();
     memory.backend = BackendKind::Memory;
     let stores = Stores::open(&memory).await?;
-    let ours = chatstate_side(&stores, size, |op| step(&format!("memory {op}"))).await?;
-    step("moka");
-    let raw = moka_side(size).await?;
-    all.extend(rows("memory", ours, Some("moka"), raw));
+    let ours = chatstate_calls(&stores).await?;
+    all.extend(
+        rows(
+            "memory",
+            ours,
+            Some("moka"),
+            moka_calls().await,
+            size,
+            &mut step,
+        )
+        .await?,
+    );
 
     let dir =
         std::env::temp_dir().join(format!("chatstate-bench-{}", uuid::Uuid::new_v4().simple()));
     let mut file = base.clone();
     file.backend = BackendKind::File;
     file.file_dir = dir.clone();
-    let stores = Stores::open(&file).await?;
-    let ours = chatstate_side(&stores, size, |op| step(&format!("file {op}"))).await;
-    drop(stores);
+    let measured = async {
+        let stores = Stores::open(&file).await?;
+        let ours = chatstate_calls(&stores).await?;
+        rows("file", ours, None, vec![], size, &mut step).await
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
-    all.extend(rows("file", ours?, None, vec![]));
+    all.extend(measured?);
 
     let redis = match redis_url {
         None => "left out (no Redis given)".to_string(),
@@ -478,10 +501,17 @@ pub async fn run(
             config.redis.fail_fast = true;
             config.key_prefix = format!("{stem}cs");
             let stores = Stores::open(&config).await?;
-            let ours = chatstate_side(&stores, size, |op| step(&format!("redis {op}"))).await?;
-            step("redis-rs");
-            let raw = redis_side(url, &stem, size).await?;
-            all.extend(rows("redis", ours, Some("redis-rs"), raw));
+            let client = redis::Client::open(url).map_err(redis_err)?;
+            let mut conn = client.get_connection_manager().await.map_err(redis_err)?;
+            let measured = async {
+                let ours = chatstate_calls(&stores).await?;
+                let raw = redis_calls(&conn, &stem).await?;
+                rows("redis", ours, Some("redis-rs"), raw, size, &mut step).await
+            }
+            .await;
+            // chatstate's keys and the raw ones share the stem: remove them all.
+            crate::ops::unlink_matching(&mut conn, &format!("{stem}*")).await?;
+            all.extend(measured?);
             config.redis.url.to_string()
         }
     };

@@ -74,6 +74,7 @@ impl EnvBackend {
         clock: Option<ManualClock>,
         settings: StoreSettings,
     ) -> Result<Fixture> {
+        let time = |clock: &ManualClock| TimeControl::Manual(clock.clone());
         match self.config.backend {
             BackendKind::Memory => {
                 let clock = clock.unwrap_or_else(ManualClock::starting_now);
@@ -83,20 +84,17 @@ impl EnvBackend {
                         .clock(clock.shared())
                         .build(),
                 );
-                Ok(Fixture {
-                    sessions: store.clone(),
-                    focus: store.clone(),
-                    counters: store.clone(),
-                    cache: store.clone(),
-                    replies: store.clone(),
-                    replies_peer: store,
-                    time: TimeControl::Manual(clock.clone()),
+                let guard = Guard {
+                    place,
+                    clock: Some(clock.clone()),
+                };
+                Ok(Fixture::of_one(
+                    store.clone(),
+                    store,
+                    time(&clock),
                     settings,
-                    guard: Some(Box::new(Guard {
-                        place,
-                        clock: Some(clock),
-                    })),
-                })
+                    Some(Box::new(guard)),
+                ))
             }
             BackendKind::File => {
                 let clock = clock.unwrap_or_else(ManualClock::starting_now);
@@ -106,41 +104,36 @@ impl EnvBackend {
                         .clock(clock.shared())
                         .open()
                 };
-                let store = Arc::new(open()?);
-                let peer = Arc::new(open()?);
-                Ok(Fixture {
-                    sessions: store.clone(),
-                    focus: store.clone(),
-                    counters: store.clone(),
-                    cache: store.clone(),
-                    replies: store,
-                    replies_peer: peer,
-                    time: TimeControl::Manual(clock.clone()),
+                // The same folder opened again: the "other instance".
+                let (store, peer) = (Arc::new(open()?), Arc::new(open()?));
+                let guard = Guard {
+                    place,
+                    clock: Some(clock.clone()),
+                };
+                Ok(Fixture::of_one(
+                    store,
+                    peer,
+                    time(&clock),
                     settings,
-                    guard: Some(Box::new(Guard {
-                        place,
-                        clock: Some(clock),
-                    })),
-                })
+                    Some(Box::new(guard)),
+                ))
             }
             _ => {
                 let mut config = self.config.clone();
                 config.key_prefix = place.clone();
                 config.store = settings.clone();
                 config.redis.fail_fast = true;
+                // A second client of the same keys: the "other instance".
                 let store = Arc::new(RedisStore::from_config(&config).await?);
                 let peer = Arc::new(RedisStore::from_config(&config).await?);
-                Ok(Fixture {
-                    sessions: store.clone(),
-                    focus: store.clone(),
-                    counters: store.clone(),
-                    cache: store.clone(),
-                    replies: store,
-                    replies_peer: peer,
-                    time: TimeControl::Real,
+                let guard = Guard { place, clock: None };
+                Ok(Fixture::of_one(
+                    store,
+                    peer,
+                    TimeControl::Real,
                     settings,
-                    guard: Some(Box::new(Guard { place, clock: None })),
-                })
+                    Some(Box::new(guard)),
+                ))
             }
         }
     }

@@ -175,20 +175,29 @@ async fn server_version(redis: &chatstate::RedisStore) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// Calls `each` with every live record of `kind`, a page at a time.
+async fn for_each_record(
+    stores: &Stores,
+    kind: RecordKind,
+    mut each: impl FnMut(Record),
+) -> Result<()> {
+    let mut cursor = None;
+    loop {
+        let page = stores.inventory.scan(kind, cursor, PAGE).await?;
+        page.records.into_iter().for_each(&mut each);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Live records per kind, counted through the inventory.
 pub async fn count_records(stores: &Stores) -> Result<BTreeMap<String, u64>> {
     let mut counts = BTreeMap::new();
     for kind in RecordKind::ALL {
         let mut n = 0u64;
-        let mut cursor = None;
-        loop {
-            let page = stores.inventory.scan(kind, cursor, PAGE).await?;
-            n += page.records.len() as u64;
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        for_each_record(stores, kind, |_| n += 1).await?;
         counts.insert(kind.as_str().to_string(), n);
     }
     Ok(counts)
@@ -363,27 +372,17 @@ pub async fn inspect_counter(stores: &Stores, name: &str) -> Result<Vec<CounterV
 /// Every counter, through the inventory.
 pub async fn counters(stores: &Stores) -> Result<Vec<CounterView>> {
     let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = stores
-            .inventory
-            .scan(RecordKind::Counter, cursor, PAGE)
-            .await?;
-        for record in page.records {
-            if let Record::Counter(c) = record {
-                out.push(CounterView {
-                    name: c.key.name().to_string(),
-                    labels: c.key.labels().escaped(),
-                    bucket: c.key.bucket().map(|b| b.to_string()),
-                    value: c.value,
-                });
-            }
+    for_each_record(stores, RecordKind::Counter, |record| {
+        if let Record::Counter(c) = record {
+            out.push(CounterView {
+                name: c.key.name().to_string(),
+                labels: c.key.labels().escaped(),
+                bucket: c.key.bucket().map(|b| b.to_string()),
+                value: c.value,
+            });
         }
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    })
+    .await?;
     out.sort_by(|a, b| (&a.name, &a.bucket, &a.labels).cmp(&(&b.name, &b.bucket, &b.labels)));
     Ok(out)
 }
@@ -472,25 +471,15 @@ pub async fn purge_namespace(
     // Validates the namespace (and the prefix as a key) the way every key is.
     CacheKey::new(namespace, if prefix.is_empty() { "x" } else { prefix })?;
     let mut keys = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = stores
-            .inventory
-            .scan(RecordKind::Cache, cursor, PAGE)
-            .await?;
-        for record in page.records {
-            if let Record::Cache(c) = record
-                && c.key.namespace() == namespace
-                && c.key.key().starts_with(prefix)
-            {
-                keys.push(c.key);
-            }
+    for_each_record(stores, RecordKind::Cache, |record| {
+        if let Record::Cache(c) = record
+            && c.key.namespace() == namespace
+            && c.key.key().starts_with(prefix)
+        {
+            keys.push(c.key);
         }
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    })
+    .await?;
     let mut removed = 0;
     if yes {
         for chunk in keys.chunks(PAGE) {

@@ -104,7 +104,7 @@ fn demo_runs_every_scenario_on_file_and_its_counters_are_stored_exactly() {
 #[test]
 fn demo_on_redis_counts_fewer_round_trips_than_the_naive_client() {
     let d = dir();
-    let redis = RedisServer::start();
+    let redis = RedisServer::start(&[]);
     let report = demo(d.path(), Backend::Redis(&redis), "all", "2");
     check_demo(&report, true);
     // A turn's commit is one round trip per call (a script), against 5 commands.
@@ -118,7 +118,7 @@ fn demo_on_redis_counts_fewer_round_trips_than_the_naive_client() {
 #[test]
 fn status_reports_each_backend() {
     let d = dir();
-    let redis = RedisServer::start();
+    let redis = RedisServer::start(&[]);
     let memory = json(&chatstate(d.path(), Backend::Memory, &["--json", "status"]));
     assert_eq!(memory["backend"], "memory");
     assert_eq!(memory["reachable"], true);
@@ -221,7 +221,7 @@ fn purge_dry_run_counts_and_yes_removes_exactly_those_on_file() {
 #[test]
 fn purge_dry_run_counts_and_yes_removes_exactly_those_on_redis() {
     let d = dir();
-    let redis = RedisServer::start();
+    let redis = RedisServer::start(&[]);
     purge_round(d.path(), Backend::Redis(&redis));
 }
 
@@ -301,7 +301,7 @@ fn records(path: &Path) -> Vec<Value> {
 #[test]
 fn export_import_round_trip_and_migrate_to_redis() {
     let d = dir();
-    let redis = RedisServer::start();
+    let redis = RedisServer::start(&[]);
     demo(d.path(), Backend::File, "luni", "2");
     demo(d.path(), Backend::File, "lia", "1");
     let a = d.path().join("a.jsonl");
@@ -385,7 +385,7 @@ fn export_import_round_trip_and_migrate_to_redis() {
 #[test]
 fn sweep_on_each_backend() {
     let d = dir();
-    let redis = RedisServer::start();
+    let redis = RedisServer::start(&[]);
     demo(d.path(), Backend::File, "luni", "1");
     let f = json(&chatstate(d.path(), Backend::File, &["--json", "sweep"]));
     assert!(f["scanned"].as_u64() > Some(0), "{f}");
@@ -428,7 +428,7 @@ fn conformance_passes_on_memory_and_on_redis_and_removes_what_it_wrote() {
         "memory does not persist: the reopen case is skipped"
     );
 
-    let redis = RedisServer::start();
+    let redis = RedisServer::start(&[]);
     redis.cli(&["SET", "someone-elses-key", "1"]);
     let r = conformance(d.path(), Backend::Redis(&redis), None);
     assert_eq!(r["passed"].as_u64(), Some(all));

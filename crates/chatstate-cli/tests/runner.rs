@@ -72,22 +72,17 @@ impl Backend for Memory {
                 .clock(clock.shared())
                 .build(),
         );
-        let cache: Arc<dyn KvCache> = if self.broken {
-            Arc::new(Forgetful(store.clone()))
-        } else {
-            store.clone()
-        };
-        Ok(Fixture {
-            sessions: store.clone(),
-            focus: store.clone(),
-            counters: store.clone(),
-            cache,
-            replies: store.clone(),
-            replies_peer: store,
-            time: TimeControl::Manual(clock),
+        let mut fixture = Fixture::of_one(
+            store.clone(),
+            store.clone(),
+            TimeControl::Manual(clock),
             settings,
-            guard: None,
-        })
+            None,
+        );
+        if self.broken {
+            fixture.cache = Arc::new(Forgetful(store));
+        }
+        Ok(fixture)
     }
 }
 

@@ -100,6 +100,31 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A fixture whose stores are all `store` (a backend type that implements every
+    /// trait), with `peer` as the other instance of the reply cases.
+    pub fn of_one<S>(
+        store: Arc<S>,
+        peer: Arc<dyn ReplyStream>,
+        time: TimeControl,
+        settings: StoreSettings,
+        guard: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Fixture
+    where
+        S: SessionStore + FocusStore + CounterSink + KvCache + ReplyStream + 'static,
+    {
+        Fixture {
+            sessions: store.clone(),
+            focus: store.clone(),
+            counters: store.clone(),
+            cache: store.clone(),
+            replies: store,
+            replies_peer: peer,
+            time,
+            settings,
+            guard,
+        }
+    }
+
     /// What the four stores can do together, as they report it themselves.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities::of_all(
