@@ -54,6 +54,9 @@ pub const OPERATIONS: [&str; 6] = [
     "counter_add",
 ];
 
+/// The operations' names on the chart's axis, in [`OPERATIONS`] order.
+const SHORT: [&str; 6] = ["get", "set", "get ×100", "append", "load", "counter"];
+
 /// How long a run is.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct BenchSize {
@@ -598,7 +601,7 @@ pub fn chart(report: &BenchReport, path: &Path) -> Result<()> {
     let op_label = move |x: &f64| -> String {
         let i = x.round();
         if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-            OPERATIONS[i as usize].replace("cache_", "").to_string()
+            SHORT[i as usize].to_string()
         } else {
             String::new()
         }
@@ -650,6 +653,7 @@ pub fn chart(report: &BenchReport, path: &Path) -> Result<()> {
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
     c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
@@ -706,6 +710,7 @@ pub fn chart(report: &BenchReport, path: &Path) -> Result<()> {
     ))
     .map_err(|e| err(e.to_string()))?;
     c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
