@@ -66,11 +66,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         focus.step
     );
 
-    // Two instances race to schedule the reminder: the lock lets one through at a time.
-    let (a, b) = tokio::join!(bot.schedule_reminder(&user), bot.schedule_reminder(&user));
-    let scheduled = [a?, b?].iter().filter(|s| **s).count();
+    // Another instance holds the reminder lock: this one does not schedule it too.
+    let held = stores
+        .sessions
+        .try_lock(&user, "reminder", std::time::Duration::from_secs(30))
+        .await?
+        .ok_or("the reminder lock is free at first")?;
+    assert!(
+        !bot.schedule_reminder(&user).await?,
+        "locked: not scheduled twice"
+    );
+    stores.sessions.release_lock(&held).await?;
+    assert!(bot.schedule_reminder(&user).await?, "released: scheduled");
     println!(
-        "luni: reminder scheduled by {scheduled} of 2 racing calls (the other found it locked, or came after)"
+        "luni: the reminder was refused while another instance held the lock, then scheduled once"
     );
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! - [`ops`]: the operator commands.
 //! - [`conformance`]: the configured backend as a conformance backend, each
 //!   fixture under a prefix or folder of this run, removed afterwards.
-//! - [`bench`]: the benchmark workloads (a timing harness: warm-up, many
+//! - [`bench`](mod@bench): the benchmark workloads (a timing harness: warm-up, many
 //!   iterations, median and p99, chatstate and its raw contender in the same run),
 //!   the Markdown table, the JSON and the SVG chart.
 //!
