@@ -152,3 +152,26 @@ async fn a_broken_backend_fails_names_the_cases_and_says_why() {
         "a failure says why"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_test_is_a_case_and_fails_on_the_broken_backend() {
+    let model: Vec<_> = all_cases()
+        .into_iter()
+        .filter(|c| c.name == chatstate_conformance::runner::MODEL_CASE)
+        .collect();
+    assert_eq!(model.len(), 1);
+    for (broken, passes) in [(false, true), (true, false)] {
+        let mut out = Vec::new();
+        let ok = run_and_report(
+            Arc::new(Memory { broken }),
+            &model,
+            RunOptions::default(),
+            false,
+            &mut out,
+        )
+        .await
+        .expect("writing to a Vec");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(ok, passes, "broken: {broken}\n{text}");
+    }
+}

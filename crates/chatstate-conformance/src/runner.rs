@@ -46,9 +46,44 @@ macro_rules! __case_table {
 }
 
 /// Every case of the suite, in the order [`crate::conformance_suite!`] lists them
-/// (the same list: the names are written once).
+/// (the same list: the names are written once), then the model test
+/// ([`MODEL_CASE`]).
 pub fn all_cases() -> Vec<Case> {
-    crate::__with_case_names! { __case_table {} }
+    let mut cases: Vec<Case> = crate::__with_case_names! { __case_table {} };
+    cases.push(Case {
+        name: MODEL_CASE,
+        run: |ctx| Box::pin(model(ctx)),
+    });
+    cases
+}
+
+/// The name of the model test in [`all_cases`] (as in [`crate::conformance_suite!`]).
+pub const MODEL_CASE: &str = "model_matches_reference";
+
+/// The model test ([`crate::model`]) as a case: 24 random sequences on a backend on
+/// a manual clock, 6 on real time (each `Advance` sleeps), as the backends' own
+/// suites run it. It builds its own runtime, so it runs on a thread of its own.
+async fn model(ctx: Ctx) -> Outcome {
+    let probe = ctx.open().await;
+    let cases = match probe.time {
+        crate::TimeControl::Manual(_) => 24,
+        crate::TimeControl::Real => 6,
+    };
+    drop(probe);
+    let backend = ctx.backend.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::model::run_shared(backend, cases)
+        }));
+        let _ = tx.send(run);
+    });
+    match rx.await {
+        Ok(Ok(())) => Outcome::Passed,
+        // The model test's own failure (seed and shrunk sequence), as the case's.
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("the model test's thread ended without a result"),
+    }
 }
 
 /// How one case ended.
