@@ -6,8 +6,15 @@
 //!   (cargo-nextest when installed, else `cargo test`), the doc tests, `cargo doc`
 //!   with `-D warnings` (no broken intra-doc link), then a summary
 //!   of conformance cases the stores reported they cannot run (never silent).
-//! - `bench`: the criterion benchmarks (`cargo bench --workspace`); extra arguments
-//!   go to criterion, e.g. `cargo xtask bench -- --quick`.
+//! - `bench [--quick] [--out FILE]`: `chatstate bench` (release build) against
+//!   memory, file and Redis — its own `redis-server` on a free loopback port
+//!   unless `REDIS_URL` is set — beside raw moka and redis-rs; writes the Markdown
+//!   table between the markers of `BENCHMARKS.md` (or into `--out FILE`),
+//!   `docs/bench.json` and the chart `docs/bench.svg`. `--quick` takes under two
+//!   minutes.
+//! - `bench --criterion [args]`: the criterion benchmarks (`cargo bench
+//!   --workspace [args]`), e.g. `cargo xtask bench --criterion -- --quick`; the
+//!   old spelling `cargo xtask bench -- --quick` still works.
 //! - `soak [--kills N]`: the file store's SIGKILL crash test
 //!   (`crates/chatstate-file/tests/crash.rs`) with N kills instead of CI's 25
 //!   (default 1,000), then its result. Not part of `test`: it takes minutes.
@@ -17,9 +24,10 @@
 
 use std::env;
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -28,7 +36,9 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("soak") => soak(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test | bench [-- criterion args] | soak [--kills N]");
+            eprintln!(
+                "usage: cargo xtask test | bench [--quick] [--out FILE] | bench --criterion [args] | soak [--kills N]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -164,6 +174,8 @@ fn test() -> Result<(), String> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
 
+    run_examples(&cargo)?;
+
     let skipped = std::fs::read_to_string(skip_dir.join("skipped.log")).unwrap_or_default();
     let lines: Vec<&str> = skipped.lines().collect();
     if lines.is_empty() {
@@ -181,11 +193,166 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-fn bench(extra: &[String]) -> Result<(), String> {
+/// The seed systems' examples (`crates/chatstate-cli/examples`), each run on the
+/// memory backend and on the file store in a fresh folder: they assert what they
+/// show, so a broken one fails the step.
+const EXAMPLES: [&str; 5] = ["luni", "lia", "saas", "whatsapp", "streaming"];
+
+fn run_examples(cargo: &str) -> Result<(), String> {
+    let dir = root().join("target").join("examples-data");
+    let _ = std::fs::remove_dir_all(&dir);
+    for example in EXAMPLES {
+        for (backend, value) in [("CHATSTATE_BACKEND", "memory"), ("CHATSTATE_FILE_DIR", "")] {
+            let mut cmd = Command::new(cargo);
+            cmd.args(["run", "-q", "-p", "chatstate-cli", "--example", example])
+                .env_remove("USE_REDIS")
+                .env_remove("CHATSTATE_BACKEND");
+            let what = if value.is_empty() {
+                cmd.env(backend, dir.join(example));
+                "file"
+            } else {
+                cmd.env(backend, value);
+                "memory"
+            };
+            run(&format!("example {example} ({what})"), &mut cmd)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// What `cargo xtask bench` was asked.
+#[derive(Debug, Default, PartialEq)]
+struct BenchArgs {
+    quick: bool,
+    out: Option<PathBuf>,
+    /// `Some(args)`: run criterion with these arguments instead.
+    criterion: Option<Vec<String>>,
+}
+
+fn parse_bench(args: &[String]) -> Result<BenchArgs, String> {
+    let mut parsed = BenchArgs::default();
+    // The old spelling, `bench -- <criterion args>`, still runs criterion.
+    if args.first().is_some_and(|a| a == "--") {
+        parsed.criterion = Some(args.to_vec());
+        return Ok(parsed);
+    }
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--criterion" => {
+                // Passed to `cargo bench --workspace` as they are.
+                parsed.criterion = Some(it.by_ref().cloned().collect());
+            }
+            "--quick" => parsed.quick = true,
+            "--out" => parsed.out = Some(PathBuf::from(it.next().ok_or("--out needs a file")?)),
+            other => {
+                return Err(format!(
+                    "bench: unknown argument {other:?} (usage: bench [--quick] [--out FILE] | bench --criterion [args])"
+                ));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// A `redis-server` this process started on a free loopback port, stopped on drop.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start() -> Result<OwnRedis, String> {
+        ensure_redis()?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        let server = OwnRedis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let pong = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "PING"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                .unwrap_or(false);
+            if pong {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("redis-server did not answer within 10 s".into())
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let args = parse_bench(args)?;
+    if let Some(extra) = args.criterion {
+        let mut cmd = Command::new(cargo());
+        cmd.args(["bench", "--workspace"]);
+        cmd.args(extra);
+        return run("cargo bench (criterion)", &mut cmd);
+    }
+    let (_server, url) = match env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => (None, url),
+        _ => {
+            let server = OwnRedis::start()?;
+            let url = format!("redis://127.0.0.1:{}", server.port);
+            (Some(server), url)
+        }
+    };
+    let docs = root().join("docs");
+    std::fs::create_dir_all(&docs).map_err(|e| format!("creating {docs:?}: {e}"))?;
+    let markdown = args.out.unwrap_or_else(|| root().join("BENCHMARKS.md"));
     let mut cmd = Command::new(cargo());
-    cmd.args(["bench", "--workspace"]);
-    cmd.args(extra);
-    run("cargo bench", &mut cmd)
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "chatstate-cli",
+        "--",
+        "bench",
+    ])
+    .arg("--redis-url")
+    .arg(&url)
+    .arg("--markdown")
+    .arg(&markdown)
+    .arg("--json-out")
+    .arg(docs.join("bench.json"))
+    .arg("--svg")
+    .arg(docs.join("bench.svg"));
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    run("chatstate bench", &mut cmd)?;
+    eprintln!(
+        "xtask bench: table in {}, docs/bench.json, docs/bench.svg",
+        markdown.display()
+    );
+    Ok(())
 }
 
 /// Kills the file store's crash test does by default in `soak`.
@@ -279,6 +446,21 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bench_arguments() {
+        assert_eq!(parse_bench(&[]), Ok(BenchArgs::default()));
+        let quick = parse_bench(&args(&["--quick", "--out", "x.md"])).expect("valid");
+        assert!(
+            quick.quick && quick.out == Some(PathBuf::from("x.md")) && quick.criterion.is_none()
+        );
+        let crit = parse_bench(&args(&["--criterion", "--", "--quick"])).expect("valid");
+        assert_eq!(crit.criterion, Some(args(&["--", "--quick"])));
+        let old = parse_bench(&args(&["--", "--quick"])).expect("valid");
+        assert_eq!(old.criterion, Some(args(&["--", "--quick"])));
+        assert!(parse_bench(&args(&["--out"])).is_err());
+        assert!(parse_bench(&args(&["--fast"])).is_err());
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //!   free functions each backend's `tests/inventory.rs` calls on a fresh store.
 //! - [`model`]: the proptest model test — random operation sequences run against the
 //!   backend and a simple reference model must agree.
+//! - [`runner`]: the same cases as a list ([`runner::all_cases`]) and a runner that
+//!   reports each case passed, skipped or failed, for a binary (`chatstate
+//!   conformance`) that checks a deployment outside `cargo test`.
 //! - [`conformance_suite!`]: turns the whole suite into one `#[test]` per case for
 //!   a backend, so a failure names the behaviour and the backend.
 //!
@@ -61,6 +64,7 @@ use chatstate_core::{
 pub mod cases;
 pub mod inventory;
 pub mod model;
+pub mod runner;
 
 /// How a fixture's time moves.
 #[derive(Clone, Debug)]
@@ -96,6 +100,31 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A fixture whose stores are all `store` (a backend type that implements every
+    /// trait), with `peer` as the other instance of the reply cases.
+    pub fn of_one<S>(
+        store: Arc<S>,
+        peer: Arc<dyn ReplyStream>,
+        time: TimeControl,
+        settings: StoreSettings,
+        guard: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Fixture
+    where
+        S: SessionStore + FocusStore + CounterSink + KvCache + ReplyStream + 'static,
+    {
+        Fixture {
+            sessions: store.clone(),
+            focus: store.clone(),
+            counters: store.clone(),
+            cache: store.clone(),
+            replies: store,
+            replies_peer: peer,
+            time,
+            settings,
+            guard,
+        }
+    }
+
     /// What the four stores can do together, as they report it themselves.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities::of_all(
@@ -262,7 +291,23 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!($backend, model_cases = 64);
     };
     ($backend:expr, model_cases = $n:expr) => {
-        $crate::__cases! { $backend;
+        $crate::__with_case_names! { __cases { $backend } }
+
+        #[test]
+        fn model_matches_reference() {
+            $crate::model::run($backend, $n);
+        }
+    };
+}
+
+/// The names of every case, written once: expands to
+/// `$crate::$callback! { <args> ; case, case, ... }`, for [`conformance_suite!`]
+/// (one `#[test]` each) and [`runner::all_cases`] (the list a binary runs).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_case_names {
+    ($callback:ident { $($args:tt)* }) => {
+        $crate::$callback! { $($args)*;
             // sessions
             session_get_missing_is_none,
             session_create_then_get,
@@ -362,11 +407,6 @@ macro_rules! conformance_suite {
             reply_follower_of_an_expired_run_ends,
             reply_limits_are_invalid_input,
             reply_cancel_stops_the_producer,
-        }
-
-        #[test]
-        fn model_matches_reference() {
-            $crate::model::run($backend, $n);
         }
     };
 }

@@ -799,12 +799,17 @@ async fn run_ops(backend: &dyn Backend, ops: &[Op]) -> Result<(), TestCaseError>
 /// operations, each on a fresh fixture, compared with the reference model after every
 /// operation. Panics with the seed and the shrunk failing sequence on a mismatch.
 pub fn run<B: Backend>(backend: B, cases: u32) {
+    run_shared(Arc::new(backend), cases)
+}
+
+/// [`run`] on a backend already behind an `Arc` (what [`crate::runner`] has). Builds
+/// its own runtime: call it from a thread that is not inside one.
+pub fn run_shared(backend: Arc<dyn Backend>, cases: u32) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime for the model test");
-    let backend: Arc<dyn Backend> = Arc::new(backend);
     let name = backend.name();
 
     // Probe once: a real-clock backend sleeps through every Advance, so shrink less.

@@ -94,8 +94,8 @@ pub use migrate::{
 
 use chatstate_file::FileStore;
 use chatstate_memory::MemoryStore;
-use chatstate_redis::{RedisBus, RedisStore};
-pub use chatstate_redis::{RoundTrips, ServerSummary};
+use chatstate_redis::RedisBus;
+pub use chatstate_redis::{RedisStore, RoundTrips, ServerSummary};
 
 /// The README's examples, compiled (and the runnable one run) as doc tests so they
 /// stay true.
@@ -275,6 +275,15 @@ impl Stores {
         };
         health.fallback_from = self.fallback_from.clone();
         health
+    }
+
+    /// The Redis store behind these stores, when Redis serves (not a fallback): for
+    /// what only Redis has, such as [`RedisStore::round_trips`].
+    pub fn redis_store(&self) -> Option<&RedisStore> {
+        match &self.source {
+            HealthSource::Redis(store) => Some(store),
+            HealthSource::Local(_) => None,
+        }
     }
 
     /// What the stores can do, as they report it ([`Capabilities`]): whether data
