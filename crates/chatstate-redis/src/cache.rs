@@ -104,16 +104,17 @@ impl RedisStore {
         ttl: Duration,
         op: &'static str,
     ) -> Result<()> {
-        let keys: Vec<String> = entries
-            .iter()
-            .map(|(k, _)| self.inner.layout.cache(k))
-            .collect();
+        let list = self
+            .inner
+            .layout
+            .cache_keys_of(entries.iter().map(|(k, _)| *k));
+        let keys = list.to_vec();
         let ttl_ms = ttl.as_millis().to_string();
         let (keys, ttl_ms) = (&keys, &ttl_ms);
         self.inner
             .conn
             .per_slot(keys, |group| async move {
-                let key_refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+                let key_refs: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
                 let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
                 args.push(ttl_ms.as_bytes());
                 args.extend(group.iter().map(|&i| entries[i].1));
@@ -201,13 +202,17 @@ impl KvCache for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let ks = &ks;
+        let list = self.inner.layout.cache_keys(keys);
+        let ks = &list.to_vec();
         let parts = self
             .inner
             .conn
             .per_slot(ks, |group| async move {
-                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+                if group.len() == ks.len() {
+                    // One slot (always, outside a Cluster): the keys as they are.
+                    return Ok(group.into_iter().zip(self.get_slot(ks).await?));
+                }
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
                 let values = self.get_slot(&slot_keys).await?;
                 Ok(group.into_iter().zip(values))
             })
@@ -250,13 +255,13 @@ impl KvCache for RedisStore {
         if keys.is_empty() {
             return Ok(0);
         }
-        let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let ks = &ks;
+        let list = self.inner.layout.cache_keys(keys);
+        let ks = &list.to_vec();
         let counts = self
             .inner
             .conn
             .per_slot(ks, |group| async move {
-                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
                 self.inner
                     .conn
                     .cmd::<u64>(
