@@ -295,23 +295,30 @@ pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
+/// A temporary file name no other write of any process makes: a random id drawn
+/// once per process, the process id (a forked child keeps the random id) and a
+/// counter. Without a random id per write, which cost a `getrandom` call each.
+fn temp_name() -> String {
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let process = PROCESS.get_or_init(chatstate_core::model::random_id);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{TMP_PREFIX}{process}-{}-{n}", std::process::id())
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder (mode
-/// 0600 on Unix), fsync, rename, fsync of the folder.
-pub(crate) fn write_atomic(
-    path: &Path,
-    bytes: &[u8],
-    durability: Durability,
-    tmp_id: &str,
-) -> Result<()> {
+/// 0600 on Unix), fsync, rename, fsync of the folder. The folder is made when the
+/// temporary file cannot be created for want of it (no check before each write:
+/// that was a `stat` per write).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "a record path has no folder"))?;
-    ensure_dir(dir, durability)?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{tmp_id}"));
+    let tmp = dir.join(temp_name());
     let result = (|| {
         let create = || new_file_options().write(true).create_new(true).open(&tmp);
         let mut f = match create() {
-            // The sweeper removed the (empty) folder after ensure_dir: make it again.
+            // A first write to the folder, or the sweeper removed it once empty.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 ensure_dir(dir, durability)?;
                 create()
@@ -417,8 +424,8 @@ mod tests {
     fn atomic_write_replaces_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/rec");
-        write_atomic(&path, b"one", Durability::Fsync, "t1").unwrap();
-        write_atomic(&path, b"two", Durability::None, "t2").unwrap();
+        write_atomic(&path, b"one", Durability::Fsync).unwrap();
+        write_atomic(&path, b"two", Durability::None).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
