@@ -293,24 +293,15 @@ fn benches(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("append_64_tasks", "chatstate"), |b| {
         b.to_async(&rt).iter(|| {
             let (store, sessions) = (store.clone(), sessions.clone());
-            async move {
-                let tasks: Vec<_> = (0..64)
-                    .map(|i| {
-                        let (store, sessions) = (store.clone(), sessions.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..20 {
-                                store
-                                    .append_message(&sessions[i], NewMessage::user("oi, tudo bem?"))
-                                    .await
-                                    .expect("append");
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.expect("task");
+            in_64_tasks(move |i| {
+                let (store, sessions) = (store.clone(), sessions.clone());
+                async move {
+                    store
+                        .append_message(&sessions[i], NewMessage::user("oi, tudo bem?"))
+                        .await
+                        .expect("append");
                 }
-            }
+            })
         })
     });
     g.bench_function(
@@ -318,25 +309,15 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.to_async(&rt).iter(|| {
                 let (raw, appends) = (raw.clone(), appends.clone());
-                async move {
-                    let tasks: Vec<_> = (0..64)
-                        .map(|i| {
-                            let (raw, appends) = (raw.clone(), appends.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..20 {
-                                    let mut con = raw.clone();
-                                    let _: redis::Value = command(&appends[i])
-                                        .query_async(&mut con)
-                                        .await
-                                        .expect("append");
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("task");
+                in_64_tasks(move |i| {
+                    let (mut con, appends) = (raw.clone(), appends.clone());
+                    async move {
+                        let _: redis::Value = command(&appends[i])
+                            .query_async(&mut con)
+                            .await
+                            .expect("append");
                     }
-                }
+                })
             })
         },
     );
@@ -441,6 +422,27 @@ fn benches(c: &mut Criterion) {
     g.finish();
     let trips = store.round_trips();
     eprintln!("chatstate round trips during the bench: {trips:?}");
+}
+
+/// 64 tasks at once, task `i` running `call(i)` 20 times in a row.
+async fn in_64_tasks<F, Fut>(call: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    call(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
 }
 
 /// The commands clients other than `raw` sent while `f` ran, in order, as MONITOR
