@@ -295,15 +295,16 @@ pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
-/// A temporary file name no other write of any process makes: a random id drawn
-/// once per process, the process id (a forked child keeps the random id) and a
-/// counter. Without a random id per write, which cost a `getrandom` call each.
+/// A temporary file name: a random id drawn once per process and a counter, so a
+/// write makes no `getrandom` call (it drew a random id per write before). A
+/// forked child keeps both; [`write_atomic`] draws a random name when the one it
+/// got is taken.
 fn temp_name() -> String {
     static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let process = PROCESS.get_or_init(chatstate_core::model::random_id);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{TMP_PREFIX}{process}-{}-{n}", std::process::id())
+    format!("{TMP_PREFIX}{process}-{n}")
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder (mode
@@ -314,18 +315,27 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) ->
     let dir = path
         .parent()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "a record path has no folder"))?;
-    let tmp = dir.join(temp_name());
+    let mut tmp = dir.join(temp_name());
     let result = (|| {
-        let create = || new_file_options().write(true).create_new(true).open(&tmp);
-        let mut f = match create() {
+        let create = |tmp: &Path| new_file_options().write(true).create_new(true).open(tmp);
+        let mut created = match create(&tmp) {
             // A first write to the folder, or the sweeper removed it once empty.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 ensure_dir(dir, durability)?;
-                create()
+                create(&tmp)
             }
             other => other,
+        };
+        // Taken (a forked child repeats its parent's names): never touch that file,
+        // draw a random name instead.
+        if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+            tmp = dir.join(format!(
+                "{TMP_PREFIX}{}",
+                chatstate_core::model::random_id()
+            ));
+            created = create(&tmp);
         }
-        .map_err(|e| io_error(&tmp, "creating", e))?;
+        let mut f = created.map_err(|e| io_error(&tmp, "creating", e))?;
         f.write_all(bytes)
             .map_err(|e| io_error(&tmp, "writing", e))?;
         if durability == Durability::Fsync {
@@ -418,6 +428,33 @@ mod tests {
         // `Path::new("data").parent()` is "", which cannot be created: it is the
         // working directory and must be taken as existing.
         assert!(ensure_dir(Path::new(""), Durability::None).is_ok());
+    }
+
+    #[test]
+    fn a_taken_temp_name_is_left_alone_and_another_is_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        write_atomic(&path, b"one", Durability::None).unwrap();
+        // The next names this process would use (a few more, for tests writing in
+        // other threads), taken by another writer's files.
+        let next = temp_name();
+        let n: u64 = next.rsplit('-').next().unwrap().parse().unwrap();
+        let prefix = next.rsplit_once('-').unwrap().0.to_string();
+        let taken: Vec<_> = (n + 1..=n + 64)
+            .map(|i| dir.path().join(format!("{prefix}-{i}")))
+            .collect();
+        for t in &taken {
+            fs::write(t, b"theirs").unwrap();
+        }
+        write_atomic(&path, b"two", Durability::None).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        for t in &taken {
+            assert_eq!(
+                fs::read(t).unwrap(),
+                b"theirs",
+                "the other files are untouched"
+            );
+        }
     }
 
     #[test]
