@@ -498,7 +498,10 @@ impl BatchedCounters {
     /// [`CounterHandle::add`] costs a few nanoseconds (no hashing, no allocation)
     /// and its deltas are flushed exactly like [`BatchedCounters::add`]'s. Handles
     /// of the same key and bucketing share their pending deltas; resolving one again
-    /// is cheap but takes a lock, so keep the handle.
+    /// is cheap but takes a lock, so keep the handle. Each distinct key and
+    /// bucketing keeps a slot for as long as the counters live: resolve handles for
+    /// a fixed set of hot counters, not per request with ever-new labels (use
+    /// [`BatchedCounters::add`] for those).
     ///
     /// An [`ErrorKind::InvalidInput`] error when `key` carries a bucket of its own
     /// and `bucketing` asks for another.
