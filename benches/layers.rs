@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chatstate_core::{CacheKey, CounterKey, KvCache, Labels, LocalBus, RedisUrl};
-use chatstate_layers::{BatchedCounters, TieredCache, TieredConfig};
+use chatstate_layers::{BatchedCounters, Bucketing, TieredCache, TieredConfig};
 use chatstate_redis::RedisStore;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use redis::AsyncCommands;
@@ -45,9 +45,12 @@ fn benches(c: &mut Criterion) {
             TieredConfig::default(),
         )
     });
+    // Raw moka configured as the tiered cache's local tier is: the same capacity, a
+    // per-entry expiry, invalidation closures enabled.
     let moka_cache: moka::future::Cache<CacheKey, Bytes> = moka::future::Cache::builder()
-        .max_capacity(10_000)
-        .time_to_live(Duration::from_secs(60))
+        .max_capacity(TieredConfig::default().local_capacity)
+        .expire_after(FixedTtl(Duration::from_secs(60)))
+        .support_invalidation_closures()
         .build();
     let key = CacheKey::new("customers", "42").expect("key");
     let absent = CacheKey::new("customers", "absent").expect("key");
@@ -64,6 +67,35 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { KvCache::get(&tiered, &key).await.expect("get") })
     });
+    g.bench_function(BenchmarkId::new("local_hit", "tiered_get_local"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { tiered.get_local(&key).await.expect("a local hit") })
+    });
+    // The same hit with `max_stale` 0: no copy is kept past its deadline, so a hit
+    // on the system clock reads no clock (moka's expiry alone decides).
+    let tiered_no_stale = rt.block_on(async {
+        TieredCache::new(
+            Arc::new(store.clone()),
+            Arc::new(LocalBus::new()),
+            TieredConfig {
+                max_stale: Duration::ZERO,
+                ..TieredConfig::default()
+            },
+        )
+    });
+    rt.block_on(async {
+        tiered_no_stale
+            .set(&key, value.clone(), None)
+            .await
+            .expect("set")
+    });
+    g.bench_function(
+        BenchmarkId::new("local_hit", "tiered_get_local_max_stale_0"),
+        |b| {
+            b.to_async(&rt)
+                .iter(|| async { tiered_no_stale.get_local(&key).await.expect("a local hit") })
+        },
+    );
     g.bench_function(BenchmarkId::new("local_hit", "raw_moka"), |b| {
         b.to_async(&rt)
             .iter(|| async { moka_cache.get(&key).await })
@@ -92,6 +124,65 @@ fn benches(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("counter_add_1_thread", "batched"), |b| {
         b.iter(|| batched.add(&counter, 1))
     });
+    let handle = batched.handle(&counter, Bucketing::None).expect("handle");
+    let hourly = batched
+        .handle(
+            &CounterKey::new("messages_hourly").expect("name"),
+            Bucketing::Hourly,
+        )
+        .expect("handle");
+    g.bench_function(BenchmarkId::new("counter_add_1_thread", "handle"), |b| {
+        b.iter(|| handle.add(1))
+    });
+    g.bench_function(
+        BenchmarkId::new("counter_add_1_thread", "handle_hourly"),
+        |b| b.iter(|| hourly.add(1)),
+    );
+    g.bench_function(
+        BenchmarkId::new("counter_add_1_thread", "raw_atomic"),
+        |b| {
+            let cell = std::sync::atomic::AtomicI64::new(0);
+            b.iter(|| cell.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        },
+    );
+    // One counter, 2 threads adding at once (one per core): criterion reports the
+    // wall time over the adds of one thread, i.e. what one add costs each thread
+    // while the other adds too.
+    let two_threads = |add: &(dyn Fn() + Sync), iters: u64| {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..iters {
+                        add();
+                    }
+                });
+            }
+        });
+        started.elapsed()
+    };
+    g.bench_function(
+        BenchmarkId::new("counter_add_2_threads_one_counter", "handle"),
+        |b| b.iter_custom(|iters| two_threads(&|| handle.add(1), iters)),
+    );
+    let shared_atomic = std::sync::atomic::AtomicI64::new(0);
+    g.bench_function(
+        BenchmarkId::new("counter_add_2_threads_one_counter", "raw_atomic"),
+        |b| {
+            b.iter_custom(|iters| {
+                two_threads(
+                    &|| {
+                        shared_atomic.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    },
+                    iters,
+                )
+            })
+        },
+    );
+    g.bench_function(
+        BenchmarkId::new("counter_add_2_threads_one_counter", "batched"),
+        |b| b.iter_custom(|iters| two_threads(&|| batched.add(&counter, 1), iters)),
+    );
     let keys: Vec<CounterKey> = (0..8)
         .map(|i| CounterKey::new(format!("messages{i}")).expect("name"))
         .collect();
@@ -158,6 +249,21 @@ fn benches(c: &mut Criterion) {
         tiered.stats(),
         batched.stats()
     );
+}
+
+/// The same TTL for every entry, through moka's per-entry expiry (as the tiered
+/// cache's local tier sets it).
+struct FixedTtl(Duration);
+
+impl moka::Expiry<CacheKey, Bytes> for FixedTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        _value: &Bytes,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.0)
+    }
 }
 
 criterion_group!(layers, benches);

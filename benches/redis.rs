@@ -44,7 +44,7 @@ fn benches(c: &mut Criterion) {
     });
     let client = redis::Client::open(url.as_str()).expect("client");
     let raw: ConnectionManager = rt
-        .block_on(ConnectionManager::new(client))
+        .block_on(ConnectionManager::new(client.clone()))
         .expect("raw connection");
 
     let key = SessionKey::new("acme", "whatsapp", "5511999990000").expect("key");
@@ -199,6 +199,130 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The store's own work per call: 100 keys read and written, and 64 tasks
+    // appending at once. The raw side sends, through redis-rs, exactly the commands
+    // chatstate sent for the same call (captured once with MONITOR: the same MGET +
+    // EXISTS, the same EVALSHA with the same keys and arguments), building them from
+    // their arguments on every call as a hand-written client would, so the
+    // difference is what chatstate itself adds (key building, checks, accounting,
+    // the breaker, decoding).
+    let hundred: Vec<CacheKey> = (0..100)
+        .map(|i| CacheKey::new("profiles", format!("user-{i}")).expect("key"))
+        .collect();
+    let hundred_entries: Vec<(CacheKey, Bytes)> =
+        hundred.iter().map(|k| (k.clone(), value.clone())).collect();
+    let (get_many_cmds, set_many_cmds) = rt.block_on(async {
+        store
+            .set_many(hundred_entries.clone(), None)
+            .await
+            .expect("seed 100");
+        let set = capture(&client, &raw, async {
+            store
+                .set_many(hundred_entries.clone(), None)
+                .await
+                .expect("set_many");
+        })
+        .await;
+        let get = capture(&client, &raw, async {
+            KvCache::get_many(&store, &hundred).await.expect("get_many");
+        })
+        .await;
+        (get, set)
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function(BenchmarkId::new("get_many_100", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { KvCache::get_many(&store, &hundred).await.expect("get_many") })
+    });
+    g.bench_function(BenchmarkId::new("get_many_100", "raw_same_commands"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let r: (Vec<Option<Vec<u8>>>, u64) = replayable(&get_many_cmds)
+                .query_async(&mut con)
+                .await
+                .expect("raw get_many");
+            r
+        })
+    });
+    g.bench_function(BenchmarkId::new("set_many_100", "chatstate"), |b| {
+        b.to_async(&rt).iter(|| async {
+            store
+                .set_many(hundred_entries.clone(), None)
+                .await
+                .expect("set_many")
+        })
+    });
+    g.bench_function(BenchmarkId::new("set_many_100", "raw_same_commands"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let r: (i64,) = replayable(&set_many_cmds)
+                .query_async(&mut con)
+                .await
+                .expect("raw set_many");
+            r
+        })
+    });
+
+    // 64 tasks, each appending 20 messages to its own session.
+    let sessions: Vec<SessionKey> = (0..64)
+        .map(|i| SessionKey::new("acme", "whatsapp", format!("55119{i:08}")).expect("key"))
+        .collect();
+    let appends: Vec<Vec<Vec<u8>>> = rt.block_on(async {
+        for k in &sessions {
+            store
+                .append_message(k, NewMessage::user("oi"))
+                .await
+                .expect("seed");
+        }
+        let sent = capture(&client, &raw, async {
+            for k in &sessions {
+                store
+                    .append_message(k, NewMessage::user("oi, tudo bem?"))
+                    .await
+                    .expect("append");
+            }
+        })
+        .await;
+        assert_eq!(sent.len(), 64, "one command per append");
+        sent
+    });
+    let sessions = std::sync::Arc::new(sessions);
+    let appends = std::sync::Arc::new(appends);
+    g.throughput(Throughput::Elements(64 * 20));
+    g.sample_size(20);
+    g.bench_function(BenchmarkId::new("append_64_tasks", "chatstate"), |b| {
+        b.to_async(&rt).iter(|| {
+            let (store, sessions) = (store.clone(), sessions.clone());
+            in_64_tasks(move |i| {
+                let (store, sessions) = (store.clone(), sessions.clone());
+                async move {
+                    store
+                        .append_message(&sessions[i], NewMessage::user("oi, tudo bem?"))
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+    });
+    g.bench_function(
+        BenchmarkId::new("append_64_tasks", "raw_same_commands"),
+        |b| {
+            b.to_async(&rt).iter(|| {
+                let (raw, appends) = (raw.clone(), appends.clone());
+                in_64_tasks(move |i| {
+                    let (mut con, appends) = (raw.clone(), appends.clone());
+                    async move {
+                        let _: redis::Value = command(&appends[i])
+                            .query_async(&mut con)
+                            .await
+                            .expect("append");
+                    }
+                })
+            })
+        },
+    );
+    g.sample_size(100);
+
     // A flush of 1000 counters.
     let counters: Vec<CounterKey> = (0..1000)
         .map(|i| {
@@ -298,6 +422,114 @@ fn benches(c: &mut Criterion) {
     g.finish();
     let trips = store.round_trips();
     eprintln!("chatstate round trips during the bench: {trips:?}");
+}
+
+/// 64 tasks at once, task `i` running `call(i)` 20 times in a row.
+async fn in_64_tasks<F, Fut>(call: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    call(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+/// The commands clients other than `raw` sent while `f` ran, in order, as MONITOR
+/// saw them (the commands scripts run inside are left out), each as its arguments.
+async fn capture(
+    client: &redis::Client,
+    raw: &ConnectionManager,
+    f: impl std::future::Future<Output = ()>,
+) -> Vec<Vec<Vec<u8>>> {
+    use futures_util::StreamExt;
+    let monitor = client.get_async_monitor().await.expect("monitor");
+    let mut lines = Box::pin(monitor.into_on_message::<String>());
+    f.await;
+    // A marker the raw connection sends: everything before it is the capture.
+    let marker = "chatstate-bench-capture-end";
+    let mut con = raw.clone();
+    let _: String = redis::cmd("ECHO")
+        .arg(marker)
+        .query_async(&mut con)
+        .await
+        .expect("echo");
+    let mut out = Vec::new();
+    while let Some(line) = lines.next().await {
+        if line.contains(marker) {
+            return out;
+        }
+        // `<time> [<db> <client>] "ARG" "ARG" ...`; `<client>` is `lua` inside a script.
+        let Some((client, args)) = line.split_once("] ") else {
+            continue;
+        };
+        if !client.ends_with(" lua") {
+            out.push(monitor_args(args));
+        }
+    }
+    panic!("the MONITOR stream ended before the marker");
+}
+
+/// The arguments of a MONITOR line (each quoted, escaped as Redis's `sdscatrepr`).
+fn monitor_args(line: &str) -> Vec<Vec<u8>> {
+    let mut args = Vec::new();
+    let mut bytes = line.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'"' {
+            continue;
+        }
+        let mut arg = Vec::new();
+        while let Some(b) = bytes.next() {
+            match b {
+                b'"' => break,
+                b'\\' => match bytes.next().expect("escape") {
+                    b'n' => arg.push(b'\n'),
+                    b'r' => arg.push(b'\r'),
+                    b't' => arg.push(b'\t'),
+                    b'a' => arg.push(7),
+                    b'b' => arg.push(8),
+                    b'x' => {
+                        let hex = [bytes.next().expect("hex"), bytes.next().expect("hex")];
+                        let hex = std::str::from_utf8(&hex).expect("hex");
+                        arg.push(u8::from_str_radix(hex, 16).expect("hex"));
+                    }
+                    other => arg.push(other),
+                },
+                other => arg.push(other),
+            }
+        }
+        args.push(arg);
+    }
+    args
+}
+
+/// One captured command, built from its arguments.
+fn command(args: &[Vec<u8>]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::new();
+    for a in args {
+        cmd.arg(a.as_slice());
+    }
+    cmd
+}
+
+/// Captured commands as one pipeline (one round trip, as chatstate sent them),
+/// built from their arguments.
+fn replayable(cmds: &[Vec<Vec<u8>>]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for args in cmds {
+        pipe.add_command(command(args));
+    }
+    pipe
 }
 
 criterion_group!(redis_benches, benches);

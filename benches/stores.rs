@@ -106,6 +106,46 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("stores");
     g.measurement_time(Duration::from_secs(3));
     g.warm_up_time(Duration::from_secs(1));
+
+    // The floor of an append without fsync: as many bytes as the session's record
+    // written to a new temp file beside it and renamed over a file, on tokio's
+    // blocking pool as the store works: what any atomic whole-file write costs.
+    // The store adds its stripe lock, reading the current record, the window and
+    // checks, and encoding.
+    let no_fsync_dir = backends
+        .iter()
+        .find(|b| b.name == "file_no_fsync")
+        .and_then(|b| b._dir.as_ref())
+        .expect("the no-fsync store's folder")
+        .path()
+        .to_path_buf();
+    let (record_dir, record_len) = largest_file(&no_fsync_dir);
+    let record_bytes = Arc::new(vec![b'x'; record_len]);
+    let floor_target = Arc::new(record_dir.join("floor-record"));
+    g.bench_function(
+        BenchmarkId::new("append_message", "bare_floor_no_fsync"),
+        |bench| {
+            bench.to_async(&rt).iter(|| {
+                let (bytes, target) = (record_bytes.clone(), floor_target.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        use std::io::Write;
+                        let tmp = target.with_file_name(".tmp-floor");
+                        let mut f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&tmp)
+                            .expect("temp file");
+                        f.write_all(&bytes).expect("write");
+                        drop(f);
+                        std::fs::rename(&tmp, &*target).expect("rename");
+                    })
+                    .await
+                    .expect("blocking task")
+                }
+            })
+        },
+    );
     for b in &backends {
         g.bench_function(BenchmarkId::new("append_message", b.name), |bench| {
             bench.to_async(&rt).iter(|| async {
@@ -152,6 +192,25 @@ fn benches(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// The folder and size of the largest file under `dir` (after the setup: the
+/// session's record, with its 20 messages).
+fn largest_file(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let mut best = (dir.to_path_buf(), 0);
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let meta = entry.metadata().expect("metadata");
+        let found = if meta.is_dir() {
+            largest_file(&entry.path())
+        } else {
+            (dir.to_path_buf(), meta.len() as usize)
+        };
+        if found.1 > best.1 {
+            best = found;
+        }
+    }
+    best
 }
 
 criterion_group!(stores, benches);

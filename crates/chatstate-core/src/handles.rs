@@ -419,8 +419,8 @@ impl<F: FocusStore + ?Sized> FocusScope<F> {
     }
 }
 
-/// How a [`CounterFamily`] buckets what it adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a [`CounterFamily`] (or a batched counter handle) buckets what it adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bucketing {
     /// No bucket: one running total.
     None,

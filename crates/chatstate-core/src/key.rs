@@ -54,24 +54,43 @@ fn check_id(what: &'static str, value: &str, max: usize) -> Result<()> {
 /// assert_eq!(escape("olá 👋"), "olá%20👋");
 /// ```
 pub fn escape(part: &str) -> Cow<'_, str> {
-    fn reserved(c: char) -> bool {
-        matches!(
-            c,
-            '%' | ':' | '{' | '}' | '/' | '\\' | '*' | '?' | '[' | ']' | ' '
-        ) || c.is_ascii_control()
-    }
     if !part.chars().any(reserved) {
         return Cow::Borrowed(part);
     }
     let mut out = String::with_capacity(part.len() + 8);
-    for c in part.chars() {
-        if reserved(c) {
-            out.push_str(&format!("%{:02X}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
+    push_escaped(&mut out, part);
     Cow::Owned(out)
+}
+
+/// Whether [`escape`] rewrites `c`.
+fn reserved(c: char) -> bool {
+    matches!(
+        c,
+        '%' | ':' | '{' | '}' | '/' | '\\' | '*' | '?' | '[' | ']' | ' '
+    ) || c.is_ascii_control()
+}
+
+/// Appends [`escape`]`(part)` to `out`, without allocating anything else: what key
+/// builders on hot paths use.
+///
+/// ```
+/// let mut key = String::from("p:kv:");
+/// chatstate_core::key::push_escaped(&mut key, "a:b");
+/// assert_eq!(key, "p:kv:a%3Ab");
+/// ```
+pub fn push_escaped(out: &mut String, part: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut rest = part;
+    while let Some(at) = rest.find(reserved) {
+        out.push_str(&rest[..at]);
+        // Every reserved character is ASCII: one byte, two hex digits.
+        let b = rest.as_bytes()[at];
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xF)]));
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 /// Reverses [`escape`]. Returns `None` for a malformed `%XX` escape.
@@ -395,6 +414,43 @@ impl Labels {
 impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{{{}}}", self.escaped())
+    }
+}
+
+/// Many store keys in one buffer (see [`KeyLayout::cache_keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyList {
+    buf: String,
+    /// Where each key ends in `buf`.
+    ends: Vec<usize>,
+}
+
+impl KeyList {
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Key `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.buf.get(start..end)
+    }
+
+    /// The keys, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.ends.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+
+    /// The keys as a vector of slices of this list.
+    pub fn to_vec(&self) -> Vec<&str> {
+        self.iter().collect()
     }
 }
 
@@ -790,12 +846,41 @@ impl KeyLayout {
 
     /// The key of a cache entry.
     pub fn cache(&self, key: &CacheKey) -> String {
-        format!(
-            "{}:kv:{}:{}",
-            self.prefix,
-            escape(key.namespace()),
-            escape(key.key())
-        )
+        let mut out = String::with_capacity(self.prefix.len() + 16 + key.key().len());
+        self.push_cache(&mut out, key);
+        out
+    }
+
+    /// Appends [`KeyLayout::cache`]`(key)` to `out`.
+    fn push_cache(&self, out: &mut String, key: &CacheKey) {
+        out.push_str(&self.prefix);
+        out.push_str(":kv:");
+        push_escaped(out, key.namespace());
+        out.push(':');
+        push_escaped(out, key.key());
+    }
+
+    /// [`KeyLayout::cache`] of each of `keys`, built into one buffer: what a call on
+    /// many keys sends, without a `String` per key.
+    pub fn cache_keys(&self, keys: &[CacheKey]) -> KeyList {
+        self.cache_keys_of(keys)
+    }
+
+    /// [`KeyLayout::cache_keys`] of any sequence of keys.
+    pub fn cache_keys_of<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a CacheKey, IntoIter: ExactSizeIterator>,
+    ) -> KeyList {
+        let keys = keys.into_iter();
+        let mut list = KeyList {
+            buf: String::with_capacity(keys.len() * (self.prefix.len() + 24)),
+            ends: Vec::with_capacity(keys.len()),
+        };
+        for key in keys {
+            self.push_cache(&mut list.buf, key);
+            list.ends.push(list.buf.len());
+        }
+        list
     }
 
     /// The SCAN pattern of a namespace's keys starting with `key_prefix` (escaping
@@ -1021,6 +1106,27 @@ mod tests {
             "2026-01-01T5",
         ] {
             assert!(bad.parse::<Bucket>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_key_list_holds_exactly_the_keys_cache_makes() {
+        let layout = KeyLayout::new("p").unwrap();
+        let keys: Vec<CacheKey> = [("ns", "a"), ("n:s", "b{1} c%"), ("ns", "olá*?")]
+            .iter()
+            .map(|(n, k)| CacheKey::new(*n, *k).unwrap())
+            .collect();
+        let list = layout.cache_keys(&keys);
+        assert_eq!(list.len(), 3);
+        let expected: Vec<String> = keys.iter().map(|k| layout.cache(k)).collect();
+        assert_eq!(list.to_vec(), expected);
+        assert_eq!(expected[1], "p:kv:n%3As:b%7B1%7D%20c%25");
+        assert_eq!(list.get(3), None);
+        assert!(layout.cache_keys(&[]).is_empty());
+        for part in ["", "plain", "a:b{c}", "olá 👋", "\u{7f}\u{1}%"] {
+            let mut out = String::from("x");
+            push_escaped(&mut out, part);
+            assert_eq!(out, format!("x{}", escape(part)));
         }
     }
 

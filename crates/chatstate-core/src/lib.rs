@@ -103,7 +103,9 @@ pub use inventory::{
     CacheRecord, CounterRecord, FocusRecord, Inventory, InventoryPage, Record, RecordKey,
     RecordKind, RestoreMode, Restored, SessionRecord,
 };
-pub use key::{Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, Labels, RunId, SessionKey};
+pub use key::{
+    Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, KeyList, Labels, RunId, SessionKey,
+};
 pub use model::{
     AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
     Message, NewMessage, Page, PutMode, Role, Session, SessionPatch,

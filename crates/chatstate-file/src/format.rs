@@ -295,30 +295,47 @@ pub(crate) fn ensure_dir(dir: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
+/// A temporary file name: a random id drawn once per process and a counter, so a
+/// write makes no `getrandom` call (it drew a random id per write before). A
+/// forked child keeps both; [`write_atomic`] draws a random name when the one it
+/// got is taken.
+fn temp_name() -> String {
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let process = PROCESS.get_or_init(chatstate_core::model::random_id);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{TMP_PREFIX}{process}-{n}")
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder (mode
-/// 0600 on Unix), fsync, rename, fsync of the folder.
-pub(crate) fn write_atomic(
-    path: &Path,
-    bytes: &[u8],
-    durability: Durability,
-    tmp_id: &str,
-) -> Result<()> {
+/// 0600 on Unix), fsync, rename, fsync of the folder. The folder is made when the
+/// temporary file cannot be created for want of it (no check before each write:
+/// that was a `stat` per write).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "a record path has no folder"))?;
-    ensure_dir(dir, durability)?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{tmp_id}"));
+    let mut tmp = dir.join(temp_name());
     let result = (|| {
-        let create = || new_file_options().write(true).create_new(true).open(&tmp);
-        let mut f = match create() {
-            // The sweeper removed the (empty) folder after ensure_dir: make it again.
+        let create = |tmp: &Path| new_file_options().write(true).create_new(true).open(tmp);
+        let mut created = match create(&tmp) {
+            // A first write to the folder, or the sweeper removed it once empty.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 ensure_dir(dir, durability)?;
-                create()
+                create(&tmp)
             }
             other => other,
+        };
+        // Taken (a forked child repeats its parent's names): never touch that file,
+        // draw a random name instead.
+        if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+            tmp = dir.join(format!(
+                "{TMP_PREFIX}{}",
+                chatstate_core::model::random_id()
+            ));
+            created = create(&tmp);
         }
-        .map_err(|e| io_error(&tmp, "creating", e))?;
+        let mut f = created.map_err(|e| io_error(&tmp, "creating", e))?;
         f.write_all(bytes)
             .map_err(|e| io_error(&tmp, "writing", e))?;
         if durability == Durability::Fsync {
@@ -414,11 +431,38 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_temp_name_is_left_alone_and_another_is_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        write_atomic(&path, b"one", Durability::None).unwrap();
+        // The next names this process would use (a few more, for tests writing in
+        // other threads), taken by another writer's files.
+        let next = temp_name();
+        let n: u64 = next.rsplit('-').next().unwrap().parse().unwrap();
+        let prefix = next.rsplit_once('-').unwrap().0.to_string();
+        let taken: Vec<_> = (n + 1..=n + 64)
+            .map(|i| dir.path().join(format!("{prefix}-{i}")))
+            .collect();
+        for t in &taken {
+            fs::write(t, b"theirs").unwrap();
+        }
+        write_atomic(&path, b"two", Durability::None).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        for t in &taken {
+            assert_eq!(
+                fs::read(t).unwrap(),
+                b"theirs",
+                "the other files are untouched"
+            );
+        }
+    }
+
+    #[test]
     fn atomic_write_replaces_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/rec");
-        write_atomic(&path, b"one", Durability::Fsync, "t1").unwrap();
-        write_atomic(&path, b"two", Durability::None, "t2").unwrap();
+        write_atomic(&path, b"one", Durability::Fsync).unwrap();
+        write_atomic(&path, b"two", Durability::None).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()

@@ -99,7 +99,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use chatstate_core::model::random_id;
 use chatstate_core::{
     Config, Error, ErrorKind, Result, SharedClock, StoreSettings, Timestamp, system_clock,
 };
@@ -217,14 +216,7 @@ impl FileStoreBuilder {
 
 fn check_format_file(root: &Path, durability: Durability) -> Result<()> {
     let path = root.join("FORMAT");
-    let write = || {
-        format::write_atomic(
-            &path,
-            format!("{FORMAT_LINE}\n").as_bytes(),
-            durability,
-            &random_id(),
-        )
-    };
+    let write = || format::write_atomic(&path, format!("{FORMAT_LINE}\n").as_bytes(), durability);
     match fs::read_to_string(&path) {
         Ok(s) if s.trim() == FORMAT_LINE => Ok(()),
         Ok(s) if s.trim() == FORMAT_LINE_1 => write(),
@@ -372,7 +364,7 @@ impl Inner {
     ) -> Result<()> {
         let meta = meta_json(meta)?;
         let bytes = format::encode(path, kind, deadline, &meta, payload)?;
-        format::write_atomic(path, &bytes, self.durability, &random_id())
+        format::write_atomic(path, &bytes, self.durability)
     }
 }
 

@@ -321,7 +321,7 @@ impl ReplyStream for FileStore {
                 Error::new(ErrorKind::Internal, "a header does not encode").with_source(e)
             })?;
             bytes.push(b'\n');
-            format::write_atomic(&path, &bytes, inner.durability, &random_id())
+            format::write_atomic(&path, &bytes, inner.durability)
         })
         .await
         .in_op("start")

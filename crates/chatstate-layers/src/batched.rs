@@ -1,8 +1,12 @@
 //! Batched counters: count locally in nanoseconds, write every interval in one round
 //! trip, never lose or double-count a delta.
 //!
-//! `add` only touches a local shard (a short mutex on one of 16 maps, chosen by the
-//! key's hash, so threads adding to different counters rarely meet). A flush moves
+//! `add` only touches the calling thread's stripe (a short mutex on one of a few
+//! maps, one per thread up to twice the core count, so two threads meet only when
+//! they share a stripe, whatever counters they add to). A hot counter can be
+//! resolved once into a [`CounterHandle`] (key, labels and day/hour bucketing):
+//! its `add` indexes a slot of the thread's stripe instead of hashing the key. A
+//! handle's deltas travel exactly like keyed ones from there on. A flush moves
 //! every pending delta into the queue of [`CounterBatch`]es and applies them, oldest
 //! first, with [`CounterSink::apply`] — one round trip on Redis per batch, atomic,
 //! idempotent by the batch id.
@@ -50,18 +54,35 @@
 //! directly for counts that must never be lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatstate_core::{
-    BatchOutcome, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Result,
-    StoreSettings,
+    BatchOutcome, Bucket, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Result,
+    SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
 
-const SHARDS: usize = 16;
+/// The stripe of the calling thread: threads are numbered in the order they first
+/// add, so the threads of a runtime (started together) get different stripes.
+fn thread_number() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static NUMBER: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    NUMBER.with(|n| *n)
+}
+
+/// Stripes: twice the cores, a power of two, 4 to 64 (a thread's stripe is its
+/// number modulo this; threads beyond it share stripes, which costs waiting, never
+/// a count).
+fn stripe_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get() * 2)
+        .next_power_of_two()
+        .clamp(4, 64)
+}
 
 /// Counters per batch by default (see [`BatchedCountersBuilder::max_batch`]).
 pub const DEFAULT_MAX_BATCH: usize = 1_000;
@@ -169,12 +190,67 @@ fn is_refusal(kind: ErrorKind) -> bool {
     )
 }
 
+/// One thread's (or a few threads') pending deltas. Aligned to its own cache lines
+/// so that two threads' stripes never share one.
 #[derive(Default)]
-struct Shard {
-    deltas: HashMap<CounterKey, i64>,
+#[repr(align(128))]
+struct Stripe {
+    /// Keyed adds. foldhash, not std's SipHash: the key is hashed once per add, and
+    /// this is most of an add's cost.
+    deltas: HashMap<CounterKey, i64, foldhash::fast::RandomState>,
     /// Deltas moved aside because the next add would have taken them past the i64
-    /// range; they go into the queue before `deltas`.
+    /// range, or counted in a bucket a handle has since left; they go into the queue
+    /// before `deltas`.
     spilled: Vec<(CounterKey, i64)>,
+    /// Handles' deltas, by handle id.
+    cells: Vec<Cell>,
+}
+
+/// A handle's pending delta in one stripe, and the bucket it counts in (for a
+/// bucketed handle).
+#[derive(Clone, Copy, Default)]
+struct Cell {
+    bucket: Option<Bucket>,
+    delta: i64,
+}
+
+/// How a [`CounterHandle`] buckets its counts: `None` counts in the key as given
+/// (with the bucket it carries, if any); `Daily`/`Hourly` in the UTC day or hour of
+/// each add, on the counters' clock. The core's enum, which counter families
+/// (`chatstate_core::CounterFamily`) use too.
+pub use chatstate_core::Bucketing;
+
+/// What a handle counts: its key (without a bucket when bucketed) and bucketing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct HandleSpec {
+    key: CounterKey,
+    bucketing: Bucketing,
+}
+
+impl HandleSpec {
+    /// The counter a cell counting in `bucket` adds to.
+    fn key_in(&self, bucket: Option<Bucket>) -> CounterKey {
+        match bucket {
+            None => self.key.clone(),
+            Some(b) => self.key.clone().in_bucket(b),
+        }
+    }
+
+    /// The bucket an add at `now` counts in.
+    fn bucket_at(&self, now: impl FnOnce() -> Timestamp) -> Option<Bucket> {
+        match self.bucketing {
+            Bucketing::None => None,
+            Bucketing::Daily => Some(Bucket::day_of(now())),
+            Bucketing::Hourly => Some(Bucket::hour_of(now())),
+        }
+    }
+}
+
+/// The handles resolved so far: one id per distinct (key, bucketing).
+#[derive(Default)]
+struct Registry {
+    specs: Vec<Arc<HandleSpec>>,
+    ids: HashMap<HandleSpec, usize>,
 }
 
 struct Queued {
@@ -186,12 +262,16 @@ struct Queued {
 
 struct Shared {
     sink: Arc<dyn CounterSink>,
-    shards: Vec<Mutex<Shard>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Pending deltas, a stripe per thread (see [`thread_number`]).
+    stripes: Box<[Mutex<Stripe>]>,
+    /// The handles resolved so far (locked after `queue`, before any stripe).
+    registry: Mutex<Registry>,
+    /// What bucketed handles read the time from.
+    clock: SharedClock,
     /// Batches whose apply is not confirmed yet, oldest (and sealed) first. A sync
     /// mutex, never held across an await: readers see pending deltas without waiting
-    /// for a flush's round trip. Shards are drained into it under its lock, so a delta
-    /// is always in exactly one of the two.
+    /// for a flush's round trip. Stripes are drained into it under its lock, so a
+    /// delta is always in exactly one of the two.
     queue: Mutex<VecDeque<Queued>>,
     /// Drops not yet returned in a [`FlushReport`].
     unreported: Mutex<Vec<DroppedCounter>>,
@@ -246,6 +326,7 @@ pub struct BatchedCountersBuilder {
     flush_timeout: Duration,
     max_batch: usize,
     settings: StoreSettings,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for BatchedCountersBuilder {
@@ -289,6 +370,13 @@ impl BatchedCountersBuilder {
         self
     }
 
+    /// The clock bucketed [`CounterHandle`]s read the day or hour from (default:
+    /// the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Interval and store settings from a [`Config`], and a flush timeout of the
     /// Redis command timeout (at least 5 s).
     pub fn config(self, config: &Config) -> Self {
@@ -321,8 +409,11 @@ impl BatchedCountersBuilder {
     fn build_unchecked(self) -> BatchedCounters {
         let shared = Arc::new(Shared {
             sink: self.sink,
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            stripes: (0..stripe_count())
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
+            registry: Mutex::new(Registry::default()),
+            clock: self.clock,
             queue: Mutex::new(VecDeque::new()),
             unreported: Mutex::new(Vec::new()),
             flushing: tokio::sync::Mutex::new(()),
@@ -359,6 +450,7 @@ impl BatchedCounters {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             max_batch: DEFAULT_MAX_BATCH,
             settings: StoreSettings::default(),
+            clock: chatstate_core::system_clock(),
         }
     }
 
@@ -378,26 +470,65 @@ impl BatchedCounters {
 
     /// Adds `delta` to `key` locally. No I/O, never fails, never saturates: a pending
     /// delta that would leave the i64 range is moved aside and a new one started (see
-    /// the module docs).
+    /// the module docs). For a counter added to on every message, resolve a
+    /// [`CounterHandle`] once instead ([`BatchedCounters::handle`]).
     pub fn add(&self, key: &CounterKey, delta: i64) {
-        let shard = (self.shared.hasher.hash_one(key) as usize) % SHARDS;
-        let mut guard = lock(&self.shared.shards[shard]);
-        let shard = &mut *guard;
-        match shard.deltas.get_mut(key) {
+        let mut guard = lock(self.shared.stripe());
+        let stripe = &mut *guard;
+        match stripe.deltas.get_mut(key) {
             Some(pending) => match pending.checked_add(delta) {
                 Some(sum) => *pending = sum,
                 None => {
                     let full = std::mem::replace(pending, delta);
-                    shard.spilled.push((key.clone(), full));
+                    stripe.spilled.push((key.clone(), full));
                 }
             },
             None => {
-                shard.deltas.insert(key.clone(), delta);
+                stripe.deltas.insert(key.clone(), delta);
             }
         }
     }
 
-    /// This instance's deltas for `key` not yet confirmed stored (in the shards or
+    /// A handle on `key` for hot paths, counting in the bucket `bucketing` says: its
+    /// [`CounterHandle::add`] costs a few nanoseconds (no hashing, no allocation)
+    /// and its deltas are flushed exactly like [`BatchedCounters::add`]'s. Handles
+    /// of the same key and bucketing share their pending deltas; resolving one again
+    /// is cheap but takes a lock, so keep the handle. Each distinct key and
+    /// bucketing keeps a slot for as long as the counters live: resolve handles for
+    /// a fixed set of hot counters, not per request with ever-new labels (use
+    /// [`BatchedCounters::add`] for those).
+    ///
+    /// An [`ErrorKind::InvalidInput`] error when `key` carries a bucket of its own
+    /// and `bucketing` asks for another.
+    pub fn handle(&self, key: &CounterKey, bucketing: Bucketing) -> Result<CounterHandle> {
+        if bucketing != Bucketing::None && key.bucket().is_some() {
+            return Err(Error::invalid_input(
+                "a counter handle bucketed by day or hour takes a key without a bucket",
+            )
+            .with_operation("handle"));
+        }
+        let spec = HandleSpec {
+            key: key.clone(),
+            bucketing,
+        };
+        let mut registry = lock(&self.shared.registry);
+        let id = match registry.ids.get(&spec) {
+            Some(id) => *id,
+            None => {
+                let id = registry.specs.len();
+                registry.specs.push(Arc::new(spec.clone()));
+                registry.ids.insert(spec, id);
+                id
+            }
+        };
+        Ok(CounterHandle {
+            shared: self.shared.clone(),
+            spec: registry.specs[id].clone(),
+            id,
+        })
+    }
+
+    /// This instance's deltas for `key` not yet confirmed stored (in the stripes or
     /// in a queued batch), clamped to the i64 range. Never waits for a flush.
     pub async fn pending(&self, key: &CounterKey) -> i64 {
         clamp(self.pending_exact(key))
@@ -411,14 +542,22 @@ impl BatchedCounters {
             .map(i128::from)
             .sum();
         // Still under the queue lock: a flush cannot move deltas between the two.
-        for shard in &self.shared.shards {
-            let shard = lock(shard);
-            total += shard.deltas.get(key).copied().map_or(0, i128::from);
-            total += shard
+        let registry = lock(&self.shared.registry);
+        for stripe in &self.shared.stripes {
+            let stripe = lock(stripe);
+            total += stripe.deltas.get(key).copied().map_or(0, i128::from);
+            total += stripe
                 .spilled
                 .iter()
                 .filter(|(k, _)| k == key)
                 .map(|(_, d)| i128::from(*d))
+                .sum::<i128>();
+            total += stripe
+                .cells
+                .iter()
+                .zip(&registry.specs)
+                .filter(|(c, spec)| c.delta != 0 && spec.key_in(c.bucket) == *key)
+                .map(|(c, _)| i128::from(c.delta))
                 .sum::<i128>();
         }
         total
@@ -487,11 +626,11 @@ impl BatchedCounters {
         let queue = lock(&self.shared.queue);
         let unbatched = self
             .shared
-            .shards
+            .stripes
             .iter()
             .map(|s| {
                 let s = lock(s);
-                s.deltas.len() + s.spilled.len()
+                s.deltas.len() + s.spilled.len() + s.cells.iter().filter(|c| c.delta != 0).count()
             })
             .sum();
         Backlog {
@@ -499,6 +638,73 @@ impl BatchedCounters {
             counters: queue.iter().map(|q| q.batch.len()).sum(),
             unbatched,
         }
+    }
+}
+
+impl Shared {
+    /// The calling thread's stripe.
+    fn stripe(&self) -> &Mutex<Stripe> {
+        // `stripes.len()` is a power of two.
+        &self.stripes[thread_number() & (self.stripes.len() - 1)]
+    }
+}
+
+/// A counter resolved once for hot paths (see [`BatchedCounters::handle`]): an add
+/// locks the calling thread's stripe and adds to a slot in it, with no hashing and
+/// no allocation (plus, when bucketed by day or hour, a clock read).
+///
+/// Its deltas are flushed like keyed ones: drained into the same batches (same ids,
+/// same retries, same bounded queue during an outage), flushed at shutdown, seen by
+/// [`BatchedCounters::get`] and [`BatchedCounters::pending`] under the key they
+/// count in. A bucketed handle counts each add in the day or hour of that add: an
+/// add after the boundary starts a new delta, and the old bucket's is kept aside
+/// for the next flush.
+#[derive(Clone)]
+pub struct CounterHandle {
+    shared: Arc<Shared>,
+    spec: Arc<HandleSpec>,
+    id: usize,
+}
+
+impl std::fmt::Debug for CounterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterHandle")
+            .field("key", &self.spec.key)
+            .field("bucketing", &self.spec.bucketing)
+            .finish()
+    }
+}
+
+impl CounterHandle {
+    /// Adds `delta` locally, like [`BatchedCounters::add`] on the handle's key (in
+    /// the bucket of now, when bucketed). No I/O, never fails, never saturates.
+    pub fn add(&self, delta: i64) {
+        let bucket = self.spec.bucket_at(|| self.shared.clock.now());
+        let mut guard = lock(self.shared.stripe());
+        let stripe = &mut *guard;
+        if stripe.cells.len() <= self.id {
+            stripe.cells.resize(self.id + 1, Cell::default());
+        }
+        let cell = &mut stripe.cells[self.id];
+        if cell.delta != 0 && cell.bucket != bucket {
+            // The bucket rolled over: the old one's delta waits for the flush.
+            let old = std::mem::take(&mut cell.delta);
+            stripe.spilled.push((self.spec.key_in(cell.bucket), old));
+        }
+        cell.bucket = bucket;
+        match cell.delta.checked_add(delta) {
+            Some(sum) => cell.delta = sum,
+            None => {
+                let full = std::mem::replace(&mut cell.delta, delta);
+                stripe.spilled.push((self.spec.key_in(bucket), full));
+            }
+        }
+    }
+
+    /// The counter this handle adds to now (in the current bucket, when bucketed).
+    pub fn key(&self) -> CounterKey {
+        self.spec
+            .key_in(self.spec.bucket_at(|| self.shared.clock.now()))
     }
 }
 
@@ -558,18 +764,27 @@ fn merge(queue: &mut VecDeque<Queued>, key: &CounterKey, delta: i64, max_batch: 
     });
 }
 
-/// Moves every shard's deltas into the queue's never-sent batches.
-fn drain_shards(shared: &Shared) {
+/// Moves every stripe's deltas into the queue's never-sent batches.
+fn drain_stripes(shared: &Shared) {
     let mut queue = lock(&shared.queue);
-    for shard in &shared.shards {
-        let (spilled, deltas) = {
-            let mut shard = lock(shard);
+    let registry = lock(&shared.registry);
+    for stripe in &shared.stripes {
+        let (spilled, deltas, cells) = {
+            let mut stripe = lock(stripe);
+            let cells: Vec<(CounterKey, i64)> = stripe
+                .cells
+                .iter_mut()
+                .zip(&registry.specs)
+                .filter(|(c, _)| c.delta != 0)
+                .map(|(c, spec)| (spec.key_in(c.bucket), std::mem::take(&mut c.delta)))
+                .collect();
             (
-                std::mem::take(&mut shard.spilled),
-                std::mem::take(&mut shard.deltas),
+                std::mem::take(&mut stripe.spilled),
+                std::mem::take(&mut stripe.deltas),
+                cells,
             )
         };
-        for (key, delta) in spilled.into_iter().chain(deltas) {
+        for (key, delta) in spilled.into_iter().chain(deltas).chain(cells) {
             merge(&mut queue, &key, delta, shared.max_batch);
         }
     }
@@ -601,11 +816,11 @@ struct Counts {
     duplicates: u64,
 }
 
-/// Drains the shards, then applies the queue front to back until it is empty or a
+/// Drains the stripes, then applies the queue front to back until it is empty or a
 /// batch fails with an error that is not a deterministic refusal.
 async fn flush_queue(shared: &Shared) -> Result<Counts> {
     let _one_at_a_time = shared.flushing.lock().await;
-    drain_shards(shared);
+    drain_stripes(shared);
     let mut counts = Counts::default();
     loop {
         let batch = {

@@ -44,7 +44,8 @@ pub mod instrument;
 pub mod tiered;
 
 pub use batched::{
-    Backlog, BatchedCounters, BatchedCountersBuilder, DroppedCounter, FlushReport, FlushStats, Read,
+    Backlog, BatchedCounters, BatchedCountersBuilder, Bucketing, CounterHandle, DroppedCounter,
+    FlushReport, FlushStats, Read,
 };
 pub use coalesce::{CoalesceConfig, CoalesceStats, CoalescingWriter};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};

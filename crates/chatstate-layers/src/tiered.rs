@@ -696,6 +696,30 @@ impl TieredCache {
         }
     }
 
+    /// The local tier's answer alone: `Some(value)` (`Some(None)`: known missing)
+    /// when [`KvCache::get`] would answer from the local tier without a remote
+    /// call, `None` when it would go to the remote (no copy, a stale copy, or a
+    /// copy a change since may have outdated). The same checks as `get`'s hit, so
+    /// the same promises: nothing older than a change that returned before the call
+    /// started, nothing past its deadline. Counted as a local hit when it answers;
+    /// nothing is counted otherwise (the `get` that follows counts the miss).
+    ///
+    /// For hot paths: an inherent `async fn`, so no boxed future as the trait's
+    /// `get` needs, and no remote to fall back to.
+    pub async fn get_local(&self, key: &CacheKey) -> Option<Option<Bytes>> {
+        let shared = &self.shared;
+        match shared
+            .lookup(key, shared.epoch.load(Ordering::SeqCst))
+            .await
+        {
+            Lookup::Fresh(hit) => {
+                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                Some(hit.value)
+            }
+            Lookup::Stale(_) | Lookup::Miss => None,
+        }
+    }
+
     /// Drops every local copy (not the remote values).
     pub fn clear_local(&self) {
         self.shared.local.invalidate_all();

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatstate_core::{
-    BatchOutcome, Bucket, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Labels,
-    RedisUrl, Result, StoreSettings,
+    BatchOutcome, Bucket, Clock, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Labels,
+    ManualClock, RedisUrl, Result, StoreSettings,
 };
-use chatstate_layers::{Backlog, BatchedCounters, DroppedCounter, Read};
+use chatstate_layers::{Backlog, BatchedCounters, Bucketing, DroppedCounter, Read};
 use chatstate_memory::MemoryStore;
 use chatstate_redis::RedisStore;
 
@@ -332,7 +332,10 @@ async fn the_background_flush_runs_and_shutdown_flushes_the_rest() {
             Duration::from_secs(5),
         );
         let k = key("ticks");
-        counters.add(&k, 1);
+        // Through a handle (issue 13): drained by the background flush and at
+        // shutdown like keyed adds.
+        let h = counters.handle(&k, Bucketing::None).unwrap();
+        h.add(1);
         let mut stored = 0;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -342,7 +345,8 @@ async fn the_background_flush_runs_and_shutdown_flushes_the_rest() {
             }
         }
         assert_eq!(stored, 1, "{backend}: the interval flush wrote it");
-        counters.add(&k, 41);
+        counters.add(&k, 40);
+        h.add(1);
         counters.shutdown().await.unwrap();
         assert_eq!(
             sink.get(&k).await.unwrap(),
@@ -776,4 +780,202 @@ async fn the_builder_refuses_a_retention_too_short_for_the_interval() {
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+}
+
+/// Issue 13: a resolved handle's deltas go the same way as keyed ones: merged with
+/// the same counter's keyed deltas into the same batch, seen by reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_and_keyed_adds_of_one_counter_flush_in_one_batch() {
+    for (backend, sink) in sinks().await {
+        let flaky = Flaky::new(sink.clone());
+        let counters = by_hand(flaky.clone());
+        let k = key("handled");
+        let h = counters.handle(&k, Bucketing::None).unwrap();
+        assert_eq!(h.key(), k);
+        h.add(3);
+        counters.add(&k, 4);
+        h.clone().add(5);
+        counters.handle(&k, Bucketing::None).unwrap().add(1);
+        assert_eq!(counters.pending(&k).await, 13, "{backend}");
+        assert_eq!(
+            counters.get(&k, Read::IncludingPending).await.unwrap(),
+            13,
+            "{backend}"
+        );
+        let report = counters.flush().await.unwrap();
+        assert_eq!(report.batches_applied, 1, "{backend}");
+        assert_eq!(
+            flaky.applied_sizes(),
+            vec![1],
+            "{backend}: one counter, merged"
+        );
+        assert_eq!(sink.get(&k).await.unwrap(), 13, "{backend}");
+        assert_eq!(counters.pending(&k).await, 0, "{backend}");
+        assert_eq!(counters.backlog(), Backlog::default(), "{backend}");
+    }
+}
+
+/// Issue 13: through an outage, a handle's deltas stay in the bounded queue (the
+/// attempted batch keeps its id and contents), and each is counted once after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_deltas_keep_batch_ids_and_a_bounded_queue_through_an_outage() {
+    for (backend, sink) in sinks().await {
+        let flaky = Flaky::new(sink.clone());
+        let counters = by_hand(flaky.clone());
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                counters
+                    .handle(&key(&format!("h_outage{i}")), Bucketing::None)
+                    .unwrap()
+            })
+            .collect();
+        let intervals = 100;
+        for i in 0..intervals {
+            for h in &handles {
+                h.add(1);
+            }
+            flaky.inject(Fault::Fail(ErrorKind::Unavailable));
+            assert!(counters.flush().await.is_err(), "{backend}: interval {i}");
+            let backlog = counters.backlog();
+            assert!(
+                backlog.batches <= 2 && backlog.counters <= 2 * handles.len(),
+                "{backend}: interval {i}: bounded, got {backlog:?}"
+            );
+        }
+        let first_id = flaky.applied_ids()[0].clone();
+        // A lost reply on the way back: the retry is a duplicate, not a second count.
+        flaky.inject(Fault::LoseReply(ErrorKind::Unavailable));
+        assert!(counters.flush().await.is_err(), "{backend}");
+        counters.flush().await.unwrap();
+        let ids = flaky.applied_ids();
+        assert_eq!(ids[intervals], first_id, "{backend}: same id on the retry");
+        assert_eq!(
+            ids[intervals + 1],
+            first_id,
+            "{backend}: and after the lost reply"
+        );
+        let keys: Vec<CounterKey> = handles.iter().map(|h| h.key()).collect();
+        assert_eq!(
+            sink.get_many(&keys).await.unwrap(),
+            vec![intervals as i64; 3],
+            "{backend}: every add counted once"
+        );
+    }
+}
+
+/// Issue 13: an hourly (daily) handle counts each add in the hour (day) of that add
+/// on the counters' clock, across a boundary, and one keyed add into the same bucket
+/// lands in the same stored counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucketed_handles_count_each_add_in_its_own_hour_and_day() {
+    for (backend, sink) in sinks().await {
+        // 2026-11-22T23:59:59.999Z: one millisecond before a new hour and a new day.
+        let before = chatstate_core::Timestamp(1_795_391_999_999);
+        let clock = ManualClock::new(before);
+        let counters = BatchedCounters::builder(sink.clone())
+            .flush_interval(Duration::from_secs(3600))
+            .clock(clock.shared())
+            .build()
+            .unwrap();
+        let base = key("by_time");
+        let hourly = counters.handle(&base, Bucketing::Hourly).unwrap();
+        let daily = counters.handle(&base, Bucketing::Daily).unwrap();
+        hourly.add(5);
+        daily.add(50);
+        clock.advance(Duration::from_millis(1));
+        let after = clock.now();
+        hourly.add(7);
+        daily.add(70);
+        counters.add(&base.clone().in_bucket(Bucket::hour_of(after)), 100);
+        let (h0, h1) = (Bucket::hour_of(before), Bucket::hour_of(after));
+        let (d0, d1) = (Bucket::day_of(before), Bucket::day_of(after));
+        assert_ne!(h0, h1);
+        assert_ne!(d0, d1);
+        assert_eq!(hourly.key(), base.clone().in_bucket(h1));
+        let in_bucket = |b: Bucket| base.clone().in_bucket(b);
+        assert_eq!(counters.pending(&in_bucket(h0)).await, 5, "{backend}");
+        assert_eq!(counters.pending(&in_bucket(h1)).await, 107, "{backend}");
+        assert_eq!(counters.pending(&in_bucket(d0)).await, 50, "{backend}");
+        assert_eq!(counters.pending(&in_bucket(d1)).await, 70, "{backend}");
+        counters.flush().await.unwrap();
+        let stored = sink
+            .get_many(&[in_bucket(h0), in_bucket(h1), in_bucket(d0), in_bucket(d1)])
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![5, 107, 50, 70], "{backend}");
+    }
+}
+
+/// Issue 13: a handle's pending delta past the i64 range is not saturated either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_add_past_the_i64_range_is_not_saturated() {
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    let counters = by_hand(sink.clone());
+    let h = counters.handle(&key("h_big"), Bucketing::None).unwrap();
+    sink.add(&h.key(), -10).await.unwrap();
+    h.add(i64::MAX);
+    h.add(5);
+    assert_eq!(
+        counters.backlog().unbatched,
+        2,
+        "the second delta started anew"
+    );
+    assert_eq!(
+        counters
+            .get(&h.key(), Read::IncludingPending)
+            .await
+            .unwrap(),
+        i64::MAX - 5
+    );
+    assert!(counters.flush().await.unwrap().is_complete());
+    assert_eq!(sink.get(&h.key()).await.unwrap(), i64::MAX - 5);
+}
+
+#[test]
+fn many_threads_adding_through_handles_and_keys_lose_nothing() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink: Arc<dyn CounterSink> =
+        rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    let counters = Arc::new(rt.block_on(async {
+        BatchedCounters::new(
+            sink.clone(),
+            Duration::from_millis(5),
+            Duration::from_secs(5),
+        )
+    }));
+    let k = key("shared_hot");
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (counters, k) = (counters.clone(), k.clone());
+            s.spawn(move || {
+                let h = counters.handle(&k, Bucketing::None).unwrap();
+                for i in 0..20_000 {
+                    if (t + i) % 3 == 0 {
+                        counters.add(&k, 1);
+                    } else {
+                        h.add(1);
+                    }
+                }
+            });
+        }
+    });
+    rt.block_on(counters.shutdown()).unwrap();
+    assert_eq!(
+        rt.block_on(sink.get(&k)).unwrap(),
+        8 * 20_000,
+        "adds racing the background flushes are all counted once"
+    );
+}
+
+#[test]
+fn a_bucketed_handle_refuses_a_key_that_has_a_bucket() {
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    let counters = by_hand(sink);
+    let k = key("x").in_bucket(Bucket::Day(20_000));
+    let err = counters.handle(&k, Bucketing::Hourly).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(counters.handle(&k, Bucketing::None).unwrap().key(), k);
 }

@@ -336,3 +336,68 @@ async fn two_redis_clients_invalidate_each_other_even_across_a_restart() {
         "b dropped its local tier when the subscription came back"
     );
 }
+
+/// Issue 13: `get_local` answers exactly what `get` would answer from the local
+/// tier, and nothing when `get` would go to the remote: no copy, a copy a change
+/// dropped (in this instance at once, in another through the bus), a copy past its
+/// local TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_local_answers_only_what_a_local_hit_of_get_would() {
+    let clock = chatstate_core::ManualClock::starting_now();
+    let remote = Arc::new(
+        MemoryStore::builder()
+            .settings(StoreSettings::default())
+            .clock(clock.shared())
+            .build(),
+    );
+    let bus = Arc::new(LocalBus::new());
+    let config = TieredConfig {
+        local_ttl: Duration::from_secs(60),
+        ..TieredConfig::default()
+    };
+    let a = TieredCache::with_clock(remote.clone(), bus.clone(), config.clone(), clock.shared());
+    let bb = TieredCache::with_clock(remote.clone(), bus.clone(), config, clock.shared());
+    let k = key("local");
+    assert_eq!(
+        a.get_local(&k).await,
+        None,
+        "no copy: get would ask the remote"
+    );
+    assert_eq!(KvCache::get(&a, &k).await.unwrap(), None);
+    assert_eq!(
+        a.get_local(&k).await,
+        None,
+        "a remote miss is not kept (no negative_ttl): get would ask again"
+    );
+
+    a.set(&k, b("v1"), None).await.unwrap();
+    assert_eq!(a.get_local(&k).await, Some(Some(b("v1"))));
+    assert_eq!(bb.get_local(&k).await, None, "bb has no copy yet");
+    assert_eq!(KvCache::get(&bb, &k).await.unwrap(), Some(b("v1")));
+    assert_eq!(bb.get_local(&k).await, Some(Some(b("v1"))));
+
+    // A change in this instance: once it returned, never the old copy.
+    let hits = a.stats().local_hits;
+    a.set(&k, b("v2"), None).await.unwrap();
+    assert_ne!(a.get_local(&k).await, Some(Some(b("v1"))));
+    // In the other instance, the bus drops the old copy.
+    let mut dropped = false;
+    for _ in 0..300 {
+        if bb.get_local(&k).await.is_none() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(dropped, "bb's v1 copy is dropped by the invalidation");
+    assert_eq!(KvCache::get(&bb, &k).await.unwrap(), Some(b("v2")));
+    assert_eq!(bb.get_local(&k).await, Some(Some(b("v2"))));
+
+    // Past its local TTL a copy is not a local answer (get would ask the remote).
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(bb.get_local(&k).await, None, "past the local TTL");
+    assert!(
+        a.stats().local_hits > hits,
+        "answers of get_local count as local hits"
+    );
+}

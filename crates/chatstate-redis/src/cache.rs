@@ -104,15 +104,16 @@ impl RedisStore {
         entries: &[(&CacheKey, &[u8], &[u8])],
         op: &'static str,
     ) -> Result<()> {
-        let keys: Vec<String> = entries
-            .iter()
-            .map(|(k, _, _)| self.inner.layout.cache(k))
-            .collect();
+        let list = self
+            .inner
+            .layout
+            .cache_keys_of(entries.iter().map(|(k, _, _)| *k));
+        let keys = list.to_vec();
         let keys = &keys;
         self.inner
             .conn
             .per_slot(keys, |group| async move {
-                let key_refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+                let key_refs: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
                 let mut args: Vec<&[u8]> = Vec::with_capacity(2 * group.len());
                 for &i in &group {
                     args.push(entries[i].2);
@@ -202,13 +203,17 @@ impl KvCache for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let ks = &ks;
+        let list = self.inner.layout.cache_keys(keys);
+        let ks = &list.to_vec();
         let parts = self
             .inner
             .conn
             .per_slot(ks, |group| async move {
-                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+                if group.len() == ks.len() {
+                    // One slot (always, outside a Cluster): the keys as they are.
+                    return Ok(group.into_iter().zip(self.get_slot(ks).await?));
+                }
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
                 let values = self.get_slot(&slot_keys).await?;
                 Ok(group.into_iter().zip(values))
             })
@@ -279,13 +284,13 @@ impl KvCache for RedisStore {
         if keys.is_empty() {
             return Ok(0);
         }
-        let ks: Vec<String> = keys.iter().map(|k| self.inner.layout.cache(k)).collect();
-        let ks = &ks;
+        let list = self.inner.layout.cache_keys(keys);
+        let ks = &list.to_vec();
         let counts = self
             .inner
             .conn
             .per_slot(ks, |group| async move {
-                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i].as_str()).collect();
+                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
                 self.inner
                     .conn
                     .cmd::<u64>(

@@ -28,19 +28,69 @@ pub struct RoundTrips {
     pub commands: u64,
 }
 
-#[derive(Default)]
+/// The commands chatstate sends, sorted: each has its own counter, so counting a
+/// command is one atomic add, with no allocation and no lock. A name outside this
+/// list is still counted, in a map under a lock (slower, never wrong).
+const KNOWN: [&str; 30] = [
+    "ASKING",
+    "CLUSTER",
+    "CONFIG",
+    "DEL",
+    "EVAL",
+    "EVALSHA",
+    "EXISTS",
+    "EXPIRE",
+    "GET",
+    "HDEL",
+    "HGET",
+    "HGETALL",
+    "HINCRBY",
+    "HMGET",
+    "HSET",
+    "INFO",
+    "LRANGE",
+    "MGET",
+    "PEXPIRE",
+    "PING",
+    "PTTL",
+    "PUBLISH",
+    "SCAN",
+    "SET",
+    "TYPE",
+    "UNLINK",
+    "XADD",
+    "XRANGE",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+];
+
 pub(crate) struct Counters {
     round_trips: AtomicU64,
     commands: AtomicU64,
-    by_name: Mutex<BTreeMap<String, u64>>,
+    /// Commands sent, by their position in [`KNOWN`].
+    known: [AtomicU64; KNOWN.len()],
+    /// Commands outside [`KNOWN`], by name.
+    other: Mutex<BTreeMap<String, u64>>,
 }
 
-/// The command name of `cmd` (`EVALSHA`, `MGET`, ...), upper case.
-fn name_of(cmd: &Cmd) -> String {
-    match cmd.args_iter().next() {
-        Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).to_ascii_uppercase(),
-        _ => "?".to_string(),
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            round_trips: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            known: std::array::from_fn(|_| AtomicU64::new(0)),
+            other: Mutex::new(BTreeMap::new()),
+        }
     }
+}
+
+/// The position in [`KNOWN`] of a command name, in any case, without allocating.
+fn known_index(name: &[u8]) -> Option<usize> {
+    let mut upper = [0u8; 16];
+    let upper = upper.get_mut(..name.len())?;
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+    KNOWN.binary_search_by(|k| k.as_bytes().cmp(upper)).ok()
 }
 
 impl Counters {
@@ -52,20 +102,85 @@ impl Counters {
     }
 
     pub fn by_name(&self) -> BTreeMap<String, u64> {
-        self.by_name
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let mut out = self.other.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, n) in KNOWN.iter().zip(&self.known) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                out.insert((*name).to_string(), n);
+            }
+        }
+        out
     }
 
     /// Counts one round trip carrying `cmds`.
     fn count<'a>(&self, cmds: impl IntoIterator<Item = &'a Cmd>) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let mut by_name = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
         for cmd in cmds {
-            self.commands.fetch_add(1, Ordering::Relaxed);
-            *by_name.entry(name_of(cmd)).or_insert(0) += 1;
+            n += 1;
+            let name = match cmd.args_iter().next() {
+                Some(redis::Arg::Simple(name)) => name,
+                _ => b"?".as_slice(),
+            };
+            match known_index(name) {
+                Some(i) => {
+                    self.known[i].fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+                    *self
+                        .other
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(name)
+                        .or_insert(0) += 1;
+                }
+            }
         }
+        self.commands.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_names_are_sorted_and_counted_without_the_fallback_map() {
+        assert!(
+            KNOWN.windows(2).all(|w| w[0] < w[1]),
+            "KNOWN must stay sorted"
+        );
+        let c = Counters::default();
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET")
+            .arg("a")
+            .cmd("exists")
+            .arg("a")
+            .cmd("XCLAIM")
+            .arg("s");
+        c.count(pipe.cmd_iter());
+        c.count([&*redis::cmd("EVALSHA").arg("x")]);
+        let by_name = c.by_name();
+        assert_eq!(by_name.get("MGET"), Some(&1));
+        assert_eq!(by_name.get("EXISTS"), Some(&1));
+        assert_eq!(by_name.get("EVALSHA"), Some(&1));
+        assert_eq!(by_name.get("XCLAIM"), Some(&1));
+        assert_eq!(by_name.len(), 4);
+        assert_eq!(
+            c.snapshot(),
+            RoundTrips {
+                round_trips: 2,
+                commands: 4
+            }
+        );
+        assert!(
+            c.other
+                .lock()
+                .map(|m| m.contains_key("XCLAIM"))
+                .unwrap_or(false)
+        );
+        assert!(c.other.lock().map(|m| m.len() == 1).unwrap_or(false));
     }
 }
 

@@ -83,7 +83,7 @@ use std::sync::Arc;
 
 pub use chatstate_core::*;
 pub use chatstate_layers::{
-    BatchedCounters, CoalesceConfig, CoalesceStats, CoalescingWriter, Instrumented,
+    BatchedCounters, CoalesceConfig, CoalesceStats, CoalescingWriter, CounterHandle, Instrumented,
     MetricsSnapshot, Read, TierStats, TieredCache, TieredConfig,
 };
 
