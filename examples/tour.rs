@@ -12,9 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chatstate::{
-    BackendKind, Bucket, CacheKey, Codec, Config, CounterBatch, CounterKey, Expected, FocusKey,
-    FocusStoreExt, KvCacheExt, Labels, NewMessage, PutMode, SessionKey, SessionPatch, Stores,
-    Timestamp,
+    BackendKind, Bucket, CacheHandles, Codec, Config, CounterBatch, CounterKey, Expected,
+    FocusHandles, Labels, NewMessage, SessionKey, SessionPatch, Stores, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -140,34 +139,28 @@ async fn tour() -> chatstate::Result<()> {
         sessions.release_lock(&lease).await?;
     }
 
-    // Focus: what the bot works on for this flow, with compare-and-set.
-    let focus_key = FocusKey::new("flow:pizza", "current-order")?;
-    let v1 = focus
-        .put_value(
-            &focus_key,
-            &flow.order_items,
-            PutMode::Overwrite,
-            None,
-            codec,
-        )
-        .await?;
-    let v2 = focus
-        .put_value(
-            &focus_key,
+    // Focus: what the bot works on for this flow, with compare-and-set, through a
+    // handle that names the scope and codec once.
+    let order = focus.scope("flow:pizza")?.codec(codec);
+    let v1 = order.put("current-order", &flow.order_items).await?;
+    let v2 = order
+        .put_if_version(
+            "current-order",
             &["margherita grande", "guaraná", "brownie"],
-            PutMode::IfVersion(v1),
-            None,
-            codec,
+            v1,
         )
         .await?;
-    let (items, version): (Vec<String>, u64) =
-        FocusStoreExt::get_value(focus.as_ref(), &focus_key, codec)
-            .await?
-            .expect("just put");
-    println!("focus {focus_key}: {items:?} at version {version} (was {v1}, now {v2})");
+    let current = order
+        .get::<Vec<String>>("current-order")
+        .await?
+        .expect("just put");
+    println!(
+        "focus flow:pizza/current-order: {:?} at version {} (was {v1}, now {v2})",
+        current.value, current.version
+    );
     println!(
         "focus docs in scope: {}",
-        focus.list("flow:pizza").await?.len()
+        order.list::<Vec<String>>().await?.len()
     );
 
     // Counters: traffic per day, errors by type, flushed as one idempotent batch.
@@ -189,20 +182,19 @@ async fn tour() -> chatstate::Result<()> {
         println!("  errors{labels:?} = {n}");
     }
 
-    // Cache: customers by id, fetched in one get_many, loaded when missing.
-    let customer = Customer {
+    // Cache: customers by id through a namespace handle (TTL and codec set once),
+    // fetched in one get_many, loaded when missing.
+    let customers = cache
+        .namespace("customers")?
+        .ttl(Duration::from_secs(300))
+        .codec(codec);
+    let ana = Customer {
         id: 42,
         name: "Ana".into(),
         plan: "pro".into(),
     };
-    let keys = [
-        CacheKey::new("customers", "42")?,
-        CacheKey::new("customers", "43")?,
-    ];
-    cache
-        .set_value(&keys[0], &customer, Some(Duration::from_secs(300)), codec)
-        .await?;
-    let found: Vec<Option<Customer>> = cache.get_many_values(&keys, codec).await?;
+    customers.set("42", &ana).await?;
+    let found: Vec<Option<Customer>> = customers.get_many(&["42", "43"]).await?;
     println!(
         "cache: customers 42 and 43 -> {:?}",
         found
@@ -210,8 +202,8 @@ async fn tour() -> chatstate::Result<()> {
             .map(|c| c.as_ref().map(|c| c.name.as_str()))
             .collect::<Vec<_>>()
     );
-    let loaded_43: Customer = cache
-        .get_or_load(&keys[1], None, codec, || async {
+    let loaded_43: Customer = customers
+        .get_or_load("43", || async {
             Ok(Customer {
                 id: 43,
                 name: "Bruno".into(),
@@ -222,9 +214,9 @@ async fn tour() -> chatstate::Result<()> {
     println!(
         "cache: loaded {} on a miss; TTL left on 42: {:?}",
         loaded_43.name,
-        cache.ttl(&keys[0]).await?.map(|d| d.as_secs())
+        customers.ttl_of("42").await?.map(|d| d.as_secs())
     );
-    let cleared = cache.clear_prefix("customers", "").await?;
+    let cleared = customers.clear().await?;
     println!("cache: cleared {cleared} customers (only that namespace)");
     println!("tour done");
     Ok(())

@@ -387,7 +387,7 @@ async fn a_workload_rides_out_a_pause_a_crash_and_a_restart() {
                 tally.cache_requests.fetch_add(1, Ordering::Relaxed);
                 let got = tokio::time::timeout(
                     3 * CALL_BOUND,
-                    cache.get_or_load(&ckey, Some(Duration::from_secs(60)), || async move {
+                    cache.get_or_load_bytes(&ckey, Some(Duration::from_secs(60)), || async move {
                         Ok(Some(cache_value(n)))
                     }),
                 )
@@ -584,7 +584,7 @@ async fn the_local_tier_answers_while_redis_is_down_and_a_failed_delete_holds_af
     assert_eq!(ca.get(&k1).await.unwrap(), Some(v("ana")));
     assert_eq!(cb.get(&k2).await.unwrap(), Some(v("bia")));
     let served = ca
-        .get_or_load(&k1, None, || async { Ok(Some(v("from-the-database"))) })
+        .get_or_load_bytes(&k1, None, || async { Ok(Some(v("from-the-database"))) })
         .await
         .unwrap();
     assert_eq!(

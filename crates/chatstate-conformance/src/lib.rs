@@ -351,6 +351,12 @@ macro_rules! conformance_suite {
             kv_binary_values_roundtrip,
             kv_typed_values_and_decode_errors,
             kv_get_or_load_caches_and_does_not_cache_errors,
+            kv_set_many_with_ttls_each_entry_its_own,
+            kv_typed_many_calls,
+            // handles
+            kv_namespace_handle,
+            focus_scope_handle,
+            counter_family_handle,
             // streamed replies
             reply_chunks_in_order_and_read_from_offset,
             reply_follow_resumes_without_loss_or_duplicate,

@@ -5,10 +5,14 @@
 //! empty value counts as unset (so `USE_REDIS=` in a `.env` file means the default).
 //! The Redis password never appears in `Debug` or `Display` output.
 //!
+//! Durations (every `…_SECONDS` and `…_MS` variable) take a bare number in the unit
+//! the name says, or a number with its unit: `300`, `5m`, `72h`, `1h 30m`, `250ms`.
+//! The table is also [`env_vars`], for tools (`chatstate status` prints it).
+//!
 //! | variable | meaning | default |
 //! | --- | --- | --- |
 //! | `USE_REDIS` | `1`/`true`/`yes`/`on` uses Redis, `0`/`false`/`no`/`off` the file store | off |
-//! | `CHATSTATE_BACKEND` | `memory`, `file` or `redis`; overrides `USE_REDIS` (they must agree when both are set) | from `USE_REDIS` |
+//! | `CHATSTATE_BACKEND` | `memory`, `file` or `redis`; overrides `USE_REDIS` (they must agree when both are set) | as USE_REDIS says |
 //! | `REDIS_URL` | `redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS), `redis+unix:///path` | `redis://127.0.0.1:6379` |
 //! | `REDIS_TTL_SECONDS` | session TTL, sliding on activity | `259200` (72 h) |
 //! | `REDIS_POOL_SIZE` | connections in the pool, 1–1024 | `16` |
@@ -23,7 +27,7 @@
 //! | `CHATSTATE_MAX_VALUE_BYTES` | largest value accepted (message, blob, cache value) | `1048576` (1 MiB) |
 //! | `CHATSTATE_STREAM_TTL_SECONDS` | TTL of a streamed reply (a [`crate::ReplyStream`] run) started without one | `3600` (1 h) |
 //! | `CHATSTATE_STREAM_MAX_RUN_BYTES` | most bytes one streamed reply may hold (its chunks together); a chunk's own limit is `CHATSTATE_MAX_VALUE_BYTES` | `4194304` (4 MiB) |
-//! | `CHATSTATE_CODEC` | `bincode` or `json`, for typed values (the facade's `Stores::codec`) | `bincode` |
+//! | `CHATSTATE_CODEC` | `bincode` or `json`, for typed values (the facade's `Stores::codec`) | `json` (values written with either stay readable: a value names its codec) |
 //! | `CHATSTATE_COUNTER_FLUSH_SECONDS` | batched counters' flush interval | `60` |
 //! | `CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS` | how long an applied batch id is remembered, so a retried flush is not counted twice; at least 10 flush intervals | `86400` |
 //! | `CHATSTATE_LOCAL_CACHE_CAPACITY` | entries in the local cache tier | `10000` |
@@ -60,44 +64,206 @@ pub const BATCH_RETENTION_FACTOR: u32 = 10;
 /// The longest TTL or lease accepted: ten years.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// Every variable [`Config::from_env`] reads.
-pub const ENV_VARS: &[&str] = &[
-    "USE_REDIS",
-    "CHATSTATE_BACKEND",
-    "REDIS_URL",
-    "REDIS_TTL_SECONDS",
-    "REDIS_POOL_SIZE",
-    "REDIS_CONNECT_TIMEOUT_MS",
-    "REDIS_COMMAND_TIMEOUT_MS",
-    "CHATSTATE_KEY_PREFIX",
-    "CHATSTATE_FILE_DIR",
-    "CHATSTATE_WINDOW_SIZE",
-    "CHATSTATE_SUMMARY_MAX_CHARS",
-    "CHATSTATE_CACHE_TTL_SECONDS",
-    "CHATSTATE_FOCUS_TTL_SECONDS",
-    "CHATSTATE_MAX_VALUE_BYTES",
-    "CHATSTATE_STREAM_TTL_SECONDS",
-    "CHATSTATE_STREAM_MAX_RUN_BYTES",
-    "CHATSTATE_CODEC",
-    "CHATSTATE_COUNTER_FLUSH_SECONDS",
-    "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
-    "CHATSTATE_LOCAL_CACHE_CAPACITY",
-    "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
-    "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
-    "CHATSTATE_REDIS_FAIL_FAST",
-    "CHATSTATE_REDIS_FALLBACK",
-    "CHATSTATE_REDIS_BREAKER_FAILURES",
-    "CHATSTATE_REDIS_BREAKER_WINDOW_MS",
-    "CHATSTATE_REDIS_BREAKER_OPEN_MS",
-    "CHATSTATE_SESSION_FALLBACK",
-    "REDIS_CA_CERT",
-    "REDIS_CLIENT_CERT",
-    "REDIS_CLIENT_KEY",
-    "REDIS_TLS_INSECURE",
-    "REDIS_SENTINELS",
-    "REDIS_SENTINEL_MASTER",
-    "REDIS_SENTINEL_PASSWORD",
-    "REDIS_CLUSTER_NODES",
+/// One variable [`Config::from_env`] reads: its name, what it means and its
+/// default, as the module docs' table shows them (a test keeps the two equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EnvVar {
+    /// The variable.
+    pub name: &'static str,
+    /// What it sets and what it accepts (Markdown).
+    pub meaning: &'static str,
+    /// Its default (Markdown).
+    pub default: &'static str,
+}
+
+/// Every variable [`Config::from_env`] reads, with its meaning and default, in the
+/// order of the module docs' table: what `chatstate status`/`--help`, the docs and
+/// tools list.
+pub fn env_vars() -> &'static [EnvVar] {
+    ENV
+}
+
+const ENV: &[EnvVar] = &[
+    EnvVar {
+        name: "USE_REDIS",
+        meaning: "`1`/`true`/`yes`/`on` uses Redis, `0`/`false`/`no`/`off` the file store",
+        default: "off",
+    },
+    EnvVar {
+        name: "CHATSTATE_BACKEND",
+        meaning: "`memory`, `file` or `redis`; overrides `USE_REDIS` (they must agree when both are set)",
+        default: "as USE_REDIS says",
+    },
+    EnvVar {
+        name: "REDIS_URL",
+        meaning: "`redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS), `redis+unix:///path`",
+        default: "`redis://127.0.0.1:6379`",
+    },
+    EnvVar {
+        name: "REDIS_TTL_SECONDS",
+        meaning: "session TTL, sliding on activity",
+        default: "`259200` (72 h)",
+    },
+    EnvVar {
+        name: "REDIS_POOL_SIZE",
+        meaning: "connections in the pool, 1–1024",
+        default: "`16`",
+    },
+    EnvVar {
+        name: "REDIS_CONNECT_TIMEOUT_MS",
+        meaning: "connect timeout",
+        default: "`5000`",
+    },
+    EnvVar {
+        name: "REDIS_COMMAND_TIMEOUT_MS",
+        meaning: "timeout of every command",
+        default: "`2000`",
+    },
+    EnvVar {
+        name: "CHATSTATE_KEY_PREFIX",
+        meaning: "prefix of every key, `A-Z a-z 0-9 _ - .` (no `:`), see [`crate::KeyLayout`]",
+        default: "`chatstate`",
+    },
+    EnvVar {
+        name: "CHATSTATE_FILE_DIR",
+        meaning: "the file store's folder",
+        default: "`./chatstate-data`",
+    },
+    EnvVar {
+        name: "CHATSTATE_WINDOW_SIZE",
+        meaning: "recent messages kept per session, 1–10000",
+        default: "`20`",
+    },
+    EnvVar {
+        name: "CHATSTATE_SUMMARY_MAX_CHARS",
+        meaning: "summary length in characters",
+        default: "`400`",
+    },
+    EnvVar {
+        name: "CHATSTATE_CACHE_TTL_SECONDS",
+        meaning: "default TTL of cache entries",
+        default: "`3600`",
+    },
+    EnvVar {
+        name: "CHATSTATE_FOCUS_TTL_SECONDS",
+        meaning: "default TTL of focus documents",
+        default: "the session TTL",
+    },
+    EnvVar {
+        name: "CHATSTATE_MAX_VALUE_BYTES",
+        meaning: "largest value accepted (message, blob, cache value)",
+        default: "`1048576` (1 MiB)",
+    },
+    EnvVar {
+        name: "CHATSTATE_STREAM_TTL_SECONDS",
+        meaning: "TTL of a streamed reply (a [`crate::ReplyStream`] run) started without one",
+        default: "`3600` (1 h)",
+    },
+    EnvVar {
+        name: "CHATSTATE_STREAM_MAX_RUN_BYTES",
+        meaning: "most bytes one streamed reply may hold (its chunks together); a chunk's own limit is `CHATSTATE_MAX_VALUE_BYTES`",
+        default: "`4194304` (4 MiB)",
+    },
+    EnvVar {
+        name: "CHATSTATE_CODEC",
+        meaning: "`bincode` or `json`, for typed values (the facade's `Stores::codec`)",
+        default: "`json` (values written with either stay readable: a value names its codec)",
+    },
+    EnvVar {
+        name: "CHATSTATE_COUNTER_FLUSH_SECONDS",
+        meaning: "batched counters' flush interval",
+        default: "`60`",
+    },
+    EnvVar {
+        name: "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
+        meaning: "how long an applied batch id is remembered, so a retried flush is not counted twice; at least 10 flush intervals",
+        default: "`86400`",
+    },
+    EnvVar {
+        name: "CHATSTATE_LOCAL_CACHE_CAPACITY",
+        meaning: "entries in the local cache tier",
+        default: "`10000`",
+    },
+    EnvVar {
+        name: "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
+        meaning: "TTL in the local cache tier",
+        default: "`60`",
+    },
+    EnvVar {
+        name: "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
+        meaning: "how long past its TTL the local tier may still serve an entry while Redis fails (stale-if-error); `0` never",
+        default: "`300`",
+    },
+    EnvVar {
+        name: "CHATSTATE_REDIS_FAIL_FAST",
+        meaning: "`1`: opening the stores fails when Redis cannot be reached (otherwise they open and connect in the background)",
+        default: "off",
+    },
+    EnvVar {
+        name: "CHATSTATE_REDIS_FALLBACK",
+        meaning: "`none`, `file` or `memory`: the backend to open instead when Redis cannot be reached at start",
+        default: "`none`",
+    },
+    EnvVar {
+        name: "CHATSTATE_REDIS_BREAKER_FAILURES",
+        meaning: "consecutive temporary failures that open the circuit breaker, 1–1000",
+        default: "`5`",
+    },
+    EnvVar {
+        name: "CHATSTATE_REDIS_BREAKER_WINDOW_MS",
+        meaning: "the failures must fall within this window",
+        default: "`10000`",
+    },
+    EnvVar {
+        name: "CHATSTATE_REDIS_BREAKER_OPEN_MS",
+        meaning: "how long the breaker stays open before a probe may close it",
+        default: "`1000`",
+    },
+    EnvVar {
+        name: "CHATSTATE_SESSION_FALLBACK",
+        meaning: "only `none`: sessions do not move to another store during an outage (see the facade's docs for why)",
+        default: "`none`",
+    },
+    EnvVar {
+        name: "REDIS_CA_CERT",
+        meaning: "PEM file of the CA(s) that sign the server's certificate (`rediss://` only); otherwise the system's roots",
+        default: "unset",
+    },
+    EnvVar {
+        name: "REDIS_CLIENT_CERT",
+        meaning: "PEM file of the client certificate for mutual TLS (with `REDIS_CLIENT_KEY`)",
+        default: "unset",
+    },
+    EnvVar {
+        name: "REDIS_CLIENT_KEY",
+        meaning: "PEM file of the client certificate's private key (with `REDIS_CLIENT_CERT`)",
+        default: "unset",
+    },
+    EnvVar {
+        name: "REDIS_TLS_INSECURE",
+        meaning: "`1`: do not verify the server's certificate (a warning is logged at every start)",
+        default: "off",
+    },
+    EnvVar {
+        name: "REDIS_SENTINELS",
+        meaning: "`host:port,host:port,…`: connect through these Sentinels (with `REDIS_SENTINEL_MASTER`); `REDIS_URL` then gives only the master's credentials, database and TLS scheme",
+        default: "unset",
+    },
+    EnvVar {
+        name: "REDIS_SENTINEL_MASTER",
+        meaning: "the name the Sentinels monitor the master under",
+        default: "unset",
+    },
+    EnvVar {
+        name: "REDIS_SENTINEL_PASSWORD",
+        meaning: "the Sentinels' own password, when they have one",
+        default: "unset",
+    },
+    EnvVar {
+        name: "REDIS_CLUSTER_NODES",
+        meaning: "`host:port,host:port,…`: seed nodes of a Redis Cluster; `REDIS_URL` then gives only the credentials and the TLS scheme",
+        default: "unset",
+    },
 ];
 
 /// Which backend stores the data.
@@ -215,6 +381,23 @@ impl StoreSettings {
                 .map_err(|e| e.with_key(key))?;
         }
         Ok(ttl)
+    }
+
+    /// The TTL of each entry of a [`crate::KvCache::set_many_with_ttls`] (its own, or
+    /// the cache TTL), after checking every value's length: one bad entry fails
+    /// them all.
+    pub fn cache_write_ttls<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a CacheKey, usize, Option<Duration>)>,
+    ) -> Result<Vec<Duration>> {
+        entries
+            .into_iter()
+            .map(|(key, len, ttl)| {
+                self.check_value_len("cache value", len)
+                    .map_err(|e| e.with_key(key))?;
+                StoreSettings::ttl_or(ttl, self.cache_ttl).map_err(|e| e.with_key(key))
+            })
+            .collect()
     }
 
     /// The TTL of a focus put (`ttl`, or the focus TTL), after checking the value's
@@ -689,7 +872,7 @@ impl Default for Config {
             key_prefix: "chatstate".into(),
             file_dir: PathBuf::from("./chatstate-data"),
             store: StoreSettings::default(),
-            codec: Codec::Bincode,
+            codec: Codec::Json,
             counter_flush_interval: Duration::from_secs(60),
             local_cache: LocalCacheConfig {
                 capacity: 10_000,
@@ -731,13 +914,46 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     fn seconds(&self, name: &'static str) -> Result<Option<Duration>> {
-        Ok(self
-            .int(name, 1, 10 * 365 * 86_400)?
-            .map(Duration::from_secs))
+        self.duration(
+            name,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            MAX_TTL,
+        )
     }
 
     fn millis(&self, name: &'static str) -> Result<Option<Duration>> {
-        Ok(self.int(name, 1, 3_600_000)?.map(Duration::from_millis))
+        self.duration(
+            name,
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// A duration: a bare number counts in `unit` (the unit the variable's name
+    /// says), or a number with its unit — `300`, `5m`, `72h`, `1h 30m`, `250ms`.
+    fn duration(
+        &self,
+        name: &'static str,
+        unit: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Option<Duration>> {
+        let accepts = format!(
+            "a duration from {} to {}: a number of {} or a number with its unit \
+             (300, 5m, 72h, 1h 30m, 250ms)",
+            humantime::format_duration(min),
+            humantime::format_duration(max),
+            if unit == Duration::from_secs(1) {
+                "seconds"
+            } else {
+                "milliseconds"
+            },
+        );
+        self.parsed(name, &accepts, |s| {
+            parse_duration(s, unit).filter(|d| (min..=max).contains(d))
+        })
     }
 
     fn flag(&self, name: &'static str) -> Result<Option<bool>> {
@@ -845,6 +1061,19 @@ fn check_redis(redis: &RedisConfig) -> Result<()> {
     Ok(())
 }
 
+/// `raw` as a duration: a bare whole number counts in `unit`; anything else is read
+/// by `humantime` (`5m`, `72h`, `1h 30m`, `250ms`, `2days`). `None` when neither.
+pub fn parse_duration(raw: &str, unit: Duration) -> Option<Duration> {
+    let raw = raw.trim();
+    if let Ok(n) = raw.parse::<u32>() {
+        return unit.checked_mul(n);
+    }
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None; // a bare number too large for any variable
+    }
+    humantime::parse_duration(raw).ok()
+}
+
 fn named(name: &'static str, e: Error) -> Error {
     Error::config(format!("{name} is malformed: {}", e.message()))
 }
@@ -854,7 +1083,7 @@ impl Config {
     ///
     /// A variable whose value is not valid UTF-8 is an error naming it.
     pub fn from_env() -> Result<Self> {
-        for name in ENV_VARS {
+        for name in env_vars().iter().map(|v| v.name) {
             if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
                 return Err(Error::config(format!("{name} is not valid UTF-8")));
             }
@@ -969,12 +1198,13 @@ impl Config {
         if let Some(d) = env.seconds("CHATSTATE_LOCAL_CACHE_TTL_SECONDS")? {
             cfg.local_cache.ttl = d;
         }
-        if let Some(n) = env.int(
+        if let Some(d) = env.duration(
             "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
-            0,
-            10 * 365 * 86_400,
+            Duration::from_secs(1),
+            Duration::ZERO,
+            MAX_TTL,
         )? {
-            cfg.local_cache.max_stale = Duration::from_secs(n);
+            cfg.local_cache.max_stale = d;
         }
         if let Some(on) = env.flag("CHATSTATE_REDIS_FAIL_FAST")? {
             cfg.redis.fail_fast = on;
@@ -1037,6 +1267,86 @@ mod tests {
     use crate::ErrorKind;
     use std::collections::HashMap;
 
+    #[test]
+    fn durations_take_a_bare_number_in_the_variables_unit_or_a_unit() {
+        for (raw, secs) in [
+            ("300", 300),
+            ("5m", 300),
+            ("72h", 259_200),
+            ("1h 30m", 5400),
+        ] {
+            let c = cfg(&[("REDIS_TTL_SECONDS", raw)]).unwrap();
+            assert_eq!(c.store.session_ttl, Duration::from_secs(secs), "{raw}");
+        }
+        let c = cfg(&[("REDIS_COMMAND_TIMEOUT_MS", "250")]).unwrap();
+        assert_eq!(c.redis.command_timeout, Duration::from_millis(250));
+        let c = cfg(&[("REDIS_COMMAND_TIMEOUT_MS", "2s")]).unwrap();
+        assert_eq!(c.redis.command_timeout, Duration::from_secs(2));
+        let c = cfg(&[("CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS", "0")]).unwrap();
+        assert_eq!(c.local_cache.max_stale, Duration::ZERO);
+        for (name, raw) in [
+            ("REDIS_TTL_SECONDS", "5 parsecs"),
+            ("REDIS_TTL_SECONDS", "0"),
+            ("REDIS_TTL_SECONDS", "-5m"),
+            ("REDIS_TTL_SECONDS", "500ms"),
+            ("REDIS_TTL_SECONDS", "11years"),
+            ("REDIS_TTL_SECONDS", "99999999999999999999"),
+            ("REDIS_COMMAND_TIMEOUT_MS", "2h"),
+            ("CHATSTATE_COUNTER_FLUSH_SECONDS", "m5"),
+        ] {
+            let err = cfg(&[(name, raw)]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{name}={raw}");
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(
+                err.to_string().contains("72h"),
+                "says what it accepts: {err}"
+            );
+        }
+    }
+
+    /// The module docs' table and [`env_vars`] say the same, row for row.
+    #[test]
+    fn env_vars_are_the_module_docs_table() {
+        let source = include_str!("config.rs");
+        let rows: Vec<(String, String, String)> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_end_matches(" |").splitn(3, " | ").collect();
+                (
+                    cells[0].trim_end_matches('`').to_string(),
+                    cells[1].to_string(),
+                    cells[2].to_string(),
+                )
+            })
+            .collect();
+        let listed: Vec<(String, String, String)> = env_vars()
+            .iter()
+            .map(|v| (v.name.into(), v.meaning.into(), v.default.into()))
+            .collect();
+        assert_eq!(rows, listed);
+        assert!(listed.len() > 30);
+    }
+
+    /// Every default that is a value (the first `code` span of the default column)
+    /// is what the configuration holds when the variable is unset: setting the
+    /// variable to its listed default changes nothing.
+    #[test]
+    fn every_listed_default_is_the_default() {
+        let unset = Config::default();
+        let mut checked = 0;
+        for var in env_vars() {
+            let Some(value) = var.default.split('`').nth(1) else {
+                continue; // "unset", "off", "the session TTL", ...
+            };
+            let set =
+                cfg(&[(var.name, value)]).unwrap_or_else(|e| panic!("{} = {value}: {e}", var.name));
+            assert_eq!(set, unset, "{} = {value} is not the default", var.name);
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} defaults checked");
+    }
+
     fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
         let map: HashMap<String, String> = vars
             .iter()
@@ -1053,7 +1363,7 @@ mod tests {
         assert_eq!(c.store.window_size, 20);
         assert_eq!(c.store.summary_max_chars, 400);
         assert_eq!(c.counter_flush_interval, Duration::from_secs(60));
-        assert_eq!(c.codec, Codec::Bincode);
+        assert_eq!(c.codec, Codec::Json);
         assert_eq!(c.key_prefix, "chatstate");
         assert_eq!(c, Config::default());
     }
@@ -1430,8 +1740,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.reply_ttl, Duration::from_secs(120));
         assert_eq!(c.store.max_run_bytes, 65_536);
-        assert!(ENV_VARS.contains(&"CHATSTATE_STREAM_TTL_SECONDS"));
-        assert!(ENV_VARS.contains(&"CHATSTATE_STREAM_MAX_RUN_BYTES"));
+        assert!(
+            env_vars()
+                .iter()
+                .any(|v| v.name == "CHATSTATE_STREAM_TTL_SECONDS")
+        );
+        assert!(
+            env_vars()
+                .iter()
+                .any(|v| v.name == "CHATSTATE_STREAM_MAX_RUN_BYTES")
+        );
     }
 
     #[test]

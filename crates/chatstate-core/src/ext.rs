@@ -29,12 +29,14 @@
 //! rules, counts them in its own stats too, and adds serving its local tier when the
 //! remote fails.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+
+use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -106,6 +108,45 @@ pub trait KvCacheExt: KvCache {
             .collect()
     }
 
+    /// Stores many values encoded with `codec`, all for `ttl`, in one
+    /// [`KvCache::set_many`]: an encoding error or an oversize value stores none.
+    async fn set_many_values<T: Serialize + Sync>(
+        &self,
+        entries: &[(CacheKey, T)],
+        ttl: Option<Duration>,
+        codec: Codec,
+    ) -> Result<()> {
+        let encoded = entries
+            .iter()
+            .map(|(k, v)| {
+                codec
+                    .encode(v)
+                    .map(|b| (k.clone(), b))
+                    .map_err(|e| e.with_operation("set_many_values").with_key(k))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.set_many(encoded, ttl).await
+    }
+
+    /// Stores many values encoded with `codec`, each for its own TTL, in one
+    /// [`KvCache::set_many_with_ttls`].
+    async fn set_many_values_with_ttls<T: Serialize + Sync>(
+        &self,
+        entries: &[(CacheKey, T, Option<Duration>)],
+        codec: Codec,
+    ) -> Result<()> {
+        let encoded = entries
+            .iter()
+            .map(|(k, v, ttl)| {
+                codec
+                    .encode(v)
+                    .map(|b| (k.clone(), b, *ttl))
+                    .map_err(|e| e.with_operation("set_many_values_with_ttls").with_key(k))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.set_many_with_ttls(encoded).await
+    }
+
     /// The cached value, or `load()`'s result stored for `ttl` and returned. A
     /// loader error is returned and nothing is cached.
     ///
@@ -114,8 +155,12 @@ pub trait KvCacheExt: KvCache {
     /// write-back is logged and counted, not returned. Other read errors (`Decode`,
     /// `WrongType`, `InvalidInput`, ...) are returned.
     ///
-    /// This plain version does not stop two concurrent misses of one key from both
-    /// loading; the tiered cache layer adds one-loader-per-key.
+    /// Goes through [`KvCache::get_or_load_raw`]: on a tiered cache (also behind an
+    /// `Arc<dyn KvCache>`) concurrent misses of one key in a process run one loader
+    /// and a local copy answers; on a plain store two concurrent misses may both
+    /// load. A value a loader found "not found" through the bytes call
+    /// (`get_or_load_raw` answering `None`) is a `NotFound` error here; to cache
+    /// absence, load an `Option<T>`.
     async fn get_or_load<T, F, Fut>(
         &self,
         key: &CacheKey,
@@ -128,27 +173,33 @@ pub trait KvCacheExt: KvCache {
         F: FnOnce() -> Fut + Send,
         Fut: Future<Output = Result<T>> + Send,
     {
-        let cache_failed = match self.get_value(key, codec).await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => false,
-            Err(e) if e.is_temporary() => {
-                read_fell_back("ext", "get_or_load", key, &e);
-                true
-            }
-            Err(e) => return Err(e),
-        };
-        let v = load().await?;
-        if !cache_failed && let Err(e) = self.set_value(key, &v, ttl, codec).await {
-            write_back_failed("ext", "get_or_load", key, &e);
+        let loader: Loader<'_> = Box::new(move || {
+            Box::pin(async move {
+                let v = load().await?;
+                codec.encode(&v).map(Some)
+            })
+        });
+        match self.get_or_load_raw(key, ttl, loader).await? {
+            Some(bytes) => codec
+                .decode(&bytes)
+                .map_err(|e| e.with_operation("get_or_load").with_key(key)),
+            None => Err(Error::not_found(
+                "another caller's loader of this key found nothing (get_or_load_raw answered None)",
+            )
+            .with_operation("get_or_load")
+            .with_key(key)),
         }
-        Ok(v)
     }
 
-    /// The values of `keys` (in order), loading the missing ones: one `get_many`,
-    /// then one `load` call with the keys it did not find (each once, however often
-    /// it is asked for; not called when nothing is missing), then one `set_many`
-    /// writing back what the loader returned. A key the loader does not return stays
-    /// `None`; keys it returns that were not asked for are ignored.
+    /// The values of `keys` (in order), loading the missing ones: `load` gets the
+    /// keys the cache did not have (each once, however often it is asked for; not
+    /// called when nothing is missing) and returns the values it found, which are
+    /// written back with `ttl`. A key the loader does not return stays `None`; keys
+    /// it returns that were not asked for are ignored.
+    ///
+    /// On a plain store: one `get_many`, one `load` call, one `set_many`. On a
+    /// tiered cache (also behind an `Arc<dyn KvCache>`): local hits first, and
+    /// `load` is called in batches (see [`KvCache::get_many_or_load_raw`]).
     ///
     /// Degrades like [`KvCacheExt::get_or_load`]: a temporary `get_many` error calls
     /// the loader with every key (once each) and writes nothing back; a failed
@@ -175,65 +226,150 @@ pub trait KvCacheExt: KvCache {
         keys: &[CacheKey],
         ttl: Option<Duration>,
         codec: Codec,
-        load: F,
+        mut load: F,
     ) -> Result<Vec<Option<T>>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync,
-        F: FnOnce(Vec<CacheKey>) -> Fut + Send,
+        T: Serialize + DeserializeOwned + Send + Sync,
+        F: FnMut(Vec<CacheKey>) -> Fut + Send,
         Fut: Future<Output = Result<Vec<(CacheKey, T)>>> + Send,
     {
-        let (mut out, cache_failed) = match self.get_many_values::<T>(keys, codec).await {
-            Ok(values) => (values, false),
-            Err(e) if e.is_temporary() => {
-                read_fell_back("ext", "get_many_or_load", keys.len(), &e);
-                (keys.iter().map(|_| None).collect(), true)
-            }
-            Err(e) => return Err(e),
-        };
-        // Sets and maps, not scans: a batch of a thousand keys stays linear.
-        let mut asked: std::collections::HashSet<&CacheKey> = std::collections::HashSet::new();
-        let mut missing: Vec<CacheKey> = Vec::new();
-        for (k, v) in keys.iter().zip(&out) {
-            if v.is_none() && asked.insert(k) {
-                missing.push(k.clone());
-            }
-        }
-        if missing.is_empty() {
-            return Ok(out);
-        }
-        // Only keys that were asked for, once each (the first answer wins), in the
-        // loader's order for the write-back.
-        let mut loaded: Vec<(CacheKey, T)> = Vec::new();
-        let mut index: std::collections::HashMap<CacheKey, usize> =
-            std::collections::HashMap::new();
-        for (k, v) in load(missing).await? {
-            if asked.contains(&k) && !index.contains_key(&k) {
-                index.insert(k.clone(), loaded.len());
-                loaded.push((k, v));
-            }
-        }
-        for (slot, k) in out.iter_mut().zip(keys) {
-            if slot.is_none()
-                && let Some(&i) = index.get(k)
-            {
-                *slot = Some(loaded[i].1.clone());
-            }
-        }
-        if !cache_failed && !loaded.is_empty() {
-            let written = match loaded
-                .iter()
-                .map(|(k, v)| codec.encode(v).map(|b| (k.clone(), b)))
-                .collect::<Result<Vec<_>>>()
-            {
-                Ok(entries) => self.set_many(entries, ttl).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                write_back_failed("ext", "get_many_or_load", loaded.len(), &e);
-            }
-        }
-        Ok(out)
+        let loader: ManyLoader<'_> = Box::new(move |missing| {
+            let loaded = load(missing);
+            Box::pin(async move {
+                loaded
+                    .await?
+                    .into_iter()
+                    .map(|(k, v)| codec.encode(&v).map(|b| (k, b)))
+                    .collect()
+            })
+        });
+        self.get_many_or_load_raw(keys, ttl, loader)
+            .await?
+            .into_iter()
+            .zip(keys)
+            .map(|(bytes, key)| {
+                bytes
+                    .map(|b| {
+                        codec
+                            .decode(&b)
+                            .map_err(|e| e.with_operation("get_many_or_load").with_key(key))
+                    })
+                    .transpose()
+            })
+            .collect()
     }
+}
+
+/// A boxed future, as the loaders return.
+pub type LoadFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// The loader of [`KvCache::get_or_load_raw`]: called at most once; `Ok(None)` is
+/// "not found". Make one from a closure with [`loader`].
+pub type Loader<'a> = Box<dyn FnOnce() -> LoadFuture<'a, Option<Bytes>> + Send + 'a>;
+
+/// The loader of [`KvCache::get_many_or_load_raw`]: called with missing keys (each
+/// at most once per call), possibly several times in batches; returns the values it
+/// found. Make one from a closure with [`many_loader`].
+pub type ManyLoader<'a> =
+    Box<dyn FnMut(Vec<CacheKey>) -> LoadFuture<'a, Vec<(CacheKey, Bytes)>> + Send + 'a>;
+
+/// A [`Loader`] from an async closure.
+pub fn loader<'a, F, Fut>(load: F) -> Loader<'a>
+where
+    F: FnOnce() -> Fut + Send + 'a,
+    Fut: Future<Output = Result<Option<Bytes>>> + Send + 'a,
+{
+    Box::new(move || Box::pin(load()))
+}
+
+/// A [`ManyLoader`] from an async closure.
+pub fn many_loader<'a, F, Fut>(mut load: F) -> ManyLoader<'a>
+where
+    F: FnMut(Vec<CacheKey>) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<Vec<(CacheKey, Bytes)>>> + Send + 'a,
+{
+    Box::new(move |keys| Box::pin(load(keys)))
+}
+
+/// [`KvCache::get_or_load_raw`]'s provided version: read, load on a miss, write
+/// back, degrading as the [module docs](self) say.
+pub async fn plain_get_or_load<C: KvCache + ?Sized>(
+    cache: &C,
+    key: &CacheKey,
+    ttl: Option<Duration>,
+    load: Loader<'_>,
+) -> Result<Option<Bytes>> {
+    let cache_failed = match cache.get(key).await {
+        Ok(Some(v)) => return Ok(Some(v)),
+        Ok(None) => false,
+        Err(e) if e.is_temporary() => {
+            read_fell_back("ext", "get_or_load", key, &e);
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    let v = load().await?;
+    if !cache_failed
+        && let Some(bytes) = &v
+        && let Err(e) = cache.set(key, bytes.clone(), ttl).await
+    {
+        write_back_failed("ext", "get_or_load", key, &e);
+    }
+    Ok(v)
+}
+
+/// [`KvCache::get_many_or_load_raw`]'s provided version: one `get_many`, one `load`
+/// call with every missing key (once each), one `set_many` of what it returned,
+/// degrading as the [module docs](self) say.
+pub async fn plain_get_many_or_load<C: KvCache + ?Sized>(
+    cache: &C,
+    keys: &[CacheKey],
+    ttl: Option<Duration>,
+    mut load: ManyLoader<'_>,
+) -> Result<Vec<Option<Bytes>>> {
+    let (mut out, cache_failed) = match cache.get_many(keys).await {
+        Ok(values) => (values, false),
+        Err(e) if e.is_temporary() => {
+            read_fell_back("ext", "get_many_or_load", keys.len(), &e);
+            (keys.iter().map(|_| None).collect(), true)
+        }
+        Err(e) => return Err(e),
+    };
+    // Sets and maps, not scans: a batch of a thousand keys stays linear.
+    let mut asked: HashSet<&CacheKey> = HashSet::new();
+    let mut missing: Vec<CacheKey> = Vec::new();
+    for (k, v) in keys.iter().zip(&out) {
+        if v.is_none() && asked.insert(k) {
+            missing.push(k.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    // Only keys that were asked for, once each (the first answer wins), in the
+    // loader's order for the write-back.
+    let mut loaded: Vec<(CacheKey, Bytes)> = Vec::new();
+    let mut index: HashMap<CacheKey, usize> = HashMap::new();
+    for (k, v) in load(missing).await? {
+        if asked.contains(&k) && !index.contains_key(&k) {
+            index.insert(k.clone(), loaded.len());
+            loaded.push((k, v));
+        }
+    }
+    for (slot, k) in out.iter_mut().zip(keys) {
+        if slot.is_none()
+            && let Some(&i) = index.get(k)
+        {
+            *slot = Some(loaded[i].1.clone());
+        }
+    }
+    if !cache_failed && !loaded.is_empty() {
+        let n = loaded.len();
+        if let Err(e) = cache.set_many(loaded, ttl).await {
+            write_back_failed("ext", "get_many_or_load", n, &e);
+        }
+    }
+    Ok(out)
 }
 
 /// The counter of loader calls made because the cache read failed with a temporary

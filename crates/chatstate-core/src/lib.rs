@@ -13,6 +13,11 @@
 //!   the append limits, and the follow loop every backend runs.
 //! - [`ext`]: conveniences over the traits (typed values, one-message append,
 //!   get-or-load), for every store through blanket impls.
+//! - [`handles`]: a cache namespace, a focus scope or a counter family named once
+//!   with its TTL, codec or labels (`cache.namespace("customers")?.ttl(..)`), for
+//!   calls that read naturally.
+//! - The traits are implemented for `Arc<T>` and `Box<T>` of any store (`dyn`
+//!   included), so layers wrap what the facade hands out.
 //! - [`model`]: sessions, messages, patches, leases, focus documents, counter
 //!   batches, and the shared rules (summary truncation, put preconditions).
 //! - [`transition`]: session, lock and counter transitions as pure functions, which
@@ -67,6 +72,8 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ext;
+mod forward;
+pub mod handles;
 pub mod health;
 pub mod invalidation;
 pub mod inventory;
@@ -83,7 +90,13 @@ pub use config::{
     RedisTopology, RedisUrl, Secret, StoreSettings, TlsConfig,
 };
 pub use error::{Error, ErrorKind, Result, ResultExt};
-pub use ext::{FocusStoreExt, KvCacheExt, SessionStoreExt};
+pub use ext::{
+    FocusStoreExt, KvCacheExt, LoadFuture, Loader, ManyLoader, SessionStoreExt, loader, many_loader,
+};
+pub use handles::{
+    Bucketing, CacheHandles, CacheNamespace, CounterFamily, CounterHandles, FocusHandles,
+    FocusScope, Versioned,
+};
 pub use health::{BreakerState, Fallback, Health};
 pub use invalidation::{BusEvent, Invalidation, InvalidationBus, LocalBus};
 pub use inventory::{

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
+use crate::ext::{Loader, ManyLoader};
 use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, RunId, SessionKey};
 use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
@@ -308,6 +309,15 @@ pub trait KvCache: Send + Sync {
     /// value is a value (read back as `Some` of empty bytes).
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()>;
 
+    /// Stores many values, each for its own TTL (the configured cache TTL for
+    /// `None`), in one step — one round trip on Redis, as [`KvCache::set_many`],
+    /// with the same rules: an oversize value or a TTL out of range fails the whole
+    /// call and stores nothing; a key given twice keeps its last value and TTL.
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()>;
+
     /// Deletes the entry. `false` when there was none.
     async fn delete(&self, key: &CacheKey) -> Result<bool>;
 
@@ -328,6 +338,42 @@ pub trait KvCache: Send + Sync {
     /// the namespace for `""`); returns how many. Other namespaces are never touched,
     /// even ones whose name starts with `namespace` (`users` vs `users:archive`).
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64>;
+
+    /// The value of `key`, or what `load` returns, stored for `ttl` and returned:
+    /// the bytes under the typed [`KvCacheExt::get_or_load`](crate::KvCacheExt::get_or_load),
+    /// which is what apps call. `Ok(None)` from the loader is "not found": returned,
+    /// never stored. A loader error is returned and nothing is stored.
+    ///
+    /// The provided version reads, loads on a miss and writes back, degrading as the
+    /// [`ext`](crate::ext) module docs say. A cache with a local tier overrides it
+    /// (`chatstate_layers::TieredCache`: one loader per key per process for
+    /// concurrent misses, answers from the local tier), and every wrapper forwards
+    /// it, so the typed call gets that through an `Arc<dyn KvCache>` too.
+    async fn get_or_load_raw<'a>(
+        &self,
+        key: &CacheKey,
+        ttl: Option<Duration>,
+        load: Loader<'a>,
+    ) -> Result<Option<Bytes>> {
+        crate::ext::plain_get_or_load(self, key, ttl, load).await
+    }
+
+    /// The values of `keys` (in order), loading the missing ones: the bytes under
+    /// the typed [`KvCacheExt::get_many_or_load`](crate::KvCacheExt::get_many_or_load).
+    /// `load` gets the missing keys (each once), possibly in several batches, and
+    /// returns the values it found; what it does not return stays `None`.
+    ///
+    /// The provided version is one `get_many`, one `load` call with every missing
+    /// key, one `set_many` (degrading as the [`ext`](crate::ext) module docs say);
+    /// a cache with a local tier overrides it, and every wrapper forwards it.
+    async fn get_many_or_load_raw<'a>(
+        &self,
+        keys: &[CacheKey],
+        ttl: Option<Duration>,
+        load: ManyLoader<'a>,
+    ) -> Result<Vec<Option<Bytes>>> {
+        crate::ext::plain_get_many_or_load(self, keys, ttl, load).await
+    }
 
     /// What this store can do ([`Capabilities::NONE`] unless the store says).
     fn capabilities(&self) -> Capabilities {

@@ -62,17 +62,27 @@ impl KvCache for FileStore {
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
-        let settings = &self.inner.settings;
-        let ttl = settings
-            .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
-            .in_op("set_many")?;
+        self.set_many_with_ttls(entries.into_iter().map(|(k, v)| (k, v, ttl)).collect())
+            .await
+            .in_op("set_many")
+    }
+
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        let ttls = self
+            .inner
+            .settings
+            .cache_write_ttls(entries.iter().map(|(k, v, t)| (k, v.len(), *t)))
+            .in_op("set_many_with_ttls")?;
         self.blocking(move |inner| {
             // Every entry must fit the record format before any is written.
-            for (key, value) in &entries {
+            for (key, value, _) in &entries {
                 let meta = meta_json(&CacheMeta { key: key.clone() })?;
                 format::check_body_len(&inner.layout.cache(key), meta.len(), value.len())?;
             }
-            for (key, value) in entries {
+            for ((key, value, _), ttl) in entries.into_iter().zip(ttls) {
                 let path = inner.layout.cache(&key);
                 let _g = inner.stripes.lock(&path)?;
                 let deadline = inner.now().plus(ttl);
@@ -81,7 +91,7 @@ impl KvCache for FileStore {
             Ok(())
         })
         .await
-        .in_op("set_many")
+        .in_op("set_many_with_ttls")
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {

@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,9 +33,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
     AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
-    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, NewMessage, Page,
-    PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus, Session, SessionKey,
-    SessionPatch, SessionStore,
+    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, Loader, ManyLoader,
+    NewMessage, Page, PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus,
+    Session, SessionKey, SessionPatch, SessionStore,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -223,6 +224,15 @@ impl<S> Instrumented<S> {
         }
     }
 
+    /// Wraps `inner`, recording into the same figures as `self`: one snapshot for
+    /// several stores (what `chatstate::Stores::instrumented` does).
+    pub fn sharing<T>(&self, inner: T) -> Instrumented<T> {
+        Instrumented {
+            inner,
+            recorder: self.recorder.clone(),
+        }
+    }
+
     /// The wrapped store.
     pub fn inner(&self) -> &S {
         &self.inner
@@ -358,6 +368,21 @@ impl<S: KvCache> KvCache for Instrumented<S> {
         )
         .await
     }
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        let ns = entries
+            .first()
+            .map_or(String::new(), |(k, _, _)| k.namespace().to_string());
+        self.measure(
+            ("cache", "set_many_with_ttls"),
+            &ns,
+            none,
+            self.inner.set_many_with_ttls(entries),
+        )
+        .await
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         self.measure(
             ("cache", "delete"),
@@ -405,6 +430,61 @@ impl<S: KvCache> KvCache for Instrumented<S> {
             namespace,
             none,
             self.inner.clear_prefix(namespace, key_prefix),
+        )
+        .await
+    }
+
+    /// Measured as `get_or_load`: a hit when the value came without the loader, a
+    /// miss when the loader ran. Forwarded as it is, so a tiered cache inside keeps
+    /// its single flight.
+    async fn get_or_load_raw<'a>(
+        &self,
+        key: &CacheKey,
+        ttl: Option<Duration>,
+        load: Loader<'a>,
+    ) -> Result<Option<Bytes>> {
+        let ran = AtomicBool::new(false);
+        let watched: Loader<'_> = Box::new(|| {
+            ran.store(true, Ordering::Relaxed);
+            load()
+        });
+        self.measure(
+            ("cache", "get_or_load"),
+            key.namespace(),
+            |_| {
+                if ran.load(Ordering::Relaxed) {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                }
+            },
+            self.inner.get_or_load_raw(key, ttl, watched),
+        )
+        .await
+    }
+
+    /// Measured as `get_many_or_load`: keys handed to the loader are misses, the
+    /// others hits.
+    async fn get_many_or_load_raw<'a>(
+        &self,
+        keys: &[CacheKey],
+        ttl: Option<Duration>,
+        mut load: ManyLoader<'a>,
+    ) -> Result<Vec<Option<Bytes>>> {
+        let asked = AtomicU64::new(0);
+        let watched: ManyLoader<'_> = Box::new(|missing: Vec<CacheKey>| {
+            asked.fetch_add(missing.len() as u64, Ordering::Relaxed);
+            load(missing)
+        });
+        let ns = keys.first().map_or("", |k| k.namespace());
+        self.measure(
+            ("cache", "get_many_or_load"),
+            ns,
+            |v: &Vec<Option<Bytes>>| {
+                let misses = asked.load(Ordering::Relaxed).min(v.len() as u64);
+                (v.len() as u64 - misses, misses)
+            },
+            self.inner.get_many_or_load_raw(keys, ttl, watched),
         )
         .await
     }

@@ -174,8 +174,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ext::{read_fell_back, write_back_failed};
 use chatstate_core::{
-    BusEvent, CacheKey, Error, ErrorKind, Invalidation, InvalidationBus, KvCache, Result,
-    SharedClock, StoreSettings, Timestamp,
+    BusEvent, CacheKey, Error, ErrorKind, Invalidation, InvalidationBus, KvCache, Loader,
+    ManyLoader, Result, SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
 
@@ -720,7 +720,7 @@ impl TieredCache {
     /// is one, the loader otherwise (its value returned, not written back, not kept);
     /// a failed write-back is counted and logged, and the value returned, not kept.
     /// Other remote errors are returned.
-    pub async fn get_or_load<F, Fut>(
+    pub async fn get_or_load_bytes<F, Fut>(
         &self,
         key: &CacheKey,
         ttl: Option<Duration>,
@@ -807,12 +807,12 @@ impl TieredCache {
     /// one `set_many` writing back what was loaded. The TTL jitter applies per call:
     /// keys loaded by one call share one (jittered) TTL, successive calls are spread.
     ///
-    /// Degrades like [`TieredCache::get_or_load`]: when the `get_many` fails with a
+    /// Degrades like [`TieredCache::get_or_load_bytes`]: when the `get_many` fails with a
     /// temporary error, the keys with a stale local copy are answered by it and the
     /// others loaded, and nothing is written back or kept; a failed write-back is
     /// counted and logged, and the values returned, not kept. Other remote errors
     /// are returned.
-    pub async fn get_many_or_load<F, Fut>(
+    pub async fn get_many_or_load_bytes<F, Fut>(
         &self,
         keys: &[CacheKey],
         ttl: Option<Duration>,
@@ -883,7 +883,10 @@ impl TieredCache {
                 )
                 .await;
             match written {
-                Ok(()) => shared.keep_written(loaded, ttl, &w).await,
+                Ok(()) => {
+                    let each = loaded.into_iter().map(|(k, v)| (k, v, ttl)).collect();
+                    shared.keep_written(each, &w).await
+                }
                 Err(e) => {
                     shared
                         .stats
@@ -1168,18 +1171,13 @@ impl Shared {
     /// Keeps the values a write stored with remote `ttl`, if nothing else changed
     /// while it was on the wire, and drops them again if anything has since. A key
     /// still covered by a pending delete (a prefix's) is not kept.
-    async fn keep_written(
-        &self,
-        entries: Vec<(CacheKey, Bytes)>,
-        ttl: Option<Duration>,
-        w: &Written,
-    ) {
+    async fn keep_written(&self, entries: Vec<(CacheKey, Bytes, Option<Duration>)>, w: &Written) {
         if !w.quiet {
             return;
         }
-        let deadline = w.start.plus(self.local_ttl_for(ttl));
-        for (k, v) in entries {
+        for (k, v, ttl) in entries {
             if !self.blocks(&k) {
+                let deadline = w.start.plus(self.local_ttl_for(ttl));
                 self.keep(&k, Some(v), deadline, w.epoch).await;
             }
         }
@@ -1688,7 +1686,7 @@ impl KvCache for TieredCache {
             .await;
         if written.is_ok() {
             shared
-                .keep_written(vec![(key.clone(), value)], ttl, &w)
+                .keep_written(vec![(key.clone(), value, ttl)], &w)
                 .await;
         }
         shared.finish(written).await
@@ -1704,7 +1702,26 @@ impl KvCache for TieredCache {
             )
             .await;
         if written.is_ok() {
-            shared.keep_written(entries, ttl, &w).await;
+            let each = entries.into_iter().map(|(k, v)| (k, v, ttl)).collect();
+            shared.keep_written(each, &w).await;
+        }
+        shared.finish(written).await
+    }
+
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        let shared = &self.shared;
+        let keys: Vec<CacheKey> = entries.iter().map(|(k, _, _)| k.clone()).collect();
+        let (written, w) = shared
+            .write(
+                Invalidation::Keys(keys),
+                shared.remote.set_many_with_ttls(entries.clone()),
+            )
+            .await;
+        if written.is_ok() {
+            shared.keep_written(entries, &w).await;
         }
         shared.finish(written).await
     }
@@ -1792,6 +1809,27 @@ impl KvCache for TieredCache {
             .delete(what, shared.remote.clear_prefix(namespace, key_prefix))
             .await;
         shared.finish(cleared).await
+    }
+
+    /// [`TieredCache::get_or_load_bytes`]: one loader per key per process, answers
+    /// from the local tier.
+    async fn get_or_load_raw<'a>(
+        &self,
+        key: &CacheKey,
+        ttl: Option<Duration>,
+        load: Loader<'a>,
+    ) -> Result<Option<Bytes>> {
+        self.get_or_load_bytes(key, ttl, load).await
+    }
+
+    /// [`TieredCache::get_many_or_load_bytes`]: local hits first, loads in batches.
+    async fn get_many_or_load_raw<'a>(
+        &self,
+        keys: &[CacheKey],
+        ttl: Option<Duration>,
+        load: ManyLoader<'a>,
+    ) -> Result<Vec<Option<Bytes>>> {
+        self.get_many_or_load_bytes(keys, ttl, load).await
     }
 
     /// The remote's: the local tier adds no persistence and no sharing of its own.

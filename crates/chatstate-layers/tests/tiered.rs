@@ -81,7 +81,7 @@ async fn concurrent_misses_run_one_loader_and_errors_are_not_cached() {
             let (cache, calls, k) = (cache.clone(), calls.clone(), k.clone());
             tokio::spawn(async move {
                 cache
-                    .get_or_load(&k, Some(Duration::from_secs(60)), || async move {
+                    .get_or_load_bytes(&k, Some(Duration::from_secs(60)), || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(Some(b("loaded")))
@@ -106,7 +106,7 @@ async fn concurrent_misses_run_one_loader_and_errors_are_not_cached() {
 
     let bad = key("bad");
     let err = cache
-        .get_or_load(&bad, None, || async {
+        .get_or_load_bytes(&bad, None, || async {
             Err(Error::new(ErrorKind::Unavailable, "upstream API down"))
         })
         .await
@@ -114,7 +114,7 @@ async fn concurrent_misses_run_one_loader_and_errors_are_not_cached() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.to_string().contains("upstream API down"), "{err}");
     let v = cache
-        .get_or_load(&bad, None, || async { Ok(Some(b("second try"))) })
+        .get_or_load_bytes(&bad, None, || async { Ok(Some(b("second try"))) })
         .await
         .unwrap();
     assert_eq!(v, Some(b("second try")), "the error was not cached");
@@ -137,7 +137,7 @@ async fn negative_results_are_cached_only_when_asked() {
         for _ in 0..3 {
             let calls = calls.clone();
             let v = cache
-                .get_or_load(&key("ghost"), None, || async move {
+                .get_or_load_bytes(&key("ghost"), None, || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     Ok(None)
                 })
@@ -190,7 +190,7 @@ async fn get_many_or_load_reads_once_loads_in_batches_and_writes_back_once() {
     let before = remote.round_trips().round_trips;
     let seen = batches.clone();
     let values = cache
-        .get_many_or_load(&keys, Some(Duration::from_secs(300)), move |wanted| {
+        .get_many_or_load_bytes(&keys, Some(Duration::from_secs(300)), move |wanted| {
             seen.lock().unwrap().push(wanted.len());
             async move {
                 Ok(wanted

@@ -85,7 +85,9 @@ async fn get_or_load_answers_the_loader_when_the_remote_read_fails() {
     let k = key("1");
     for kind in [ErrorKind::Unavailable, ErrorKind::Timeout] {
         remote.fail_reads(Some(kind));
-        let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+        let v = cache
+            .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+            .await;
         assert_eq!(v.unwrap(), Some(b("loaded")), "{kind}: the loader answers");
     }
     assert_eq!(
@@ -112,7 +114,9 @@ async fn a_failed_write_back_is_counted_and_the_value_returned_not_kept() {
     let calls = Arc::new(AtomicUsize::new(0));
     let k = key("1");
     for _ in 0..2 {
-        let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+        let v = cache
+            .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+            .await;
         assert_eq!(v.unwrap(), Some(b("loaded")));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2, "not kept locally either");
@@ -120,7 +124,7 @@ async fn a_failed_write_back_is_counted_and_the_value_returned_not_kept() {
 
     let keys = [key("a"), key("b")];
     let v = cache
-        .get_many_or_load(&keys, None, |wanted| async move {
+        .get_many_or_load_bytes(&keys, None, |wanted| async move {
             Ok(wanted.into_iter().map(|k| (k, b("many"))).collect())
         })
         .await
@@ -135,12 +139,12 @@ async fn remote_errors_that_are_not_temporary_are_returned() {
     let calls = Arc::new(AtomicUsize::new(0));
     remote.fail_reads(Some(ErrorKind::WrongType));
     let err = cache
-        .get_or_load(&key("1"), None, loader(&calls, "loaded"))
+        .get_or_load_bytes(&key("1"), None, loader(&calls, "loaded"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType);
     let err = cache
-        .get_many_or_load(&[key("1")], None, |_| async { Ok(Vec::new()) })
+        .get_many_or_load_bytes(&[key("1")], None, |_| async { Ok(Vec::new()) })
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType);
@@ -170,7 +174,9 @@ async fn a_stale_copy_is_served_only_while_the_remote_fails_and_only_within_max_
     assert_eq!(KvCache::get(&cache, &k).await.unwrap(), Some(b("v2")));
     assert!(cache.exists(&k).await.unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
-    let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+    let v = cache
+        .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+        .await;
     assert_eq!(v.unwrap(), Some(b("v2")), "get_or_load: the stale copy");
     assert_eq!(calls.load(Ordering::SeqCst), 0, "instead of the loader");
     assert_eq!(
@@ -186,7 +192,9 @@ async fn a_stale_copy_is_served_only_while_the_remote_fails_and_only_within_max_
     clock.advance(Duration::from_secs(1));
     let err = KvCache::get(&cache, &k).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "past max_stale");
-    let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+    let v = cache
+        .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+        .await;
     assert_eq!(v.unwrap(), Some(b("loaded")), "past max_stale: the loader");
 }
 
@@ -210,7 +218,7 @@ async fn get_many_answers_stale_copies_and_fails_only_for_keys_without_one() {
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = asked.clone();
     let v = cache
-        .get_many_or_load(&[k1.clone(), k2.clone()], None, move |wanted| {
+        .get_many_or_load_bytes(&[k1.clone(), k2.clone()], None, move |wanted| {
             seen.lock().unwrap().extend(wanted.clone());
             async move { Ok(wanted.into_iter().map(|k| (k, b("loaded"))).collect()) }
         })
@@ -421,7 +429,9 @@ async fn a_write_after_a_failed_delete_settles_it() {
     assert!(cache.delete(&k).await.is_err());
     remote.up();
     let calls = Arc::new(AtomicUsize::new(0));
-    let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+    let v = cache
+        .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+        .await;
     assert_eq!(v.unwrap(), Some(b("loaded")));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(cache.pending_deletes(), 0);
@@ -575,7 +585,9 @@ async fn a_delete_that_timed_out_while_reads_work_never_reads_the_old_value() {
     );
     assert!(!cache.exists(&k).await.unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
-    let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+    let v = cache
+        .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+        .await;
     assert_eq!(
         v.unwrap(),
         Some(b("loaded")),
@@ -624,6 +636,12 @@ impl KvCache for SlowFailure {
     ) -> chatstate_core::Result<()> {
         Ok(())
     }
+    async fn set_many_with_ttls(
+        &self,
+        _: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> chatstate_core::Result<()> {
+        Ok(())
+    }
     async fn delete(&self, _: &CacheKey) -> chatstate_core::Result<bool> {
         Ok(false)
     }
@@ -663,7 +681,9 @@ async fn a_stale_window_that_ends_during_the_failing_call_serves_nothing() {
     cache.set(&k, b("v"), None).await.unwrap();
     clock.advance(LOCAL_TTL + MAX_STALE - Duration::from_secs(3));
     let calls = Arc::new(AtomicUsize::new(0));
-    let v = cache.get_or_load(&k, None, loader(&calls, "loaded")).await;
+    let v = cache
+        .get_or_load_bytes(&k, None, loader(&calls, "loaded"))
+        .await;
     assert_eq!(
         v.unwrap(),
         Some(b("loaded")),
@@ -786,7 +806,7 @@ async fn a_write_under_a_failed_clear_prefix_is_never_erased_by_its_replay() {
     remote.up();
     let calls = Arc::new(AtomicUsize::new(0));
     let v = cache
-        .get_or_load(&key("a3"), None, loader(&calls, "loaded"))
+        .get_or_load_bytes(&key("a3"), None, loader(&calls, "loaded"))
         .await
         .unwrap();
     assert_eq!(v, Some(b("loaded")));

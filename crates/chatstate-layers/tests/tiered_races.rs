@@ -105,6 +105,12 @@ impl KvCache for Gated {
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
         self.inner.set_many(entries, ttl).await
     }
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        self.inner.set_many_with_ttls(entries).await
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         self.delete_before.hold().await;
         KvCache::delete(&self.inner, key).await
@@ -286,7 +292,7 @@ async fn a_remote_miss_seen_by_get_does_not_answer_get_or_load() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let v = cache
-        .get_or_load(&k, None, || async move {
+        .get_or_load_bytes(&k, None, || async move {
             c.fetch_add(1, Ordering::SeqCst);
             Ok(Some(b("loaded")))
         })
@@ -311,7 +317,7 @@ async fn repeated_keys_are_loaded_once_and_filled_everywhere() {
     let seen = asked.clone();
     let keys = vec![key("a"), key("b"), key("a")];
     let v = cache
-        .get_many_or_load(&keys, None, move |wanted| {
+        .get_many_or_load_bytes(&keys, None, move |wanted| {
             seen.lock()
                 .unwrap()
                 .extend(wanted.iter().map(|k| k.key().to_string()));
@@ -424,7 +430,7 @@ async fn get_or_load_after_delete_loads_afresh(held: fn(&Gated) -> &Gate, stored
     let a_answers = stored.unwrap_or("loaded-a");
     let load = |loaded: &'static str| {
         spawn(&cache, &k, move |c, kk| async move {
-            c.get_or_load(&kk, None, || async move { Ok(Some(b(loaded))) })
+            c.get_or_load_bytes(&kk, None, || async move { Ok(Some(b(loaded))) })
                 .await
         })
     };

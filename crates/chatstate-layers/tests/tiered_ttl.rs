@@ -41,6 +41,14 @@ impl KvCache for SlowReplies {
         self.clock.advance(self.reply_delay);
         Ok(())
     }
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        self.inner.set_many_with_ttls(entries).await?;
+        self.clock.advance(self.reply_delay);
+        Ok(())
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         KvCache::delete(&self.inner, key).await
     }
@@ -160,7 +168,7 @@ async fn a_loaders_write_back_is_not_served_locally_after_the_remote_expires_it(
     let ttl = Duration::from_secs(10);
     let k = key("loaded");
     let v = cache
-        .get_or_load(&k, Some(ttl), || async { Ok(Some(b("v"))) })
+        .get_or_load_bytes(&k, Some(ttl), || async { Ok(Some(b("v"))) })
         .await
         .unwrap();
     assert_eq!(v, Some(b("v")));
@@ -168,7 +176,7 @@ async fn a_loaders_write_back_is_not_served_locally_after_the_remote_expires_it(
 
     let k = key("many-loaded");
     let v = cache
-        .get_many_or_load(std::slice::from_ref(&k), Some(ttl), |keys| async move {
+        .get_many_or_load_bytes(std::slice::from_ref(&k), Some(ttl), |keys| async move {
             Ok(keys.into_iter().map(|k| (k, b("v"))).collect())
         })
         .await

@@ -37,15 +37,24 @@ impl KvCache for MemoryStore {
     }
 
     async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
-        let settings = &self.inner.settings;
-        let ttl = settings
-            .cache_write_ttl(entries.iter().map(|(k, v)| (k, v.len())), ttl)
-            .in_op("set_many")?;
+        self.set_many_with_ttls(entries.into_iter().map(|(k, v)| (k, v, ttl)).collect())
+            .await
+            .in_op("set_many")
+    }
+
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        let ttls = self
+            .inner
+            .settings
+            .cache_write_ttls(entries.iter().map(|(k, v, t)| (k, v.len(), *t)))
+            .in_op("set_many_with_ttls")?;
         let now = self.inner.now();
-        let deadline = now.plus(ttl);
         let mut cache = lock(&self.inner.cache);
-        for (key, value) in entries {
-            cache.insert(cache_key(&key), value, deadline);
+        for ((key, value, _), ttl) in entries.into_iter().zip(ttls) {
+            cache.insert(cache_key(&key), value, now.plus(ttl));
         }
         Ok(())
     }

@@ -64,8 +64,8 @@ return check_strings() or 0
 "#
 );
 
-/// Writes many entries, all or none. KEYS: the entries. ARGV: ttl_ms, then one
-/// value per key. Every key's type is checked before the first SET, so a key of
+/// Writes many entries, all or none. KEYS: the entries. ARGV: per key, its ttl_ms
+/// and its value. Every key's type is checked before the first SET, so a key of
 /// another type is refused (WRONGTYPE naming it) and nothing is written.
 const SET_MANY: &str = concat!(
     lua_wrongtype!(),
@@ -74,7 +74,7 @@ const SET_MANY: &str = concat!(
 local e = check_strings()
 if e then return e end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ARGV[2 * i - 1])
 end
 return #KEYS
 "#
@@ -96,27 +96,28 @@ impl CacheScripts {
 }
 
 impl RedisStore {
-    /// Writes `entries` (already checked) with `ttl`: one script, all or none — on
-    /// a Cluster one script per slot, sent concurrently, each all or none.
+    /// Writes `entries` (already checked: key, value, TTL in ms as text): one
+    /// script, all or none — on a Cluster one script per slot, sent concurrently,
+    /// each all or none.
     async fn write_entries(
         &self,
-        entries: &[(&CacheKey, &[u8])],
-        ttl: Duration,
+        entries: &[(&CacheKey, &[u8], &[u8])],
         op: &'static str,
     ) -> Result<()> {
         let keys: Vec<String> = entries
             .iter()
-            .map(|(k, _)| self.inner.layout.cache(k))
+            .map(|(k, _, _)| self.inner.layout.cache(k))
             .collect();
-        let ttl_ms = ttl.as_millis().to_string();
-        let (keys, ttl_ms) = (&keys, &ttl_ms);
+        let keys = &keys;
         self.inner
             .conn
             .per_slot(keys, |group| async move {
                 let key_refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
-                let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
-                args.push(ttl_ms.as_bytes());
-                args.extend(group.iter().map(|&i| entries[i].1));
+                let mut args: Vec<&[u8]> = Vec::with_capacity(2 * group.len());
+                for &i in &group {
+                    args.push(entries[i].2);
+                    args.push(entries[i].1);
+                }
                 self.inner
                     .conn
                     .script(&self.inner.scripts.cache.set_many, &key_refs, &args, op)
@@ -225,7 +226,8 @@ impl KvCache for RedisStore {
             .settings
             .cache_write_ttl([(key, value.len())], ttl)
             .in_op("set")?;
-        self.write_entries(&[(key, value.as_ref())], ttl, "set")
+        let ttl_ms = ttl.as_millis().to_string();
+        self.write_entries(&[(key, value.as_ref(), ttl_ms.as_bytes())], "set")
             .await
     }
 
@@ -238,8 +240,35 @@ impl KvCache for RedisStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let refs: Vec<(&CacheKey, &[u8])> = entries.iter().map(|(k, v)| (k, v.as_ref())).collect();
-        self.write_entries(&refs, ttl, "set_many").await
+        let ttl_ms = ttl.as_millis().to_string();
+        let refs: Vec<(&CacheKey, &[u8], &[u8])> = entries
+            .iter()
+            .map(|(k, v)| (k, v.as_ref(), ttl_ms.as_bytes()))
+            .collect();
+        self.write_entries(&refs, "set_many").await
+    }
+
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        let ttls: Vec<String> = self
+            .inner
+            .settings
+            .cache_write_ttls(entries.iter().map(|(k, v, t)| (k, v.len(), *t)))
+            .in_op("set_many_with_ttls")?
+            .into_iter()
+            .map(|ttl| ttl.as_millis().to_string())
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<(&CacheKey, &[u8], &[u8])> = entries
+            .iter()
+            .zip(&ttls)
+            .map(|((k, v, _), t)| (k, v.as_ref(), t.as_bytes()))
+            .collect();
+        self.write_entries(&refs, "set_many_with_ttls").await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {

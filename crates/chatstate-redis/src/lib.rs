@@ -271,6 +271,7 @@ mod export;
 mod focus;
 mod reply;
 mod sentinel;
+mod server;
 mod session;
 mod tls;
 
@@ -286,6 +287,7 @@ use redis::aio::ConnectionManagerConfig;
 pub use bus::RedisBus;
 pub use conn::RoundTrips;
 pub use eviction::{EvictionRisk, eviction_risk};
+pub use server::ServerSummary;
 
 struct Scripts {
     session: session::SessionScripts,

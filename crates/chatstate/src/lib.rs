@@ -95,6 +95,7 @@ pub use migrate::{
 use chatstate_file::FileStore;
 use chatstate_memory::MemoryStore;
 use chatstate_redis::{RedisBus, RedisStore};
+pub use chatstate_redis::{RoundTrips, ServerSummary};
 
 /// The README's examples, compiled (and the runnable one run) as doc tests so they
 /// stay true.
@@ -121,7 +122,7 @@ pub struct Stores {
     /// The bus a [`TieredCache`] over [`Stores::cache`] should listen on: Redis
     /// pub/sub for Redis, an in-process bus otherwise.
     pub bus: Arc<dyn InvalidationBus>,
-    /// The codec for typed values, from `CHATSTATE_CODEC` (bincode by default): pass
+    /// The codec for typed values, from `CHATSTATE_CODEC` (JSON by default): pass
     /// it to the typed calls (`set_value`, `get_value`, `SessionPatch::context`, ...)
     /// so one setting decides how every typed value is stored.
     pub codec: Codec,
@@ -132,6 +133,10 @@ pub struct Stores {
     source: HealthSource,
     /// Set when a fallback serves instead of the configured backend.
     fallback_from: Option<Fallback>,
+    /// The tiered cache [`Stores::cache`] is, after [`Stores::with_tiered_cache`].
+    tiered: Option<Arc<TieredCache>>,
+    /// Where the figures of [`Stores::instrumented`] go.
+    metrics: Option<Instrumented<()>>,
 }
 
 #[derive(Clone)]
@@ -255,6 +260,8 @@ impl Stores {
             codec,
             source,
             fallback_from: None,
+            tiered: None,
+            metrics: None,
         }
     }
 
@@ -279,6 +286,84 @@ impl Stores {
             self.counters.as_ref(),
             self.cache.as_ref(),
         )
+    }
+
+    /// These stores with [`Stores::cache`] replaced by a [`TieredCache`] over it
+    /// (sized by `config`, listening on [`Stores::bus`]): every typed call on
+    /// `stores.cache` then answers from the local tier, and `get_or_load` /
+    /// `get_many_or_load` run one loader per key per process for concurrent
+    /// misses. [`Stores::tiered`] gives its statistics. Call it before
+    /// [`Stores::instrumented`] so the instrumentation measures the tiered calls.
+    ///
+    /// ```
+    /// # async fn demo() -> chatstate::Result<()> {
+    /// use chatstate::{BackendKind, CacheHandles, Config, Stores};
+    /// let config = Config { backend: BackendKind::Memory, ..Config::default() };
+    /// let stores = Stores::open(&config).await?.with_tiered_cache(&config).instrumented();
+    /// let customers = stores.cache.namespace("customers")?;
+    /// let ana: String = customers.get_or_load("42", || async { Ok("Ana".to_string()) }).await?;
+    /// let again: String = customers.get_or_load("42", || async { unreachable!() }).await?;
+    /// assert_eq!((ana.as_str(), again.as_str()), ("Ana", "Ana"));
+    /// assert_eq!(stores.tiered().map(|t| t.stats().local_hits), Some(1));
+    /// let metrics = stores.metrics().expect("instrumented");
+    /// assert_eq!((metrics.hits, metrics.misses), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tiered_cache(mut self, config: &Config) -> Stores {
+        if self.tiered.is_none() {
+            let tiered = Arc::new(self.tiered_cache(config));
+            self.cache = tiered.clone();
+            self.tiered = Some(tiered);
+        }
+        self
+    }
+
+    /// The tiered cache [`Stores::cache`] is, after [`Stores::with_tiered_cache`].
+    pub fn tiered(&self) -> Option<&TieredCache> {
+        self.tiered.as_deref()
+    }
+
+    /// These stores with every one — sessions, focus, counters, cache, replies —
+    /// wrapped in [`Instrumented`], all recording into one [`MetricsSnapshot`]
+    /// ([`Stores::metrics`]) and the `metrics` facade. Calling it again changes
+    /// nothing (nothing is counted twice).
+    pub fn instrumented(mut self) -> Stores {
+        if self.metrics.is_some() {
+            return self;
+        }
+        let root = Instrumented::new(());
+        self.sessions = Arc::new(root.sharing(self.sessions));
+        self.focus = Arc::new(root.sharing(self.focus));
+        self.counters = Arc::new(root.sharing(self.counters));
+        self.cache = Arc::new(root.sharing(self.cache));
+        self.replies = Arc::new(root.sharing(self.replies));
+        self.metrics = Some(root);
+        self
+    }
+
+    /// What [`Stores::instrumented`] recorded so far: count, errors, latency
+    /// percentiles per operation, cache hits and misses. `None` when the stores are
+    /// not instrumented.
+    pub fn metrics(&self) -> Option<MetricsSnapshot> {
+        self.metrics.as_ref().map(Instrumented::snapshot)
+    }
+
+    /// Round trips and commands sent to Redis so far by these stores (every clone
+    /// of them); `None` on the memory and file backends (and a fallback).
+    pub fn round_trips(&self) -> Option<RoundTrips> {
+        match &self.source {
+            HealthSource::Redis(store) => Some(store.round_trips()),
+            HealthSource::Local(_) => None,
+        }
+    }
+
+    /// The Redis server's version, role, memory, `maxmemory-policy` and clients
+    /// (one `INFO`); `Ok(None)` on the memory and file backends (and a fallback).
+    pub async fn server_summary(&self) -> Result<Option<ServerSummary>> {
+        match &self.source {
+            HealthSource::Redis(store) => store.server_summary().await.map(Some),
+            HealthSource::Local(_) => Ok(None),
+        }
     }
 
     /// A [`TieredCache`] over this backend's cache, sized by `config`.

@@ -93,32 +93,50 @@ async fn use_redis_with_no_server_is_a_clear_temporary_error() {
 }
 
 /// `CHATSTATE_CODEC` reaches the stores: typed values written with `stores.codec`
-/// are stored in that codec (JSON here, readable by other languages).
+/// are stored in that codec (bincode here; JSON, readable by other languages, by
+/// default), and either reads back whatever codec the reader holds.
 #[tokio::test]
 async fn chatstate_codec_is_the_stores_codec() {
     use chatstate::{CacheKey, Codec, KvCache, KvCacheExt};
     let stores = Stores::open(&config(&[
         ("CHATSTATE_BACKEND", "memory"),
-        ("CHATSTATE_CODEC", "json"),
+        ("CHATSTATE_CODEC", "bincode"),
     ]))
     .await
     .unwrap();
-    assert_eq!(stores.codec, Codec::Json);
+    assert_eq!(stores.codec, Codec::Bincode);
     let key = CacheKey::new("customers", "42").unwrap();
     stores
         .cache
-        .set_value(&key, &("Ana", 31), None, stores.codec)
+        .set_value(&key, &("Ana", 31u8), None, stores.codec)
         .await
         .unwrap();
     let raw = KvCache::get(stores.cache.as_ref(), &key)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&raw[..], b"CS1J[\"Ana\",31]");
+    assert_eq!(&raw[..4], b"CS1B");
+    let back: (String, u8) = stores
+        .cache
+        .get_value(&key, Codec::Json)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, ("Ana".to_string(), 31), "read by the header's codec");
     let default = Stores::open(&config(&[("CHATSTATE_BACKEND", "memory")]))
         .await
         .unwrap();
-    assert_eq!(default.codec, Codec::Bincode);
+    assert_eq!(default.codec, Codec::Json);
+    default
+        .cache
+        .set_value(&key, &("Ana", 31), None, default.codec)
+        .await
+        .unwrap();
+    let raw = KvCache::get(default.cache.as_ref(), &key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&raw[..], b"CS1J[\"Ana\",31]", "JSON by default");
     assert!(
         !default.capabilities().persistent,
         "memory reports it is not persistent"

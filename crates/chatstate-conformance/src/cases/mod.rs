@@ -4,6 +4,7 @@
 
 mod counter;
 mod focus;
+mod handles;
 mod isolation;
 mod kv;
 mod lock;
@@ -13,6 +14,7 @@ mod side_data;
 
 pub use counter::*;
 pub use focus::*;
+pub use handles::*;
 pub use isolation::*;
 pub use kv::*;
 pub use lock::*;

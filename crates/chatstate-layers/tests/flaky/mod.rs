@@ -95,6 +95,13 @@ impl KvCache for Flaky {
         self.write()?;
         self.inner.set_many(entries, ttl).await
     }
+    async fn set_many_with_ttls(
+        &self,
+        entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
+    ) -> Result<()> {
+        self.write()?;
+        self.inner.set_many_with_ttls(entries).await
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         self.write()?;
         KvCache::delete(&self.inner, key).await
