@@ -64,6 +64,8 @@ use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 ///   `0..i64::MAX` as HINCRBY reads it: every write refuses a corrupt record before
 ///   its first write, as every read does. Otherwise `nil` and the two fields, so
 ///   the caller reads them once.
+/// - `check_live()`: `check_keys`, then whether the session exists (`nil, false`
+///   when not) and, when it does, `check_record` (`nil, true` when it passes).
 /// - `check_keys()`: a WRONGTYPE reply when any of the five keys holds another
 ///   type, checked before the first write.
 /// - `index_write(ttl_ms)`: prunes expired members, sets this session's deadline
@@ -104,6 +106,14 @@ end
 local function check_keys()
   return wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'list')
     or wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset') or wrongtype(KEYS[5], 'hash')
+end
+local function check_live()
+  local e = check_keys()
+  if e then return e end
+  if redis.call('EXISTS', KEYS[1]) == 0 then return nil, false end
+  e = check_record(KEYS[1])
+  if e then return e end
+  return nil, true
 end
 local function server_ms()
   local t = redis.call('TIME')
@@ -287,11 +297,9 @@ return {2, redis.call('HGETALL', ctx)}
 const TOUCH: &str = concat!(
     lua_prelude!(),
     r#"
-local e = check_keys()
+local e, live = check_live()
 if e then return e end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-e = check_record(KEYS[1])
-if e then return e end
+if not live then return 0 end
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[1])
 refresh(ARGV[2])
 return 1
@@ -319,11 +327,9 @@ return n
 const SET_DATA: &str = concat!(
     lua_prelude!(),
     r#"
-local e = check_keys()
+local e, live = check_live()
 if e then return e end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-e = check_record(KEYS[1])
-if e then return e end
+if not live then return 0 end
 if redis.call('HEXISTS', KEYS[5], ARGV[2]) == 0
   and redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[4]) then
   return -1
@@ -340,11 +346,9 @@ return 1
 const DELETE_DATA: &str = concat!(
     lua_prelude!(),
     r#"
-local e = check_keys()
+local e, live = check_live()
 if e then return e end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-e = check_record(KEYS[1])
-if e then return e end
+if not live then return -1 end
 local n = redis.call('HDEL', KEYS[5], ARGV[2])
 refresh(ARGV[1])
 return n
