@@ -34,6 +34,8 @@ async fn app_code_runs_against_mocks() {
                 message_count: 7,
                 window_len: 7,
                 created: false,
+                trimmed_messages: 0,
+                trimmed_tokens: 0,
             })
         });
     let mut counters = MockCounterSink::new();
@@ -62,4 +64,36 @@ async fn mocks_can_simulate_an_outage() {
         .await
         .unwrap_err();
     assert!(err.is_temporary());
+}
+
+/// The side data calls mock like every other: `get_data` (in `SessionStoreExt`)
+/// reaches the mocked `get_data_many`.
+#[tokio::test]
+async fn side_data_calls_are_mockable() {
+    use bytes::Bytes;
+    let mut sessions = MockSessionStore::new();
+    sessions
+        .expect_set_data()
+        .withf(|_, name, value| name == "thread_id" && &value[..] == b"thr_1")
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    sessions
+        .expect_get_data_many()
+        .withf(|_, names| names == ["thread_id".to_string()])
+        .times(1)
+        .returning(|_, _| Ok(vec![Some(Bytes::from_static(b"thr_1"))]));
+    sessions
+        .expect_delete_data()
+        .times(1)
+        .returning(|_, _| Ok(true));
+    let key = SessionKey::new("t", "c", "u1").unwrap();
+    sessions
+        .set_data(&key, "thread_id", Bytes::from_static(b"thr_1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions.get_data(&key, "thread_id").await.unwrap(),
+        Some(Bytes::from_static(b"thr_1"))
+    );
+    assert!(sessions.delete_data(&key, "thread_id").await.unwrap());
 }

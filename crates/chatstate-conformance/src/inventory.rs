@@ -183,12 +183,24 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         .update(&key, SessionPatch::new().summary("greeted"), Expected::Any)
         .await
         .expect("update");
+    for (name, value) in [("thread", &b"thr_1"[..]), ("tool:42", &[0, 255, 7][..])] {
+        store
+            .set_data(&key, name, Bytes::copy_from_slice(value))
+            .await
+            .expect("set_data");
+    }
     let rk = RecordKey::Session(key.clone());
     let Some(Record::Session(original)) = store.read(&rk).await.expect("read") else {
         panic!("the session reads back as a session record");
     };
     assert_eq!(original.session.version, 2);
     assert_eq!(original.messages.len(), 2);
+    assert_eq!(
+        original.data.keys().collect::<Vec<_>>(),
+        ["thread", "tool:42"],
+        "the record holds the side data"
+    );
+    assert_eq!(original.data["tool:42"], Bytes::from_static(&[0, 255, 7]));
     let as_record = Record::Session(original.clone());
     assert_eq!(
         store
@@ -197,6 +209,18 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
             .expect("restore"),
         Restored::Unchanged,
         "restoring what is there is unchanged"
+    );
+    let mut other_data = original.clone();
+    other_data
+        .data
+        .insert("extra".into(), Bytes::from_static(b"x"));
+    assert_eq!(
+        store
+            .restore(&Record::Session(other_data), RestoreMode::DryRun)
+            .await
+            .expect("dry run"),
+        Restored::Written,
+        "same record, other side data: not unchanged"
     );
 
     // The target is newer (a later update): left alone.
@@ -275,6 +299,12 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
     };
     assert_eq!(back.session, original.session, "every field exact");
     assert_eq!(back.messages, original.messages, "the window exact");
+    assert_eq!(back.data, original.data, "the side data exact");
+    assert_eq!(
+        store.get_data(&key, "thread").await.expect("get_data"),
+        Some(Bytes::from_static(b"thr_1")),
+        "restored side data reads back through the store"
+    );
     assert!(
         close(back.ttl, original.ttl),
         "{:?} vs {:?}",

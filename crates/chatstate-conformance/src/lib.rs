@@ -339,6 +339,11 @@ macro_rules! __with_case_names {
             session_list_skips_expired,
             session_concurrent_appends_lose_nothing,
             session_data_survives_reopen,
+            // session side data and append receipts
+            session_side_data_roundtrip_leaves_the_record_alone,
+            session_side_data_lives_and_dies_with_the_session,
+            session_side_data_limits_are_invalid_input,
+            session_append_receipt_counts_trimmed_tokens,
             // locks
             lock_excludes_second_holder,
             lock_release_only_by_owner,

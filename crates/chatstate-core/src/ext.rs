@@ -433,6 +433,60 @@ pub trait SessionStoreExt: SessionStore {
     async fn append_message(&self, key: &SessionKey, message: NewMessage) -> Result<AppendReceipt> {
         self.append_messages(key, vec![message]).await
     }
+
+    /// The live session's side value `name`, or `None` (no such value, or no
+    /// session); see [`SessionStore::get_data_many`].
+    async fn get_data(&self, key: &SessionKey, name: &str) -> Result<Option<Bytes>> {
+        let names = [name.to_string()];
+        Ok(self
+            .get_data_many(key, &names)
+            .await
+            .map_err(|e| e.with_operation("get_data"))?
+            .pop()
+            .flatten())
+    }
+
+    /// Sets side value `name` to `value` encoded with `codec` (see
+    /// [`SessionStore::set_data`]).
+    ///
+    /// ```
+    /// # async fn demo(store: &dyn chatstate_core::SessionStore) -> chatstate_core::Result<()> {
+    /// use chatstate_core::{Codec, NewMessage, SessionKey, SessionStoreExt};
+    /// let key = SessionKey::new("acme", "whatsapp", "+5511999990000")?;
+    /// store.append_message(&key, NewMessage::user("oi")).await?;
+    /// store.set_data_value(&key, "thread_id", &"thr_42", Codec::Json).await?;
+    /// let thread: Option<String> = store.get_data_value(&key, "thread_id", Codec::Json).await?;
+    /// assert_eq!(thread.as_deref(), Some("thr_42"));
+    /// # Ok(()) }
+    /// ```
+    async fn set_data_value<T: Serialize + Sync + ?Sized>(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        value: &T,
+        codec: Codec,
+    ) -> Result<()> {
+        let bytes = codec.encode(value)?;
+        self.set_data(key, name, bytes).await
+    }
+
+    /// Side value `name` decoded as `T`; a `Decode` error for bytes that are not a
+    /// `T` written with `codec`.
+    async fn get_data_value<T: DeserializeOwned>(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        codec: Codec,
+    ) -> Result<Option<T>> {
+        self.get_data(key, name)
+            .await?
+            .map(|b| {
+                codec
+                    .decode(&b)
+                    .map_err(|e| e.with_operation("get_data_value").with_key(key))
+            })
+            .transpose()
+    }
 }
 
 impl<S: SessionStore + ?Sized> SessionStoreExt for S {}

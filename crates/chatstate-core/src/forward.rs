@@ -72,6 +72,12 @@ for_pointers!(SessionStore {
         -> Result<AppendReceipt>);
     forward!(update<'life1>(key: &'life1 SessionKey, patch: SessionPatch, expected: Expected)
         -> Result<Session>);
+    forward!(set_data<'life1, 'life2>(key: &'life1 SessionKey, name: &'life2 str, value: Bytes)
+        -> Result<()>);
+    forward!(get_data_many<'life1, 'life2>(key: &'life1 SessionKey, names: &'life2 [String])
+        -> Result<Vec<Option<Bytes>>>);
+    forward!(delete_data<'life1, 'life2>(key: &'life1 SessionKey, name: &'life2 str)
+        -> Result<bool>);
     forward!(touch<'life1>(key: &'life1 SessionKey) -> Result<bool>);
     forward!(delete<'life1>(key: &'life1 SessionKey) -> Result<bool>);
     forward!(ttl<'life1>(key: &'life1 SessionKey) -> Result<Option<Duration>>);

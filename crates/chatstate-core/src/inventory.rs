@@ -10,7 +10,7 @@
 //!
 //! | kind | [`Record`] | holds |
 //! | --- | --- | --- |
-//! | `session` | [`SessionRecord`] | the whole [`Session`] (id, version, `message_count`, timestamps, every field), the message window, the remaining TTL |
+//! | `session` | [`SessionRecord`] | the whole [`Session`] (id, version, `message_count`, timestamps, every field), the message window, the side data, the remaining TTL |
 //! | `focus` | [`FocusRecord`] | the [`FocusDoc`] (value, version, `updated_at`), the remaining TTL |
 //! | `counter` | [`CounterRecord`] | the counter's key (name, labels, bucket) and exact value |
 //! | `cache` | [`CacheRecord`] | the entry's key, bytes and remaining TTL |
@@ -55,7 +55,7 @@
 //!   record's (compared in that order: updates
 //!   bump the version, appends the count, touches the activity); then it is left
 //!   alone and the outcome is [`Restored::SkippedNewer`]. A target equal to the
-//!   record in every stored field and message is [`Restored::Unchanged`] (its TTL
+//!   record in every stored field, message and side value is [`Restored::Unchanged`] (its TTL
 //!   left as it is). Anything else is overwritten: [`Restored::Written`].
 //! - **focus documents**: the same with `(version, updated_at)`.
 //! - **counters and cache entries** have no version: equal value is `Unchanged`,
@@ -66,6 +66,7 @@
 //! refused record writes nothing. [`RestoreMode::DryRun`] decides without writing.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -137,6 +138,8 @@ pub struct SessionRecord {
     pub session: Session,
     /// The message window, oldest first.
     pub messages: Vec<Message>,
+    /// The side data ([`crate::SessionStore::set_data`]), by name.
+    pub data: BTreeMap<String, Bytes>,
     /// The remaining TTL (a restore sets it from the time it writes).
     pub ttl: Duration,
 }
@@ -312,6 +315,12 @@ impl Record {
                     settings.check_value_len("message content", m.content.len())?;
                     settings.check_value_len("message metadata", len(&m.metadata))?;
                 }
+                if r.data.len() > crate::model::MAX_SESSION_DATA_NAMES {
+                    return Err(crate::transition::too_many_data_names());
+                }
+                for (name, value) in &r.data {
+                    crate::model::check_set_data(name, value, settings)?;
+                }
                 Ok(())
             }
             Record::Focus(r) => {
@@ -344,6 +353,7 @@ impl fmt::Debug for SessionRecord {
             .field("version", &s.version)
             .field("message_count", &s.message_count)
             .field("window", &self.messages.len())
+            .field("data_names", &self.data.len())
             .field("context_bytes", &redacted_len(&s.context))
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
@@ -473,7 +483,11 @@ pub fn decide_session(existing: Option<&SessionState>, record: &SessionRecord) -
     ));
     match order {
         Ordering::Greater => Restored::SkippedNewer,
-        Ordering::Equal if e == r && existing.messages.iter().eq(record.messages.iter()) => {
+        Ordering::Equal
+            if e == r
+                && existing.messages.iter().eq(record.messages.iter())
+                && existing.data == record.data =>
+        {
             Restored::Unchanged
         }
         _ => Restored::Written,
@@ -508,6 +522,7 @@ pub fn session_record(state: &SessionState, ttl: Duration) -> SessionRecord {
     SessionRecord {
         session: state.session.clone(),
         messages: state.messages.iter().cloned().collect(),
+        data: state.data.clone(),
         ttl,
     }
 }
@@ -517,6 +532,7 @@ pub fn session_state(record: &SessionRecord) -> SessionState {
     SessionState {
         session: record.session.clone(),
         messages: record.messages.iter().cloned().collect(),
+        data: record.data.clone(),
     }
 }
 
@@ -611,6 +627,7 @@ mod tests {
         SessionRecord {
             session,
             messages,
+            data: BTreeMap::from([("thread".to_string(), Bytes::from_static(b"t1"))]),
             ttl: Duration::from_secs(60),
         }
     }
@@ -645,6 +662,13 @@ mod tests {
             decide_session(Some(&session_state(&other)), &r),
             Restored::Written,
             "same position, other content: the record wins"
+        );
+        let mut other = record(3, 2, 10);
+        other.data.insert("tool".into(), Bytes::from_static(b"x"));
+        assert_eq!(
+            decide_session(Some(&session_state(&other)), &r),
+            Restored::Written,
+            "same position, other side data: the record wins"
         );
     }
 
@@ -690,6 +714,20 @@ mod tests {
                 .with_ttl(Duration::ZERO)
                 .check(&settings)
                 .is_err()
+        );
+        let mut bad = record(1, 0, 0);
+        bad.data.insert(String::new(), Bytes::new());
+        assert!(
+            Record::Session(bad).check(&settings).is_err(),
+            "empty data name"
+        );
+        let mut bad = record(1, 0, 0);
+        for i in 0..=crate::model::MAX_SESSION_DATA_NAMES {
+            bad.data.insert(format!("n{i}"), Bytes::new());
+        }
+        assert!(
+            Record::Session(bad).check(&settings).is_err(),
+            "too many names"
         );
     }
 

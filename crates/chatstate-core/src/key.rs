@@ -186,6 +186,11 @@ impl fmt::Debug for SessionKey {
     }
 }
 
+/// Checks the name of a session's side value (see [`crate::SessionStore::set_data`]).
+pub fn check_data_name(name: &str) -> Result<()> {
+    check_id("session data name", name, MAX_ID_BYTES)
+}
+
 /// Checks a lock name (see [`crate::SessionStore::try_lock`]).
 pub fn check_lock_name(name: &str) -> Result<()> {
     check_id("lock name", name, MAX_ID_BYTES)

@@ -403,6 +403,17 @@ pub fn check_append(messages: &[NewMessage], settings: &StoreSettings) -> Result
     messages.iter().try_for_each(|m| m.check(settings))
 }
 
+/// Most named side values ([`crate::SessionStore::set_data`]) one session holds.
+pub const MAX_SESSION_DATA_NAMES: usize = 64;
+
+/// Checks a side value write before any backend does it: the name
+/// ([`crate::key::check_data_name`]) and the value within `max_value_bytes`. The rule every
+/// backend applies, written once.
+pub fn check_set_data(name: &str, value: &[u8], settings: &StoreSettings) -> Result<()> {
+    crate::key::check_data_name(name)?;
+    settings.check_value_len("session data value", value.len())
+}
+
 /// Checks a listing's page size (at least 1).
 pub fn check_list_limit(limit: usize) -> Result<()> {
     if limit == 0 {
@@ -455,6 +466,13 @@ pub struct AppendReceipt {
     pub window_len: usize,
     /// Whether the append created the session.
     pub created: bool,
+    /// How many messages this append pushed out of the window: the oldest ones, or
+    /// some of its own when it brought more than the window holds.
+    pub trimmed_messages: u64,
+    /// The estimated tokens of those messages ([`estimate_tokens`] of each one's
+    /// content, summed: the estimate [`LoadedSession::window_tokens`] uses), the
+    /// context this append kept out of the prompts that follow.
+    pub trimmed_tokens: u64,
 }
 
 /// The precondition of a session update.

@@ -72,6 +72,13 @@ impl Capabilities {
 /// the whole session — record and messages — is gone at once, on every backend.
 /// Locks have their own leases and are not part of the session's data.
 ///
+/// **Side data.** A session also holds up to [`MAX_SESSION_DATA_NAMES`](crate::model::MAX_SESSION_DATA_NAMES) named byte
+/// values beside its record ([`set_data`](SessionStore::set_data)): a thread id,
+/// tool results, anything that belongs to the conversation and should live and die
+/// with it. Each is read and written on its own, in one round trip, without a
+/// read-modify-write of the record; [`get`](SessionStore::get) and
+/// [`load`](SessionStore::load) neither return nor read them.
+///
 /// **Concurrency.** Every method is atomic. Appends from many tasks or processes lose
 /// nothing; [`SessionPatch`] updates change only the fields they name; an update with
 /// [`Expected::Version`] fails with `Conflict` instead of overwriting a concurrent
@@ -111,7 +118,9 @@ pub trait SessionStore: Send + Sync {
     /// Appends messages in order, atomically: keeps only the newest `window_size`,
     /// adds to `message_count`, sets `last_activity`, refreshes the TTL. Creates the
     /// session when there is none. `InvalidInput` (and nothing written) when a
-    /// message exceeds the value limit.
+    /// message exceeds the value limit. The receipt says how many messages the
+    /// window trimmed and their estimated tokens
+    /// ([`AppendReceipt::trimmed_tokens`]), in the same step.
     async fn append_messages(
         &self,
         key: &SessionKey,
@@ -129,10 +138,36 @@ pub trait SessionStore: Send + Sync {
         expected: Expected,
     ) -> Result<Session>;
 
+    /// Sets side value `name` of the live session to `value` (replacing any value of
+    /// that name) and refreshes the TTL of every part, as every write does. The
+    /// value lives and dies with the session: it expires with it, is deleted with
+    /// it, and a session created again after either starts with no side data.
+    /// Leaves `version`, `updated_at` and `last_activity` alone, so an update with
+    /// [`Expected::Version`] never conflicts with it.
+    ///
+    /// `NotFound` when there is no live session (side data never creates one:
+    /// [`append_messages`](SessionStore::append_messages) or
+    /// [`get_or_create`](SessionStore::get_or_create) do). `InvalidInput`, with
+    /// nothing written, for an empty name or one over [`crate::key::MAX_ID_BYTES`]
+    /// bytes, a value over `max_value_bytes`, or a new name when the session holds
+    /// [`MAX_SESSION_DATA_NAMES`](crate::model::MAX_SESSION_DATA_NAMES) already.
+    async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()>;
+
+    /// The live session's side values `names`, read together, in the order of
+    /// `names` (`None` for a missing one; all `None` when there is no session).
+    /// Does not refresh the TTL. One name: [`crate::SessionStoreExt::get_data`].
+    async fn get_data_many(&self, key: &SessionKey, names: &[String])
+    -> Result<Vec<Option<Bytes>>>;
+
+    /// Deletes side value `name`; `true` when it existed. Refreshes the TTL of every
+    /// part when the session exists; `false` and nothing written when it does not.
+    async fn delete_data(&self, key: &SessionKey, name: &str) -> Result<bool>;
+
     /// Sets `last_activity` and refreshes the TTL. `false` when there is no session.
     async fn touch(&self, key: &SessionKey) -> Result<bool>;
 
-    /// Deletes the record and the messages. `false` when there was no session.
+    /// Deletes the record, the messages and the side data. `false` when there was no
+    /// session.
     async fn delete(&self, key: &SessionKey) -> Result<bool>;
 
     /// The time the session has left, or `None` when there is no session.

@@ -7,9 +7,10 @@
 //!
 //! Nothing here reads a clock or does I/O: the caller passes `now` and the settings.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
@@ -17,18 +18,23 @@ use crate::config::StoreSettings;
 use crate::error::{Error, Result};
 use crate::key::{CounterKey, SessionKey};
 use crate::model::{
-    AppendReceipt, CounterBatch, Expected, LoadedSession, Message, NewMessage, Session,
-    SessionPatch, random_id,
+    AppendReceipt, CounterBatch, Expected, LoadedSession, MAX_SESSION_DATA_NAMES, Message,
+    NewMessage, Session, SessionPatch, estimate_tokens, random_id,
 };
 
-/// A session's record and its window of recent messages: what a backend keeps per
-/// session. Both expire together at [`SessionState::deadline`].
+/// A session's record, its window of recent messages and its side data: what a
+/// backend keeps per session. All expire together at [`SessionState::deadline`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     /// The record.
     pub session: Session,
     /// The newest messages, oldest first, at most the window size.
     pub messages: VecDeque<Message>,
+    /// The named side values ([`crate::SessionStore::set_data`]), at most
+    /// [`MAX_SESSION_DATA_NAMES`]. Absent in records written before side data
+    /// existed (read as none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, Bytes>,
 }
 
 impl SessionState {
@@ -37,6 +43,7 @@ impl SessionState {
         SessionState {
             session: Session::new(key.clone(), random_id(), now, init),
             messages: VecDeque::new(),
+            data: BTreeMap::new(),
         }
     }
 
@@ -71,12 +78,18 @@ impl SessionState {
             state.messages.push_back(m.into_message(seq, now));
         }
         let excess = state.messages.len().saturating_sub(settings.window_size);
-        state.messages.drain(..excess);
+        let trimmed_tokens = state
+            .messages
+            .drain(..excess)
+            .map(|m| estimate_tokens(&m.content))
+            .sum();
         state.session.last_activity = now;
         let receipt = AppendReceipt {
             message_count: state.session.message_count,
             window_len: state.messages.len(),
             created,
+            trimmed_messages: excess as u64,
+            trimmed_tokens,
         };
         Ok((state, receipt))
     }
@@ -97,6 +110,19 @@ impl SessionState {
         Ok(())
     }
 
+    /// Sets side value `name` (already checked with
+    /// [`crate::model::check_set_data`]). `InvalidInput`, with nothing changed, when
+    /// `name` is new and the session already holds [`MAX_SESSION_DATA_NAMES`]
+    /// names. Neither `version`, `updated_at` nor `last_activity` changes (the caller
+    /// refreshes the deadline).
+    pub fn set_data(&mut self, name: &str, value: Bytes) -> Result<()> {
+        if !self.data.contains_key(name) && self.data.len() >= MAX_SESSION_DATA_NAMES {
+            return Err(too_many_data_names());
+        }
+        self.data.insert(name.to_string(), value);
+        Ok(())
+    }
+
     /// Marks activity at `now` (the caller refreshes the deadline).
     pub fn touch(&mut self, now: Timestamp) {
         self.session.last_activity = now;
@@ -109,6 +135,14 @@ impl SessionState {
             messages: self.messages.iter().cloned().collect(),
         }
     }
+}
+
+/// The error of a side value write over [`MAX_SESSION_DATA_NAMES`] (the Redis
+/// script's refusal maps to it too).
+pub fn too_many_data_names() -> Error {
+    Error::invalid_input(format!(
+        "a session holds at most {MAX_SESSION_DATA_NAMES} data names; delete one first"
+    ))
 }
 
 /// A number read from storage that has no room left to grow: only a corrupt (or

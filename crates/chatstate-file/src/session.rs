@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chatstate_core::ResultExt;
 use chatstate_core::key::{check_lock_name, check_scope};
 use chatstate_core::transition::{LockState, SessionState};
@@ -180,6 +181,56 @@ impl SessionStore for FileStore {
         })
         .await
         .in_op("update")
+    }
+
+    async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {
+        chatstate_core::model::check_set_data(name, &value, &self.inner.settings)
+            .in_op("set_data")?;
+        let (key, name) = (key.clone(), name.to_string());
+        self.blocking(move |inner| {
+            let _g = inner.stripes.lock(&inner.layout.session(&key))?;
+            let now = inner.now();
+            let mut file = inner
+                .read_session(&key, now)?
+                .ok_or_else(|| Error::not_found("no live session has this key").with_key(&key))?;
+            file.set_data(&name, value).map_err(|e| e.with_key(&key))?;
+            inner.write_session(&file, now)
+        })
+        .await
+        .in_op("set_data")
+    }
+
+    async fn get_data_many(
+        &self,
+        key: &SessionKey,
+        names: &[String],
+    ) -> Result<Vec<Option<Bytes>>> {
+        let (key, names) = (key.clone(), names.to_vec());
+        self.blocking(move |inner| {
+            let file = inner.read_session(&key, inner.now())?;
+            Ok(names
+                .iter()
+                .map(|n| file.as_ref().and_then(|f| f.data.get(n).cloned()))
+                .collect())
+        })
+        .await
+        .in_op("get_data_many")
+    }
+
+    async fn delete_data(&self, key: &SessionKey, name: &str) -> Result<bool> {
+        let (key, name) = (key.clone(), name.to_string());
+        self.blocking(move |inner| {
+            let _g = inner.stripes.lock(&inner.layout.session(&key))?;
+            let now = inner.now();
+            let Some(mut file) = inner.read_session(&key, now)? else {
+                return Ok(false);
+            };
+            let existed = file.data.remove(&name).is_some();
+            inner.write_session(&file, now)?;
+            Ok(existed)
+        })
+        .await
+        .in_op("delete_data")
     }
 
     async fn touch(&self, key: &SessionKey) -> Result<bool> {

@@ -9,6 +9,12 @@
 //! - the [`metrics`] facade: `chatstate_operations_total`, `chatstate_errors_total`,
 //!   `chatstate_operation_seconds`, `chatstate_cache_reads_total{result=hit|miss}`, all
 //!   labelled `op` and `ns` — plug in Prometheus or whatever recorder the app runs.
+//! - trimmed context: every append's receipt
+//!   ([`AppendReceipt::trimmed_messages`]/[`trimmed_tokens`](AppendReceipt::trimmed_tokens))
+//!   adds to `chatstate_messages_trimmed_total` and `chatstate_tokens_trimmed_total`
+//!   (labelled `store="sessions"`) and to the snapshot's `trimmed_messages` and
+//!   `trimmed_tokens`: the messages and estimated tokens the window kept out of
+//!   prompts.
 //! - [`tracing`]: every call runs in a `chatstate` debug span with `op` and `ns`.
 //!
 //! Labels: `store` (`cache`, `sessions`, `focus`, `counters`, `replies`), `op`, and
@@ -93,14 +99,33 @@ pub struct MetricsSnapshot {
     pub misses: u64,
     /// hits / (hits + misses), or 0 with no reads.
     pub hit_rate: f64,
+    /// Messages the appends' windows trimmed (from their receipts).
+    pub trimmed_messages: u64,
+    /// Their estimated tokens: context kept out of prompts.
+    pub trimmed_tokens: u64,
 }
 
 #[derive(Default)]
 struct Recorder {
     ops: Mutex<BTreeMap<(&'static str, &'static str, String), OpStats>>,
+    /// Messages and estimated tokens trimmed by appends, from their receipts.
+    trimmed: Mutex<(u64, u64)>,
 }
 
 impl Recorder {
+    fn record_trimmed(&self, receipt: &AppendReceipt) {
+        if receipt.trimmed_messages == 0 {
+            return;
+        }
+        metrics::counter!("chatstate_messages_trimmed_total", "store" => "sessions")
+            .increment(receipt.trimmed_messages);
+        metrics::counter!("chatstate_tokens_trimmed_total", "store" => "sessions")
+            .increment(receipt.trimmed_tokens);
+        let mut t = self.trimmed.lock().unwrap_or_else(PoisonError::into_inner);
+        t.0 = t.0.saturating_add(receipt.trimmed_messages);
+        t.1 = t.1.saturating_add(receipt.trimmed_tokens);
+    }
+
     fn record(
         &self,
         (store, op): (&'static str, &'static str),
@@ -243,6 +268,12 @@ impl<S> Instrumented<S> {
         } else {
             snap.hits as f64 / reads as f64
         };
+        drop(ops);
+        (snap.trimmed_messages, snap.trimmed_tokens) = *self
+            .recorder
+            .trimmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         snap
     }
 
@@ -254,6 +285,11 @@ impl<S> Instrumented<S> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        *self
+            .recorder
+            .trimmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (0, 0);
     }
 
     async fn measure<T, F>(
@@ -500,11 +536,45 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         key: &SessionKey,
         messages: Vec<NewMessage>,
     ) -> Result<AppendReceipt> {
+        let receipt = self
+            .measure(
+                ("sessions", "append_messages"),
+                NO_NS,
+                none,
+                self.inner.append_messages(key, messages),
+            )
+            .await?;
+        self.recorder.record_trimmed(&receipt);
+        Ok(receipt)
+    }
+    async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {
         self.measure(
-            ("sessions", "append_messages"),
+            ("sessions", "set_data"),
             NO_NS,
             none,
-            self.inner.append_messages(key, messages),
+            self.inner.set_data(key, name, value),
+        )
+        .await
+    }
+    async fn get_data_many(
+        &self,
+        key: &SessionKey,
+        names: &[String],
+    ) -> Result<Vec<Option<Bytes>>> {
+        self.measure(
+            ("sessions", "get_data_many"),
+            NO_NS,
+            none,
+            self.inner.get_data_many(key, names),
+        )
+        .await
+    }
+    async fn delete_data(&self, key: &SessionKey, name: &str) -> Result<bool> {
+        self.measure(
+            ("sessions", "delete_data"),
+            NO_NS,
+            none,
+            self.inner.delete_data(key, name),
         )
         .await
     }

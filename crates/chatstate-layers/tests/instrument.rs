@@ -133,3 +133,65 @@ async fn reply_operations_are_counted_with_their_errors() {
         assert_eq!(op(name).count, 1, "{name}");
     }
 }
+
+/// Append receipts add up in the snapshot (messages and estimated tokens the window
+/// trimmed), side data calls are forwarded and measured, and reset starts over.
+#[tokio::test]
+async fn trimmed_context_and_side_data_are_measured() {
+    let store = Instrumented::new(MemoryStore::new(StoreSettings {
+        window_size: 2,
+        ..StoreSettings::default()
+    }));
+    let k = SessionKey::new("t", "c", "u").unwrap();
+    for text in ["first message", "b", "c", "d"] {
+        store
+            .append_message(&k, NewMessage::user(text))
+            .await
+            .unwrap();
+    }
+    let snap = store.snapshot();
+    assert_eq!(snap.trimmed_messages, 2, "\"first message\" and \"b\" left");
+    assert_eq!(
+        snap.trimmed_tokens,
+        chatstate_core::model::estimate_tokens("first message") + 1,
+        "4 + 1 estimated tokens"
+    );
+
+    store
+        .set_data(&k, "thread", Bytes::from_static(b"thr"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_data(&k, "thread").await.unwrap(),
+        Some(Bytes::from_static(b"thr")),
+        "forwarded to the inner store"
+    );
+    store
+        .get_data_many(&k, &["thread".to_string()])
+        .await
+        .unwrap();
+    assert!(store.delete_data(&k, "thread").await.unwrap());
+    let missing = SessionKey::new("t", "c", "nobody").unwrap();
+    store
+        .set_data(&missing, "x", Bytes::new())
+        .await
+        .unwrap_err();
+    let snap = store.snapshot();
+    let op = |name: &str| {
+        snap.ops
+            .iter()
+            .find(|o| o.store == "sessions" && o.op == name)
+            .unwrap_or_else(|| panic!("sessions {name} is recorded"))
+    };
+    assert_eq!(op("set_data").count, 2);
+    assert_eq!(op("set_data").errors.get("not_found"), Some(&1));
+    assert_eq!(
+        op("get_data_many").count,
+        2,
+        "get_data (one name) goes through get_data_many"
+    );
+    assert_eq!(op("delete_data").count, 1);
+    store.reset();
+    let snap = store.snapshot();
+    assert_eq!((snap.trimmed_messages, snap.trimmed_tokens), (0, 0));
+}

@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chatstate_core::key::{check_lock_name, check_scope, escape, unescape};
 use chatstate_core::transition::{LockState, SessionState};
 use chatstate_core::{
@@ -109,6 +110,50 @@ impl SessionStore for MemoryStore {
         let session = entry.session.clone();
         sessions.set_deadline(&k, self.inner.session_deadline(now), now);
         Ok(session)
+    }
+
+    async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {
+        chatstate_core::model::check_set_data(name, &value, &self.inner.settings)
+            .in_op("set_data")?;
+        let now = self.inner.now();
+        let mut sessions = lock(&self.inner.sessions);
+        let k = triple(key);
+        let state = sessions.get_mut(&k, now).ok_or_else(|| {
+            Error::not_found("no live session has this key")
+                .with_operation("set_data")
+                .with_key(key)
+        })?;
+        state
+            .set_data(name, value)
+            .map_err(|e| e.with_operation("set_data").with_key(key))?;
+        sessions.set_deadline(&k, self.inner.session_deadline(now), now);
+        Ok(())
+    }
+
+    async fn get_data_many(
+        &self,
+        key: &SessionKey,
+        names: &[String],
+    ) -> Result<Vec<Option<Bytes>>> {
+        let now = self.inner.now();
+        let sessions = lock(&self.inner.sessions);
+        let state = sessions.get(&triple(key), now);
+        Ok(names
+            .iter()
+            .map(|n| state.and_then(|e| e.data.get(n).cloned()))
+            .collect())
+    }
+
+    async fn delete_data(&self, key: &SessionKey, name: &str) -> Result<bool> {
+        let now = self.inner.now();
+        let mut sessions = lock(&self.inner.sessions);
+        let k = triple(key);
+        let Some(state) = sessions.get_mut(&k, now) else {
+            return Ok(false);
+        };
+        let existed = state.data.remove(name).is_some();
+        sessions.set_deadline(&k, self.inner.session_deadline(now), now);
+        Ok(existed)
     }
 
     async fn touch(&self, key: &SessionKey) -> Result<bool> {

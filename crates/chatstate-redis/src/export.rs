@@ -6,7 +6,7 @@
 //!
 //! | kind | SCAN pattern (type) | read | restore |
 //! | --- | --- | --- | --- |
-//! | session | `<prefix>:sess:{*}:ctx` (hash) | `READ_SESSION`: HGETALL, LRANGE, PTTL | `RESTORE_SESSION`: replaces ctx and msgs, PEXPIREs both, writes the tenant index (the session module's `refresh`) |
+//! | session | `<prefix>:sess:{*}:ctx` (hash) | `READ_SESSION`: HGETALL, LRANGE, PTTL, HGETALL of the side data | `RESTORE_SESSION`: replaces ctx, msgs and data, PEXPIREs all three, writes the tenant index (the session module's `refresh`) |
 //! | focus | `<prefix>:focus:{*` (hash) | `READ_FOCUS`: HMGET, PTTL | `RESTORE_FOCUS`: the hash, its TTL, the scope's name set |
 //! | counter | `<prefix>:cnt:{counters}:*` (hash; batch ids are strings and not matched) | HGETALL of a name's hash | `RESTORE_COUNTER`: HSET of the exact value |
 //! | cache | `<prefix>:kv:*` (string) | `READ_CACHE`: GET, PTTL | `RESTORE_CACHE`: SET … PX |
@@ -74,19 +74,20 @@ end
     };
 }
 
-/// Reads a session with its window and TTL. KEYS: ctx, msgs. Returns nil or
-/// {hash, messages, pttl}.
+/// Reads a session with its window, side data and TTL. KEYS: ctx, msgs, data.
+/// Returns nil or {hash, messages, pttl, data hash}.
 const READ_SESSION: &str = r#"
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return nil end
-return {h, redis.call('LRANGE', KEYS[2], 0, -1), redis.call('PTTL', KEYS[1])}
+return {h, redis.call('LRANGE', KEYS[2], 0, -1), redis.call('PTTL', KEYS[1]),
+  redis.call('HGETALL', KEYS[3])}
 "#;
 
 /// Restores a session: `chatstate_core::inventory::decide_session` in Lua, then
 /// the exact state with its TTL and the tenant index, atomically.
-/// KEYS: ctx, msgs, index, deadlines. ARGV: write (1) or dry run (0), ttl_ms,
+/// KEYS: ctx, msgs, index, deadlines, data. ARGV: write (1) or dry run (0), ttl_ms,
 /// version, message_count, last_activity, nfields, (field, value) × nfields,
-/// nmsgs, message × nmsgs, member.
+/// nmsgs, message × nmsgs, ndata, (name, value) × ndata, member.
 /// Returns 0 written (dry run: would write), 1 unchanged, 2 skipped: the target is
 /// newer. A corrupt `version`/`message_count` in the target is Decode (nothing
 /// written), as on every session write.
@@ -100,6 +101,8 @@ if e then return e end
 local nf = tonumber(ARGV[6])
 local m0 = 7 + 2 * nf
 local nm = tonumber(ARGV[m0])
+local d0 = m0 + nm + 1
+local nd = tonumber(ARGV[d0])
 if redis.call('EXISTS', ctx) == 1 then
   local f
   e, f = check_record(ctx)
@@ -151,13 +154,25 @@ if redis.call('EXISTS', ctx) == 1 then
         end
       end
     end
+    if same then
+      local d = redis.call('HGETALL', KEYS[5])
+      same = #d == 2 * nd
+      if same then
+        local want = {}
+        for i = 0, nd - 1 do want[ARGV[d0 + 1 + 2 * i]] = ARGV[d0 + 2 + 2 * i] end
+        for i = 1, #d, 2 do
+          if want[d[i]] ~= d[i + 1] then same = false; break end
+        end
+      end
+    end
     if same then return 1 end
   end
 end
 if ARGV[1] ~= '1' then return 0 end
-redis.call('DEL', ctx, msgs)
+redis.call('DEL', ctx, msgs, KEYS[5])
 for i = 0, nf - 1 do redis.call('HSET', ctx, ARGV[7 + 2 * i], ARGV[8 + 2 * i]) end
 for i = 1, nm do redis.call('RPUSH', msgs, ARGV[m0 + i]) end
+for i = 0, nd - 1 do redis.call('HSET', KEYS[5], ARGV[d0 + 1 + 2 * i], ARGV[d0 + 2 + 2 * i]) end
 refresh(ARGV[2])
 return 0
 "#
@@ -397,13 +412,19 @@ impl RedisStore {
         let v = self
             .inner
             .conn
-            .script(&SCRIPTS.read_session, &[&k.ctx, &k.msgs], &[], "read")
+            .script(
+                &SCRIPTS.read_session,
+                &[&k.ctx, &k.msgs, &k.data],
+                &[],
+                "read",
+            )
             .await?;
         if v == Value::Nil {
             return Ok(None);
         }
         let mut parts = reply::array(v)?.into_iter();
-        let (Some(hash), Some(msgs), Some(pttl)) = (parts.next(), parts.next(), parts.next())
+        let (Some(hash), Some(msgs), Some(pttl), Some(data)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Error::decode("unexpected Redis reply shape: a session").with_key(&k.ctx));
         };
@@ -415,9 +436,14 @@ impl RedisStore {
             .into_iter()
             .map(|m| message_from(&reply::bytes(m)?.unwrap_or_default(), &k.msgs))
             .collect::<Result<Vec<_>>>()?;
+        let data = reply::pairs(data)?
+            .into_iter()
+            .map(|(name, value)| (name, Bytes::from(value)))
+            .collect();
         Ok(Some(SessionRecord {
             session,
             messages,
+            data,
             ttl,
         }))
     }
@@ -806,6 +832,11 @@ impl Inventory for RedisStore {
                     let mut line = format!("{}:", m.seq).into_bytes();
                     line.extend(json);
                     args.push(line);
+                }
+                args.push(num(r.data.len()));
+                for (name, value) in &r.data {
+                    args.push(name.as_bytes().to_vec());
+                    args.push(value.to_vec());
                 }
                 self.session_write(&SCRIPTS.restore_session, &k, args, "restore")
                     .await?

@@ -1,8 +1,20 @@
 //! SessionStore on Redis: the Lua scripts and the Rust that calls them, side by side.
 //!
 //! A session is a hash (`…:ctx`, one field per session field, readable with
-//! `HGETALL`) and a list (`…:msgs`, `<seq>:<message JSON>` per message), both under
-//! the session's hash tag, always written together with the same TTL by one script.
+//! `HGETALL`), a list (`…:msgs`, `<seq>:<message JSON>` per message) and, once it
+//! has side data, a second hash (`…:data`, one field per name), all under the
+//! session's hash tag, always written together with the same TTL by one script.
+//!
+//! ## Why side data is a hash of its own
+//!
+//! Side values could be fields of `…:ctx` under a prefix, but then every script
+//! that ships the record (`HGETALL` in create, update, load, `get_many`) would ship
+//! them too, and the record's parser would have to skip them: a session with 64
+//! tool results of 10 kB would send 640 kB on every `load`. A separate hash keeps
+//! the record's reads exactly as they were; its price is one more `PEXPIRE` in
+//! every session write (on a missing key when the session has no side data: about
+//! 1 µs of server time, measured in `BENCHMARKS.md`) and a fifth key in the
+//! writing scripts (same hash tag, so one slot still).
 //!
 //! ## The tenant index
 //!
@@ -44,7 +56,7 @@ use crate::RedisStore;
 use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 
 /// Shared Lua of the session-writing scripts. KEYS are always ctx, msgs, index,
-/// deadlines; the index member is the last ARGV.
+/// deadlines, data; the index member is the last ARGV.
 ///
 /// - `apply_patch(ctx, argv, at)`: the patch's sets and deletes.
 /// - `check_record(ctx)`: a `CHATSTATE_CORRUPT` reply (Decode naming the record)
@@ -52,14 +64,16 @@ use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 ///   `0..i64::MAX` as HINCRBY reads it: every write refuses a corrupt record before
 ///   its first write, as every read does. Otherwise `nil` and the two fields, so
 ///   the caller reads them once.
-/// - `check_keys()`: a WRONGTYPE reply when any of the four keys holds another
+/// - `check_live()`: `check_keys`, then whether the session exists (`nil, false`
+///   when not) and, when it does, `check_record` (`nil, true` when it passes).
+/// - `check_keys()`: a WRONGTYPE reply when any of the five keys holds another
 ///   type, checked before the first write.
 /// - `index_write(ttl_ms)`: prunes expired members, sets this session's deadline
 ///   (now + ttl, server time: the same clock as the PEXPIRE of its keys), and
 ///   both index keys' TTL to the latest deadline.
 /// - `index_remove()`: drops this session's member, prunes, and re-sets the TTL.
-/// - `refresh(ttl_ms)`: every write's tail: ctx and msgs expire `ttl_ms` from now,
-///   and the index records it.
+/// - `refresh(ttl_ms)`: every write's tail: ctx, msgs and data expire `ttl_ms` from
+///   now, and the index records it.
 ///
 /// It includes `lua_wrongtype!` and `lua_int!`, which it calls.
 macro_rules! lua_prelude {
@@ -91,7 +105,15 @@ local function check_record(ctx)
 end
 local function check_keys()
   return wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'list')
-    or wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset')
+    or wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset') or wrongtype(KEYS[5], 'hash')
+end
+local function check_live()
+  local e = check_keys()
+  if e then return e end
+  if redis.call('EXISTS', KEYS[1]) == 0 then return nil, false end
+  e = check_record(KEYS[1])
+  if e then return e end
+  return nil, true
 end
 local function server_ms()
   local t = redis.call('TIME')
@@ -127,6 +149,7 @@ end
 local function refresh(ttl_ms)
   redis.call('PEXPIRE', KEYS[1], ttl_ms)
   redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  redis.call('PEXPIRE', KEYS[5], ttl_ms)
   index_write(ttl_ms)
 end
 "#
@@ -136,7 +159,7 @@ end
 pub(crate) use lua_prelude;
 
 /// Creates a session (mode 0: refuse an existing one; mode 1: return it).
-/// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, id, mode, patch (nsets, f,
+/// KEYS: ctx, msgs, index, deadlines, data. ARGV: now, ttl_ms, id, mode, patch (nsets, f,
 /// v, ..., ndels, f, ...), member.
 /// Returns {0} when it exists (mode 0), {1, hash} when it exists (mode 1), {2, hash}
 /// when created.
@@ -150,37 +173,37 @@ if redis.call('EXISTS', ctx) == 1 then
   if ARGV[4] == '0' then return {0} end
   return {1, redis.call('HGETALL', ctx)}
 end
-redis.call('DEL', msgs)
+redis.call('DEL', msgs, KEYS[5])
 redis.call('HSET', ctx, 'id', ARGV[3], 'created_at', ARGV[1], 'last_activity', ARGV[1],
   'updated_at', ARGV[1], 'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
 apply_patch(ctx, ARGV, 5)
-redis.call('PEXPIRE', ctx, ARGV[2])
-index_write(ARGV[2])
+refresh(ARGV[2])
 return {2, redis.call('HGETALL', ctx)}
 "#
 );
 
 /// Appends messages: numbers them, trims to the window, refreshes every part's TTL
-/// and last_activity, creating the session when missing.
-/// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, window, new id, n, message
-/// JSON × n, member.
-/// Returns {message_count, window length, created (0/1)}.
+/// and last_activity, creating the session when missing (`SessionState::append`).
+/// KEYS: ctx, msgs, index, deadlines, data. ARGV: now, ttl_ms, window, new id, n,
+/// message JSON × n, member.
+/// Returns {message_count, window length, created (0/1), trimmed messages, trimmed
+/// tokens}.
 ///
 /// An existing session's `message_count` must be an integer in range (as HINCRBY
-/// reads it) before anything is written; else Decode naming the record.
+/// reads it) before anything is written; else Decode naming the record. The
+/// trimmed messages are the oldest `LLEN + n - window` (stored ones first, then
+/// new ones when the append brings more than the window); their tokens are
+/// `chatstate_core::model::estimate_tokens` of each content (characters, not
+/// bytes, / 4 rounded up), counted before the first write, so a stored message
+/// that does not parse is Decode with nothing written.
 const APPEND: &str = concat!(
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
 local e = check_keys()
 if e then return e end
-local created = 0
-if redis.call('EXISTS', ctx) == 0 then
-  redis.call('DEL', msgs)
-  redis.call('HSET', ctx, 'id', ARGV[4], 'created_at', ARGV[1], 'updated_at', ARGV[1],
-    'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
-  created = 1
-else
+local exists = redis.call('EXISTS', ctx) == 1
+if exists then
   local f
   e, f = check_record(ctx)
   if e then return e end
@@ -189,6 +212,38 @@ else
   end
 end
 local n = tonumber(ARGV[5])
+-- What the window trims: the oldest `old + n - window`, read before any write.
+local function tokens(json)
+  local ok, m = pcall(cjson.decode, json)
+  if not ok or type(m) ~= 'table' or type(m.content) ~= 'string' then return nil end
+  local _, chars = string.gsub(m.content, '[^\128-\191]', '')
+  return math.ceil(chars / 4)
+end
+local old = exists and redis.call('LLEN', msgs) or 0
+local excess = old + n - tonumber(ARGV[3])
+local trimmed_tokens = 0
+if excess > 0 then
+  local stored = math.min(excess, old)
+  if stored > 0 then
+    for _, raw in ipairs(redis.call('LRANGE', msgs, 0, stored - 1)) do
+      local t = tokens(string.match(raw, '^%d+:(.*)$') or '')
+      if not t then return corrupt(msgs, 'a stored message is malformed') end
+      trimmed_tokens = trimmed_tokens + t
+    end
+  end
+  for i = 1, excess - stored do
+    trimmed_tokens = trimmed_tokens + (tokens(ARGV[5 + i]) or 0)
+  end
+else
+  excess = 0
+end
+local created = 0
+if not exists then
+  redis.call('DEL', msgs, KEYS[5])
+  redis.call('HSET', ctx, 'id', ARGV[4], 'created_at', ARGV[1], 'updated_at', ARGV[1],
+    'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
+  created = 1
+end
 local count = redis.call('HINCRBY', ctx, 'message_count', n)
 for i = 1, n do
   redis.call('RPUSH', msgs, (count - n + i) .. ':' .. ARGV[5 + i])
@@ -196,7 +251,7 @@ end
 redis.call('LTRIM', msgs, -tonumber(ARGV[3]), -1)
 redis.call('HSET', ctx, 'last_activity', ARGV[1])
 refresh(ARGV[2])
-return {count, redis.call('LLEN', msgs), created}
+return {count, redis.call('LLEN', msgs), created, excess, trimmed_tokens}
 "#
 );
 
@@ -209,7 +264,7 @@ return {h, redis.call('LRANGE', KEYS[2], 0, -1)}
 "#;
 
 /// Applies a patch, optionally only at an expected version.
-/// KEYS: ctx, msgs, index, deadlines. ARGV: now, ttl_ms, expected version (-1: any),
+/// KEYS: ctx, msgs, index, deadlines, data. ARGV: now, ttl_ms, expected version (-1: any),
 /// patch, member.
 /// Returns {0} missing, {1, version} conflict, {2, hash} done.
 ///
@@ -236,17 +291,15 @@ return {2, redis.call('HGETALL', ctx)}
 "#
 );
 
-/// Sets last_activity and refreshes the TTL. KEYS: ctx, msgs, index, deadlines.
-/// ARGV: now, ttl_ms, member. Returns 1, or 0 when there is no session (and then
+/// Sets last_activity and refreshes the TTL. KEYS: ctx, msgs, index, deadlines,
+/// data. ARGV: now, ttl_ms, member. Returns 1, or 0 when there is no session (and then
 /// writes nothing, the index included).
 const TOUCH: &str = concat!(
     lua_prelude!(),
     r#"
-local e = check_keys()
+local e, live = check_live()
 if e then return e end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-e = check_record(KEYS[1])
-if e then return e end
+if not live then return 0 end
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[1])
 refresh(ARGV[2])
 return 1
@@ -254,15 +307,50 @@ return 1
 );
 
 /// Deletes a session and its index member in one step (so it cannot interleave
-/// with a write of the same session). KEYS: ctx, msgs, index, deadlines. ARGV:
-/// member. Returns how many of ctx and msgs existed.
+/// with a write of the same session). KEYS: ctx, msgs, index, deadlines, data.
+/// ARGV: member. Returns how many of ctx, msgs and data existed.
 const DELETE: &str = concat!(
     lua_prelude!(),
     r#"
 local e = wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset')
 if e then return e end
-local n = redis.call('DEL', KEYS[1], KEYS[2])
+local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[5])
 index_remove()
+return n
+"#
+);
+
+/// Sets one side value of a live session (`SessionState::set_data`) and refreshes
+/// every part's TTL. KEYS: ctx, msgs, index, deadlines, data. ARGV: ttl_ms, name,
+/// value, most names, member. Returns 1 done, 0 no session, -1 a new name over the
+/// limit (nothing written either way).
+const SET_DATA: &str = concat!(
+    lua_prelude!(),
+    r#"
+local e, live = check_live()
+if e then return e end
+if not live then return 0 end
+if redis.call('HEXISTS', KEYS[5], ARGV[2]) == 0
+  and redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[4]) then
+  return -1
+end
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+refresh(ARGV[1])
+return 1
+"#
+);
+
+/// Deletes one side value of a live session and refreshes every part's TTL.
+/// KEYS: ctx, msgs, index, deadlines, data. ARGV: ttl_ms, name, member. Returns 1
+/// deleted, 0 no such value, -1 no session (nothing written).
+const DELETE_DATA: &str = concat!(
+    lua_prelude!(),
+    r#"
+local e, live = check_live()
+if e then return e end
+if not live then return -1 end
+local n = redis.call('HDEL', KEYS[5], ARGV[2])
+refresh(ARGV[1])
 return n
 "#
 );
@@ -363,6 +451,8 @@ pub(crate) struct SessionScripts {
     update: Script,
     touch: Script,
     delete: Script,
+    set_data: Script,
+    delete_data: Script,
     list_live: Script,
     try_lock: Script,
     extend_lock: Script,
@@ -378,6 +468,8 @@ impl SessionScripts {
             update: Script::new("update", UPDATE),
             touch: Script::new("touch", TOUCH),
             delete: Script::new("delete", DELETE),
+            set_data: Script::new("set_data", SET_DATA),
+            delete_data: Script::new("delete_data", DELETE_DATA),
             list_live: Script::new("list_live", LIST_LIVE),
             try_lock: Script::new("try_lock", TRY_LOCK),
             extend_lock: Script::new("extend_lock", EXTEND_LOCK),
@@ -399,15 +491,22 @@ pub(crate) struct StoredMessage {
 pub(crate) struct Keys {
     pub(crate) ctx: String,
     pub(crate) msgs: String,
+    pub(crate) data: String,
     index: String,
     deadlines: String,
     member: String,
 }
 
 impl Keys {
-    /// The KEYS of a session-writing script: ctx, msgs, index, deadlines.
-    pub(crate) fn script_keys(&self) -> [&str; 4] {
-        [&self.ctx, &self.msgs, &self.index, &self.deadlines]
+    /// The KEYS of a session-writing script: ctx, msgs, index, deadlines, data.
+    pub(crate) fn script_keys(&self) -> [&str; 5] {
+        [
+            &self.ctx,
+            &self.msgs,
+            &self.index,
+            &self.deadlines,
+            &self.data,
+        ]
     }
 }
 
@@ -417,6 +516,7 @@ pub(crate) fn keys(layout: &KeyLayout, key: &SessionKey) -> Keys {
     Keys {
         ctx: format!("{base}:ctx"),
         msgs: format!("{base}:msgs"),
+        data: format!("{base}:data"),
         deadlines: KeyLayout::index_deadlines(&index),
         index,
         member: KeyLayout::session_index_member(key),
@@ -840,7 +940,7 @@ impl SessionStore for RedisStore {
             )
             .await?;
         let r = reply::array(v)?;
-        if r.len() != 3 {
+        if r.len() != 5 {
             return Err(corrupt(&k.ctx, "append reply has the wrong shape"));
         }
         let count = reply::int(&r[0])?;
@@ -849,6 +949,8 @@ impl SessionStore for RedisStore {
             message_count: u64::try_from(count).unwrap_or(0),
             window_len: usize::try_from(len).unwrap_or(0),
             created: reply::int(&r[2])? == 1,
+            trimmed_messages: u64::try_from(reply::int(&r[3])?).unwrap_or(0),
+            trimmed_tokens: u64::try_from(reply::int(&r[4])?).unwrap_or(0),
         })
     }
 
@@ -888,6 +990,67 @@ impl SessionStore for RedisStore {
             (_, Some(h)) => session_from(key, &k.ctx, reply::pairs(h)?),
             _ => Err(corrupt(&k.ctx, "update returned no record")),
         }
+    }
+
+    async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {
+        chatstate_core::model::check_set_data(name, &value, &self.inner.settings)
+            .in_op("set_data")?;
+        let k = keys(&self.inner.layout, key);
+        let args = vec![
+            self.ttl_ms(),
+            name.as_bytes().to_vec(),
+            value.to_vec(),
+            num(chatstate_core::model::MAX_SESSION_DATA_NAMES),
+        ];
+        let v = self
+            .session_write(&self.inner.scripts.session.set_data, &k, args, "set_data")
+            .await?;
+        match reply::int(&v)? {
+            1 => Ok(()),
+            0 => Err(Error::not_found("no live session has this key")
+                .with_operation("set_data")
+                .with_key(key)),
+            _ => Err(chatstate_core::transition::too_many_data_names()
+                .with_operation("set_data")
+                .with_key(key)),
+        }
+    }
+
+    async fn get_data_many(
+        &self,
+        key: &SessionKey,
+        names: &[String],
+    ) -> Result<Vec<Option<Bytes>>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One HMGET: the data hash lives and dies with the session (same TTL, same
+        // scripts), so no session means no hash and all `None`.
+        let k = keys(&self.inner.layout, key);
+        let values: Vec<Option<Vec<u8>>> = self
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("HMGET").arg(&k.data).arg(names),
+                "get_data_many",
+                Some(&k.data),
+            )
+            .await?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn delete_data(&self, key: &SessionKey, name: &str) -> Result<bool> {
+        let k = keys(&self.inner.layout, key);
+        let args = vec![self.ttl_ms(), name.as_bytes().to_vec()];
+        let v = self
+            .session_write(
+                &self.inner.scripts.session.delete_data,
+                &k,
+                args,
+                "delete_data",
+            )
+            .await?;
+        Ok(reply::int(&v)? == 1)
     }
 
     async fn touch(&self, key: &SessionKey) -> Result<bool> {

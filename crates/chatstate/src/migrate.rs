@@ -27,7 +27,7 @@
 //! ## What moves, and what does not
 //!
 //! Every live session (record, every field, `version`, `message_count`,
-//! timestamps, the message window, the remaining TTL), every focus document
+//! timestamps, the message window, the side data, the remaining TTL), every focus document
 //! (value, `version`, `updated_at`, TTL), every counter (name, labels, day/hour
 //! bucket, exact value), and — with `include_cache` — every cache entry (bytes and
 //! TTL). Not moved: session **locks and fencing numbers** (a lease belongs to a
@@ -78,7 +78,8 @@
 //!  "message_count":25,"created_at_ms":…,"last_activity_ms":…,"updated_at_ms":…,"summary":"…"|null,
 //!  "focus":"…"|null,"paused":false,"token_estimate":0,"metadata_b64":null,"context_b64":"Q1MxS…",
 //!  "stats_b64":null,"ttl_ms":259199000,
-//!  "messages":[{"seq":24,"role":"user","content":"oi","metadata_b64":null,"at_ms":…}, …]}
+//!  "messages":[{"seq":24,"role":"user","content":"oi","metadata_b64":null,"at_ms":…}, …],
+//!  "data_b64":{"thread_id":"InRocl80MiI="}}
 //! {"kind":"focus","scope":"…","name":"…","version":2,"updated_at_ms":…,"value_b64":"…","ttl_ms":…}
 //! {"kind":"counter","name":"messages","labels":{"type":"text"},"bucket":"2026-11-22","value":"-42"}
 //! {"kind":"cache","namespace":"customers","key":"42","value_b64":"…","ttl_ms":…}
@@ -87,7 +88,9 @@
 //! (one line each in the file). Choices, and why:
 //!
 //! - **Bytes are standard base64** (RFC 4648 with padding, in fields ending
-//!   `_b64`): metadata, context, stats, focus and cache values are the bytes the
+//!   `_b64`): metadata, context, stats, side data (`data_b64`, name → bytes; left
+//!   out when a session has none, so lines of older exports, which lack it, import
+//!   as sessions without side data), focus and cache values are the bytes the
 //!   app stored — usually a codec header (`CS1B`/`CS1J`) and bincode or JSON, but
 //!   any bytes are allowed. Re-encoding them into a "codec-neutral" JSON form would
 //!   need the app's types (bincode is not self-describing) and would not be

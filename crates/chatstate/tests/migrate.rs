@@ -91,6 +91,16 @@ async fn fill(s: &Stores) {
                 .await
                 .unwrap();
         }
+        if i % 3 == 0 {
+            s.sessions
+                .set_data(&key, "thread_id", Bytes::from(format!("thr_{i}")))
+                .await
+                .unwrap();
+            s.sessions
+                .set_data(&key, "tool:ocr 🙂", Bytes::from(vec![0, 255, i as u8]))
+                .await
+                .unwrap();
+        }
     }
     for i in 0..FOCUS {
         let key = FocusKey::new(format!("file-{}", i % 2), format!("doc {i}")).unwrap();
@@ -211,6 +221,7 @@ async fn memory_to_file_to_redis_to_file_keeps_every_record() {
         Record::Session(s) => {
             assert_eq!((s.session.version, s.session.message_count), (3, 25));
             assert_eq!(s.messages.len(), 20, "the window");
+            assert_eq!(s.data.len(), 2, "the side data");
         }
         other => panic!("{other:?}"),
     }
@@ -618,5 +629,80 @@ async fn one_server_to_a_cluster_and_back_keeps_every_record() {
         "Cluster → one server",
         &touched,
         &snapshot(back.inventory.as_ref()).await,
+    );
+}
+
+/// Side data travels in `data_b64` (name → base64); a session line without it (an
+/// export made before side data existed) imports as a session without side data;
+/// a value that is not base64 is an error naming the line.
+#[tokio::test]
+async fn session_side_data_moves_and_lines_without_it_still_import() {
+    let source = memory().await;
+    let key = SessionKey::new("acme", "wa", "+5511").unwrap();
+    source
+        .sessions
+        .append_message(&key, NewMessage::user("oi"))
+        .await
+        .unwrap();
+    source
+        .sessions
+        .set_data(&key, "thread", Bytes::from_static(b"thr_1"))
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    export(
+        source.inventory.as_ref(),
+        &mut lines,
+        ExportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(lines).unwrap();
+    let field = r#","data_b64":{"thread":"dGhyXzE="}"#;
+    assert!(text.contains(field), "{text}");
+
+    let target = memory().await;
+    import(
+        target.inventory.as_ref(),
+        &mut text.as_bytes(),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        target.sessions.get_data(&key, "thread").await.unwrap(),
+        Some(Bytes::from_static(b"thr_1"))
+    );
+
+    let old = text.replace(field, "");
+    let target = memory().await;
+    let report = import(
+        target.inventory.as_ref(),
+        &mut old.as_bytes(),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.total().written, 1);
+    let loaded = target.sessions.load(&key).await.unwrap().expect("imported");
+    assert_eq!(loaded.messages.len(), 1);
+    assert_eq!(
+        target.sessions.get_data(&key, "thread").await.unwrap(),
+        None
+    );
+
+    let bad = text.replace("dGhyXzE=", "%%%");
+    let err = import(
+        memory().await.inventory.as_ref(),
+        &mut bad.as_bytes(),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    assert!(
+        err.to_string()
+            .contains("line 2: field data_b64 is not base64"),
+        "{err}"
     );
 }

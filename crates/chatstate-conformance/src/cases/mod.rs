@@ -10,6 +10,7 @@ mod kv;
 mod lock;
 mod reply;
 mod session;
+mod side_data;
 
 pub use counter::*;
 pub use focus::*;
@@ -19,6 +20,7 @@ pub use kv::*;
 pub use lock::*;
 pub use reply::*;
 pub use session::*;
+pub use side_data::*;
 
 use chatstate_core::{CacheKey, CounterKey, FocusKey, SessionKey};
 

@@ -61,6 +61,10 @@ struct SessionLine {
     stats_b64: Option<String>,
     ttl_ms: u64,
     messages: Vec<MessageLine>,
+    /// The side data, name → base64. Absent in files written before side data
+    /// existed (read as none), and left out when a session has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    data_b64: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,6 +169,11 @@ pub(crate) fn encode(record: &Record) -> Result<String, Error> {
                         metadata_b64: b64_opt(&m.metadata),
                         at_ms: m.at.0,
                     })
+                    .collect(),
+                data_b64: r
+                    .data
+                    .iter()
+                    .map(|(name, value)| (name.clone(), base64::encode(value)))
                     .collect(),
             })
         }
@@ -322,6 +331,11 @@ pub(crate) fn decode(n: u64, line: &[u8]) -> Result<Record, Error> {
                     version: l.version,
                 },
                 messages,
+                data: l
+                    .data_b64
+                    .iter()
+                    .map(|(name, value)| Ok((name.clone(), b64(n, "data_b64", value)?)))
+                    .collect::<Result<_, Error>>()?,
                 ttl: ttl(n, l.ttl_ms)?,
             }))
         }
