@@ -1,4 +1,7 @@
 //! The `chatstate` command. See the crate docs (`chatstate_cli`) for the layout.
+// The command dispatcher is one large async fn over every store call; its future
+// type is deep enough to pass rustc's default query depth in the test build.
+#![recursion_limit = "256"]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -42,7 +45,12 @@ enum Command {
     },
     /// Backend reachable, server version, maxmemory-policy, TLS, latency, records
     /// per kind, file store check.
-    Status,
+    Status {
+        /// Skip counting records per kind: counting reads every record (a full
+        /// scan), which on a large production Redis is real load.
+        #[arg(long)]
+        no_counts: bool,
+    },
     /// Show one record.
     Inspect {
         #[command(subcommand)]
@@ -237,11 +245,28 @@ fn print<T: Serialize>(
     text: impl FnOnce() -> String,
 ) -> Result<(), Failure> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).map_err(fail)?);
+        let mut out = serde_json::to_string_pretty(value).map_err(fail)?;
+        out.push('\n');
+        out_str(&out)
     } else {
-        print!("{}", text());
+        out_str(&text())
     }
-    Ok(())
+}
+
+/// Writes to stdout. A closed pipe (`chatstate list … | head -1`) ends the process
+/// quietly with success, as other command-line tools do, instead of a panic; any
+/// other write error is a failure.
+fn out_str(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(format!("cannot write the output: {e}")),
+    }
 }
 
 /// A progress bar on a terminal; plain lines otherwise.
@@ -337,9 +362,11 @@ async fn run(cli: Cli) -> Result<bool, Failure> {
             let backend = ops::backend_name(config.backend);
             print(json, &reports, || demo::render(&reports, backend))?;
         }
-        Command::Status => {
+        Command::Status { no_counts } => {
             let stores = open(&config).await?;
-            let status = ops::status(&config, &stores).await.map_err(fail)?;
+            let status = ops::status(&config, &stores, !no_counts)
+                .await
+                .map_err(fail)?;
             print(json, &status, || status.to_string())?;
             let healthy =
                 status.reachable && status.verify.as_ref().is_none_or(|v| v.corrupt.is_empty());
@@ -499,25 +526,28 @@ async fn run(cli: Cli) -> Result<bool, Failure> {
                 return Err("no conformance case matches --only".into());
             }
             if !json {
-                println!(
-                    "conformance: {} cases against {} ({})",
+                out_str(&format!(
+                    "conformance: {} cases against {} ({})\n",
                     cases.len(),
                     chatstate_conformance::Backend::name(backend.as_ref()),
                     backend.place()
-                );
+                ))?;
             }
             let options = chatstate_conformance::runner::RunOptions {
                 concurrency: concurrency.max(1),
                 ..Default::default()
             };
             let mut stdout = std::io::stdout();
-            let ok =
+            let ran =
                 conformance::run_and_report(backend.clone(), &cases, options, json, &mut stdout)
-                    .await
-                    .map_err(fail)?;
-            let cleaned = backend.clean_up().await.map_err(fail)?;
+                    .await;
+            // Whatever the run's reporting did (a closed pipe included), remove what
+            // the run wrote before saying anything else.
+            let cleaned = backend.clean_up().await;
+            let ok = ran.map_err(fail)?;
+            let cleaned = cleaned.map_err(fail)?;
             if !json {
-                println!("clean-up: {cleaned}");
+                out_str(&format!("clean-up: {cleaned}\n"))?;
             }
             return Ok(ok);
         }

@@ -92,7 +92,8 @@ fn file_store(config: &Config) -> Result<FileStore> {
 }
 
 /// `chatstate status`.
-pub async fn status(config: &Config, stores: &Stores) -> Result<Status> {
+/// Counting records (`counts`) reads every record of every kind: a full scan.
+pub async fn status(config: &Config, stores: &Stores, counts: bool) -> Result<Status> {
     let probe = CacheKey::new("chatstate-status", "probe")?;
     let mut samples = Vec::new();
     let mut reachable = true;
@@ -106,7 +107,7 @@ pub async fn status(config: &Config, stores: &Stores) -> Result<Status> {
     }
     samples.sort_unstable();
     let round_trip_us = crate::demo::percentile(&samples, 0.5) / 1e3;
-    let counts = if reachable {
+    let counts = if reachable && counts {
         count_records(stores).await?
     } else {
         BTreeMap::new()
@@ -114,7 +115,14 @@ pub async fn status(config: &Config, stores: &Stores) -> Result<Status> {
     let (mut redis_version, mut tls, mut eviction_warning) = (None, None, None);
     if let Some(redis) = stores.redis_store() {
         tls = Some(config.redis.url.is_tls());
-        redis_version = server_version(redis).await;
+        // INFO through the store: works on one server, through Sentinel and on a
+        // Cluster alike.
+        redis_version = stores
+            .server_summary()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.version);
         eviction_warning = match redis.eviction_risk().await {
             Ok(Some(risk)) if format!("{risk:?}") != "None" => Some(format!(
                 "maxmemory-policy may evict chatstate's keys ({risk:?}): run Redis with \
@@ -162,21 +170,6 @@ pub async fn status(config: &Config, stores: &Stores) -> Result<Status> {
         verify,
         env: env_vars(),
     })
-}
-
-/// `INFO server`'s `redis_version` (one server only: through Sentinel or on a
-/// Cluster the store keeps no pool to ask with).
-async fn server_version(redis: &chatstate::RedisStore) -> Option<String> {
-    let pool = redis.pool()?;
-    let mut conn = pool.get().await.ok()?;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut *conn)
-        .await
-        .ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_string())
 }
 
 /// Calls `each` with every live record of `kind`, a page at a time.
@@ -445,7 +438,7 @@ pub struct PurgeReport {
     pub removed: u64,
 }
 
-/// `chatstate purge --tenant T`: the tenant's sessions (record, window, locks).
+/// `chatstate purge --tenant T`: the tenant's sessions (record, window, side data).
 pub async fn purge_tenant(stores: &Stores, tenant: &str, yes: bool) -> Result<PurgeReport> {
     let keys = list_sessions(stores, tenant).await?;
     let mut removed = 0;
@@ -602,8 +595,15 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
 
 /// `chatstate export --out FILE`.
 pub async fn export(stores: &Stores, out: &Path, include_cache: bool) -> Result<chatstate::Report> {
-    let file =
-        std::fs::File::create(out).map_err(io_err(format!("cannot create {}", out.display())))?;
+    // The export holds conversations and phone numbers: readable by the owner only,
+    // as the file store's own records are.
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let file = open
+        .open(out)
+        .map_err(io_err(format!("cannot create {}", out.display())))?;
     let mut w = BufWriter::new(file);
     let report = chatstate::export(
         stores.inventory.as_ref(),

@@ -312,6 +312,19 @@ fn export_import_round_trip_and_migrate_to_redis() {
         &["--json", "export", "--out", a_str, "--include-cache"],
     ));
     assert!(out["kinds"]["session"][0].as_u64() == Some(2), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&a)
+            .expect("the export")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "an export holds conversations: owner only"
+        );
+    }
 
     // Into an empty folder, then out again: the same records.
     let other = d.path().join("other");

@@ -164,15 +164,20 @@ pub async fn run(
             // The semaphore is never closed, so acquiring cannot fail.
             let _permit = limit.acquire_owned().await;
             let started = Instant::now();
-            let task = tokio::spawn((case.run)(ctx));
-            let result = match tokio::time::timeout(timeout, task).await {
+            let mut task = tokio::spawn((case.run)(ctx));
+            let result = match tokio::time::timeout(timeout, &mut task).await {
                 Ok(Ok(Outcome::Passed)) => CaseResult::Passed,
                 Ok(Ok(Outcome::Skipped(reason))) => CaseResult::Skipped(reason),
                 Ok(Err(join)) => CaseResult::Failed(match join.try_into_panic() {
                     Ok(payload) => panic_message(payload.as_ref()),
                     Err(join) => format!("the case's task ended: {join}"),
                 }),
-                Err(_) => CaseResult::Failed(format!("no result within {timeout:?}")),
+                Err(_) => {
+                    // Stop it, so it writes nothing after the run (and its clean-up).
+                    task.abort();
+                    let _ = task.await;
+                    CaseResult::Failed(format!("no result within {timeout:?}"))
+                }
             };
             CaseReport {
                 name: case.name,

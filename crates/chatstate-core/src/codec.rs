@@ -3,9 +3,8 @@
 //! Every encoded value starts with a 4-byte ASCII header: `CS`, the format version
 //! (`1`), and the codec (`B` bincode 2, `J` JSON). A value in JSON therefore reads in
 //! `redis-cli` as `CS1J{"name":"Ana"}`; another language strips four bytes and
-//! parses the rest. Decoding checks the header first, so bytes written by another
-//! a future format or nothing of ours are a clear [`ErrorKind::Decode`] error, never
-//! garbage. A value decodes with the codec its header names, whichever codec the
+//! parses the rest. Decoding checks the header first, so bytes of a future format
+//! or of nothing of ours are a clear [`ErrorKind::Decode`] error, never garbage. A value decodes with the codec its header names, whichever codec the
 //! caller holds: the codec chooses how values are *written*, so changing it (or the
 //! default) leaves every stored value readable.
 //!

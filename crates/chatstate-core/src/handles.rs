@@ -69,7 +69,9 @@ impl<C: ?Sized> std::fmt::Debug for CacheNamespace<C> {
 /// `namespace(...)` on an `Arc` of any [`KvCache`] (`Arc<dyn KvCache>` included).
 pub trait CacheHandles<C: ?Sized> {
     /// A handle on `namespace` with the store's default TTL and the default codec
-    /// ([`Codec::default`]); `InvalidInput` for a namespace no key could have.
+    /// ([`Codec::default`], JSON; `chatstate::Stores::namespace` uses the
+    /// configured `CHATSTATE_CODEC` instead); `InvalidInput` for a namespace no key
+    /// could have.
     fn namespace(&self, namespace: &str) -> Result<CacheNamespace<C>>;
 }
 
@@ -297,7 +299,8 @@ impl<F: ?Sized> std::fmt::Debug for FocusScope<F> {
 /// `scope(...)` on an `Arc` of any [`FocusStore`].
 pub trait FocusHandles<F: ?Sized> {
     /// A handle on the documents of `scope`, with the store's focus TTL and the
-    /// default codec; `InvalidInput` for an invalid scope.
+    /// default codec (JSON; `chatstate::Stores::scope` uses the configured one);
+    /// `InvalidInput` for an invalid scope.
     fn scope(&self, scope: &str) -> Result<FocusScope<F>>;
 }
 

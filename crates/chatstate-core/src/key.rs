@@ -675,6 +675,7 @@ impl fmt::Debug for CounterKey {
 /// | --- | --- | --- |
 /// | session record | `{prefix}:sess:{<tenant>:<channel>:<user>}:ctx` | hash, one field per session field |
 /// | message window | `{prefix}:sess:{<tenant>:<channel>:<user>}:msgs` | list of `<seq>:<message JSON>` |
+/// | side data | `{prefix}:sess:{<tenant>:<channel>:<user>}:data` | hash: name to value |
 /// | lock `name` | `{prefix}:sess:{<tenant>:<channel>:<user>}:lock:<name>` | string: the owner token |
 /// | its fencing number | `{prefix}:sess:{<tenant>:<channel>:<user>}:fence:<name>` | integer |
 /// | a tenant's sessions | `{prefix}:sessidx:{<tenant>}` | sorted set of `<channel>:<user>` (score 0: member order) |
@@ -700,7 +701,7 @@ impl fmt::Debug for CounterKey {
 ///
 /// | what | key (cluster layout) |
 /// | --- | --- |
-/// | session record, window, locks, fences | `{prefix}:sess:{<tenant>:<shard>}:<channel>:<user>:ctx` (`:msgs`, `:lock:<name>`, `:fence:<name>`) |
+/// | session record, window, locks, fences | `{prefix}:sess:{<tenant>:<shard>}:<channel>:<user>:ctx` (`:msgs`, `:data`, `:lock:<name>`, `:fence:<name>`) |
 /// | the sessions of one shard of a tenant | `{prefix}:sessidx:{<tenant>:<shard>}` and `…:exp` |
 ///
 /// `<shard>` is `0`–`15`: the FNV-1a hash of the index member (`<channel>:<user>`,

@@ -124,7 +124,9 @@ pub struct Stores {
     pub bus: Arc<dyn InvalidationBus>,
     /// The codec for typed values, from `CHATSTATE_CODEC` (JSON by default): pass
     /// it to the typed calls (`set_value`, `get_value`, `SessionPatch::context`, ...)
-    /// so one setting decides how every typed value is stored.
+    /// or take handles from [`Stores::namespace`] / [`Stores::scope`], which use it,
+    /// so one setting decides how every typed value is stored (handles made straight
+    /// from a trait object default to JSON).
     pub codec: Codec,
     /// Every record of this backend, to enumerate, read and restore exactly: what
     /// [`export`], [`import`] and [`migrate()`] take.
@@ -321,10 +323,33 @@ impl Stores {
     pub fn with_tiered_cache(mut self, config: &Config) -> Stores {
         if self.tiered.is_none() {
             let tiered = Arc::new(self.tiered_cache(config));
-            self.cache = tiered.clone();
+            self.cache = match &self.metrics {
+                // Already instrumented: the tiered calls are measured too (the
+                // cache below it stays measured as well).
+                Some(root) => Arc::new(root.sharing(tiered.clone() as Arc<dyn KvCache>)),
+                None => tiered.clone(),
+            };
             self.tiered = Some(tiered);
         }
         self
+    }
+
+    /// A handle on the cache namespace `name` in [`Stores::cache`], writing with
+    /// [`Stores::codec`] (`CHATSTATE_CODEC`); set its TTL with `.ttl(..)`.
+    pub fn namespace(&self, name: &str) -> Result<CacheNamespace> {
+        Ok(self.cache.namespace(name)?.codec(self.codec))
+    }
+
+    /// A handle on the focus scope `scope` in [`Stores::focus`], writing with
+    /// [`Stores::codec`].
+    pub fn scope(&self, scope: &str) -> Result<FocusScope> {
+        Ok(self.focus.scope(scope)?.codec(self.codec))
+    }
+
+    /// The counters called `name` in [`Stores::counters`] (add labels and
+    /// bucketing on the handle).
+    pub fn family(&self, name: &str) -> Result<CounterFamily> {
+        self.counters.family(name)
     }
 
     /// The tiered cache [`Stores::cache`] is, after [`Stores::with_tiered_cache`].

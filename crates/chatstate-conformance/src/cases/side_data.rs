@@ -142,6 +142,11 @@ pub async fn session_side_data_lives_and_dies_with_the_session(ctx: Ctx) -> Outc
         .await
         .must("set_data");
     assert!(s.delete(&k).await.must("delete"));
+    assert_eq!(
+        s.get_data(&k, "thread").await.must("get_data after delete"),
+        None,
+        "a deleted session's side data is gone at once"
+    );
     s.append_message(&k, NewMessage::user("b"))
         .await
         .must("append");
