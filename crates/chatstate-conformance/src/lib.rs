@@ -344,6 +344,13 @@ macro_rules! __with_case_names {
             session_side_data_lives_and_dies_with_the_session,
             session_side_data_limits_are_invalid_input,
             session_append_receipt_counts_trimmed_tokens,
+            // turn commits
+            turn_commit_lands_messages_and_patch_together,
+            turn_commit_conflict_writes_nothing,
+            turn_commit_concurrent_versioned_one_wins,
+            turn_commit_refreshes_ttl,
+            turn_commit_trims_the_window,
+            turn_commit_oversize_writes_nothing,
             // locks
             lock_excludes_second_holder,
             lock_release_only_by_owner,

@@ -108,7 +108,7 @@ pub use key::{
 };
 pub use model::{
     AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
-    Message, NewMessage, Page, PutMode, Role, Session, SessionPatch,
+    Message, NewMessage, Page, PutMode, Role, Session, SessionPatch, Turn, TurnReceipt,
 };
 pub use reply::{Chunk, ReplyEvent, ReplyEvents, RunRead, RunStatus};
 pub use traits::{Capabilities, CounterSink, FocusStore, KvCache, ReplyStream, SessionStore};

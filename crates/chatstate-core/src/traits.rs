@@ -19,7 +19,7 @@ use crate::ext::{Loader, ManyLoader};
 use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, RunId, SessionKey};
 use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
-    NewMessage, Page, PutMode, Session, SessionPatch,
+    NewMessage, Page, PutMode, Session, SessionPatch, Turn, TurnReceipt,
 };
 use crate::reply::{ReplyEvents, RunRead, RunStatus};
 
@@ -137,6 +137,20 @@ pub trait SessionStore: Send + Sync {
         patch: SessionPatch,
         expected: Expected,
     ) -> Result<Session>;
+
+    /// Commits a conversation turn in one atomic step (one round trip on Redis):
+    /// applies `turn.patch` when it names a field (bumping `version`, as
+    /// [`update`](SessionStore::update) does), appends `turn.messages` (as
+    /// [`append_messages`](SessionStore::append_messages) does: numbered, the window
+    /// trimmed, `last_activity` set) and refreshes the TTL, all or nothing.
+    ///
+    /// With [`Expected::Any`] a missing session is created, with the patch as its
+    /// init. With [`Expected::Version`], `NotFound` when there is no session and
+    /// `Conflict` when the record is at another version; either way nothing is
+    /// written. `InvalidInput`, with nothing written, for a message or patch value
+    /// over `max_value_bytes`. The receipt has the new version and the append's
+    /// counts; the record only when [`Turn::return_session`] asks for it.
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt>;
 
     /// Sets side value `name` of the live session to `value` (replacing any value of
     /// that name) and refreshes the TTL of every part, as every write does. The

@@ -35,7 +35,7 @@ use chatstate_core::{
     AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
     FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, Loader, ManyLoader,
     NewMessage, Page, PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus,
-    Session, SessionKey, SessionPatch, SessionStore,
+    Session, SessionKey, SessionPatch, SessionStore, Turn, TurnReceipt,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -545,6 +545,18 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
             )
             .await?;
         self.recorder.record_trimmed(&receipt);
+        Ok(receipt)
+    }
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt> {
+        let receipt = self
+            .measure(
+                ("sessions", "commit_turn"),
+                NO_NS,
+                none,
+                self.inner.commit_turn(key, turn),
+            )
+            .await?;
+        self.recorder.record_trimmed(&receipt.append);
         Ok(receipt)
     }
     async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {

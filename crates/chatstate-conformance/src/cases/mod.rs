@@ -11,6 +11,7 @@ mod lock;
 mod reply;
 mod session;
 mod side_data;
+mod turn;
 
 pub use counter::*;
 pub use focus::*;
@@ -21,6 +22,7 @@ pub use lock::*;
 pub use reply::*;
 pub use session::*;
 pub use side_data::*;
+pub use turn::*;
 
 use chatstate_core::{CacheKey, CounterKey, FocusKey, SessionKey};
 
