@@ -22,8 +22,11 @@ use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
     NewMessage, Page, PutMode, Session, SessionPatch, Turn, TurnReceipt,
 };
+use crate::model::{BatchRead, BatchReads};
 use crate::reply::{ReplyEvents, RunRead, RunStatus};
-use crate::traits::{Capabilities, CounterSink, FocusStore, KvCache, ReplyStream, SessionStore};
+use crate::traits::{
+    Capabilities, CounterSink, FocusStore, KvCache, ReadBatch, ReplyStream, SessionStore,
+};
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -151,4 +154,8 @@ for_pointers!(ReplyStream {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
+});
+
+for_pointers!(ReadBatch {
+    forward!(read_batch<'life1>(reads: &'life1 BatchReads) -> Result<BatchRead>);
 });

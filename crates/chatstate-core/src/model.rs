@@ -16,7 +16,7 @@ use crate::clock::Timestamp;
 use crate::codec::Codec;
 use crate::config::StoreSettings;
 use crate::error::{Error, Result};
-use crate::key::{CounterKey, FocusKey, SessionKey};
+use crate::key::{CacheKey, CounterKey, FocusKey, SessionKey};
 
 /// Cuts `s` to at most `max_chars` characters (Unicode scalar values), never inside
 /// a character.
@@ -590,6 +590,67 @@ pub struct TurnReceipt {
     pub append: AppendReceipt,
     /// The record after the turn, when [`Turn::return_session`] asked for it.
     pub session: Option<Session>,
+}
+
+/// What one [`crate::ReadBatch::read_batch`] reads: a session with its window,
+/// some focus documents and some cache entries, in one round trip on Redis (the
+/// read before the model is called).
+///
+/// ```
+/// use chatstate_core::{BatchReads, CacheKey, FocusKey, SessionKey};
+/// # fn main() -> chatstate_core::Result<()> {
+/// let reads = BatchReads::new()
+///     .session(SessionKey::new("acme", "whatsapp", "+5511999990000")?)
+///     .focus(FocusKey::new("acme", "flow:billing")?)
+///     .cache(CacheKey::new("customers", "42")?);
+/// assert_eq!((reads.focus.len(), reads.cache.len()), (1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchReads {
+    /// The session to load (record and window), if any.
+    pub session: Option<SessionKey>,
+    /// The focus documents to read.
+    pub focus: Vec<FocusKey>,
+    /// The cache entries to read.
+    pub cache: Vec<CacheKey>,
+}
+
+impl BatchReads {
+    /// Reads nothing yet.
+    pub fn new() -> Self {
+        BatchReads::default()
+    }
+
+    /// Loads this session (record and window).
+    pub fn session(mut self, key: SessionKey) -> Self {
+        self.session = Some(key);
+        self
+    }
+
+    /// Adds a focus document to read.
+    pub fn focus(mut self, key: FocusKey) -> Self {
+        self.focus.push(key);
+        self
+    }
+
+    /// Adds a cache entry to read.
+    pub fn cache(mut self, key: CacheKey) -> Self {
+        self.cache.push(key);
+        self
+    }
+}
+
+/// The answers of a [`BatchReads`], each as its own call would answer it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchRead {
+    /// [`crate::SessionStore::load`] of the session (`None` when none was asked
+    /// for or there is none).
+    pub session: Option<LoadedSession>,
+    /// [`crate::FocusStore::get`] of each focus key, in order.
+    pub focus: Vec<Option<FocusDoc>>,
+    /// [`crate::KvCache::get_many`] of the cache keys, in order.
+    pub cache: Vec<Option<Bytes>>,
 }
 
 /// The precondition of a session update.

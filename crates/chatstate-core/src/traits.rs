@@ -21,6 +21,7 @@ use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
     NewMessage, Page, PutMode, Session, SessionPatch, Turn, TurnReceipt,
 };
+use crate::model::{BatchRead, BatchReads};
 use crate::reply::{ReplyEvents, RunRead, RunStatus};
 
 /// What a store can do, where backends differ, reported by the store itself at run
@@ -473,4 +474,59 @@ pub trait ReplyStream: Send + Sync {
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
     }
+}
+
+/// The read before the model is called, in one step: a session with its window,
+/// some focus documents and some cache entries ([`BatchReads`]).
+///
+/// On Redis one round trip on one server or Sentinel (one pipeline: the session's
+/// `HGETALL` and `LRANGE` in a `MULTI`/`EXEC`, so the record and the window are
+/// read together, then the focus documents and the cache entries); on a Cluster
+/// one round trip per slot the keys fall in, sent concurrently. Each part answers
+/// exactly as its own call would (`load`, `FocusStore::get`, `KvCache::get_many`),
+/// errors included; reads refresh no TTL. The parts are not read at one instant
+/// (only the session's record and window are).
+///
+/// ```
+/// # async fn demo(stores: &dyn chatstate_core::ReadBatch) -> chatstate_core::Result<()> {
+/// use chatstate_core::{BatchReads, CacheKey, SessionKey};
+/// let read = stores
+///     .read_batch(&BatchReads::new()
+///         .session(SessionKey::new("acme", "whatsapp", "+5511999990000")?)
+///         .cache(CacheKey::new("customers", "42")?))
+///     .await?;
+/// let history = read.session.map(|s| s.messages).unwrap_or_default();
+/// # let _ = history; Ok(()) }
+/// ```
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ReadBatch: Send + Sync {
+    /// Reads `reads` together (see the trait's docs).
+    async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead>;
+}
+
+/// A [`ReadBatch`] made of one call per part, for stores whose calls cost no round
+/// trip (memory, file): `load`, then each `FocusStore::get`, then one `get_many`.
+pub async fn read_batch_by_calls<S>(store: &S, reads: &BatchReads) -> Result<BatchRead>
+where
+    S: SessionStore + FocusStore + KvCache + ?Sized,
+{
+    let session = match &reads.session {
+        Some(key) => SessionStore::load(store, key).await?,
+        None => None,
+    };
+    let mut focus = Vec::with_capacity(reads.focus.len());
+    for key in &reads.focus {
+        focus.push(FocusStore::get(store, key).await?);
+    }
+    let cache = if reads.cache.is_empty() {
+        Vec::new()
+    } else {
+        KvCache::get_many(store, &reads.cache).await?
+    };
+    Ok(BatchRead {
+        session,
+        focus,
+        cache,
+    })
 }

@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
-    AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
-    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, Loader, ManyLoader,
-    NewMessage, Page, PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus,
-    Session, SessionKey, SessionPatch, SessionStore, Turn, TurnReceipt,
+    AppendReceipt, BatchOutcome, BatchRead, BatchReads, Bucket, CacheKey, CounterBatch, CounterKey,
+    CounterSink, Expected, FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession,
+    Loader, ManyLoader, NewMessage, Page, PutMode, ReadBatch, ReplyEvents, ReplyStream, Result,
+    RunId, RunRead, RunStatus, Session, SessionKey, SessionPatch, SessionStore, Turn, TurnReceipt,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -491,6 +491,19 @@ impl<S: KvCache> KvCache for Instrumented<S> {
 
     fn capabilities(&self) -> chatstate_core::Capabilities {
         KvCache::capabilities(&self.inner)
+    }
+}
+
+#[async_trait]
+impl<S: ReadBatch> ReadBatch for Instrumented<S> {
+    async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead> {
+        self.measure(
+            ("reads", "read_batch"),
+            NO_NS,
+            none,
+            self.inner.read_batch(reads),
+        )
+        .await
     }
 }
 

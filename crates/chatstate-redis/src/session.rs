@@ -768,6 +768,29 @@ pub(crate) fn message_from(raw: &[u8], redis_key: &str) -> Result<Message> {
     })
 }
 
+/// A loaded session from its record hash and its window's list (`None` when the
+/// hash is empty: no session).
+pub(crate) fn loaded_from(
+    key: &SessionKey,
+    k: &Keys,
+    hash: Value,
+    messages: Value,
+) -> Result<Option<LoadedSession>> {
+    let hash = reply::pairs(hash)?;
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let session = session_from(key, &k.ctx, hash)?;
+    let messages = reply::array(messages)?
+        .into_iter()
+        .map(|m| {
+            let raw = reply::bytes(m)?.unwrap_or_default();
+            message_from(&raw, &k.msgs)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(LoadedSession { session, messages }))
+}
+
 /// The `{created/exists, hash}` reply of CREATE and UPDATE: the status and the hash.
 fn status_and_hash(v: Value) -> Result<(i64, Option<Value>)> {
     let mut items = reply::array(v)?.into_iter();
@@ -1005,15 +1028,7 @@ impl SessionStore for RedisStore {
         let hash = parts
             .next()
             .ok_or_else(|| corrupt(&k.ctx, "load reply lacks the record"))?;
-        let session = session_from(key, &k.ctx, reply::pairs(hash)?)?;
-        let messages = reply::array(parts.next().unwrap_or(Value::Nil))?
-            .into_iter()
-            .map(|m| {
-                let raw = reply::bytes(m)?.unwrap_or_default();
-                message_from(&raw, &k.msgs)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(LoadedSession { session, messages }))
+        loaded_from(key, &k, hash, parts.next().unwrap_or(Value::Nil))
     }
 
     async fn append_messages(
