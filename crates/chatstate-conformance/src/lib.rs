@@ -58,7 +58,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use chatstate_core::Capabilities;
 use chatstate_core::{
-    CounterSink, FocusStore, KvCache, ManualClock, ReplyStream, Result, SessionStore, StoreSettings,
+    CounterSink, FocusStore, KvCache, ManualClock, ReadBatch, ReplyStream, Result, SessionStore,
+    StoreSettings,
 };
 
 pub mod cases;
@@ -87,6 +88,8 @@ pub struct Fixture {
     pub cache: Arc<dyn KvCache>,
     /// Streamed replies.
     pub replies: Arc<dyn ReplyStream>,
+    /// Read batches over the same data as the other stores.
+    pub reads: Arc<dyn ReadBatch>,
     /// Streamed replies through another instance over the same data (a second
     /// client of the same server, the same folder opened again; in one process's
     /// memory, the same store): what a reader on another instance uses.
@@ -110,9 +113,10 @@ impl Fixture {
         guard: Option<Box<dyn Any + Send + Sync>>,
     ) -> Fixture
     where
-        S: SessionStore + FocusStore + CounterSink + KvCache + ReplyStream + 'static,
+        S: SessionStore + FocusStore + CounterSink + KvCache + ReplyStream + ReadBatch + 'static,
     {
         Fixture {
+            reads: store.clone(),
             sessions: store.clone(),
             focus: store.clone(),
             counters: store.clone(),
@@ -344,6 +348,16 @@ macro_rules! __with_case_names {
             session_side_data_lives_and_dies_with_the_session,
             session_side_data_limits_are_invalid_input,
             session_append_receipt_counts_trimmed_tokens,
+            // turn commits
+            turn_commit_lands_messages_and_patch_together,
+            turn_commit_conflict_writes_nothing,
+            turn_commit_concurrent_versioned_one_wins,
+            turn_commit_refreshes_ttl,
+            turn_commit_trims_the_window,
+            turn_commit_oversize_writes_nothing,
+            // read batches
+            read_batch_answers_as_each_call,
+            read_batch_is_a_read_and_honours_expiry,
             // locks
             lock_excludes_second_holder,
             lock_release_only_by_owner,

@@ -20,10 +20,13 @@ use crate::ext::{Loader, ManyLoader};
 use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, RunId, SessionKey};
 use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
-    NewMessage, Page, PutMode, Session, SessionPatch,
+    NewMessage, Page, PutMode, Session, SessionPatch, Turn, TurnReceipt,
 };
+use crate::model::{BatchRead, BatchReads};
 use crate::reply::{ReplyEvents, RunRead, RunStatus};
-use crate::traits::{Capabilities, CounterSink, FocusStore, KvCache, ReplyStream, SessionStore};
+use crate::traits::{
+    Capabilities, CounterSink, FocusStore, KvCache, ReadBatch, ReplyStream, SessionStore,
+};
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -72,6 +75,7 @@ for_pointers!(SessionStore {
         -> Result<AppendReceipt>);
     forward!(update<'life1>(key: &'life1 SessionKey, patch: SessionPatch, expected: Expected)
         -> Result<Session>);
+    forward!(commit_turn<'life1>(key: &'life1 SessionKey, turn: Turn) -> Result<TurnReceipt>);
     forward!(set_data<'life1, 'life2>(key: &'life1 SessionKey, name: &'life2 str, value: Bytes)
         -> Result<()>);
     forward!(get_data_many<'life1, 'life2>(key: &'life1 SessionKey, names: &'life2 [String])
@@ -150,4 +154,8 @@ for_pointers!(ReplyStream {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
+});
+
+for_pointers!(ReadBatch {
+    forward!(read_batch<'life1>(reads: &'life1 BatchReads) -> Result<BatchRead>);
 });

@@ -107,11 +107,15 @@ pub use key::{
     Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, KeyList, Labels, RunId, SessionKey,
 };
 pub use model::{
-    AppendReceipt, BatchOutcome, Change, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
-    Message, NewMessage, Page, PutMode, Role, Session, SessionPatch,
+    AppendReceipt, BatchOutcome, BatchRead, BatchReads, Change, CounterBatch, Expected, FocusDoc,
+    Lease, LoadedSession, Message, NewMessage, Page, PutMode, Role, Session, SessionPatch, Turn,
+    TurnReceipt,
 };
 pub use reply::{Chunk, ReplyEvent, ReplyEvents, RunRead, RunStatus};
-pub use traits::{Capabilities, CounterSink, FocusStore, KvCache, ReplyStream, SessionStore};
+pub use traits::{
+    Capabilities, CounterSink, FocusStore, KvCache, ReadBatch, ReplyStream, SessionStore,
+    read_batch_by_calls,
+};
 
 /// mockall mocks of the four traits, for unit tests of code that uses chatstate.
 ///
@@ -127,5 +131,7 @@ pub use traits::{Capabilities, CounterSink, FocusStore, KvCache, ReplyStream, Se
 /// ```
 #[cfg(feature = "mock")]
 pub mod mock {
-    pub use crate::traits::{MockCounterSink, MockFocusStore, MockKvCache, MockSessionStore};
+    pub use crate::traits::{
+        MockCounterSink, MockFocusStore, MockKvCache, MockReadBatch, MockSessionStore,
+    };
 }

@@ -16,7 +16,7 @@ use crate::clock::Timestamp;
 use crate::codec::Codec;
 use crate::config::StoreSettings;
 use crate::error::{Error, Result};
-use crate::key::{CounterKey, FocusKey, SessionKey};
+use crate::key::{CacheKey, CounterKey, FocusKey, SessionKey};
 
 /// Cuts `s` to at most `max_chars` characters (Unicode scalar values), never inside
 /// a character.
@@ -281,6 +281,11 @@ impl SessionPatch {
         self
     }
 
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == SessionPatch::default()
+    }
+
     /// The patch as every backend stores it: the summary cut to
     /// `settings.summary_max_chars` on a character boundary, and every value checked
     /// against `settings.max_value_bytes` (an [`crate::ErrorKind::InvalidInput`]
@@ -403,6 +408,15 @@ pub fn check_append(messages: &[NewMessage], settings: &StoreSettings) -> Result
     messages.iter().try_for_each(|m| m.check(settings))
 }
 
+/// A turn as every backend commits it: each message checked
+/// ([`NewMessage::check`]; a turn may bring none) and its patch normalized
+/// ([`SessionPatch::normalize`]), before anything is written.
+pub fn check_turn(mut turn: Turn, settings: &StoreSettings) -> Result<Turn> {
+    turn.messages.iter().try_for_each(|m| m.check(settings))?;
+    turn.patch = turn.patch.normalize(settings)?;
+    Ok(turn)
+}
+
 /// Most named side values ([`crate::SessionStore::set_data`]) one session holds.
 pub const MAX_SESSION_DATA_NAMES: usize = 64;
 
@@ -473,6 +487,170 @@ pub struct AppendReceipt {
     /// content, summed: the estimate [`LoadedSession::window_tokens`] uses), the
     /// context this append kept out of the prompts that follow.
     pub trimmed_tokens: u64,
+}
+
+/// One conversation turn's writes, committed together by
+/// [`crate::SessionStore::commit_turn`]: the messages to append, the patch to apply,
+/// and the version the record must be at.
+///
+/// ```
+/// use chatstate_core::{Expected, NewMessage, SessionPatch, Turn};
+/// let turn = Turn::new()
+///     .message(NewMessage::user("quero a segunda via"))
+///     .message(NewMessage::assistant("claro! segue o boleto"))
+///     .patch(SessionPatch::new().summary("asked for a duplicate invoice"))
+///     .expect(Expected::Version(3));
+/// assert_eq!(turn.messages.len(), 2);
+/// ```
+///
+/// Its `Debug` shows counts and the precondition, never the messages or the
+/// patch's values.
+#[derive(Clone, PartialEq)]
+pub struct Turn {
+    /// Appended in order, as [`crate::SessionStore::append_messages`] does.
+    pub messages: Vec<NewMessage>,
+    /// Applied as [`crate::SessionStore::update`] does, when it names a field; an
+    /// empty patch leaves `version` and `updated_at` alone.
+    pub patch: SessionPatch,
+    /// The version the record must be at ([`Expected::Any`]: any, and the turn
+    /// creates the session when there is none).
+    pub expected: Expected,
+    /// Whether the receipt carries the whole record after the turn
+    /// ([`TurnReceipt::session`]); off by default, so the turn ships only counts.
+    pub return_session: bool,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Turn {
+            messages: Vec::new(),
+            patch: SessionPatch::new(),
+            expected: Expected::Any,
+            return_session: false,
+        }
+    }
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn")
+            .field("messages", &self.messages.len())
+            .field("patch_is_empty", &self.patch.is_empty())
+            .field("expected", &self.expected)
+            .field("return_session", &self.return_session)
+            .finish()
+    }
+}
+
+impl Turn {
+    /// A turn that writes nothing yet: no messages, an empty patch, any version.
+    pub fn new() -> Self {
+        Turn::default()
+    }
+
+    /// Adds a message to append.
+    pub fn message(mut self, message: NewMessage) -> Self {
+        self.messages.push(message);
+        self
+    }
+
+    /// Adds messages to append, in order.
+    pub fn messages(mut self, messages: impl IntoIterator<Item = NewMessage>) -> Self {
+        self.messages.extend(messages);
+        self
+    }
+
+    /// The patch to apply.
+    pub fn patch(mut self, patch: SessionPatch) -> Self {
+        self.patch = patch;
+        self
+    }
+
+    /// Commits only if the record is at this version.
+    pub fn expect(mut self, expected: Expected) -> Self {
+        self.expected = expected;
+        self
+    }
+
+    /// Asks for the whole record in the receipt.
+    pub fn returning_session(mut self) -> Self {
+        self.return_session = true;
+        self
+    }
+}
+
+/// What a turn commit did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnReceipt {
+    /// The record's `version` after the turn (the next turn's [`Expected::Version`]).
+    pub version: u64,
+    /// What the append did (all zero but `message_count` and `window_len` when the
+    /// turn brought no messages); `created` says whether the turn created the
+    /// session.
+    pub append: AppendReceipt,
+    /// The record after the turn, when [`Turn::return_session`] asked for it.
+    pub session: Option<Session>,
+}
+
+/// What one [`crate::ReadBatch::read_batch`] reads: a session with its window,
+/// some focus documents and some cache entries, in one round trip on Redis (the
+/// read before the model is called).
+///
+/// ```
+/// use chatstate_core::{BatchReads, CacheKey, FocusKey, SessionKey};
+/// # fn main() -> chatstate_core::Result<()> {
+/// let reads = BatchReads::new()
+///     .session(SessionKey::new("acme", "whatsapp", "+5511999990000")?)
+///     .focus(FocusKey::new("acme", "flow:billing")?)
+///     .cache(CacheKey::new("customers", "42")?);
+/// assert_eq!((reads.focus.len(), reads.cache.len()), (1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchReads {
+    /// The session to load (record and window), if any.
+    pub session: Option<SessionKey>,
+    /// The focus documents to read.
+    pub focus: Vec<FocusKey>,
+    /// The cache entries to read.
+    pub cache: Vec<CacheKey>,
+}
+
+impl BatchReads {
+    /// Reads nothing yet.
+    pub fn new() -> Self {
+        BatchReads::default()
+    }
+
+    /// Loads this session (record and window).
+    pub fn session(mut self, key: SessionKey) -> Self {
+        self.session = Some(key);
+        self
+    }
+
+    /// Adds a focus document to read.
+    pub fn focus(mut self, key: FocusKey) -> Self {
+        self.focus.push(key);
+        self
+    }
+
+    /// Adds a cache entry to read.
+    pub fn cache(mut self, key: CacheKey) -> Self {
+        self.cache.push(key);
+        self
+    }
+}
+
+/// The answers of a [`BatchReads`], each as its own call would answer it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchRead {
+    /// [`crate::SessionStore::load`] of the session (`None` when none was asked
+    /// for or there is none).
+    pub session: Option<LoadedSession>,
+    /// [`crate::FocusStore::get`] of each focus key, in order.
+    pub focus: Vec<Option<FocusDoc>>,
+    /// [`crate::KvCache::get_many`] of the cache keys, in order.
+    pub cache: Vec<Option<Bytes>>,
 }
 
 /// The precondition of a session update.

@@ -19,8 +19,9 @@ use crate::ext::{Loader, ManyLoader};
 use crate::key::{Bucket, CacheKey, CounterKey, FocusKey, Labels, RunId, SessionKey};
 use crate::model::{
     AppendReceipt, BatchOutcome, CounterBatch, Expected, FocusDoc, Lease, LoadedSession,
-    NewMessage, Page, PutMode, Session, SessionPatch,
+    NewMessage, Page, PutMode, Session, SessionPatch, Turn, TurnReceipt,
 };
+use crate::model::{BatchRead, BatchReads};
 use crate::reply::{ReplyEvents, RunRead, RunStatus};
 
 /// What a store can do, where backends differ, reported by the store itself at run
@@ -137,6 +138,20 @@ pub trait SessionStore: Send + Sync {
         patch: SessionPatch,
         expected: Expected,
     ) -> Result<Session>;
+
+    /// Commits a conversation turn in one atomic step (one round trip on Redis):
+    /// applies `turn.patch` when it names a field (bumping `version`, as
+    /// [`update`](SessionStore::update) does), appends `turn.messages` (as
+    /// [`append_messages`](SessionStore::append_messages) does: numbered, the window
+    /// trimmed, `last_activity` set) and refreshes the TTL, all or nothing.
+    ///
+    /// With [`Expected::Any`] a missing session is created, with the patch as its
+    /// init. With [`Expected::Version`], `NotFound` when there is no session and
+    /// `Conflict` when the record is at another version; either way nothing is
+    /// written. `InvalidInput`, with nothing written, for a message or patch value
+    /// over `max_value_bytes`. The receipt has the new version and the append's
+    /// counts; the record only when [`Turn::return_session`] asks for it.
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt>;
 
     /// Sets side value `name` of the live session to `value` (replacing any value of
     /// that name) and refreshes the TTL of every part, as every write does. The
@@ -459,4 +474,59 @@ pub trait ReplyStream: Send + Sync {
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
     }
+}
+
+/// The read before the model is called, in one step: a session with its window,
+/// some focus documents and some cache entries ([`BatchReads`]).
+///
+/// On Redis one round trip on one server or Sentinel (one pipeline: the session's
+/// `HGETALL` and `LRANGE` in a `MULTI`/`EXEC`, so the record and the window are
+/// read together, then the focus documents and the cache entries); on a Cluster
+/// one round trip per slot the keys fall in, sent concurrently. Each part answers
+/// exactly as its own call would (`load`, `FocusStore::get`, `KvCache::get_many`),
+/// errors included; reads refresh no TTL. The parts are not read at one instant
+/// (only the session's record and window are).
+///
+/// ```
+/// # async fn demo(stores: &dyn chatstate_core::ReadBatch) -> chatstate_core::Result<()> {
+/// use chatstate_core::{BatchReads, CacheKey, SessionKey};
+/// let read = stores
+///     .read_batch(&BatchReads::new()
+///         .session(SessionKey::new("acme", "whatsapp", "+5511999990000")?)
+///         .cache(CacheKey::new("customers", "42")?))
+///     .await?;
+/// let history = read.session.map(|s| s.messages).unwrap_or_default();
+/// # let _ = history; Ok(()) }
+/// ```
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ReadBatch: Send + Sync {
+    /// Reads `reads` together (see the trait's docs).
+    async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead>;
+}
+
+/// A [`ReadBatch`] made of one call per part, for stores whose calls cost no round
+/// trip (memory, file): `load`, then each `FocusStore::get`, then one `get_many`.
+pub async fn read_batch_by_calls<S>(store: &S, reads: &BatchReads) -> Result<BatchRead>
+where
+    S: SessionStore + FocusStore + KvCache + ?Sized,
+{
+    let session = match &reads.session {
+        Some(key) => SessionStore::load(store, key).await?,
+        None => None,
+    };
+    let mut focus = Vec::with_capacity(reads.focus.len());
+    for key in &reads.focus {
+        focus.push(FocusStore::get(store, key).await?);
+    }
+    let cache = if reads.cache.is_empty() {
+        Vec::new()
+    } else {
+        KvCache::get_many(store, &reads.cache).await?
+    };
+    Ok(BatchRead {
+        session,
+        focus,
+        cache,
+    })
 }

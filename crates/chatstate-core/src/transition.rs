@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::key::{CounterKey, SessionKey};
 use crate::model::{
     AppendReceipt, CounterBatch, Expected, LoadedSession, MAX_SESSION_DATA_NAMES, Message,
-    NewMessage, Session, SessionPatch, estimate_tokens, random_id,
+    NewMessage, Session, SessionPatch, Turn, TurnReceipt, estimate_tokens, random_id,
 };
 
 /// A session's record, its window of recent messages and its side data: what a
@@ -90,6 +90,49 @@ impl SessionState {
             created,
             trimmed_messages: excess as u64,
             trimmed_tokens,
+        };
+        Ok((state, receipt))
+    }
+
+    /// Commits a turn (its patch already normalized, its messages checked with
+    /// [`crate::model::check_append`]) to `existing`, all or nothing: `NotFound`
+    /// when there is no session and `turn.expected` names a version, `Conflict`
+    /// when the record is at another version. A missing session (with
+    /// [`Expected::Any`]) is created with the patch as its init (version 1);
+    /// an existing one gets the patch as [`SessionState::update`] applies it, when
+    /// the patch names a field. Then the messages are appended as
+    /// [`SessionState::append`] does (which also sets `last_activity`).
+    pub fn commit_turn(
+        existing: Option<SessionState>,
+        key: &SessionKey,
+        turn: Turn,
+        settings: &StoreSettings,
+        now: Timestamp,
+    ) -> Result<(SessionState, TurnReceipt)> {
+        let Turn {
+            messages,
+            patch,
+            expected,
+            return_session,
+        } = turn;
+        let created = existing.is_none();
+        let state = match existing {
+            Some(mut state) => {
+                check_version(expected, state.session.version)?;
+                if !patch.is_empty() {
+                    state.update(&patch, expected, now)?;
+                }
+                state
+            }
+            None if expected == Expected::Any => SessionState::create(key, &patch, now),
+            None => return Err(Error::not_found("no live session has this key")),
+        };
+        let (state, mut append) = SessionState::append(Some(state), key, messages, settings, now)?;
+        append.created = created;
+        let receipt = TurnReceipt {
+            version: state.session.version,
+            append,
+            session: return_session.then(|| state.session.clone()),
         };
         Ok((state, receipt))
     }

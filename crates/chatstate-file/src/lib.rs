@@ -82,6 +82,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod cache;
 mod counters;
 mod export;

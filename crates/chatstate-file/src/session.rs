@@ -8,10 +8,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ResultExt;
 use chatstate_core::key::{check_lock_name, check_scope};
+use chatstate_core::model::check_turn;
 use chatstate_core::transition::{LockState, SessionState};
 use chatstate_core::{
     AppendReceipt, Capabilities, Error, ErrorKind, Expected, Lease, LoadedSession, NewMessage,
-    Page, Result, Session, SessionKey, SessionPatch, SessionStore, StoreSettings, Timestamp,
+    Page, Result, Session, SessionKey, SessionPatch, SessionStore, StoreSettings, Timestamp, Turn,
+    TurnReceipt,
 };
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +183,23 @@ impl SessionStore for FileStore {
         })
         .await
         .in_op("update")
+    }
+
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt> {
+        let turn = check_turn(turn, &self.inner.settings).in_op("commit_turn")?;
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let _g = inner.stripes.lock(&inner.layout.session(&key))?;
+            let now = inner.now();
+            let existing = inner.read_session(&key, now)?;
+            let (file, receipt) =
+                SessionState::commit_turn(existing, &key, turn, &inner.settings, now)
+                    .map_err(|e| e.with_key(&key))?;
+            inner.write_session(&file, now)?;
+            Ok(receipt)
+        })
+        .await
+        .in_op("commit_turn")
     }
 
     async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {

@@ -28,6 +28,7 @@ fn fixture(dir: Arc<TempDir>, clock: ManualClock, settings: StoreSettings) -> Re
     // The same folder opened again: the "other instance" of the reply cases.
     let peer = Arc::new(open()?);
     Ok(Fixture {
+        reads: store.clone(),
         sessions: store.clone(),
         focus: store.clone(),
         counters: store.clone(),

@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
-    AppendReceipt, BatchOutcome, Bucket, CacheKey, CounterBatch, CounterKey, CounterSink, Expected,
-    FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession, Loader, ManyLoader,
-    NewMessage, Page, PutMode, ReplyEvents, ReplyStream, Result, RunId, RunRead, RunStatus,
-    Session, SessionKey, SessionPatch, SessionStore,
+    AppendReceipt, BatchOutcome, BatchRead, BatchReads, Bucket, CacheKey, CounterBatch, CounterKey,
+    CounterSink, Expected, FocusDoc, FocusKey, FocusStore, KvCache, Labels, Lease, LoadedSession,
+    Loader, ManyLoader, NewMessage, Page, PutMode, ReadBatch, ReplyEvents, ReplyStream, Result,
+    RunId, RunRead, RunStatus, Session, SessionKey, SessionPatch, SessionStore, Turn, TurnReceipt,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -495,6 +495,19 @@ impl<S: KvCache> KvCache for Instrumented<S> {
 }
 
 #[async_trait]
+impl<S: ReadBatch> ReadBatch for Instrumented<S> {
+    async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead> {
+        self.measure(
+            ("reads", "read_batch"),
+            NO_NS,
+            none,
+            self.inner.read_batch(reads),
+        )
+        .await
+    }
+}
+
+#[async_trait]
 impl<S: SessionStore> SessionStore for Instrumented<S> {
     async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
         self.measure(
@@ -545,6 +558,18 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
             )
             .await?;
         self.recorder.record_trimmed(&receipt);
+        Ok(receipt)
+    }
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt> {
+        let receipt = self
+            .measure(
+                ("sessions", "commit_turn"),
+                NO_NS,
+                none,
+                self.inner.commit_turn(key, turn),
+            )
+            .await?;
+        self.recorder.record_trimmed(&receipt.append);
         Ok(receipt)
     }
     async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {

@@ -720,6 +720,35 @@ impl TieredCache {
         }
     }
 
+    /// [`KvCache::get_many`] with `remote` in place of the remote tier's
+    /// `get_many`: the local tier answers what it can, exactly as `get_many`'s
+    /// local hits; `remote` gets the other keys (it is not called when there are
+    /// none) and must answer one value per key, in order, as the remote's
+    /// `get_many` would; its answers are kept locally as `get_many` keeps the
+    /// remote's. For reading the missing keys together with other reads in one
+    /// round trip (the facade's `Stores::read_batch`).
+    pub async fn get_many_via<F, Fut>(
+        &self,
+        keys: &[CacheKey],
+        remote: F,
+    ) -> Result<Vec<Option<Bytes>>>
+    where
+        F: FnOnce(Vec<CacheKey>) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<Vec<Option<Bytes>>>> + Send,
+    {
+        let shared = &self.shared;
+        let answer = match shared.read_many_via(keys, remote).await {
+            Ok(ManyRead {
+                unanswered,
+                error: Some(e),
+                ..
+            }) if !unanswered.is_empty() => Err(e),
+            Ok(read) => Ok(read.values),
+            Err(e) => Err(e),
+        };
+        shared.finish(answer).await
+    }
+
     /// Drops every local copy (not the remote values).
     pub fn clear_local(&self) {
         self.shared.local.invalidate_all();
@@ -1575,6 +1604,20 @@ impl Shared {
     /// pending delete read as missing, without the remote). On a temporary remote
     /// error the keys with a stale copy still kept are answered by it.
     async fn read_many(&self, keys: &[CacheKey]) -> Result<ManyRead> {
+        self.read_many_via(
+            keys,
+            |wanted| async move { self.remote.get_many(&wanted).await },
+        )
+        .await
+    }
+
+    /// [`Shared::read_many`] with `remote` reading the keys the local tier does not
+    /// answer (called at most once, only when some are left).
+    async fn read_many_via<F, Fut>(&self, keys: &[CacheKey], remote: F) -> Result<ManyRead>
+    where
+        F: FnOnce(Vec<CacheKey>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Option<Bytes>>>>,
+    {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut values = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
@@ -1608,7 +1651,10 @@ impl Shared {
         }
         let start = self.clock.now();
         let wanted: Vec<CacheKey> = misses.iter().map(|&i| keys[i].clone()).collect();
-        match self.call(self.remote.get_many(&wanted)).await {
+        match self.call(remote(wanted)).await {
+            Ok(found) if found.len() != misses.len() => {
+                return Err(Error::decode("unexpected remote answer: one value per key"));
+            }
             Ok(found) => {
                 for ((&i, v), s) in misses.iter().zip(found).zip(&stale) {
                     self.keep_read(&keys[i], &v, epoch, start, s.is_some())
@@ -1687,17 +1733,9 @@ impl KvCache for TieredCache {
     }
 
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
-        let shared = &self.shared;
-        let answer = match shared.read_many(keys).await {
-            Ok(ManyRead {
-                unanswered,
-                error: Some(e),
-                ..
-            }) if !unanswered.is_empty() => Err(e),
-            Ok(read) => Ok(read.values),
-            Err(e) => Err(e),
-        };
-        shared.finish(answer).await
+        let remote = &self.shared.remote;
+        self.get_many_via(keys, |wanted| async move { remote.get_many(&wanted).await })
+            .await
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {

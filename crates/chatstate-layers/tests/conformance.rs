@@ -27,6 +27,7 @@ impl Backend for InstrumentedMemory {
                 .build(),
         ));
         Ok(Fixture {
+            reads: store.clone(),
             sessions: store.clone(),
             focus: store.clone(),
             counters: store.clone(),

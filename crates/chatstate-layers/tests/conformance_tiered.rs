@@ -68,6 +68,7 @@ impl Backend for TieredMemory {
         );
         let local_ttl = self.time_unit() / 4;
         Ok(Fixture {
+            reads: store.clone(),
             sessions: store.clone(),
             focus: store.clone(),
             counters: store.clone(),

@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod cache;
 mod counters;
 mod expiring;

@@ -7,10 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::key::{check_lock_name, check_scope, escape, unescape};
+use chatstate_core::model::check_turn;
 use chatstate_core::transition::{LockState, SessionState};
 use chatstate_core::{
     AppendReceipt, Error, ErrorKind, Expected, Lease, LoadedSession, NewMessage, Page, Result,
-    ResultExt, Session, SessionKey, SessionPatch, SessionStore, StoreSettings,
+    ResultExt, Session, SessionKey, SessionPatch, SessionStore, StoreSettings, Turn, TurnReceipt,
 };
 
 use crate::{MemoryStore, Triple, lock, triple};
@@ -110,6 +111,20 @@ impl SessionStore for MemoryStore {
         let session = entry.session.clone();
         sessions.set_deadline(&k, self.inner.session_deadline(now), now);
         Ok(session)
+    }
+
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt> {
+        let turn = check_turn(turn, &self.inner.settings).in_op("commit_turn")?;
+        let now = self.inner.now();
+        let mut sessions = lock(&self.inner.sessions);
+        let k = triple(key);
+        // A copy is transitioned: a refused turn leaves the stored session as it was.
+        let existing = sessions.get(&k, now).cloned();
+        let (state, receipt) =
+            SessionState::commit_turn(existing, key, turn, &self.inner.settings, now)
+                .map_err(|e| e.with_operation("commit_turn").with_key(key))?;
+        sessions.insert(k, state, self.inner.session_deadline(now));
+        Ok(receipt)
     }
 
     async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {

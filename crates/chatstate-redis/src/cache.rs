@@ -176,7 +176,7 @@ impl RedisStore {
 
 /// A stored value, refused when it is over the value limit (written by something
 /// else: chatstate never stores one).
-fn value(v: Value, max: usize, key: &str) -> Result<Option<Bytes>> {
+pub(crate) fn value(v: Value, max: usize, key: &str) -> Result<Option<Bytes>> {
     match reply::bytes(v)? {
         Some(b) if b.len() > max => Err(Error::invalid_input(format!(
             "stored value is {} bytes, more than the limit of {max} (CHATSTATE_MAX_VALUE_BYTES)",

@@ -105,6 +105,28 @@ pub(crate) fn doc_from(
     })
 }
 
+/// The fields a document is read by, in the order [`doc_of_hmget`] takes them.
+pub(crate) const DOC_FIELDS: [&str; 3] = ["value", "version", "updated_at"];
+
+/// A document from the `HMGET` of its [`DOC_FIELDS`]; `None` when it has no
+/// version (no document).
+pub(crate) fn doc_of_hmget(
+    key: &FocusKey,
+    redis_key: &str,
+    v: Vec<Value>,
+) -> Result<Option<FocusDoc>> {
+    let mut it = v.into_iter();
+    let (value, version, updated_at) = (
+        it.next().unwrap_or(Value::Nil),
+        it.next().unwrap_or(Value::Nil),
+        it.next().unwrap_or(Value::Nil),
+    );
+    if version == Value::Nil {
+        return Ok(None);
+    }
+    doc_from(key.clone(), value, version, updated_at, redis_key).map(Some)
+}
+
 #[async_trait]
 impl FocusStore for RedisStore {
     async fn put(
@@ -183,23 +205,14 @@ impl FocusStore for RedisStore {
             .cmd(
                 redis::cmd("HMGET")
                     .arg(&doc_key)
-                    .arg("value")
-                    .arg("version")
-                    .arg("updated_at"),
+                    .arg(DOC_FIELDS[0])
+                    .arg(DOC_FIELDS[1])
+                    .arg(DOC_FIELDS[2]),
                 "get",
                 Some(&doc_key),
             )
             .await?;
-        let mut it = v.into_iter();
-        let (value, version, updated_at) = (
-            it.next().unwrap_or(Value::Nil),
-            it.next().unwrap_or(Value::Nil),
-            it.next().unwrap_or(Value::Nil),
-        );
-        if version == Value::Nil {
-            return Ok(None);
-        }
-        doc_from(key.clone(), value, version, updated_at, &doc_key).map(Some)
+        doc_of_hmget(key, &doc_key, v)
     }
 
     async fn delete(&self, key: &FocusKey) -> Result<bool> {

@@ -259,6 +259,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod breaker;
 mod bus;
 mod cache;

@@ -43,11 +43,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ResultExt;
 use chatstate_core::key::{check_lock_name, check_scope, unescape};
+use chatstate_core::model::check_turn;
 use chatstate_core::model::random_id;
 use chatstate_core::{
     AppendReceipt, Change, Error, ErrorKind, Expected, KeyLayout, Lease, LoadedSession, Message,
     NewMessage, Page, Result, Role, Session, SessionKey, SessionPatch, SessionStore, StoreSettings,
-    Timestamp,
+    Timestamp, Turn, TurnReceipt,
 };
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -182,45 +183,58 @@ return {2, redis.call('HGETALL', ctx)}
 "#
 );
 
-/// Appends messages: numbers them, trims to the window, refreshes every part's TTL
-/// and last_activity, creating the session when missing (`SessionState::append`).
-/// KEYS: ctx, msgs, index, deadlines, data. ARGV: now, ttl_ms, window, new id, n,
-/// message JSON × n, member.
-/// Returns {message_count, window length, created (0/1), trimmed messages, trimmed
-/// tokens}.
+/// Commits a turn (`SessionState::commit_turn`): checks the expected version,
+/// applies the patch, appends the messages (numbered, the window trimmed),
+/// sets last_activity and refreshes every part's TTL, creating the session when
+/// missing and no version is expected. `append_messages` is a turn with messages
+/// only. KEYS: ctx, msgs, index, deadlines, data. ARGV: now, ttl_ms, window, new
+/// id, expected version (-1: any), return the record (0/1), n, message JSON × n,
+/// patch (nsets, f, v, ..., ndels, f, ...), member.
+/// Returns {0} no session (a version was expected), {1, version} conflict, or
+/// {2, message_count, window length, created (0/1), trimmed messages, trimmed
+/// tokens, version[, hash]}.
 ///
-/// An existing session's `message_count` must be an integer in range (as HINCRBY
-/// reads it) before anything is written; else Decode naming the record. The
-/// trimmed messages are the oldest `LLEN + n - window` (stored ones first, then
-/// new ones when the append brings more than the window); their tokens are
-/// `chatstate_core::model::estimate_tokens` of each content (characters, not
-/// bytes, / 4 rounded up), counted before the first write, so a stored message
-/// that does not parse is Decode with nothing written.
-const APPEND: &str = concat!(
+/// Everything that can refuse is checked before the first write: the keys' types,
+/// the stored `version` and `message_count` (integers in range, as HINCRBY reads
+/// them: else Decode naming the record), the version, room in `message_count`,
+/// and the stored messages the window trims (their tokens are
+/// `chatstate_core::model::estimate_tokens` of each content: characters, not
+/// bytes, / 4 rounded up; one that does not parse is Decode). The trimmed
+/// messages are the oldest `LLEN + n - window` (stored ones first, then new ones
+/// when the turn brings more than the window).
+const TURN: &str = concat!(
     lua_prelude!(),
     r#"
 local ctx, msgs = KEYS[1], KEYS[2]
 local e = check_keys()
 if e then return e end
+local n = tonumber(ARGV[7])
+local patch_at = 8 + n
+local nsets = tonumber(ARGV[patch_at])
+local has_patch = nsets > 0 or ARGV[patch_at + 1 + 2 * nsets] ~= '0'
 local exists = redis.call('EXISTS', ctx) == 1
+local version
 if exists then
   local f
   e, f = check_record(ctx)
   if e then return e end
-  if not fits_sum(f[2], ARGV[5]) then
+  version = f[1]
+  if ARGV[5] ~= '-1' and version ~= ARGV[5] then return {1, version} end
+  if not fits_sum(f[2], ARGV[7]) then
     return corrupt(ctx, 'field message_count is at its maximum')
   end
+elseif ARGV[5] ~= '-1' then
+  return {0}
 end
-local n = tonumber(ARGV[5])
--- What the window trims: the oldest `old + n - window`, read before any write.
 local function tokens(json)
   local ok, m = pcall(cjson.decode, json)
   if not ok or type(m) ~= 'table' or type(m.content) ~= 'string' then return nil end
   local _, chars = string.gsub(m.content, '[^\128-\191]', '')
   return math.ceil(chars / 4)
 end
+local window = tonumber(ARGV[3])
 local old = exists and redis.call('LLEN', msgs) or 0
-local excess = old + n - tonumber(ARGV[3])
+local excess = old + n - window
 local trimmed_tokens = 0
 if excess > 0 then
   local stored = math.min(excess, old)
@@ -232,7 +246,7 @@ if excess > 0 then
     end
   end
   for i = 1, excess - stored do
-    trimmed_tokens = trimmed_tokens + (tokens(ARGV[5 + i]) or 0)
+    trimmed_tokens = trimmed_tokens + (tokens(ARGV[7 + i]) or 0)
   end
 else
   excess = 0
@@ -242,16 +256,31 @@ if not exists then
   redis.call('DEL', msgs, KEYS[5])
   redis.call('HSET', ctx, 'id', ARGV[4], 'created_at', ARGV[1], 'updated_at', ARGV[1],
     'paused', '0', 'token_estimate', '0', 'message_count', '0', 'version', '1')
+  apply_patch(ctx, ARGV, patch_at)
+  version = 1
   created = 1
+elseif has_patch then
+  apply_patch(ctx, ARGV, patch_at)
+  version = redis.call('HINCRBY', ctx, 'version', 1)
+  redis.call('HSET', ctx, 'updated_at', ARGV[1])
 end
 local count = redis.call('HINCRBY', ctx, 'message_count', n)
-for i = 1, n do
-  redis.call('RPUSH', msgs, (count - n + i) .. ':' .. ARGV[5 + i])
+if n > 0 then
+  local batch = {}
+  for i = 1, n do
+    batch[#batch + 1] = (count - n + i) .. ':' .. ARGV[7 + i]
+    if #batch == 1000 or i == n then
+      redis.call('RPUSH', msgs, unpack(batch))
+      batch = {}
+    end
+  end
 end
-redis.call('LTRIM', msgs, -tonumber(ARGV[3]), -1)
+if old + n > window then redis.call('LTRIM', msgs, -window, -1) end
 redis.call('HSET', ctx, 'last_activity', ARGV[1])
 refresh(ARGV[2])
-return {count, redis.call('LLEN', msgs), created, excess, trimmed_tokens}
+local out = {2, count, math.min(old + n, window), created, excess, trimmed_tokens, version}
+if ARGV[6] == '1' then out[8] = redis.call('HGETALL', ctx) end
+return out
 "#
 );
 
@@ -446,7 +475,7 @@ return 0
 /// The session scripts, hashed once per store.
 pub(crate) struct SessionScripts {
     create: Script,
-    append: Script,
+    turn: Script,
     load: Script,
     update: Script,
     touch: Script,
@@ -463,7 +492,7 @@ impl SessionScripts {
     pub fn new() -> Self {
         SessionScripts {
             create: Script::new("create", CREATE),
-            append: Script::new("append", APPEND),
+            turn: Script::new("turn", TURN),
             load: Script::new("load", LOAD),
             update: Script::new("update", UPDATE),
             touch: Script::new("touch", TOUCH),
@@ -739,6 +768,29 @@ pub(crate) fn message_from(raw: &[u8], redis_key: &str) -> Result<Message> {
     })
 }
 
+/// A loaded session from its record hash and its window's list (`None` when the
+/// hash is empty: no session).
+pub(crate) fn loaded_from(
+    key: &SessionKey,
+    k: &Keys,
+    hash: Value,
+    messages: Value,
+) -> Result<Option<LoadedSession>> {
+    let hash = reply::pairs(hash)?;
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let session = session_from(key, &k.ctx, hash)?;
+    let messages = reply::array(messages)?
+        .into_iter()
+        .map(|m| {
+            let raw = reply::bytes(m)?.unwrap_or_default();
+            message_from(&raw, &k.msgs)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(LoadedSession { session, messages }))
+}
+
 /// The `{created/exists, hash}` reply of CREATE and UPDATE: the status and the hash.
 fn status_and_hash(v: Value) -> Result<(i64, Option<Value>)> {
     let mut items = reply::array(v)?.into_iter();
@@ -770,6 +822,89 @@ impl RedisStore {
             .conn
             .script(script, &k.script_keys(), &refs, op)
             .await
+    }
+}
+
+impl RedisStore {
+    /// Runs the TURN script for a checked turn (`op` names the caller in errors
+    /// and the round-trip accounting).
+    async fn turn(&self, key: &SessionKey, turn: Turn, op: &'static str) -> Result<TurnReceipt> {
+        let now = self.now();
+        let k = keys(&self.inner.layout, key);
+        let expected = match turn.expected {
+            Expected::Any => b"-1".to_vec(),
+            Expected::Version(v) => num(v),
+        };
+        let mut args = vec![
+            num(now.0),
+            self.ttl_ms(),
+            num(self.inner.settings.window_size),
+            random_id().into_bytes(),
+            expected,
+            if turn.return_session {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
+            num(turn.messages.len()),
+        ];
+        for m in turn.messages {
+            let stored = StoredMessage {
+                role: m.role,
+                content: m.content,
+                metadata: m.metadata,
+                at: m.at.unwrap_or(now),
+            };
+            args.push(serde_json::to_vec(&stored).map_err(|e| {
+                Error::new(ErrorKind::Internal, "a message does not encode").with_source(e)
+            })?);
+        }
+        args.extend(patch_args(&turn.patch));
+        let v = self
+            .session_write(&self.inner.scripts.session.turn, &k, args, op)
+            .await?;
+        let r = reply::array(v)?;
+        match r.first().map(reply::int).transpose()? {
+            Some(0) => Err(Error::not_found("no live session has this key")
+                .with_operation(op)
+                .with_key(key)),
+            Some(1) => {
+                let have = r.get(1).map(reply::int).transpose()?.unwrap_or(0);
+                let want = match turn.expected {
+                    Expected::Version(v) => v,
+                    Expected::Any => 0,
+                };
+                Err(Error::conflict(format!(
+                    "expected version {want}, the session is at version {have}"
+                ))
+                .with_operation(op)
+                .with_key(key))
+            }
+            Some(2) if r.len() >= 7 => {
+                let unsigned = |i: usize| -> Result<u64> {
+                    u64::try_from(reply::int(&r[i])?)
+                        .map_err(|_| corrupt(&k.ctx, "turn reply has a negative count"))
+                };
+                let append = AppendReceipt {
+                    message_count: unsigned(1)?,
+                    window_len: usize::try_from(unsigned(2)?).unwrap_or(usize::MAX),
+                    created: unsigned(3)? == 1,
+                    trimmed_messages: unsigned(4)?,
+                    trimmed_tokens: unsigned(5)?,
+                };
+                let version = unsigned(6)?;
+                let session = match r.into_iter().nth(7) {
+                    Some(h) => Some(session_from(key, &k.ctx, reply::pairs(h)?)?),
+                    None => None,
+                };
+                Ok(TurnReceipt {
+                    version,
+                    append,
+                    session,
+                })
+            }
+            _ => Err(corrupt(&k.ctx, "turn reply has the wrong shape")),
+        }
     }
 }
 
@@ -893,15 +1028,7 @@ impl SessionStore for RedisStore {
         let hash = parts
             .next()
             .ok_or_else(|| corrupt(&k.ctx, "load reply lacks the record"))?;
-        let session = session_from(key, &k.ctx, reply::pairs(hash)?)?;
-        let messages = reply::array(parts.next().unwrap_or(Value::Nil))?
-            .into_iter()
-            .map(|m| {
-                let raw = reply::bytes(m)?.unwrap_or_default();
-                message_from(&raw, &k.msgs)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(LoadedSession { session, messages }))
+        loaded_from(key, &k, hash, parts.next().unwrap_or(Value::Nil))
     }
 
     async fn append_messages(
@@ -911,47 +1038,13 @@ impl SessionStore for RedisStore {
     ) -> Result<AppendReceipt> {
         chatstate_core::model::check_append(&messages, &self.inner.settings)
             .in_op("append_messages")?;
-        let now = self.now();
-        let k = keys(&self.inner.layout, key);
-        let mut args = vec![
-            num(now.0),
-            self.ttl_ms(),
-            num(self.inner.settings.window_size),
-            random_id().into_bytes(),
-            num(messages.len()),
-        ];
-        for m in messages {
-            let stored = StoredMessage {
-                role: m.role,
-                content: m.content,
-                metadata: m.metadata,
-                at: m.at.unwrap_or(now),
-            };
-            args.push(serde_json::to_vec(&stored).map_err(|e| {
-                Error::new(ErrorKind::Internal, "a message does not encode").with_source(e)
-            })?);
-        }
-        let v = self
-            .session_write(
-                &self.inner.scripts.session.append,
-                &k,
-                args,
-                "append_messages",
-            )
-            .await?;
-        let r = reply::array(v)?;
-        if r.len() != 5 {
-            return Err(corrupt(&k.ctx, "append reply has the wrong shape"));
-        }
-        let count = reply::int(&r[0])?;
-        let len = reply::int(&r[1])?;
-        Ok(AppendReceipt {
-            message_count: u64::try_from(count).unwrap_or(0),
-            window_len: usize::try_from(len).unwrap_or(0),
-            created: reply::int(&r[2])? == 1,
-            trimmed_messages: u64::try_from(reply::int(&r[3])?).unwrap_or(0),
-            trimmed_tokens: u64::try_from(reply::int(&r[4])?).unwrap_or(0),
-        })
+        let turn = Turn::new().messages(messages);
+        Ok(self.turn(key, turn, "append_messages").await?.append)
+    }
+
+    async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt> {
+        let turn = check_turn(turn, &self.inner.settings).in_op("commit_turn")?;
+        self.turn(key, turn, "commit_turn").await
     }
 
     async fn update(

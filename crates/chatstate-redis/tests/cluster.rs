@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chatstate_conformance::inventory;
 use chatstate_core::{
-    CacheKey, HostPort, Inventory, KeyLayout, KvCache, NewMessage, RecordKind, RedisTopology,
-    RedisUrl, SessionKey, SessionStore, StoreSettings,
+    BatchReads, CacheKey, FocusKey, HostPort, Inventory, KeyLayout, KvCache, NewMessage, PutMode,
+    ReadBatch, RecordKind, RedisTopology, RedisUrl, SessionKey, SessionStore, StoreSettings,
 };
 use chatstate_redis::RedisStore;
 use common::cluster::{self, Cluster};
@@ -147,6 +147,56 @@ async fn multi_key_cache_calls_take_one_round_trip_per_slot() {
     let got = KvCache::get_many(&s, &keys).await.unwrap();
     assert!(got[..20].iter().all(Option::is_none));
     assert!(got[20..].iter().all(Option::is_some));
+}
+
+/// A read batch on a Cluster costs one round trip per slot its keys fall in (the
+/// session's keys share one), sent concurrently; each part answers as its own call.
+#[tokio::test]
+async fn a_read_batch_takes_one_round_trip_per_slot() {
+    let c = cluster::shared();
+    let s = store_on(c).await;
+    let session = SessionKey::new("acme", "whatsapp", "+5511").unwrap();
+    let focus = FocusKey::new("acme", "flow").unwrap();
+    let keys: Vec<CacheKey> = (0..6)
+        .map(|i| CacheKey::new("customers", format!("c{i}")).unwrap())
+        .collect();
+    s.append_messages(&session, vec![NewMessage::user("oi")])
+        .await
+        .unwrap();
+    chatstate_core::FocusStore::put(
+        &s,
+        &focus,
+        Bytes::from_static(b"billing"),
+        PutMode::Overwrite,
+        None,
+    )
+    .await
+    .unwrap();
+    KvCache::set(&s, &keys[0], Bytes::from_static(b"Ana"), None)
+        .await
+        .unwrap();
+    let layout = s.layout();
+    let slots: HashSet<u16> = std::iter::once(format!("{}:ctx", layout.session_base(&session)))
+        .chain(std::iter::once(layout.focus(&focus)))
+        .chain(keys.iter().map(|k| layout.cache(k)))
+        .map(|k| keyslot(c, &k))
+        .collect();
+    assert!(slots.len() > 3, "{} slots", slots.len());
+    let reads = BatchReads {
+        session: Some(session.clone()),
+        focus: vec![focus.clone()],
+        cache: keys.clone(),
+    };
+    let before = s.round_trips().round_trips;
+    let read = s.read_batch(&reads).await.unwrap();
+    assert_eq!(s.round_trips().round_trips - before, slots.len() as u64);
+    assert_eq!(read.session, s.load(&session).await.unwrap());
+    assert_eq!(
+        read.focus,
+        [chatstate_core::FocusStore::get(&s, &focus).await.unwrap()]
+    );
+    assert_eq!(read.cache, KvCache::get_many(&s, &keys).await.unwrap());
+    assert_eq!(read.cache[0].as_deref(), Some(&b"Ana"[..]));
 }
 
 #[tokio::test]

@@ -116,6 +116,10 @@ pub struct Stores {
     pub counters: Arc<dyn CounterSink>,
     /// The cache.
     pub cache: Arc<dyn KvCache>,
+    /// Read batches of the backend itself (a session, focus documents and cache
+    /// entries in one round trip on Redis). [`Stores::read_batch`] puts the
+    /// tiered cache's local tier in front of it.
+    pub reads: Arc<dyn ReadBatch>,
     /// Streamed replies (a run per model reply, read or followed from any
     /// instance). Wrap it with [`Stores::coalesced_replies`] for token streams.
     pub replies: Arc<dyn ReplyStream>,
@@ -247,7 +251,14 @@ impl Stores {
         source: HealthSource,
     ) -> Stores
     where
-        S: SessionStore + FocusStore + CounterSink + KvCache + ReplyStream + Inventory + 'static,
+        S: SessionStore
+            + FocusStore
+            + CounterSink
+            + KvCache
+            + ReplyStream
+            + ReadBatch
+            + Inventory
+            + 'static,
     {
         let s = Arc::new(s);
         Stores {
@@ -256,6 +267,7 @@ impl Stores {
             focus: s.clone(),
             counters: s.clone(),
             cache: s.clone(),
+            reads: s.clone(),
             replies: s.clone(),
             inventory: s,
             bus,
@@ -370,9 +382,83 @@ impl Stores {
         self.focus = Arc::new(root.sharing(self.focus));
         self.counters = Arc::new(root.sharing(self.counters));
         self.cache = Arc::new(root.sharing(self.cache));
+        self.reads = Arc::new(root.sharing(self.reads));
         self.replies = Arc::new(root.sharing(self.replies));
         self.metrics = Some(root);
         self
+    }
+
+    /// The read before the model is called, in one step: the session with its
+    /// window, focus documents and cache entries ([`ReadBatch`]: one round trip on
+    /// Redis). After [`Stores::with_tiered_cache`] the local tier answers the cache
+    /// entries it holds first, exactly as `stores.cache.get_many` would; the others
+    /// are read in the same round trip as the session and kept locally, so a turn
+    /// whose entries are all local reads only the session and the documents.
+    ///
+    /// ```
+    /// # async fn demo() -> chatstate::Result<()> {
+    /// use chatstate::{BackendKind, BatchReads, CacheKey, Config, SessionKey, Stores};
+    /// let config = Config { backend: BackendKind::Memory, ..Config::default() };
+    /// let stores = Stores::open(&config).await?.with_tiered_cache(&config);
+    /// let key = SessionKey::new("acme", "whatsapp", "+5511999990000")?;
+    /// let read = stores
+    ///     .read_batch(&BatchReads::new().session(key).cache(CacheKey::new("customers", "42")?))
+    ///     .await?;
+    /// assert_eq!((read.session, read.cache), (None, vec![None]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead> {
+        let Some(tiered) = &self.tiered else {
+            return self.reads.read_batch(reads).await;
+        };
+        if reads.cache.is_empty() {
+            return self.reads.read_batch(reads).await;
+        }
+        // The rest of the batch rides along with the keys the local tier misses;
+        // when it answers them all, the rest is read on its own.
+        let mut rest: Option<Result<BatchRead>> = None;
+        let cache = tiered
+            .get_many_via(&reads.cache, |missing| {
+                let batch = BatchReads {
+                    session: reads.session.clone(),
+                    focus: reads.focus.clone(),
+                    cache: missing,
+                };
+                let rest = &mut rest;
+                async move {
+                    let read = self.reads.read_batch(&batch).await;
+                    // The tiered cache gets the cache part (or a copy of the error,
+                    // to serve stale copies as `get_many` would); the rest is kept.
+                    let answer = match &read {
+                        Ok(r) => Ok(r.cache.clone()),
+                        Err(e) => {
+                            let copy = Error::new(e.kind(), e.message().to_string());
+                            Err(match e.operation() {
+                                Some(op) => copy.with_operation(op),
+                                None => copy,
+                            })
+                        }
+                    };
+                    *rest = Some(read);
+                    answer
+                }
+            })
+            .await;
+        let only_cache = reads.session.is_none() && reads.focus.is_empty();
+        let mut read = match rest {
+            Some(Err(_)) | None if only_cache => BatchRead::default(),
+            Some(read) => read?,
+            None => {
+                let batch = BatchReads {
+                    session: reads.session.clone(),
+                    focus: reads.focus.clone(),
+                    cache: Vec::new(),
+                };
+                self.reads.read_batch(&batch).await?
+            }
+        };
+        read.cache = cache?;
+        Ok(read)
     }
 
     /// What [`Stores::instrumented`] recorded so far: count, errors, latency

@@ -8,9 +8,11 @@ mod handles;
 mod isolation;
 mod kv;
 mod lock;
+mod read_batch;
 mod reply;
 mod session;
 mod side_data;
+mod turn;
 
 pub use counter::*;
 pub use focus::*;
@@ -18,9 +20,11 @@ pub use handles::*;
 pub use isolation::*;
 pub use kv::*;
 pub use lock::*;
+pub use read_batch::*;
 pub use reply::*;
 pub use session::*;
 pub use side_data::*;
+pub use turn::*;
 
 use chatstate_core::{CacheKey, CounterKey, FocusKey, SessionKey};
 

@@ -83,6 +83,7 @@ fn fixture(
     cache: impl FnOnce(Arc<RedisStore>) -> Arc<dyn KvCache>,
 ) -> Fixture {
     Fixture {
+        reads: store.clone(),
         sessions: store.clone(),
         focus: store.clone(),
         counters: store.clone(),

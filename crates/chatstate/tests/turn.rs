@@ -1,0 +1,211 @@
+//! A chat turn through the facade (issue 13): `Stores::read_batch` (the backend's
+//! read batch, with a tiered cache's local tier answering first) and
+//! `commit_turn`, on memory, file and a throwaway redis-server this test starts
+//! (never 6379), with the round trips each costs on Redis.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../chatstate-redis/tests/common/mod.rs"]
+mod common;
+
+use bytes::Bytes;
+use chatstate::{
+    BackendKind, BatchReads, CacheKey, Config, Expected, FocusKey, FocusStore, KvCache, NewMessage,
+    PutMode, SessionKey, SessionPatch, SessionStore, Stores, Turn,
+};
+
+use common::config;
+
+fn redis_config() -> Config {
+    config(&[
+        ("USE_REDIS", "1"),
+        ("REDIS_URL", &common::shared().url()),
+        ("CHATSTATE_KEY_PREFIX", &common::unique_prefix()),
+    ])
+}
+
+fn local_configs(dir: &std::path::Path) -> Vec<Config> {
+    let memory = Config {
+        backend: BackendKind::Memory,
+        ..Config::default()
+    };
+    let mut file = Config {
+        backend: BackendKind::File,
+        ..Config::default()
+    };
+    file.file_dir = dir.to_path_buf();
+    vec![memory, file]
+}
+
+fn reads(key: &SessionKey) -> BatchReads {
+    BatchReads::new()
+        .session(key.clone())
+        .focus(FocusKey::new("acme", "flow").unwrap())
+        .cache(CacheKey::new("customers", "42").unwrap())
+        .cache(CacheKey::new("customers", "43").unwrap())
+}
+
+/// One turn on `stores` (tiered or not): read, commit, read again; the second read
+/// answers what the first wrote. Returns the second read's cache part.
+async fn a_turn(stores: &Stores, key: &SessionKey) -> Vec<Option<Bytes>> {
+    stores
+        .focus
+        .put(
+            &FocusKey::new("acme", "flow").unwrap(),
+            Bytes::from_static(b"billing"),
+            PutMode::Overwrite,
+            None,
+        )
+        .await
+        .unwrap();
+    stores
+        .cache
+        .set(
+            &CacheKey::new("customers", "42").unwrap(),
+            Bytes::from_static(b"Ana"),
+            None,
+        )
+        .await
+        .unwrap();
+    let before = stores.read_batch(&reads(key)).await.unwrap();
+    assert_eq!(before.session, None);
+    assert_eq!(
+        before.focus[0].as_ref().map(|d| d.value.clone()),
+        Some(Bytes::from_static(b"billing"))
+    );
+    assert_eq!(before.cache, [Some(Bytes::from_static(b"Ana")), None]);
+    let receipt = stores
+        .sessions
+        .commit_turn(
+            key,
+            Turn::new()
+                .messages([NewMessage::user("oi"), NewMessage::assistant("olá")])
+                .patch(SessionPatch::new().summary("greeted")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(receipt.version, 1);
+    let after = stores.read_batch(&reads(key)).await.unwrap();
+    let loaded = after.session.unwrap();
+    assert_eq!(loaded.session.summary.as_deref(), Some("greeted"));
+    assert_eq!(loaded.messages.len(), 2);
+    stores
+        .sessions
+        .commit_turn(
+            key,
+            Turn::new()
+                .message(NewMessage::user("tchau"))
+                .expect(Expected::Version(loaded.session.version)),
+        )
+        .await
+        .unwrap();
+    after.cache
+}
+
+/// On memory and file, plain and tiered: the read batch answers what was
+/// written, and a tiered cache's local tier answers the cache entries it holds.
+#[tokio::test]
+async fn read_batch_and_turn_on_memory_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for config in local_configs(dir.path()) {
+        let plain = Stores::open(&config).await.unwrap();
+        let key = SessionKey::new("acme", "whatsapp", "plain").unwrap();
+        assert_eq!(
+            a_turn(&plain, &key).await[0],
+            Some(Bytes::from_static(b"Ana"))
+        );
+
+        let tiered = Stores::open(&config)
+            .await
+            .unwrap()
+            .with_tiered_cache(&config);
+        let key = SessionKey::new("acme", "whatsapp", "tiered").unwrap();
+        a_turn(&tiered, &key).await;
+        let hits = tiered.tiered().unwrap().stats().local_hits;
+        let read = tiered.read_batch(&reads(&key)).await.unwrap();
+        assert_eq!(read.cache[0], Some(Bytes::from_static(b"Ana")));
+        assert!(
+            tiered.tiered().unwrap().stats().local_hits > hits,
+            "the local tier answered the entry it holds ({:?})",
+            config.backend
+        );
+    }
+}
+
+/// On Redis: a read batch of a session, a document and two entries is one round
+/// trip; a turn commit is one; with a tiered cache holding every entry the read
+/// batch is still one (the session and the document) and a batch of held entries
+/// alone is none. What the local tier misses is read in the same round trip and
+/// kept locally.
+#[tokio::test]
+async fn redis_read_batch_and_turn_commit_are_one_round_trip_each() {
+    let config = redis_config();
+    let stores = Stores::open(&config).await.unwrap();
+    let key = SessionKey::new("acme", "whatsapp", "+5511").unwrap();
+    a_turn(&stores, &key).await; // warms the scripts (a first use may resend)
+    let trips = || stores.round_trips().unwrap().round_trips;
+
+    let before = trips();
+    let read = stores.read_batch(&reads(&key)).await.unwrap();
+    assert_eq!(trips() - before, 1, "the read batch is one round trip");
+    assert_eq!(read.session.unwrap().messages.len(), 3);
+    let before = trips();
+    stores
+        .sessions
+        .commit_turn(
+            &key,
+            Turn::new()
+                .messages([NewMessage::user("q"), NewMessage::assistant("a")])
+                .patch(SessionPatch::new().summary("s")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(trips() - before, 1, "the turn commit is one round trip");
+
+    let tiered = Stores::open(&config)
+        .await
+        .unwrap()
+        .with_tiered_cache(&config);
+    let trips = || tiered.round_trips().unwrap().round_trips;
+    let before = trips();
+    let first = tiered.read_batch(&reads(&key)).await.unwrap();
+    assert_eq!(
+        trips() - before,
+        1,
+        "local misses ride along with the session"
+    );
+    assert_eq!(first.cache, [Some(Bytes::from_static(b"Ana")), None]);
+    let before = trips();
+    let second = tiered.read_batch(&reads(&key)).await.unwrap();
+    assert_eq!(trips() - before, 1, "the session and the document only");
+    assert_eq!(second.cache, first.cache, "answered from the local tier");
+    assert_eq!(second.session, first.session);
+    let before = trips();
+    let hits = tiered.tiered().unwrap().stats().local_hits;
+    let cached = tiered
+        .read_batch(&BatchReads::new().cache(CacheKey::new("customers", "42").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(cached.cache, [Some(Bytes::from_static(b"Ana"))]);
+    assert_eq!(trips() - before, 0, "held entries alone cost no round trip");
+    assert_eq!(tiered.tiered().unwrap().stats().local_hits, hits + 1);
+
+    // A change through the tiered cache is seen by the next read batch.
+    tiered
+        .cache
+        .set(
+            &CacheKey::new("customers", "42").unwrap(),
+            Bytes::from_static(b"Ana Maria"),
+            None,
+        )
+        .await
+        .unwrap();
+    let read = tiered.read_batch(&reads(&key)).await.unwrap();
+    assert_eq!(read.cache[0], Some(Bytes::from_static(b"Ana Maria")));
+    let _ = SessionStore::delete(stores.sessions.as_ref(), &key).await;
+    let _ = KvCache::delete(
+        stores.cache.as_ref(),
+        &CacheKey::new("customers", "42").unwrap(),
+    )
+    .await;
+}
