@@ -24,10 +24,25 @@
 //! same script that writes a session writes its member in both and sets both keys'
 //! TTL to the latest deadline, atomically: so `update`/`touch` of a missing session
 //! add nothing, and a `delete` (also one script) cannot interleave with an `append`
-//! and leave a live session out of the index. Every write also prunes up to 64
-//! members whose deadline passed (`PRUNE_PER_WRITE` in the Lua: bounded work per
-//! write, and a write adds at most one member), so a tenant with many short
-//! sessions keeps an index of about its live sessions without any `list` call.
+//! and leave a live session out of the index.
+//!
+//! The index stays off the per-message path: a member's deadline is set to 1.5
+//! session TTLs from the write that indexes it, and recorded in the record's field
+//! `index_until`; a later write touches the index only when that deadline would
+//! end before the session's own new deadline (now + TTL). A busy session so
+//! touches its index about once per half TTL; every other write reads
+//! `index_until` (`HGET`) and only prunes (one `ZRANGE` when nothing expired)
+//! instead of two `ZADD`, a second `ZRANGE` and two `PEXPIREAT`. The listing promise holds because a
+//! member's deadline is never before its session's expiry: pruning removes only
+//! members whose deadline passed (sessions already gone), and `list` checks each
+//! member's session exists (a member outliving its session by up to half a TTL is
+//! skipped and dropped there). A session created again after expiry or `delete`
+//! has a new record without `index_until`, so its first write indexes it. Every
+//! write also prunes up to 64 members whose deadline passed (`PRUNE_PER_WRITE` in
+//! the Lua: bounded work, and a write adds at most one member), so a tenant with
+//! many short sessions keeps an index of about its live sessions without any
+//! `list` call. The index keys' TTL is the latest member deadline: up to 1.5
+//! session TTLs.
 //!
 //! On one server the index is one pair per tenant, and the session scripts name
 //! keys of two hash tags (the session's and the tenant's). On a Cluster
@@ -69,9 +84,11 @@ use crate::conn::{Script, lua_int, lua_wrongtype, reply};
 ///   when not) and, when it does, `check_record` (`nil, true` when it passes).
 /// - `check_keys()`: a WRONGTYPE reply when any of the five keys holds another
 ///   type, checked before the first write.
-/// - `index_write(ttl_ms)`: prunes expired members, sets this session's deadline
-///   (now + ttl, server time: the same clock as the PEXPIRE of its keys), and
-///   both index keys' TTL to the latest deadline.
+/// - `index_write(ttl_ms)`: when the session's index deadline (the record's
+///   `index_until`) would end before the session's new one (now + ttl, server
+///   time: the same clock as the PEXPIRE of its keys), sets it to now + 1.5 ttl
+///   in the index and the record, prunes expired members, and sets both index
+///   keys' TTL to the latest deadline; otherwise only prunes.
 /// - `index_remove()`: drops this session's member, prunes, and re-sets the TTL.
 /// - `refresh(ttl_ms)`: every write's tail: ctx, msgs and data expire `ttl_ms` from
 ///   now, and the index records it.
@@ -104,6 +121,10 @@ local function check_record(ctx)
   end
   return nil, f
 end
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function check_keys()
   return wrongtype(KEYS[1], 'hash') or wrongtype(KEYS[2], 'list')
     or wrongtype(KEYS[3], 'zset') or wrongtype(KEYS[4], 'zset') or wrongtype(KEYS[5], 'hash')
@@ -116,18 +137,17 @@ local function check_live()
   if e then return e end
   return nil, true
 end
-local function server_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local PRUNE_PER_WRITE = 64
-local function index_prune_and_expire(now)
+local function index_prune(now)
   local dead = redis.call('ZRANGE', KEYS[4], '-inf', string.format('(%d', now), 'BYSCORE',
     'LIMIT', 0, PRUNE_PER_WRITE)
   if #dead > 0 then
     redis.call('ZREM', KEYS[3], unpack(dead))
     redis.call('ZREM', KEYS[4], unpack(dead))
   end
+end
+local function index_prune_and_expire(now)
+  index_prune(now)
   local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
   if #last == 2 then
     redis.call('PEXPIREAT', KEYS[3], last[2])
@@ -136,10 +156,20 @@ local function index_prune_and_expire(now)
 end
 local function index_write(ttl_ms)
   local now = server_ms()
+  local ttl = tonumber(ttl_ms)
+  local indexed = tonumber(redis.call('HGET', KEYS[1], 'index_until') or '0') or 0
+  if indexed >= now + ttl then
+    -- Not due: only the pruning (removing expired members never moves the
+    -- index keys' TTL, which is the latest deadline).
+    index_prune(now)
+    return
+  end
+  local deadline = now + ttl + math.floor(ttl / 2)
   local member = ARGV[#ARGV]
   redis.call('ZADD', KEYS[3], 0, member)
-  redis.call('ZADD', KEYS[4], now + tonumber(ttl_ms), member)
+  redis.call('ZADD', KEYS[4], deadline, member)
   index_prune_and_expire(now)
+  redis.call('HSET', KEYS[1], 'index_until', deadline)
 end
 local function index_remove()
   local member = ARGV[#ARGV]
@@ -262,7 +292,6 @@ if not exists then
 elseif has_patch then
   apply_patch(ctx, ARGV, patch_at)
   version = redis.call('HINCRBY', ctx, 'version', 1)
-  redis.call('HSET', ctx, 'updated_at', ARGV[1])
 end
 local count = redis.call('HINCRBY', ctx, 'message_count', n)
 if n > 0 then
@@ -276,7 +305,11 @@ if n > 0 then
   end
 end
 if old + n > window then redis.call('LTRIM', msgs, -window, -1) end
-redis.call('HSET', ctx, 'last_activity', ARGV[1])
+if exists and has_patch then
+  redis.call('HSET', ctx, 'last_activity', ARGV[1], 'updated_at', ARGV[1])
+else
+  redis.call('HSET', ctx, 'last_activity', ARGV[1])
+end
 refresh(ARGV[2])
 local out = {2, count, math.min(old + n, window), created, excess, trimmed_tokens, version}
 if ARGV[6] == '1' then out[8] = redis.call('HGETALL', ctx) end
