@@ -318,14 +318,18 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) ->
     let mut tmp = dir.join(temp_name());
     let result = (|| {
         let create = |tmp: &Path| new_file_options().write(true).create_new(true).open(tmp);
-        let mut created = match create(&tmp) {
-            // A first write to the folder, or the sweeper removed it once empty.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                ensure_dir(dir, durability)?;
-                create(&tmp)
+        let mut created = create(&tmp);
+        // A first write to the folder, or the sweeper removed it once empty — which
+        // it may do again between our making it and creating the file: a few tries.
+        for _ in 0..5 {
+            match &created {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    ensure_dir(dir, durability)?;
+                    created = create(&tmp);
+                }
+                _ => break,
             }
-            other => other,
-        };
+        }
         // Taken (a forked child repeats its parent's names): never touch that file,
         // draw a random name instead.
         if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
