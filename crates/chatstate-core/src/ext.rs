@@ -118,12 +118,7 @@ pub trait KvCacheExt: KvCache {
     ) -> Result<()> {
         let encoded = entries
             .iter()
-            .map(|(k, v)| {
-                codec
-                    .encode(v)
-                    .map(|b| (k.clone(), b))
-                    .map_err(|e| e.with_operation("set_many_values").with_key(k))
-            })
+            .map(|(k, v)| encode_entry(codec, k, v, "set_many_values"))
             .collect::<Result<Vec<_>>>()?;
         self.set_many(encoded, ttl).await
     }
@@ -138,10 +133,7 @@ pub trait KvCacheExt: KvCache {
         let encoded = entries
             .iter()
             .map(|(k, v, ttl)| {
-                codec
-                    .encode(v)
-                    .map(|b| (k.clone(), b, *ttl))
-                    .map_err(|e| e.with_operation("set_many_values_with_ttls").with_key(k))
+                encode_entry(codec, k, v, "set_many_values_with_ttls").map(|(k, b)| (k, b, *ttl))
             })
             .collect::<Result<Vec<_>>>()?;
         self.set_many_with_ttls(encoded).await
@@ -258,6 +250,19 @@ pub trait KvCacheExt: KvCache {
             })
             .collect()
     }
+}
+
+/// `value` encoded with `codec`, beside its key; an encoding error names the key.
+fn encode_entry<T: Serialize + ?Sized>(
+    codec: Codec,
+    key: &CacheKey,
+    value: &T,
+    operation: &'static str,
+) -> Result<(CacheKey, Bytes)> {
+    codec
+        .encode(value)
+        .map(|b| (key.clone(), b))
+        .map_err(|e| e.with_operation(operation).with_key(key))
 }
 
 /// A boxed future, as the loaders return.

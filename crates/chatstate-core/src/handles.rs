@@ -155,11 +155,13 @@ impl<C: KvCache + ?Sized> CacheNamespace<C> {
         &self,
         entries: &[(K, T)],
     ) -> Result<()> {
-        let encoded = entries
+        let keyed = entries
             .iter()
-            .map(|(k, v)| Ok((self.key(k.as_ref())?, self.codec.encode(v)?)))
+            .map(|(k, v)| Ok((self.key(k.as_ref())?, v)))
             .collect::<Result<Vec<_>>>()?;
-        self.cache.set_many(encoded, self.ttl).await
+        self.cache
+            .set_many_values(&keyed, self.ttl, self.codec)
+            .await
     }
 
     /// Stores many values, each for its own TTL (the handle's for `None`), in one
@@ -168,17 +170,13 @@ impl<C: KvCache + ?Sized> CacheNamespace<C> {
         &self,
         entries: &[(K, T, Option<Duration>)],
     ) -> Result<()> {
-        let encoded = entries
+        let keyed = entries
             .iter()
-            .map(|(k, v, ttl)| {
-                Ok((
-                    self.key(k.as_ref())?,
-                    self.codec.encode(v)?,
-                    ttl.or(self.ttl),
-                ))
-            })
+            .map(|(k, v, ttl)| Ok((self.key(k.as_ref())?, v, ttl.or(self.ttl))))
             .collect::<Result<Vec<_>>>()?;
-        self.cache.set_many_with_ttls(encoded).await
+        self.cache
+            .set_many_values_with_ttls(&keyed, self.codec)
+            .await
     }
 
     /// The value of `key`, or `load()`'s, stored for the handle's TTL

@@ -322,7 +322,14 @@ pub trait KvCache: Send + Sync {
     /// Stores many values, all with the same `ttl`: an oversize value fails the whole
     /// call and stores nothing. A key given twice keeps its last value. An empty
     /// value is a value (read back as `Some` of empty bytes).
-    async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()>;
+    ///
+    /// Provided as [`KvCache::set_many_with_ttls`] with `ttl` for every entry; a
+    /// backend overrides it only where one TTL for all is cheaper to send.
+    async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+        self.set_many_with_ttls(entries.into_iter().map(|(k, v)| (k, v, ttl)).collect())
+            .await
+            .map_err(|e| e.with_operation("set_many"))
+    }
 
     /// Stores many values, each for its own TTL (the configured cache TTL for
     /// `None`), in one step — one round trip on Redis, as [`KvCache::set_many`],

@@ -31,15 +31,9 @@ impl KvCache for MemoryStore {
     }
 
     async fn set(&self, key: &CacheKey, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        self.set_many(vec![(key.clone(), value)], ttl)
+        self.set_many_with_ttls(vec![(key.clone(), value, ttl)])
             .await
             .in_op("set")
-    }
-
-    async fn set_many(&self, entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()> {
-        self.set_many_with_ttls(entries.into_iter().map(|(k, v)| (k, v, ttl)).collect())
-            .await
-            .in_op("set_many")
     }
 
     async fn set_many_with_ttls(
