@@ -505,7 +505,7 @@ pub async fn run(
             config.key_prefix = format!("{stem}cs");
             let stores = Stores::open(&config).await?;
             let client = redis::Client::open(url).map_err(redis_err)?;
-            let mut conn = client.get_connection_manager().await.map_err(redis_err)?;
+            let conn = client.get_connection_manager().await.map_err(redis_err)?;
             let measured = async {
                 let ours = chatstate_calls(&stores).await?;
                 let raw = redis_calls(&conn, &stem).await?;
@@ -513,7 +513,13 @@ pub async fn run(
             }
             .await;
             // chatstate's keys and the raw ones share the stem: remove them all.
-            crate::ops::unlink_matching(&mut conn, &format!("{stem}*")).await?;
+            let redis = stores.redis_store().ok_or_else(|| {
+                chatstate::Error::new(
+                    chatstate::ErrorKind::Unavailable,
+                    "the bench's Redis stores opened a fallback",
+                )
+            })?;
+            redis.unlink_matching(&format!("{stem}*")).await?;
             all.extend(measured?);
             config.redis.url.to_string()
         }

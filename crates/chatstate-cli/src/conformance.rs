@@ -161,22 +161,11 @@ impl EnvBackend {
                 Ok(format!("removed {}", dir.display()))
             }
             _ => {
+                // The store's own walk: every master of a Cluster, the master a
+                // Sentinel names, or the one server.
                 let store = RedisStore::from_config(&self.config).await?;
-                let Some(pool) = store.pool() else {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "through Sentinel or on a Cluster the keys are not removed: \
-                             delete {}* yourself",
-                            self.prefix_stem()
-                        ),
-                    ));
-                };
-                let mut conn = pool.get().await.map_err(|e| {
-                    Error::new(ErrorKind::Unavailable, "no connection to clean up").with_source(e)
-                })?;
                 let pattern = format!("{}*", self.prefix_stem());
-                let removed = crate::ops::unlink_matching(&mut *conn, &pattern).await?;
+                let removed = store.unlink_matching(&pattern).await?;
                 Ok(format!("removed {removed} keys matching {pattern}"))
             }
         }

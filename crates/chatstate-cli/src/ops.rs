@@ -676,39 +676,3 @@ pub async fn migrate(
     )
     .await
 }
-
-/// Removes every key matching `pattern` with `SCAN` + `UNLINK` (never `KEYS`);
-/// returns how many were removed.
-pub async fn unlink_matching<C: redis::aio::ConnectionLike + Send>(
-    conn: &mut C,
-    pattern: &str,
-) -> Result<u64> {
-    let fail = |what: &'static str| {
-        move |e: redis::RedisError| Error::new(ErrorKind::Unavailable, what).with_source(e)
-    };
-    let mut cursor: u64 = 0;
-    let mut removed = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .map_err(fail("SCAN failed"))?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(conn)
-                .await
-                .map_err(fail("UNLINK failed"))?;
-            removed += n;
-        }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
-    }
-}

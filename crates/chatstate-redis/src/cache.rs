@@ -187,6 +187,68 @@ pub(crate) fn value(v: Value, max: usize, key: &str) -> Result<Option<Bytes>> {
     }
 }
 
+impl RedisStore {
+    /// Unlinks every key matching the `SCAN` pattern (of type `only_type` when
+    /// given), on every master of a Cluster; how many were removed. A walk whose
+    /// Cluster slots moved starts again (removing is idempotent), a few times at
+    /// most. What `clear_prefix` runs; for tools, [`RedisStore::unlink_matching`].
+    async fn unlink_scanned(
+        &self,
+        pattern: &str,
+        only_type: Option<&str>,
+        op: &'static str,
+    ) -> Result<u64> {
+        let batch = SCAN_BATCH.to_string();
+        let mut args = vec!["MATCH", pattern, "COUNT", &batch];
+        if let Some(t) = only_type {
+            args.extend(["TYPE", t]);
+        }
+        let mut pos = Some(ScanPos::default());
+        let mut removed = 0;
+        let mut restarts = 0;
+        while let Some(at) = pos {
+            let step = self.inner.conn.scan(&at, &args, op).await;
+            let (found, _, next) = match step {
+                // The Cluster's slots moved meanwhile: clearing is idempotent, so the
+                // walk starts again (a few times at most).
+                Err(e) if e.kind() == chatstate_core::ErrorKind::Conflict && restarts < 3 => {
+                    restarts += 1;
+                    pos = Some(ScanPos::default());
+                    continue;
+                }
+                other => other.map_err(|e| e.with_key(pattern))?,
+            };
+            // UNLINK in batches, each batch one round trip per slot (sent
+            // concurrently on a Cluster).
+            for chunk in found.chunks(SCAN_BATCH) {
+                let counts = self
+                    .inner
+                    .conn
+                    .per_slot(chunk, |group| async move {
+                        let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
+                        self.inner
+                            .conn
+                            .cmd::<u64>(redis::cmd("UNLINK").arg(&keys), op, Some(pattern))
+                            .await
+                    })
+                    .await?;
+                removed += counts.into_iter().sum::<u64>();
+            }
+            pos = next;
+        }
+        Ok(removed)
+    }
+
+    /// Unlinks every key matching the `SCAN` pattern (`MATCH` syntax), whatever its
+    /// type, on one server, through Sentinel or on every master of a Cluster; how
+    /// many were removed. For tools that own a key prefix outright (the CLI's
+    /// conformance and bench runs, under a prefix of their own); apps clear cache
+    /// namespaces with `clear_prefix`.
+    pub async fn unlink_matching(&self, pattern: &str) -> Result<u64> {
+        self.unlink_scanned(pattern, None, "unlink_matching").await
+    }
+}
+
 #[async_trait]
 impl KvCache for RedisStore {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
@@ -342,54 +404,8 @@ impl KvCache for RedisStore {
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
         check_scope("cache namespace", namespace).in_op("clear_prefix")?;
         let pattern = self.inner.layout.cache_pattern(namespace, key_prefix);
-        let batch = SCAN_BATCH.to_string();
-        let mut pos = Some(ScanPos::default());
-        let mut removed = 0;
-        let mut restarts = 0;
-        while let Some(at) = pos {
-            let step = self
-                .inner
-                .conn
-                .scan(
-                    &at,
-                    &["MATCH", &pattern, "COUNT", &batch, "TYPE", "string"],
-                    "clear_prefix",
-                )
-                .await;
-            let (found, _, next) = match step {
-                // The Cluster's slots moved meanwhile: clearing is idempotent, so the
-                // walk starts again (a few times at most).
-                Err(e) if e.kind() == chatstate_core::ErrorKind::Conflict && restarts < 3 => {
-                    restarts += 1;
-                    pos = Some(ScanPos::default());
-                    continue;
-                }
-                other => other.map_err(|e| e.with_key(pattern.clone()))?,
-            };
-            // UNLINK in batches, each batch one round trip per slot (sent
-            // concurrently on a Cluster).
-            for chunk in found.chunks(SCAN_BATCH) {
-                let pattern = &pattern;
-                let counts = self
-                    .inner
-                    .conn
-                    .per_slot(chunk, |group| async move {
-                        let keys: Vec<&str> = group.iter().map(|&i| chunk[i].as_str()).collect();
-                        self.inner
-                            .conn
-                            .cmd::<u64>(
-                                redis::cmd("UNLINK").arg(&keys),
-                                "clear_prefix",
-                                Some(pattern),
-                            )
-                            .await
-                    })
-                    .await?;
-                removed += counts.into_iter().sum::<u64>();
-            }
-            pos = next;
-        }
-        Ok(removed)
+        self.unlink_scanned(&pattern, Some("string"), "clear_prefix")
+            .await
     }
 
     fn capabilities(&self) -> chatstate_core::Capabilities {
