@@ -8,6 +8,8 @@
 #[path = "../../chatstate-redis/tests/common/mod.rs"]
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use chatstate::{
     BackendKind, BatchReads, CacheKey, Config, Expected, FocusKey, FocusStore, KvCache, NewMessage,
@@ -166,6 +168,15 @@ async fn redis_read_batch_and_turn_commit_are_one_round_trip_each() {
         .await
         .unwrap()
         .with_tiered_cache(&config);
+    // The bus says Reset once subscribed, dropping the local tier: wait for it, or
+    // the copies kept below may be dropped mid-test (seen under load).
+    let up = tokio::time::timeout(Duration::from_secs(5), async {
+        while tiered.tiered().unwrap().stats().resets == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "the tiered cache's subscription came up");
     let trips = || tiered.round_trips().unwrap().round_trips;
     let before = trips();
     let first = tiered.read_batch(&reads(&key)).await.unwrap();
