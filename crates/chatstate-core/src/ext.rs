@@ -87,6 +87,35 @@ pub trait KvCacheExt: KvCache {
         self.set(key, bytes, ttl).await
     }
 
+    /// [`KvCache::set_with_aliases`] of `value` encoded with `codec`.
+    async fn set_value_with_aliases<T: Serialize + Sync + ?Sized>(
+        &self,
+        key: &CacheKey,
+        value: &T,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+        codec: Codec,
+    ) -> Result<()> {
+        let bytes = codec.encode(value)?;
+        self.set_with_aliases(key, bytes, ttl, aliases).await
+    }
+
+    /// [`KvCache::get_by_alias`], the value decoded as `T`; a `Decode` error for
+    /// bytes that are not a `T` written with `codec`.
+    async fn get_value_by_alias<T: DeserializeOwned>(
+        &self,
+        alias: &CacheKey,
+        codec: Codec,
+    ) -> Result<Option<(CacheKey, T)>> {
+        match self.get_by_alias(alias).await? {
+            Some((key, bytes)) => match codec.decode(&bytes) {
+                Ok(v) => Ok(Some((key, v))),
+                Err(e) => Err(e.with_operation("get_value_by_alias").with_key(key)),
+            },
+            None => Ok(None),
+        }
+    }
+
     /// Many values decoded as `T`, in the order of `keys`, in one `get_many`.
     async fn get_many_values<T: DeserializeOwned>(
         &self,

@@ -127,6 +127,10 @@ for_pointers!(KvCache {
     forward!(set_many<>(entries: Vec<(CacheKey, Bytes)>, ttl: Option<Duration>) -> Result<()>);
     forward!(set_many_with_ttls<>(entries: Vec<(CacheKey, Bytes, Option<Duration>)>)
         -> Result<()>);
+    forward!(set_with_aliases<'life1, 'life2>(key: &'life1 CacheKey, value: Bytes,
+        ttl: Option<Duration>, aliases: &'life2 [CacheKey]) -> Result<()>);
+    forward!(get_by_alias<'life1>(alias: &'life1 CacheKey)
+        -> Result<Option<(CacheKey, Bytes)>>);
     forward!(delete<'life1>(key: &'life1 CacheKey) -> Result<bool>);
     forward!(delete_many<'life1>(keys: &'life1 [CacheKey]) -> Result<u64>);
     forward!(exists<'life1>(key: &'life1 CacheKey) -> Result<bool>);

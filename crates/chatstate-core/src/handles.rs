@@ -228,6 +228,49 @@ impl<C: KvCache + ?Sized> CacheNamespace<C> {
             .await
     }
 
+    /// Stores `value` under `key` for the handle's TTL with `aliases`, each a
+    /// `(namespace, key)` pair (`("phone", "+5511999990000")`), replacing the
+    /// entry's previous aliases ([`KvCache::set_with_aliases`]). `InvalidInput`
+    /// for an alias no key could have (an empty part), and nothing is written.
+    pub async fn set_with_aliases<T: Serialize + Sync + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        aliases: &[(&str, &str)],
+    ) -> Result<()> {
+        let aliases = aliases
+            .iter()
+            .map(|(ns, k)| CacheKey::new(*ns, *k))
+            .collect::<Result<Vec<_>>>()?;
+        self.cache
+            .set_value_with_aliases(&self.key(key)?, value, self.ttl, &aliases, self.codec)
+            .await
+    }
+
+    /// The entry of this namespace that alias `(alias_namespace, alias)` belongs
+    /// to: its key (without the namespace) and value, decoded
+    /// ([`KvCache::get_by_alias`]). `None` when the alias belongs to no live entry,
+    /// or to one of another namespace.
+    pub async fn get_by_alias<T: DeserializeOwned>(
+        &self,
+        alias_namespace: &str,
+        alias: &str,
+    ) -> Result<Option<(String, T)>> {
+        let alias = CacheKey::new(alias_namespace, alias)?;
+        // The namespace is checked before decoding: another namespace's entry may
+        // hold another type.
+        match self.cache.get_by_alias(&alias).await? {
+            Some((key, bytes)) if key.namespace() == self.namespace => {
+                let value = self
+                    .codec
+                    .decode(&bytes)
+                    .map_err(|e| e.with_operation("get_by_alias").with_key(&key))?;
+                Ok(Some((key.key().to_string(), value)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Deletes `key`; `false` when there was no entry.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         self.cache.delete(&self.key(key)?).await

@@ -13,7 +13,7 @@
 //! | `session` | [`SessionRecord`] | the whole [`Session`] (id, version, `message_count`, timestamps, every field), the message window, the side data, the remaining TTL |
 //! | `focus` | [`FocusRecord`] | the [`FocusDoc`] (value, version, `updated_at`), the remaining TTL |
 //! | `counter` | [`CounterRecord`] | the counter's key (name, labels, bucket) and exact value |
-//! | `cache` | [`CacheRecord`] | the entry's key, bytes and remaining TTL |
+//! | `cache` | [`CacheRecord`] | the entry's key, bytes, remaining TTL and aliases |
 //!
 //! Not records, on purpose: session **locks and their fencing numbers** (a lease is
 //! held by a process of the old deployment; copying it would hand the new backend a
@@ -171,6 +171,9 @@ pub struct CacheRecord {
     pub value: Bytes,
     /// The remaining TTL.
     pub ttl: Duration,
+    /// The entry's aliases ([`crate::KvCache::set_with_aliases`]), sorted; a
+    /// restore gives them back with the entry, for the entry's TTL.
+    pub aliases: Vec<CacheKey>,
 }
 
 /// One record of any kind.
@@ -334,6 +337,7 @@ impl Record {
             Record::Counter(r) => r.key.check(),
             Record::Cache(r) => {
                 StoreSettings::check_ttl(r.ttl)?;
+                crate::key::check_aliases(&r.key, &r.aliases)?;
                 settings.check_value_len("cache value", r.value.len())
             }
         }
@@ -388,6 +392,7 @@ impl fmt::Debug for CacheRecord {
             .field("key", &self.key)
             .field("value_bytes", &self.value.len())
             .field("ttl", &self.ttl)
+            .field("aliases", &self.aliases.len())
             .finish()
     }
 }

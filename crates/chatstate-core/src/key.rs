@@ -24,6 +24,26 @@ pub const MAX_ID_BYTES: usize = 512;
 pub const MAX_CACHE_KEY_BYTES: usize = 1024;
 /// Most labels on one counter.
 pub const MAX_LABELS: usize = 16;
+/// Most aliases (secondary keys) on one cache entry
+/// ([`KvCache::set_with_aliases`](crate::KvCache::set_with_aliases)).
+pub const MAX_ALIASES: usize = 16;
+
+/// The aliases of one [`KvCache::set_with_aliases`](crate::KvCache::set_with_aliases),
+/// checked: at most [`MAX_ALIASES`] distinct ones (an alias given twice counts
+/// once), sorted. `InvalidInput` naming the entry otherwise.
+pub fn check_aliases(entry: &CacheKey, aliases: &[CacheKey]) -> Result<Vec<CacheKey>> {
+    let mut set: Vec<CacheKey> = aliases.to_vec();
+    set.sort();
+    set.dedup();
+    if set.len() > MAX_ALIASES {
+        return Err(Error::invalid_input(format!(
+            "{} aliases, more than the limit of {MAX_ALIASES} per entry",
+            set.len()
+        ))
+        .with_key(entry));
+    }
+    Ok(set)
+}
 
 /// Checks that `value`, the `what` of a key, is non-empty and at most `max` bytes.
 fn check_id(what: &'static str, value: &str, max: usize) -> Result<()> {
@@ -683,6 +703,8 @@ impl fmt::Debug for CounterKey {
 /// | focus document | `{prefix}:focus:{<scope>}:<name>` | hash: value, version, updated_at |
 /// | a scope's documents | `{prefix}:focusidx:{<scope>}` | set of names |
 /// | cache entry | `{prefix}:kv:<namespace>:<key>` | string: the value |
+/// | an entry's aliases | `{prefix}:aliases:{<entry key>}` (the entry's whole key as hash tag: its slot) | set of `<namespace>:<key>` of each alias |
+/// | an alias | `{prefix}:alias:<namespace>:<key>` | string: the entry's key |
 /// | counters of a name (and bucket) | `{prefix}:cnt:{counters}:<name>[@<bucket>]` | hash: labels (`a=1,b=2`, empty for none) to value |
 /// | an applied counter batch | `{prefix}:cnt:{counters}:batch:<id>` | string, kept for the batch retention |
 /// | a streamed reply's state | `{prefix}:reply:{<run>}:meta` | hash: status, bytes, n (chunks), gen (a random id per start) |
@@ -898,6 +920,47 @@ impl KeyLayout {
             escape(namespace),
             escape(key_prefix)
         )
+    }
+
+    /// The set of an entry's aliases, for the entry's key `entry` (from
+    /// [`KeyLayout::cache`]): `{prefix}:aliases:{<entry>}`. A cache key holds no
+    /// `{`/`}` (its parts are escaped, the prefix has none), so the Cluster hashes
+    /// both on the same text: they share a slot, and one script writes both.
+    pub fn cache_alias_set(&self, entry: &str) -> String {
+        format!("{}:aliases:{{{entry}}}", self.prefix)
+    }
+
+    /// The key of alias `alias`: `{prefix}:alias:<namespace>:<key>`, holding the
+    /// entry's key.
+    pub fn cache_alias(&self, alias: &CacheKey) -> String {
+        format!("{}:alias:{alias}", self.prefix)
+    }
+
+    /// The SCAN patterns of what `clear_prefix(namespace, key_prefix)` removes
+    /// beside the entries: the alias sets of those entries, and the aliases named
+    /// in `namespace` starting with `key_prefix`.
+    pub fn cache_alias_patterns(&self, namespace: &str, key_prefix: &str) -> [String; 2] {
+        [
+            self.cache_alias_set(&self.cache_pattern(namespace, key_prefix))
+                .trim_end_matches('}')
+                .to_string(),
+            format!(
+                "{}:alias:{}:{}*",
+                self.prefix,
+                escape(namespace),
+                escape(key_prefix)
+            ),
+        ]
+    }
+
+    /// The cache key of a stored entry key (what [`KeyLayout::cache`] made), or
+    /// `None` when `stored` is not one under this prefix.
+    pub fn parse_cache(&self, stored: &str) -> Option<CacheKey> {
+        let rest = stored
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":kv:")?;
+        let (ns, key) = rest.split_once(':')?;
+        CacheKey::new(unescape(ns)?, unescape(key)?).ok()
     }
 
     /// The hash holding the counters of `name` in `bucket`. `@` separates the bucket,

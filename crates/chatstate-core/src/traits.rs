@@ -306,6 +306,40 @@ pub trait CounterSink: Send + Sync {
 /// lookups worth keeping. Typed access goes through [`crate::ext::KvCacheExt`].
 ///
 /// Every entry has a TTL: the configured cache TTL when none is given.
+///
+/// **Aliases (secondary keys).** An entry written with
+/// [`set_with_aliases`](KvCache::set_with_aliases) can also be found by each of
+/// its aliases — other [`CacheKey`]s, in namespaces of their own (a contact under
+/// `contacts:42`, found by `phone:+5511999990000`) — through
+/// [`get_by_alias`](KvCache::get_by_alias). The entry stays a plain value
+/// (`get`, `get_many` and foreign readers see nothing new). The promises, on every
+/// backend:
+///
+/// - An alias resolves to an entry only while it *belongs* to it: from the entry's
+///   `set_with_aliases` that named it, until the first of: the entry is deleted,
+///   expires or is cleared; it is written again with `set_with_aliases` without
+///   this alias (the aliases are *replaced*, never merged); the alias is given to
+///   another entry (an alias belongs to one entry at a time: the last writer's);
+///   the alias's own TTL ends (the TTL of the `set_with_aliases` that named it);
+///   `clear_prefix` of the alias's own namespace.
+///   [`get_by_alias`](KvCache::get_by_alias) never returns an entry the alias no
+///   longer belongs to — not after a delete and a plain re-set, not after a move.
+/// - A plain [`set`](KvCache::set) (or `set_many`) over an aliased entry keeps its
+///   aliases: updating a contact whose phone did not change keeps the phone
+///   working. The aliases keep their own TTL (they are not extended by a plain
+///   set; write with `set_with_aliases` again to extend them), and never outlive
+///   the entry. [`expire`](KvCache::expire) moves the entry's TTL, not the aliases'.
+/// - Writers racing to give one alias to different entries leave it belonging to
+///   exactly one of them, and every later read agrees.
+///
+/// On Redis, `set_with_aliases` and `get_by_alias` are one round trip (one script)
+/// on one server or through Sentinel. On a Cluster the aliases live in other slots:
+/// the entry and its alias set are written atomically in the entry's slot, then the
+/// alias keys (one round trip per slot, concurrently); `get_by_alias` is two round
+/// trips (the alias, then the entry and its alias set in one step). Between the two
+/// writes a new alias may not resolve yet and a dropped one may still point at the
+/// entry, but resolution checks the entry's alias set, so a reader never gets an
+/// entry the alias does not belong to.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait KvCache: Send + Sync {
@@ -340,7 +374,42 @@ pub trait KvCache: Send + Sync {
         entries: Vec<(CacheKey, Bytes, Option<Duration>)>,
     ) -> Result<()>;
 
-    /// Deletes the entry. `false` when there was none.
+    /// Stores `value` for `ttl` (the configured cache TTL when `None`), as
+    /// [`set`](KvCache::set), and makes `aliases` its aliases, in one step: they
+    /// replace the entry's previous aliases (those stop resolving), each now
+    /// belongs to this entry (taken from any other), all for the same TTL. An
+    /// alias given twice counts once; an empty list drops every alias.
+    ///
+    /// `InvalidInput` for an oversize value, a TTL out of range, or more than
+    /// [`MAX_ALIASES`](crate::key::MAX_ALIASES) aliases; nothing is written then.
+    /// On Redis one round trip (see the trait's docs for a Cluster).
+    ///
+    /// ```
+    /// # async fn demo(cache: &dyn chatstate_core::KvCache) -> chatstate_core::Result<()> {
+    /// use chatstate_core::CacheKey;
+    /// let contact = CacheKey::new("contacts", "42")?;
+    /// let phone = CacheKey::new("phone", "+5511999990000")?;
+    /// cache
+    ///     .set_with_aliases(&contact, "{\"name\":\"Ana\"}".into(), None, &[phone.clone()])
+    ///     .await?;
+    /// let (key, _value) = cache.get_by_alias(&phone).await?.expect("just written");
+    /// assert_eq!(key, contact);
+    /// # Ok(()) }
+    /// ```
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()>;
+
+    /// The entry `alias` belongs to, with its live value, or `None` when the alias
+    /// belongs to no live entry (see the trait's docs). Reads refresh no TTL. On
+    /// Redis one round trip on one server or Sentinel, two on a Cluster.
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>>;
+
+    /// Deletes the entry (its aliases stop resolving). `false` when there was none.
     async fn delete(&self, key: &CacheKey) -> Result<bool>;
 
     /// Deletes many entries; returns how many existed (a key given twice counts
@@ -359,6 +428,9 @@ pub trait KvCache: Send + Sync {
     /// Deletes every entry of `namespace` whose key starts with `key_prefix` (all of
     /// the namespace for `""`); returns how many. Other namespaces are never touched,
     /// even ones whose name starts with `namespace` (`users` vs `users:archive`).
+    /// The aliases of the deleted entries stop resolving, and so do the aliases
+    /// named in `namespace` starting with `key_prefix` (clearing `phone` forgets
+    /// every phone alias); those are not counted.
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64>;
 
     /// The value of `key`, or what `load` returns, stored for `ttl` and returned:
