@@ -1,24 +1,159 @@
-//! KvCache in memory.
+//! KvCache in memory: entries and aliases in one map pair under one lock, so every
+//! call — aliased writes included — is atomic.
 
 use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chatstate_core::key::check_scope;
-use chatstate_core::{CacheKey, KvCache, Result, ResultExt, StoreSettings};
+use chatstate_core::key::{check_aliases, check_scope};
+use chatstate_core::{CacheKey, KvCache, Result, ResultExt, StoreSettings, Timestamp};
 
+use crate::expiring::Expiring;
 use crate::{MemoryStore, lock};
 
-fn cache_key(key: &CacheKey) -> (String, String) {
+/// A namespace and key, as the maps order them.
+type Pair = (String, String);
+
+fn cache_key(key: &CacheKey) -> Pair {
     (key.namespace().to_string(), key.key().to_string())
+}
+
+/// One entry: its value and the aliases it was given, sorted.
+pub(crate) struct Entry {
+    pub(crate) value: Bytes,
+    pub(crate) aliases: Vec<CacheKey>,
+}
+
+/// The cache: entries, and each alias's entry (with the alias's own deadline). An
+/// alias resolves while both agree: its mapping names the entry, and the live entry
+/// lists it. Every change here keeps them in agreement; the check on reads keeps
+/// an expired side from resolving.
+#[derive(Default)]
+pub(crate) struct CacheMap {
+    pub(crate) entries: Expiring<Pair, Entry>,
+    pub(crate) aliases: Expiring<Pair, CacheKey>,
+}
+
+impl CacheMap {
+    /// The live value of `key`.
+    pub(crate) fn value(&self, key: &Pair, now: Timestamp) -> Option<&Bytes> {
+        self.entries.get(key, now).map(|e| &e.value)
+    }
+
+    /// The aliases of a live entry that resolve to it.
+    pub(crate) fn live_aliases(&self, key: &CacheKey, now: Timestamp) -> Vec<CacheKey> {
+        let Some(entry) = self.entries.get(&cache_key(key), now) else {
+            return Vec::new();
+        };
+        entry
+            .aliases
+            .iter()
+            .filter(|a| self.aliases.get(&cache_key(a), now) == Some(key))
+            .cloned()
+            .collect()
+    }
+
+    /// Writes `value` under `key` until `deadline`, keeping a live entry's aliases.
+    pub(crate) fn set(
+        &mut self,
+        key: &CacheKey,
+        value: Bytes,
+        deadline: Timestamp,
+        now: Timestamp,
+    ) {
+        let k = cache_key(key);
+        if let Some(entry) = self.entries.get_mut(&k, now) {
+            entry.value = value;
+            self.entries.set_deadline(&k, deadline, now);
+        } else {
+            // An expired entry's aliases went with it.
+            self.drop_aliases(key, now);
+            self.entries.insert(
+                k,
+                Entry {
+                    value,
+                    aliases: Vec::new(),
+                },
+                deadline,
+            );
+        }
+    }
+
+    /// Writes `value` under `key` with exactly `aliases` (checked), all until
+    /// `deadline`: the entry's other aliases are dropped, and each of `aliases` is
+    /// taken from the entry it belonged to.
+    pub(crate) fn set_with_aliases(
+        &mut self,
+        key: &CacheKey,
+        value: Bytes,
+        aliases: Vec<CacheKey>,
+        deadline: Timestamp,
+        now: Timestamp,
+    ) {
+        self.drop_aliases(key, now);
+        for alias in &aliases {
+            let a = cache_key(alias);
+            if let Some(owner) = self.aliases.get(&a, now).cloned() {
+                if let Some(e) = self.entries.get_mut(&cache_key(&owner), now) {
+                    e.aliases.retain(|x| x != alias);
+                }
+            }
+            self.aliases.insert(a, key.clone(), deadline);
+        }
+        self.entries
+            .insert(cache_key(key), Entry { value, aliases }, deadline);
+    }
+
+    /// Removes the entry and the aliases that resolve to it; whether it was live.
+    pub(crate) fn remove(&mut self, key: &CacheKey, now: Timestamp) -> bool {
+        self.drop_aliases(key, now);
+        self.entries.remove(&cache_key(key), now).is_some()
+    }
+
+    /// Removes the alias mappings that name `key` (its entry keeps its value).
+    fn drop_aliases(&mut self, key: &CacheKey, now: Timestamp) {
+        let Some(entry) = self.entries.get_mut(&cache_key(key), now) else {
+            return;
+        };
+        for alias in std::mem::take(&mut entry.aliases) {
+            let a = cache_key(&alias);
+            if self.aliases.get(&a, now) == Some(key) {
+                self.aliases.remove(&a, now);
+            }
+        }
+    }
+
+    /// The entry `alias` resolves to, with its value.
+    fn resolve(&self, alias: &CacheKey, now: Timestamp) -> Option<(CacheKey, Bytes)> {
+        let key = self.aliases.get(&cache_key(alias), now)?;
+        let entry = self.entries.get(&cache_key(key), now)?;
+        entry
+            .aliases
+            .contains(alias)
+            .then(|| (key.clone(), entry.value.clone()))
+    }
+
+    /// The live keys of `map` in `namespace` starting with `key_prefix`.
+    fn matching<V>(
+        map: &Expiring<Pair, V>,
+        namespace: &str,
+        key_prefix: &str,
+        now: Timestamp,
+    ) -> Vec<Pair> {
+        let start = (namespace.to_string(), key_prefix.to_string());
+        map.range_from(Bound::Included(&start), now)
+            .take_while(|((ns, k), _)| ns == namespace && k.starts_with(key_prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
 }
 
 #[async_trait]
 impl KvCache for MemoryStore {
     async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>> {
         let now = self.inner.now();
-        Ok(lock(&self.inner.cache).get(&cache_key(key), now).cloned())
+        Ok(lock(&self.inner.cache).value(&cache_key(key), now).cloned())
     }
 
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Bytes>>> {
@@ -26,7 +161,7 @@ impl KvCache for MemoryStore {
         let cache = lock(&self.inner.cache);
         Ok(keys
             .iter()
-            .map(|k| cache.get(&cache_key(k), now).cloned())
+            .map(|k| cache.value(&cache_key(k), now).cloned())
             .collect())
     }
 
@@ -48,41 +183,64 @@ impl KvCache for MemoryStore {
         let now = self.inner.now();
         let mut cache = lock(&self.inner.cache);
         for ((key, value, _), ttl) in entries.into_iter().zip(ttls) {
-            cache.insert(cache_key(&key), value, now.plus(ttl));
+            cache.set(&key, value, now.plus(ttl), now);
         }
         Ok(())
     }
 
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        let ttl = self
+            .inner
+            .settings
+            .cache_write_ttl([(key, value.len())], ttl)
+            .in_op("set_with_aliases")?;
+        let aliases = check_aliases(key, aliases).in_op("set_with_aliases")?;
+        let now = self.inner.now();
+        lock(&self.inner.cache).set_with_aliases(key, value, aliases, now.plus(ttl), now);
+        Ok(())
+    }
+
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        let now = self.inner.now();
+        Ok(lock(&self.inner.cache).resolve(alias, now))
+    }
+
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         let now = self.inner.now();
-        Ok(lock(&self.inner.cache)
-            .remove(&cache_key(key), now)
-            .is_some())
+        Ok(lock(&self.inner.cache).remove(key, now))
     }
 
     async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         let now = self.inner.now();
         let mut cache = lock(&self.inner.cache);
-        Ok(keys
-            .iter()
-            .filter(|k| cache.remove(&cache_key(k), now).is_some())
-            .count() as u64)
+        Ok(keys.iter().filter(|k| cache.remove(k, now)).count() as u64)
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
         let now = self.inner.now();
-        Ok(lock(&self.inner.cache).get(&cache_key(key), now).is_some())
+        Ok(lock(&self.inner.cache)
+            .value(&cache_key(key), now)
+            .is_some())
     }
 
     async fn expire(&self, key: &CacheKey, ttl: Duration) -> Result<bool> {
         let ttl = StoreSettings::check_ttl(ttl).in_op("expire")?;
         let now = self.inner.now();
-        Ok(lock(&self.inner.cache).set_deadline(&cache_key(key), now.plus(ttl), now))
+        Ok(lock(&self.inner.cache)
+            .entries
+            .set_deadline(&cache_key(key), now.plus(ttl), now))
     }
 
     async fn ttl(&self, key: &CacheKey) -> Result<Option<Duration>> {
         let now = self.inner.now();
         Ok(lock(&self.inner.cache)
+            .entries
             .deadline(&cache_key(key), now)
             .map(|d| now.until(d)))
     }
@@ -91,14 +249,18 @@ impl KvCache for MemoryStore {
         check_scope("cache namespace", namespace).in_op("clear_prefix")?;
         let now = self.inner.now();
         let mut cache = lock(&self.inner.cache);
-        let start = (namespace.to_string(), key_prefix.to_string());
-        let doomed: Vec<(String, String)> = cache
-            .range_from(Bound::Included(&start), now)
-            .take_while(|((ns, k), _)| ns == namespace && k.starts_with(key_prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &doomed {
-            cache.remove(k, now);
+        let doomed = CacheMap::matching(&cache.entries, namespace, key_prefix, now);
+        for (ns, k) in &doomed {
+            if let Ok(key) = CacheKey::new(ns.as_str(), k.as_str()) {
+                cache.remove(&key, now);
+            }
+        }
+        for a in CacheMap::matching(&cache.aliases, namespace, key_prefix, now) {
+            if let Some(owner) = cache.aliases.remove(&a, now) {
+                if let Some(e) = cache.entries.get_mut(&cache_key(&owner), now) {
+                    e.aliases.retain(|x| cache_key(x) != a);
+                }
+            }
         }
         Ok(doomed.len() as u64)
     }

@@ -10,7 +10,6 @@
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chatstate_core::inventory::{
     check_scan_limit, cursor, decide_focus, decide_session, decide_value, session_record,
     session_state,
@@ -106,17 +105,26 @@ impl Inventory for MemoryStore {
             RecordKind::Cache => {
                 let after = cursor.as_deref().map(cursor::pair).transpose()?;
                 let cache = lock(&self.inner.cache);
-                let items = live_after(&cache, after.as_ref(), now, limit.saturating_add(1))
-                    .into_iter()
-                    .map(|(k, (v, ttl))| {
-                        let key = chatstate_core::CacheKey::new(k.0.as_str(), k.1.as_str());
-                        (k, key.map(|key| (key, v.clone(), ttl)))
-                    });
+                let items =
+                    live_after(&cache.entries, after.as_ref(), now, limit.saturating_add(1))
+                        .into_iter()
+                        .map(|(k, (e, ttl))| {
+                            let key = chatstate_core::CacheKey::new(k.0.as_str(), k.1.as_str());
+                            (k, key.map(|key| (key, e.value.clone(), ttl)))
+                        });
                 let (items, next) = page(items, limit, |(n, k)| cursor::join(&[n, k]));
                 let records = items
                     .into_iter()
                     .map(|r| {
-                        r.map(|(key, value, ttl)| Record::Cache(CacheRecord { key, value, ttl }))
+                        r.map(|(key, value, ttl)| {
+                            let aliases = cache.live_aliases(&key, now);
+                            Record::Cache(CacheRecord {
+                                key,
+                                value,
+                                ttl,
+                                aliases,
+                            })
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 (records, next)
@@ -186,13 +194,14 @@ impl Inventory for MemoryStore {
                 let cache = lock(&self.inner.cache);
                 let c = (k.namespace().to_string(), k.key().to_string());
                 cache
-                    .get(&c, now)
-                    .zip(cache.deadline(&c, now))
+                    .value(&c, now)
+                    .zip(cache.entries.deadline(&c, now))
                     .map(|(v, deadline)| {
                         Record::Cache(CacheRecord {
                             key: k.clone(),
                             value: v.clone(),
                             ttl: now.until(deadline),
+                            aliases: cache.live_aliases(k, now),
                         })
                     })
             }
@@ -233,9 +242,14 @@ impl Inventory for MemoryStore {
             Record::Cache(r) => {
                 let mut cache = lock(&self.inner.cache);
                 let k = (r.key.namespace().to_string(), r.key.key().to_string());
-                let outcome = decide_value(cache.get(&k, now).map(Bytes::as_ref), r.value.as_ref());
+                let existing = cache
+                    .value(&k, now)
+                    .map(|v| (v.as_ref(), cache.live_aliases(&r.key, now)));
+                let outcome =
+                    decide_value(existing.as_ref(), &(r.value.as_ref(), r.aliases.clone()));
                 if write && outcome == Restored::Written {
-                    cache.insert(k, r.value.clone(), now.plus(r.ttl));
+                    let aliases = chatstate_core::key::check_aliases(&r.key, &r.aliases)?;
+                    cache.set_with_aliases(&r.key, r.value.clone(), aliases, now.plus(r.ttl), now);
                 }
                 outcome
             }

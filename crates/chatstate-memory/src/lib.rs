@@ -59,7 +59,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use chatstate_core::transition::{LockState, SessionState};
 use chatstate_core::{
     Capabilities, Config, CounterKey, FocusDoc, SessionKey, SharedClock, StoreSettings, Timestamp,
@@ -93,7 +92,7 @@ struct Inner {
     locks: Mutex<Expiring<(Triple, String), LockState>>,
     focus: Mutex<Expiring<(String, String), FocusDoc>>,
     counters: Mutex<Counters>,
-    cache: Mutex<Expiring<(String, String), Bytes>>,
+    cache: Mutex<cache::CacheMap>,
     /// Streamed replies by run id.
     replies: Mutex<Expiring<String, reply::Run>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -207,7 +206,8 @@ impl Inner {
         freed += lock(&self.locks).sweep(now, SWEEP_BATCH);
         freed += lock(&self.focus).sweep(now, SWEEP_BATCH);
         freed += lock(&self.counters).applied_batches.sweep(now, SWEEP_BATCH);
-        freed += lock(&self.cache).sweep(now, SWEEP_BATCH);
+        freed += lock(&self.cache).entries.sweep(now, SWEEP_BATCH);
+        freed += lock(&self.cache).aliases.sweep(now, SWEEP_BATCH);
         freed += lock(&self.replies).sweep(now, SWEEP_BATCH);
         freed
     }
@@ -266,7 +266,8 @@ impl MemoryStore {
         n += lock(&self.inner.locks).stored();
         n += lock(&self.inner.focus).stored();
         n += lock(&self.inner.counters).applied_batches.stored();
-        n += lock(&self.inner.cache).stored();
+        n += lock(&self.inner.cache).entries.stored();
+        n += lock(&self.inner.cache).aliases.stored();
         n += lock(&self.inner.replies).stored();
         n
     }
@@ -280,6 +281,7 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use chatstate_core::{CacheKey, KvCache, ManualClock, SessionStore};
 
     fn store(clock: &ManualClock) -> MemoryStore {
