@@ -30,7 +30,7 @@ use chatstate_core::{
     SessionKey, SessionRecord, Timestamp,
 };
 
-use crate::cache::{CacheMeta, read_cache};
+use crate::cache::{CacheMeta, read_entry};
 use crate::focus::FocusMeta;
 use crate::format::Kind;
 use crate::{FileStore, Inner, collision, record_names};
@@ -77,11 +77,15 @@ impl Inner {
     fn cache_record_at(&self, path: &Path, now: Timestamp) -> Result<Option<CacheRecord>> {
         Ok(self
             .read_live::<CacheMeta>(path, Kind::Cache, now)?
-            .map(|(meta, file)| CacheRecord {
-                key: meta.key,
-                value: Bytes::copy_from_slice(file.payload()),
-                ttl: now.until(file.header.deadline),
-            }))
+            .map(|(meta, file)| {
+                Ok::<_, chatstate_core::Error>(CacheRecord {
+                    aliases: crate::cache::live_aliases(self, &meta.key, meta.aliases, now)?,
+                    key: meta.key,
+                    value: Bytes::copy_from_slice(file.payload()),
+                    ttl: now.until(file.header.deadline),
+                })
+            })
+            .transpose()?)
     }
 
     /// Up to `limit` records under `kind_dir` (`kind/<group>/<file>`) after
@@ -188,13 +192,15 @@ impl Inner {
                     .find(|(c, _)| c == k)
                     .map(|(key, value)| Record::Counter(CounterRecord { key, value }))
             }
-            RecordKey::Cache(k) => read_cache(self, k, now)?.map(|(value, deadline)| {
-                Record::Cache(CacheRecord {
+            RecordKey::Cache(k) => match read_entry(self, k, now)? {
+                Some((value, deadline, listed)) => Some(Record::Cache(CacheRecord {
                     key: k.clone(),
                     value,
                     ttl: now.until(deadline),
-                })
-            }),
+                    aliases: crate::cache::live_aliases(self, k, listed, now)?,
+                })),
+                None => None,
+            },
         })
     }
 
@@ -241,15 +247,19 @@ impl Inner {
                 Ok(outcome)
             }
             Record::Cache(r) => {
-                let path = self.layout.cache(&r.key);
-                let _g = self.stripes.lock(&path)?;
                 let now = self.now();
-                let existing = or_absent(read_cache(self, &r.key, now))?;
-                let outcome =
-                    decide_value(existing.as_ref().map(|(v, _)| v.as_ref()), r.value.as_ref());
+                let existing = match or_absent(read_entry(self, &r.key, now))? {
+                    Some((value, _, listed)) => Some((
+                        value,
+                        crate::cache::live_aliases(self, &r.key, listed, now)?,
+                    )),
+                    None => None,
+                };
+                let existing = existing.as_ref().map(|(v, a)| (v.as_ref(), a));
+                let outcome = decide_value(existing.as_ref(), &(r.value.as_ref(), &r.aliases));
                 if write && outcome == Restored::Written {
-                    let meta = CacheMeta { key: r.key.clone() };
-                    self.write(&path, Kind::Cache, now.plus(r.ttl), &meta, &r.value)?;
+                    let aliases = chatstate_core::key::check_aliases(&r.key, &r.aliases)?;
+                    crate::cache::write_aliased(self, &r.key, &r.value, aliases, now.plus(r.ttl))?;
                 }
                 Ok(outcome)
             }

@@ -4,7 +4,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic and format version: "CSF1"
-//!      4     1  kind: b'S' session, b'L' session lock, b'F' focus, b'K' cache, b'C' counters
+//!      4     1  kind: b'S' session, b'L' session lock, b'F' focus, b'K' cache, b'A' cache alias, b'C' counters
 //!      5     3  reserved, zero
 //!      8     8  deadline: i64 LE milliseconds since the Unix epoch (i64::MAX: never)
 //!     16     4  meta length: u32 LE
@@ -45,6 +45,7 @@ pub(crate) enum Kind {
     SessionLock = b'L' as isize,
     Focus = b'F' as isize,
     Cache = b'K' as isize,
+    CacheAlias = b'A' as isize,
     Counters = b'C' as isize,
 }
 

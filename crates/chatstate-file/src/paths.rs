@@ -14,7 +14,8 @@
 //! <dir>/sessions/<tenant>/<channel>~<user>.s          record + message window
 //! <dir>/session-locks/<tenant>/<channel>~<user>~<name>.l   lock holder and fence
 //! <dir>/focus/<scope>/<name>.f                        focus document
-//! <dir>/cache/<namespace>/<key>.k                     cache entry
+//! <dir>/cache/<namespace>/<key>.k                     cache entry (its aliases in the metadata)
+//! <dir>/cache-aliases/<namespace>/<key>.a             an alias: the entry it names
 //! <dir>/counters/counters.c                           every counter + applied batch ids
 //! <dir>/replies/<run>.r                               a streamed reply: JSON lines, append-only
 //! <dir>/locks/00.lock … ff.lock                       lock stripes (flock) for writers
@@ -105,6 +106,15 @@ impl Layout {
             .join(format!("{}.k", component(key.key())))
     }
 
+    pub fn cache_alias_dir(&self, namespace: &str) -> PathBuf {
+        self.root.join("cache-aliases").join(component(namespace))
+    }
+
+    pub fn cache_alias(&self, alias: &CacheKey) -> PathBuf {
+        self.cache_alias_dir(alias.namespace())
+            .join(format!("{}.a", component(alias.key())))
+    }
+
     pub fn counters(&self) -> PathBuf {
         self.root.join("counters").join("counters.c")
     }
@@ -133,12 +143,13 @@ impl Layout {
     }
 
     /// The folders the sweeper walks, each two levels deep (`kind/<group>/<file>`).
-    pub fn swept_dirs(&self) -> [PathBuf; 4] {
+    pub fn swept_dirs(&self) -> [PathBuf; 5] {
         [
             self.root.join("sessions"),
             self.root.join("session-locks"),
             self.root.join("focus"),
             self.root.join("cache"),
+            self.root.join("cache-aliases"),
         ]
     }
 }
