@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ResultExt;
-use chatstate_core::key::check_scope;
+use chatstate_core::key::{check_aliases, check_scope};
 use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
 
@@ -38,16 +38,20 @@ use crate::conn::{ScanPos, Script, lua_wrongtype, reply};
 const SCAN_BATCH: usize = 1000;
 
 /// Lua: `check_strings()`, a WRONGTYPE reply naming the first of KEYS that holds
-/// another type than a string (nil when none does).
+/// another type than a string (nil when none does); `check_strings_from(first,
+/// last)` the same for `KEYS[first..=last]` (to the end without `last`).
 macro_rules! lua_check_strings {
     () => {
         r#"
-local function check_strings()
-  for i = 1, #KEYS do
+local function check_strings_from(first, last)
+  for i = first, last or #KEYS do
     local e = wrongtype(KEYS[i], 'string')
     if e then return e end
   end
   return nil
+end
+local function check_strings()
+  return check_strings_from(1)
 end
 "#
     };
@@ -64,26 +68,107 @@ return check_strings() or 0
 "#
 );
 
-/// Writes many entries, all or none. KEYS: the entries. ARGV: per key, its ttl_ms
-/// and its value. Every key's type is checked before the first SET, so a key of
-/// another type is refused (WRONGTYPE naming it) and nothing is written.
+/// Writes many entries, all or none. KEYS: per entry, the entry and its alias set.
+/// ARGV: per entry, its ttl_ms and its value. Every entry's type is checked before
+/// the first SET, so a key of another type is refused (WRONGTYPE naming it) and
+/// nothing is written. A plain set keeps a live entry's aliases; over an absent
+/// entry it drops any alias set left behind (the entry was evicted, or expired
+/// before its aliases), so no alias comes back with a new entry.
 const SET_MANY: &str = concat!(
+    lua_wrongtype!(),
+    r#"
+for i = 1, #KEYS, 2 do
+  local e = wrongtype(KEYS[i], 'string')
+  if e then return e end
+end
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('DEL', KEYS[i + 1]) end
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[i])
+end
+return #KEYS / 2
+"#
+);
+
+/// Writes an entry with its aliases. KEYS: the entry, its alias set, then the
+/// alias keys (none on a Cluster, where they live in other slots and are written
+/// next, by `SET_ALIAS_KEYS`). ARGV: ttl_ms, the value, then the aliases as members
+/// (`<namespace>:<key>`, escaped). Types are checked first: all or nothing.
+const SET_ALIASED: &str = concat!(
+    lua_wrongtype!(),
+    lua_check_strings!(),
+    r#"
+local e = wrongtype(KEYS[1], 'string') or wrongtype(KEYS[2], 'set') or check_strings_from(3)
+if e then return e end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+redis.call('DEL', KEYS[2])
+if #ARGV > 2 then
+  redis.call('SADD', KEYS[2], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], KEYS[1], 'PX', ARGV[1])
+end
+return 1
+"#
+);
+
+/// The alias keys of one Cluster slot. KEYS: the alias keys. ARGV: ttl_ms, the
+/// entry's key. Types are checked first.
+const SET_ALIAS_KEYS: &str = concat!(
     lua_wrongtype!(),
     lua_check_strings!(),
     r#"
 local e = check_strings()
 if e then return e end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ARGV[2 * i - 1])
+  redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[1])
 end
 return #KEYS
 "#
 );
 
+/// Resolves an alias on one server (or through Sentinel). KEYS: the alias key.
+/// ARGV: the alias as a member, the alias sets' key prefix (`<prefix>:aliases:`).
+/// Returns nil, or {entry key, value} when the entry's alias set holds the alias.
+/// The entry and its set are found through the alias key, so they are not in KEYS:
+/// this script never runs on a Cluster (see `ALIAS_ENTRY`).
+const RESOLVE_ALIAS: &str = r#"
+local k = redis.call('GET', KEYS[1])
+if not k then return nil end
+if redis.call('SISMEMBER', ARGV[2] .. '{' .. k .. '}', ARGV[1]) == 0 then return nil end
+local v = redis.call('GET', k)
+if not v then return nil end
+return {k, v}
+"#;
+
+/// A Cluster's second step of resolving an alias, in the entry's slot. KEYS: the
+/// entry, its alias set. ARGV: the alias as a member. The value when the set holds
+/// the alias, else nil.
+const ALIAS_ENTRY: &str = r#"
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return nil end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// Deletes entries with their alias sets. KEYS: the entries, then their alias
+/// sets. ARGV: how many entries. Returns how many entries existed (a key given
+/// twice counts once, as DEL).
+const DELETE: &str = r#"
+local n = tonumber(ARGV[1])
+local deleted = 0
+for i = 1, n do deleted = deleted + redis.call('DEL', KEYS[i]) end
+for i = n + 1, #KEYS do redis.call('DEL', KEYS[i]) end
+return deleted
+"#;
+
 /// The cache scripts, hashed once per store.
 pub(crate) struct CacheScripts {
     check_strings: Script,
     set_many: Script,
+    set_aliased: Script,
+    set_alias_keys: Script,
+    resolve_alias: Script,
+    alias_entry: Script,
+    delete: Script,
 }
 
 impl CacheScripts {
@@ -91,6 +176,11 @@ impl CacheScripts {
         CacheScripts {
             check_strings: Script::new("cache_check_strings", CHECK_STRINGS),
             set_many: Script::new("cache_set_many", SET_MANY),
+            set_aliased: Script::new("cache_set_aliased", SET_ALIASED),
+            set_alias_keys: Script::new("cache_set_alias_keys", SET_ALIAS_KEYS),
+            resolve_alias: Script::new("cache_resolve_alias", RESOLVE_ALIAS),
+            alias_entry: Script::new("cache_alias_entry", ALIAS_ENTRY),
+            delete: Script::new("cache_delete", DELETE),
         }
     }
 }
@@ -110,12 +200,19 @@ impl RedisStore {
             .cache_keys_of(entries.iter().map(|(k, _, _)| *k));
         let keys = list.to_vec();
         let keys = &keys;
+        let sets: Vec<String> = keys
+            .iter()
+            .map(|k| self.inner.layout.cache_alias_set(k))
+            .collect();
+        let sets = &sets;
         self.inner
             .conn
             .per_slot(keys, |group| async move {
-                let key_refs: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
+                let mut key_refs: Vec<&str> = Vec::with_capacity(2 * group.len());
                 let mut args: Vec<&[u8]> = Vec::with_capacity(2 * group.len());
                 for &i in &group {
+                    key_refs.push(keys[i]);
+                    key_refs.push(&sets[i]);
                     args.push(entries[i].2);
                     args.push(entries[i].1);
                 }
@@ -171,6 +268,67 @@ impl RedisStore {
             .zip(ks)
             .map(|(v, k)| value(v, max, k))
             .collect()
+    }
+}
+
+impl RedisStore {
+    /// `set_with_aliases` after its checks: `aliases` sorted and distinct, `ttl_ms`
+    /// the TTL in ms as text. One script on one server; on a Cluster the entry and
+    /// its alias set first, then the alias keys, one script per slot, concurrently.
+    pub(crate) async fn write_aliased(
+        &self,
+        key: &CacheKey,
+        value: &[u8],
+        ttl_ms: &str,
+        aliases: &[CacheKey],
+        op: &'static str,
+    ) -> Result<()> {
+        let layout = &self.inner.layout;
+        let conn = &self.inner.conn;
+        let entry = layout.cache(key);
+        let set = layout.cache_alias_set(&entry);
+        let members: Vec<String> = aliases.iter().map(ToString::to_string).collect();
+        let alias_keys: Vec<String> = aliases.iter().map(|a| layout.cache_alias(a)).collect();
+        let mut args: Vec<&[u8]> = vec![ttl_ms.as_bytes(), value];
+        args.extend(members.iter().map(|m| m.as_bytes()));
+        let mut keys: Vec<&str> = vec![&entry, &set];
+        if !conn.is_cluster() {
+            keys.extend(alias_keys.iter().map(String::as_str));
+        }
+        conn.script(&self.inner.scripts.cache.set_aliased, &keys, &args, op)
+            .await?;
+        if conn.is_cluster() && !alias_keys.is_empty() {
+            let (alias_keys, entry) = (&alias_keys, &entry);
+            conn.per_slot(alias_keys, |group| async move {
+                let ks: Vec<&str> = group.iter().map(|&i| alias_keys[i].as_str()).collect();
+                conn.script(
+                    &self.inner.scripts.cache.set_alias_keys,
+                    &ks,
+                    &[ttl_ms.as_bytes(), entry.as_bytes()],
+                    op,
+                )
+                .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The entry an alias key names, from its stored text.
+    fn aliased_entry(&self, stored: Value, alias_key: &str) -> Result<Option<(CacheKey, String)>> {
+        let Some(stored) = reply::bytes(stored)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8(stored).ok();
+        match text
+            .as_deref()
+            .and_then(|t| self.inner.layout.parse_cache(t))
+        {
+            Some(key) => Ok(Some((key, text.unwrap_or_default()))),
+            None => Err(Error::decode("an alias key holds no cache entry's key")
+                .with_operation("get_by_alias")
+                .with_key(alias_key)),
+        }
     }
 }
 
@@ -338,6 +496,70 @@ impl KvCache for RedisStore {
         self.write_entries(&refs, "set_many_with_ttls").await
     }
 
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        let ttl = self
+            .inner
+            .settings
+            .cache_write_ttl([(key, value.len())], ttl)
+            .in_op("set_with_aliases")?;
+        let aliases = check_aliases(key, aliases).in_op("set_with_aliases")?;
+        let ttl_ms = ttl.as_millis().to_string();
+        self.write_aliased(key, &value, &ttl_ms, &aliases, "set_with_aliases")
+            .await
+    }
+
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        const OP: &str = "get_by_alias";
+        let layout = &self.inner.layout;
+        let conn = &self.inner.conn;
+        let alias_key = layout.cache_alias(alias);
+        let member = alias.to_string();
+        let max = self.inner.settings.max_value_bytes;
+        if !conn.is_cluster() {
+            let sets = format!("{}:aliases:", layout.prefix());
+            let v = conn
+                .script(
+                    &self.inner.scripts.cache.resolve_alias,
+                    &[&alias_key],
+                    &[member.as_bytes(), sets.as_bytes()],
+                    OP,
+                )
+                .await?;
+            let mut parts = reply::array(v)?.into_iter();
+            let (Some(stored), Some(v)) = (parts.next(), parts.next()) else {
+                return Ok(None);
+            };
+            let Some((key, entry)) = self.aliased_entry(stored, &alias_key)? else {
+                return Ok(None);
+            };
+            return Ok(value(v, max, &entry)?.map(|v| (key, v)));
+        }
+        // A Cluster: the alias's slot, then the entry's (the entry and its alias set
+        // read together, so the set's answer is about that value).
+        let stored: Value = conn
+            .cmd(redis::cmd("GET").arg(&alias_key), OP, Some(&alias_key))
+            .await?;
+        let Some((key, entry)) = self.aliased_entry(stored, &alias_key)? else {
+            return Ok(None);
+        };
+        let set = layout.cache_alias_set(&entry);
+        let v = conn
+            .script(
+                &self.inner.scripts.cache.alias_entry,
+                &[&entry, &set],
+                &[member.as_bytes()],
+                OP,
+            )
+            .await?;
+        Ok(value(v, max, &entry)?.map(|v| (key, v)))
+    }
+
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         Ok(self.delete_many(std::slice::from_ref(key)).await? > 0)
     }
@@ -352,18 +574,27 @@ impl KvCache for RedisStore {
             .inner
             .conn
             .per_slot(ks, |group| async move {
-                let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
-                self.inner
+                let sets: Vec<String> = group
+                    .iter()
+                    .map(|&i| self.inner.layout.cache_alias_set(ks[i]))
+                    .collect();
+                let mut slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
+                slot_keys.extend(sets.iter().map(String::as_str));
+                let n = group.len().to_string();
+                let v = self
+                    .inner
                     .conn
-                    .cmd::<u64>(
-                        redis::cmd("DEL").arg(&slot_keys),
+                    .script(
+                        &self.inner.scripts.cache.delete,
+                        &slot_keys,
+                        &[n.as_bytes()],
                         "delete_many",
-                        slot_keys.first().copied(),
                     )
-                    .await
+                    .await?;
+                reply::int(&v)
             })
             .await?;
-        Ok(counts.into_iter().sum())
+        Ok(counts.into_iter().map(|n| n.max(0) as u64).sum())
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool> {
@@ -403,9 +634,19 @@ impl KvCache for RedisStore {
 
     async fn clear_prefix(&self, namespace: &str, key_prefix: &str) -> Result<u64> {
         check_scope("cache namespace", namespace).in_op("clear_prefix")?;
-        let pattern = self.inner.layout.cache_pattern(namespace, key_prefix);
-        self.unlink_scanned(&pattern, Some("string"), "clear_prefix")
-            .await
+        let layout = &self.inner.layout;
+        let pattern = layout.cache_pattern(namespace, key_prefix);
+        let cleared = self
+            .unlink_scanned(&pattern, Some("string"), "clear_prefix")
+            .await?;
+        // Then what made aliases of them resolve, and the aliases named in the
+        // namespace (not counted: they are not entries).
+        let [sets, aliases] = layout.cache_alias_patterns(namespace, key_prefix);
+        self.unlink_scanned(&sets, Some("set"), "clear_prefix")
+            .await?;
+        self.unlink_scanned(&aliases, Some("string"), "clear_prefix")
+            .await?;
+        Ok(cleared)
     }
 
     fn capabilities(&self) -> chatstate_core::Capabilities {

@@ -9,7 +9,7 @@
 //! | session | `<prefix>:sess:{*}:ctx` (hash) | `READ_SESSION`: HGETALL, LRANGE, PTTL, HGETALL of the side data | `RESTORE_SESSION`: replaces ctx, msgs and data, PEXPIREs all three, writes the tenant index (the session module's `refresh`) |
 //! | focus | `<prefix>:focus:{*` (hash) | `READ_FOCUS`: HMGET, PTTL | `RESTORE_FOCUS`: the hash, its TTL, the scope's name set |
 //! | counter | `<prefix>:cnt:{counters}:*` (hash; batch ids are strings and not matched) | HGETALL of a name's hash | `RESTORE_COUNTER`: HSET of the exact value |
-//! | cache | `<prefix>:kv:*` (string) | `READ_CACHE`: GET, PTTL | `RESTORE_CACHE`: SET … PX |
+//! | cache | `<prefix>:kv:*` (string) | `READ_CACHE`: GET, PTTL, SMEMBERS of the alias set; then a GET per alias key (those naming the entry are its aliases) | compared in Rust (`decide_value` of value and aliases), written as `set_with_aliases` (one script; on a Cluster, then the alias keys) |
 //!
 //! **Cursors.** A page resumes a SCAN. A page ends at a SCAN step's boundary
 //! whenever the next step's records do not all fit (the cursor is then `<scan
@@ -38,7 +38,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::config::MAX_TTL;
-use chatstate_core::inventory::check_scan_limit;
+use chatstate_core::inventory::{check_scan_limit, decide_value};
+use chatstate_core::key::check_aliases;
 use chatstate_core::key::{escape, unescape};
 use chatstate_core::{
     Bucket, CacheKey, CacheRecord, CounterKey, CounterRecord, Error, FocusKey, FocusRecord,
@@ -237,26 +238,13 @@ return 0
 "#
 );
 
-/// Reads a cache entry and its TTL. KEYS: the entry. Returns nil or {value, pttl}.
+/// Reads a cache entry, its TTL and its alias set. KEYS: the entry, its alias set.
+/// Returns nil or {value, pttl, members of the set}.
 const READ_CACHE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return nil end
-return {v, redis.call('PTTL', KEYS[1])}
+return {v, redis.call('PTTL', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
 "#;
-
-/// Restores a cache entry. KEYS: the entry. ARGV: write (1) or dry run (0), value,
-/// ttl_ms. Returns 0 written, 1 unchanged.
-const RESTORE_CACHE: &str = concat!(
-    lua_wrongtype!(),
-    r#"
-local e = wrongtype(KEYS[1], 'string')
-if e then return e end
-if redis.call('GET', KEYS[1]) == ARGV[2] then return 1 end
-if ARGV[1] ~= '1' then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 0
-"#
-);
 
 struct InventoryScripts {
     read_session: Script,
@@ -265,7 +253,6 @@ struct InventoryScripts {
     restore_focus: Script,
     restore_counter: Script,
     read_cache: Script,
-    restore_cache: Script,
 }
 
 /// Hashed once per process (the store's own scripts are hashed per store; these
@@ -277,7 +264,6 @@ static SCRIPTS: LazyLock<InventoryScripts> = LazyLock::new(|| InventoryScripts {
     restore_focus: Script::new("inventory_restore_focus", RESTORE_FOCUS),
     restore_counter: Script::new("inventory_restore_counter", RESTORE_COUNTER),
     read_cache: Script::new("inventory_read_cache", READ_CACHE),
-    restore_cache: Script::new("inventory_restore_cache", RESTORE_CACHE),
 });
 
 /// A PTTL reply as a record's TTL: `None` for a key gone meanwhile; a key without a
@@ -335,9 +321,7 @@ impl Parse<'_> {
     }
 
     fn cache(&self, key: &str) -> Option<CacheKey> {
-        let rest = key.strip_prefix(&format!("{}:kv:", self.prefix))?;
-        let (ns, k) = rest.split_once(':')?;
-        CacheKey::new(unescape(ns)?, unescape(k)?).ok()
+        self.layout.parse_cache(key)
     }
 
     /// A counter hash's name and bucket.
@@ -479,24 +463,53 @@ impl RedisStore {
     }
 
     async fn read_cache_record(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
-        let k = self.inner.layout.cache(key);
+        let layout = &self.inner.layout;
+        let k = layout.cache(key);
+        let set = layout.cache_alias_set(&k);
         let v = self
             .inner
             .conn
-            .script(&SCRIPTS.read_cache, &[&k], &[], "read")
+            .script(&SCRIPTS.read_cache, &[&k, &set], &[], "read")
             .await?;
         let mut parts = reply::array(v)?.into_iter();
-        let (Some(value), Some(pttl)) = (parts.next(), parts.next()) else {
+        let (Some(value), Some(pttl), Some(members)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Ok(None);
         };
         let Some(ttl) = record_ttl(reply::int(&pttl)?) else {
             return Ok(None);
         };
         let value = reply::bytes(value)?.unwrap_or_default();
+        // The set's members that resolve here: those whose alias key names this
+        // entry (an alias taken by another entry since stays in this set).
+        let mut listed: Vec<CacheKey> = Vec::new();
+        for m in reply::array(members)? {
+            let m = reply::bytes(m)?.unwrap_or_default();
+            let alias = std::str::from_utf8(&m)
+                .ok()
+                .and_then(|m| m.split_once(':'))
+                .and_then(|(ns, k)| CacheKey::new(unescape(ns)?, unescape(k)?).ok())
+                .ok_or_else(|| foreign(&set))?;
+            listed.push(alias);
+        }
+        listed.sort();
+        let alias_keys: Vec<String> = listed.iter().map(|a| layout.cache_alias(a)).collect();
+        let mut aliases = Vec::with_capacity(listed.len());
+        for (alias, alias_key) in listed.into_iter().zip(&alias_keys) {
+            let owner: Option<Vec<u8>> = self
+                .inner
+                .conn
+                .cmd(redis::cmd("GET").arg(alias_key), "read", Some(alias_key))
+                .await?;
+            if owner.as_deref() == Some(k.as_bytes()) {
+                aliases.push(alias);
+            }
+        }
         Ok(Some(CacheRecord {
             key: key.clone(),
             value: Bytes::from(value),
             ttl,
+            aliases,
         }))
     }
 
@@ -882,17 +895,22 @@ impl Inventory for RedisStore {
                     .await?
             }
             Record::Cache(r) => {
-                let k = self.inner.layout.cache(&r.key);
-                let ttl = num(r.ttl.as_millis());
-                self.inner
-                    .conn
-                    .script(
-                        &SCRIPTS.restore_cache,
-                        &[&k],
-                        &[write, r.value.as_ref(), &ttl],
-                        "restore",
-                    )
+                // Value and aliases compared, then written as `set_with_aliases`
+                // does (the aliases may live in other Cluster slots, so not in one
+                // script with the comparison).
+                let existing = self
+                    .read_cache_record(&r.key)
                     .await?
+                    .map(|e| (e.value, e.aliases));
+                let outcome =
+                    decide_value(existing.as_ref(), &(r.value.clone(), r.aliases.clone()));
+                if mode == RestoreMode::Write && outcome == Restored::Written {
+                    let aliases = check_aliases(&r.key, &r.aliases)?;
+                    let ttl = r.ttl.as_millis().to_string();
+                    self.write_aliased(&r.key, &r.value, &ttl, &aliases, "restore")
+                        .await?;
+                }
+                return Ok(outcome);
             }
         };
         restored(&v).in_op("restore")
