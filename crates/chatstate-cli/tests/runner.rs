@@ -37,6 +37,18 @@ impl KvCache for Forgetful {
     async fn set_many_with_ttls(&self, e: Vec<(CacheKey, Bytes, Option<Duration>)>) -> Result<()> {
         self.0.set_many_with_ttls(e).await
     }
+    async fn set_with_aliases(
+        &self,
+        k: &CacheKey,
+        v: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        self.0.set_with_aliases(k, v, ttl, aliases).await
+    }
+    async fn get_by_alias(&self, _: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        Ok(None)
+    }
     async fn delete(&self, k: &CacheKey) -> Result<bool> {
         KvCache::delete(self.0.as_ref(), k).await
     }

@@ -383,6 +383,31 @@ impl<S: KvCache> KvCache for Instrumented<S> {
         )
         .await
     }
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        self.measure(
+            ("cache", "set_with_aliases"),
+            key.namespace(),
+            none,
+            self.inner.set_with_aliases(key, value, ttl, aliases),
+        )
+        .await
+    }
+    /// Labelled with the alias's namespace; a hit when the alias resolved.
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        self.measure(
+            ("cache", "get_by_alias"),
+            alias.namespace(),
+            |v: &Option<(CacheKey, Bytes)>| if v.is_some() { (1, 0) } else { (0, 1) },
+            self.inner.get_by_alias(alias),
+        )
+        .await
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         self.measure(
             ("cache", "delete"),

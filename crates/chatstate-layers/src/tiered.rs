@@ -1788,6 +1788,49 @@ impl KvCache for TieredCache {
         shared.finish(written).await
     }
 
+    /// Written like [`KvCache::set`]: the entry's local copies (here and, through
+    /// the bus, on other instances) are dropped, and this instance keeps the new
+    /// value.
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        let shared = &self.shared;
+        let (written, w) = shared
+            .write(
+                Invalidation::Key(key.clone()),
+                shared
+                    .remote
+                    .set_with_aliases(key, value.clone(), ttl, aliases),
+            )
+            .await;
+        if written.is_ok() {
+            shared
+                .keep_written(vec![(key.clone(), value, ttl)], &w)
+                .await;
+        }
+        shared.finish(written).await
+    }
+
+    /// Always asked of the remote cache: the local tier keeps no alias
+    /// resolution, since a move of an alias elsewhere would leave a local answer
+    /// wrong until its local TTL ran out. An entry (or alias) this instance deleted
+    /// while the remote was unreachable resolves to nothing, as it reads.
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        let shared = &self.shared;
+        if shared.blocks(alias) {
+            return Ok(None);
+        }
+        let found = shared
+            .call(shared.remote.get_by_alias(alias))
+            .await
+            .map(|found| found.filter(|(key, _)| !shared.blocks(key)));
+        shared.finish(found).await
+    }
+
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         let shared = &self.shared;
         let deleted = shared

@@ -642,6 +642,21 @@ impl KvCache for SlowFailure {
     ) -> chatstate_core::Result<()> {
         Ok(())
     }
+    async fn set_with_aliases(
+        &self,
+        _: &CacheKey,
+        _: Bytes,
+        _: Option<Duration>,
+        _: &[CacheKey],
+    ) -> chatstate_core::Result<()> {
+        Ok(())
+    }
+    async fn get_by_alias(
+        &self,
+        _: &CacheKey,
+    ) -> chatstate_core::Result<Option<(CacheKey, Bytes)>> {
+        Ok(None)
+    }
     async fn delete(&self, _: &CacheKey) -> chatstate_core::Result<bool> {
         Ok(false)
     }

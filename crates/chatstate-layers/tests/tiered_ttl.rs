@@ -49,6 +49,18 @@ impl KvCache for SlowReplies {
         self.clock.advance(self.reply_delay);
         Ok(())
     }
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        self.inner.set_with_aliases(key, value, ttl, aliases).await
+    }
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        self.inner.get_by_alias(alias).await
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         KvCache::delete(&self.inner, key).await
     }

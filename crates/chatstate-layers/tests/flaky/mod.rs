@@ -102,6 +102,20 @@ impl KvCache for Flaky {
         self.write()?;
         self.inner.set_many_with_ttls(entries).await
     }
+    async fn set_with_aliases(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<()> {
+        self.write()?;
+        self.inner.set_with_aliases(key, value, ttl, aliases).await
+    }
+    async fn get_by_alias(&self, alias: &CacheKey) -> Result<Option<(CacheKey, Bytes)>> {
+        self.read()?;
+        self.inner.get_by_alias(alias).await
+    }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
         self.write()?;
         KvCache::delete(&self.inner, key).await
