@@ -110,7 +110,13 @@ pub async fn fill<S: AllStores>(store: &S) -> [BTreeSet<RecordKey>; 4] {
     }
     for i in 0..9 {
         let key = CacheKey::new(format!("ns{}", i % 2), format!("k:{i}")).expect("cache key");
-        KvCache::set(store, &key, Bytes::from(vec![i as u8]), None)
+        // A third carry an alias: aliases are part of their entry's record, never
+        // records (or unreadable keys) of their own.
+        let aliases: Vec<CacheKey> = (i % 3 == 0)
+            .then(|| CacheKey::new("ns0", format!("alias:{i}")).expect("alias"))
+            .into_iter()
+            .collect();
+        KvCache::set_with_aliases(store, &key, Bytes::from(vec![i as u8]), None, &aliases)
             .await
             .expect("set");
         out[3].insert(RecordKey::Cache(key));
@@ -430,12 +436,14 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         1
     );
 
-    // Cache: bytes and TTL.
+    // Cache: bytes, TTL and aliases.
     let kkey = CacheKey::new("customers", "42").expect("key");
+    let phone = CacheKey::new("phone", "+5511999990000").expect("alias");
     let record = Record::Cache(chatstate_core::CacheRecord {
         key: kkey.clone(),
         value: Bytes::from_static(b"\x00\xffbytes"),
         ttl: Duration::from_secs(90),
+        aliases: vec![phone.clone()],
     });
     assert_eq!(
         store.restore(&record, RestoreMode::Write).await.expect("r"),
@@ -454,6 +462,47 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         .expect("ttl")
         .expect("live");
     assert!(close(ttl, Duration::from_secs(90)), "{ttl:?}");
+    let (owner, _) = KvCache::get_by_alias(store, &phone)
+        .await
+        .expect("get_by_alias")
+        .expect("a restored alias resolves");
+    assert_eq!(owner, kkey);
+    let Some(Record::Cache(back)) = store
+        .read(&RecordKey::Cache(kkey.clone()))
+        .await
+        .expect("read")
+    else {
+        panic!("the restored entry reads back");
+    };
+    assert_eq!(
+        (&back.value[..], &back.aliases),
+        (&b"\x00\xffbytes"[..], &vec![phone.clone()]),
+        "an entry reads back with its aliases"
+    );
+    // Other aliases are a change: written, and the old one stops resolving.
+    let email = CacheKey::new("email", "ana@example.com").expect("alias");
+    let moved = Record::Cache(chatstate_core::CacheRecord {
+        key: kkey.clone(),
+        value: Bytes::from_static(b"\x00\xffbytes"),
+        ttl: Duration::from_secs(90),
+        aliases: vec![email.clone()],
+    });
+    assert_eq!(
+        store.restore(&moved, RestoreMode::Write).await.expect("r"),
+        Restored::Written
+    );
+    assert!(
+        KvCache::get_by_alias(store, &phone)
+            .await
+            .expect("get_by_alias")
+            .is_none()
+    );
+    assert!(
+        KvCache::get_by_alias(store, &email)
+            .await
+            .expect("get_by_alias")
+            .is_some()
+    );
 
     // Refused records write nothing.
     let gone = CacheKey::new("customers", "refused").expect("key");
@@ -461,6 +510,7 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
         key: gone.clone(),
         value: Bytes::from_static(b"x"),
         ttl: Duration::ZERO,
+        aliases: Vec::new(),
     });
     let err = store
         .restore(&bad, RestoreMode::Write)

@@ -412,6 +412,17 @@ macro_rules! __with_case_names {
             kv_get_or_load_caches_and_does_not_cache_errors,
             kv_set_many_with_ttls_each_entry_its_own,
             kv_typed_many_calls,
+            // cache aliases
+            kv_alias_resolves_to_its_entry,
+            kv_alias_rewrite_replaces_aliases,
+            kv_alias_moves_between_entries,
+            kv_alias_delete_then_plain_set_does_not_resurrect,
+            kv_alias_plain_set_keeps_aliases,
+            kv_alias_ttl_ends_with_the_entry,
+            kv_alias_clear_prefix,
+            kv_alias_invalid_input_writes_nothing,
+            kv_alias_through_namespace_handle,
+            kv_alias_concurrent_moves_agree,
             // handles
             kv_namespace_handle,
             focus_scope_handle,

@@ -2,6 +2,7 @@
 //! by trait. Every case opens its own fixture, so cases share nothing and run in
 //! parallel.
 
+mod alias;
 mod counter;
 mod focus;
 mod handles;
@@ -14,6 +15,7 @@ mod session;
 mod side_data;
 mod turn;
 
+pub use alias::*;
 pub use counter::*;
 pub use focus::*;
 pub use handles::*;
