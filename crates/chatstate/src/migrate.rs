@@ -83,6 +83,7 @@
 //! {"kind":"focus","scope":"…","name":"…","version":2,"updated_at_ms":…,"value_b64":"…","ttl_ms":…}
 //! {"kind":"counter","name":"messages","labels":{"type":"text"},"bucket":"2026-11-22","value":"-42"}
 //! {"kind":"cache","namespace":"customers","key":"42","value_b64":"…","ttl_ms":…}
+//! {"kind":"cache","namespace":"contacts","key":"7","value_b64":"…","ttl_ms":…,"aliases":[{"namespace":"phone","key":"+5511999990000"}]}
 //! ```
 //!
 //! (one line each in the file). Choices, and why:
@@ -95,6 +96,10 @@
 //!   any bytes are allowed. Re-encoding them into a "codec-neutral" JSON form would
 //!   need the app's types (bincode is not self-describing) and would not be
 //!   byte-exact; base64 is lossless and every language decodes it.
+//! - **Cache aliases** (`aliases`: the entry's secondary keys, each a namespace
+//!   and key, as `KvCache::set_with_aliases` gave them) are left out when an entry
+//!   has none, so lines of older exports import as entries without aliases; an
+//!   import gives each entry its aliases back, for the entry's TTL.
 //! - **Counter values are decimal strings** (`"-9223372036854775808"`): an i64 can
 //!   exceed the 2^53 that JavaScript numbers hold exactly (the protobuf JSON
 //!   mapping does the same). Import also accepts a JSON integer. Other numbers

@@ -153,8 +153,16 @@ async fn fill(s: &Stores) {
     for (i, ttl) in [120u64, 3_600, 86_400].into_iter().enumerate() {
         let key = CacheKey::new("customers", format!("id:{i}")).unwrap();
         let value = Bytes::from(vec![0, 255, i as u8, b'x']);
+        // One entry has aliases: they move with it.
+        let aliases: Vec<CacheKey> = (i == 1)
+            .then(|| {
+                ["+5511999990000", "+5511888880000"]
+                    .map(|p| CacheKey::new("phone", p).unwrap())
+                    .to_vec()
+            })
+            .unwrap_or_default();
         s.cache
-            .set(&key, value, Some(Duration::from_secs(ttl)))
+            .set_with_aliases(&key, value, Some(Duration::from_secs(ttl)), &aliases)
             .await
             .unwrap();
     }
@@ -703,6 +711,81 @@ async fn session_side_data_moves_and_lines_without_it_still_import() {
     assert!(
         err.to_string()
             .contains("line 2: field data_b64 is not base64"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn cache_aliases_move_and_lines_without_them_still_import() {
+    let source = memory().await;
+    let contact = CacheKey::new("contacts", "7").unwrap();
+    let phone = CacheKey::new("phone", "+5511999990000").unwrap();
+    source
+        .cache
+        .set_with_aliases(
+            &contact,
+            Bytes::from_static(b"ana"),
+            None,
+            std::slice::from_ref(&phone),
+        )
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    let options = ExportOptions {
+        include_cache: true,
+        ..ExportOptions::default()
+    };
+    export(source.inventory.as_ref(), &mut lines, options)
+        .await
+        .unwrap();
+    let text = String::from_utf8(lines).unwrap();
+    let field = r#","aliases":[{"namespace":"phone","key":"+5511999990000"}]"#;
+    assert!(text.contains(field), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = file(&dir).await;
+    import(
+        target.inventory.as_ref(),
+        &mut text.as_bytes(),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        target.cache.get_by_alias(&phone).await.unwrap(),
+        Some((contact.clone(), Bytes::from_static(b"ana"))),
+        "the alias resolves on the target"
+    );
+
+    // A line of an older export (no aliases) imports as an entry without any.
+    let old = text.replace(field, "");
+    let target = memory().await;
+    let report = import(
+        target.inventory.as_ref(),
+        &mut old.as_bytes(),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.total().written, 1);
+    assert_eq!(
+        target.cache.get(&contact).await.unwrap(),
+        Some(Bytes::from_static(b"ana"))
+    );
+    assert_eq!(target.cache.get_by_alias(&phone).await.unwrap(), None);
+
+    let bad = text.replace(r#""namespace":"phone""#, r#""namespace":"""#);
+    let err = import(
+        memory().await.inventory.as_ref(),
+        &mut bad.as_bytes(),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    assert!(
+        err.to_string()
+            .contains("line 2: cache record: cache namespace must not be empty"),
         "{err}"
     );
 }

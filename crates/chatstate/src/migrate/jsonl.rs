@@ -106,6 +106,18 @@ struct CacheLine {
     key: String,
     value_b64: String,
     ttl_ms: u64,
+    /// The entry's aliases. Absent in files written before aliases existed (read
+    /// as none), and left out when an entry has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<AliasLine>,
+}
+
+/// One alias of a cache entry.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasLine {
+    namespace: String,
+    key: String,
 }
 
 fn b64_opt(b: &Option<Bytes>) -> Option<String> {
@@ -204,6 +216,14 @@ pub(crate) fn encode(record: &Record) -> Result<String, Error> {
             key: r.key.key().into(),
             value_b64: base64::encode(&r.value),
             ttl_ms: ms(r.ttl),
+            aliases: r
+                .aliases
+                .iter()
+                .map(|a| AliasLine {
+                    namespace: a.namespace().into(),
+                    key: a.key().into(),
+                })
+                .collect(),
         }),
     };
     json.map_err(encode_error)
@@ -376,6 +396,11 @@ pub(crate) fn decode(n: u64, line: &[u8]) -> Result<Record, Error> {
                 key: CacheKey::new(l.namespace, l.key).map_err(invalid)?,
                 value: b64(n, "value_b64", &l.value_b64)?,
                 ttl: ttl(n, l.ttl_ms)?,
+                aliases: l
+                    .aliases
+                    .into_iter()
+                    .map(|a| CacheKey::new(a.namespace, a.key).map_err(invalid))
+                    .collect::<Result<_, _>>()?,
             }))
         }
         _ => Err(line_error(
