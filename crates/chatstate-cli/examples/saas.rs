@@ -1,4 +1,4 @@
-//! A messaging SaaS: contacts preloaded with a phone index, a message history
+//! A messaging SaaS: contacts preloaded and found by phone (an alias), a message history
 //! invalidated on insert, tool results shared across instances, and the metrics
 //! endpoint's hit/miss snapshot. Run: `cargo run -p chatstate-cli --example saas`.
 //!
@@ -27,11 +27,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     app.preload_contacts(&contacts).await?;
 
     let found = app.contact_by_phone(company, "+5521988880003").await?;
+    assert_eq!(found.map(|c| c.id), Some(3), "the phone finds the contact");
+    // The contact changes phone: the new one finds it, the old one finds nothing.
+    let moved = Contact {
+        phone: "+5521977770003".to_string(),
+        ..contacts[3].clone()
+    };
+    app.put_contact(&moved).await?;
     assert_eq!(
-        found.map(|c| c.id),
-        Some(3),
-        "the phone index finds the contact"
+        app.contact_by_phone(company, &moved.phone).await?,
+        Some(moved)
     );
+    assert_eq!(app.contact_by_phone(company, "+5521988880003").await?, None);
     println!("saas: company {}", app.company_name(company).await?);
 
     let conversation = "example-conversation";

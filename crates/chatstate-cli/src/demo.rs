@@ -442,7 +442,8 @@ async fn saas_user(inst: &Instance, user: usize, deadline: Instant) -> Result<Ex
                 name: format!("Contato {id}"),
             })
             .collect();
-        // naive: SET EX per contact and per phone index entry.
+        // naive: SET EX per contact and per phone index entry (chatstate: one
+        // set_with_aliases per contact, concurrently).
         inst.timed(
             "saas.preload_contacts",
             app.preload_contacts(&contacts),
@@ -462,7 +463,7 @@ async fn saas_user(inst: &Instance, user: usize, deadline: Instant) -> Result<Ex
         .await?;
         let m = misses();
         let phone = format!("+55219{:08}", (turn * 7 + user as u64) % 100);
-        // naive: GET phone index + GET contact.
+        // naive: GET phone index + GET contact (chatstate: one get_by_alias).
         inst.timed(
             "saas.contact_by_phone",
             app.contact_by_phone(company, &phone),

@@ -428,8 +428,13 @@ async fn run(cli: Cli) -> Result<bool, Failure> {
                     let key = CacheKey::new(namespace, key).map_err(fail)?;
                     let v = ops::inspect_cache(&stores, &key).await.map_err(fail)?;
                     print(json, &v, || {
+                        let aliases = if v.aliases.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", aliases {}", v.aliases.join(" "))
+                        };
                         format!(
-                            "{} bytes, ttl {}\n{}\n",
+                            "{} bytes, ttl {}{aliases}\n{}\n",
                             v.bytes,
                             v.ttl_seconds.map_or("none".into(), |t| format!("{t} s")),
                             v.value

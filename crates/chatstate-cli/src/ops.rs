@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chatstate::{
-    BackendKind, CacheKey, Config, CounterKey, Error, ErrorKind, FocusKey, Record, RecordKind,
-    Result, SessionKey, Stores,
+    BackendKind, CacheKey, Config, CounterKey, Error, ErrorKind, FocusKey, Record, RecordKey,
+    RecordKind, Result, SessionKey, Stores,
 };
 use chatstate_file::FileStore;
 use serde::Serialize;
@@ -393,6 +393,8 @@ pub struct CacheView {
     pub bytes: usize,
     /// Time left, seconds (`None`: no expiry).
     pub ttl_seconds: Option<u64>,
+    /// The entry's aliases (`<namespace>:<key>`, escaped), those that resolve to it.
+    pub aliases: Vec<String>,
 }
 
 /// `chatstate inspect cache`.
@@ -403,10 +405,19 @@ pub async fn inspect_cache(stores: &Stores, key: &CacheKey) -> Result<CacheView>
         .await?
         .ok_or_else(|| Error::not_found("no such cache entry"))?;
     let ttl = stores.cache.ttl(key).await?;
+    let aliases = match stores
+        .inventory
+        .read(&RecordKey::Cache(key.clone()))
+        .await?
+    {
+        Some(Record::Cache(c)) => c.aliases.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    };
     Ok(CacheView {
         value: show_bytes(&value),
         bytes: value.len(),
         ttl_seconds: ttl.filter(|d| *d != Duration::MAX).map(|d| d.as_secs()),
+        aliases,
     })
 }
 

@@ -266,6 +266,26 @@ fn inspect_shows_what_the_demo_stored() {
         c["ttl_seconds"].as_u64() <= Some(300),
         "customers live 5 minutes: {c}"
     );
+    // A contact of the messaging SaaS shows its phone alias.
+    demo(d.path(), Backend::File, "saas", "1");
+    let contact = json(&chatstate(
+        d.path(),
+        Backend::File,
+        &[
+            "--json",
+            "inspect",
+            "cache",
+            "--namespace",
+            "contacts",
+            "--key",
+            "1:7",
+        ],
+    ));
+    assert_eq!(
+        contact["aliases"],
+        serde_json::json!(["contact-phones:1%3A+5521900000007"]),
+        "{contact}"
+    );
     let missing = chatstate(
         d.path(),
         Backend::File,

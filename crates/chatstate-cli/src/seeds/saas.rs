@@ -1,6 +1,7 @@
 //! A messaging SaaS (seed 001): a message-history cache invalidated when a message
-//! is inserted; company, user and contact caches, contacts found by phone through
-//! an index and preloaded per company; tool results shared by every instance; and
+//! is inserted; company, user and contact caches, contacts found by phone (the
+//! phone is the contact entry's alias, so a changed phone can never find a stale
+//! contact) and preloaded per company; tool results shared by every instance; and
 //! the hit/miss snapshot its metrics endpoint served.
 //!
 //! The database (Postgres in the seed) is simulated by a map in this process.
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// TTL of the entity caches (companies, users, contacts, phone index).
+/// TTL of the entity caches (companies, users, contacts and their phones).
 pub const ENTITY_TTL: Duration = Duration::from_secs(10 * 60);
 /// TTL of a conversation's cached history.
 pub const HISTORY_TTL: Duration = Duration::from_secs(5 * 60);
@@ -104,42 +105,48 @@ impl Saas {
         }
     }
 
-    /// Puts a company's contacts and their phone index in the cache, in one write.
-    pub async fn preload_contacts(&self, contacts: &[Contact]) -> Result<()> {
-        let mut entries = Vec::with_capacity(contacts.len() * 2);
-        for c in contacts {
-            entries.push((
-                CacheKey::new("contacts", format!("{}:{}", c.company, c.id))?,
-                self.codec.encode(c)?,
-            ));
-            entries.push((
-                CacheKey::new("contact-phones", format!("{}:{}", c.company, c.phone))?,
-                self.codec.encode(&c.id)?,
-            ));
-        }
-        self.cache.set_many(entries, Some(ENTITY_TTL)).await
+    /// The cache key of a contact.
+    fn contact_key(company: u64, id: u64) -> Result<CacheKey> {
+        CacheKey::new("contacts", format!("{company}:{id}"))
     }
 
-    /// The contact of `company` with `phone`, through the phone index.
+    /// The alias a contact is found by: its phone, within its company.
+    fn phone_alias(company: u64, phone: &str) -> Result<CacheKey> {
+        CacheKey::new("contact-phones", format!("{company}:{phone}"))
+    }
+
+    /// Caches a contact with its phone as its alias (one round trip on Redis): a
+    /// changed phone replaces the old one, which stops finding the contact.
+    pub async fn put_contact(&self, c: &Contact) -> Result<()> {
+        let key = Self::contact_key(c.company, c.id)?;
+        let phone = Self::phone_alias(c.company, &c.phone)?;
+        self.cache
+            .set_value_with_aliases(&key, c, Some(ENTITY_TTL), &[phone], self.codec)
+            .await
+    }
+
+    /// Puts a company's contacts in the cache, each with its phone (the writes
+    /// concurrently).
+    pub async fn preload_contacts(&self, contacts: &[Contact]) -> Result<()> {
+        futures_util::future::try_join_all(contacts.iter().map(|c| self.put_contact(c))).await?;
+        Ok(())
+    }
+
+    /// The contact of `company` with `phone` (one round trip on Redis): `None`
+    /// when no cached contact has that phone now.
     pub async fn contact_by_phone(&self, company: u64, phone: &str) -> Result<Option<Contact>> {
-        let index = CacheKey::new("contact-phones", format!("{company}:{phone}"))?;
-        let Some(id) = self.cache.get_value::<u64>(&index, self.codec).await? else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
-        };
-        let key = CacheKey::new("contacts", format!("{company}:{id}"))?;
-        let before = self.misses.load(Ordering::Relaxed);
-        let phone = phone.to_string();
-        let contact = self
-            .cached(&key, ENTITY_TTL, move || Contact {
-                id,
-                company,
-                phone,
-                name: format!("Contato {id}"),
-            })
+        let alias = Self::phone_alias(company, phone)?;
+        let found = self
+            .cache
+            .get_value_by_alias::<Contact>(&alias, self.codec)
             .await?;
-        self.count_read(before);
-        Ok(Some(contact))
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(found.map(|(_, contact)| contact))
     }
 
     /// A company's display name (cached).
