@@ -155,6 +155,67 @@ fn benches(c: &mut Criterion) {
             v
         })
     });
+    // A delete (of an absent key: the same work every iteration).
+    let gone = CacheKey::new("customers", "gone").expect("key");
+    g.bench_function(BenchmarkId::new("cache_delete", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { KvCache::delete(&store, &gone).await.expect("delete") })
+    });
+    g.bench_function(BenchmarkId::new("cache_delete", "raw_pipelined"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let n: u64 = con.del("raw:kv:customers:gone").await.expect("del");
+            n
+        })
+    });
+    // Aliases: a contact written with its phone, and found by it. The raw side
+    // is what an app without aliases writes: the entry and a phone index entry
+    // (two SET PX, one round trip each), and reads back: the index, then the
+    // entry (two GETs) — without the atomic write or the check that the index
+    // still belongs to the entry.
+    let contact = CacheKey::new("contacts", "42").expect("key");
+    let phone = CacheKey::new("phone", "+5511999990000").expect("alias");
+    let raw_contact = "raw:kv:contacts:42";
+    let raw_phone = "raw:kv:phone:+5511999990000";
+    g.bench_function(
+        BenchmarkId::new("cache_set_aliased_256b", "chatstate"),
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                store
+                    .set_with_aliases(&contact, value.clone(), None, std::slice::from_ref(&phone))
+                    .await
+                    .expect("set_with_aliases")
+            })
+        },
+    );
+    g.bench_function(
+        BenchmarkId::new("cache_set_aliased_256b", "raw_naive"),
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut con = raw.clone();
+                let _: () = con
+                    .pset_ex(raw_contact, value.as_ref(), 3_600_000)
+                    .await
+                    .expect("psetex");
+                let _: () = con
+                    .pset_ex(raw_phone, raw_contact, 3_600_000)
+                    .await
+                    .expect("psetex");
+            })
+        },
+    );
+    g.bench_function(BenchmarkId::new("cache_get_by_alias", "chatstate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { store.get_by_alias(&phone).await.expect("get_by_alias") })
+    });
+    g.bench_function(BenchmarkId::new("cache_get_by_alias", "raw_naive"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut con = raw.clone();
+            let k: Option<String> = con.get(raw_phone).await.expect("get");
+            let v: Option<Vec<u8>> = con.get(k.expect("indexed")).await.expect("get");
+            v
+        })
+    });
     let many: Vec<CacheKey> = (0..50)
         .map(|i| CacheKey::new("customers", i.to_string()).expect("key"))
         .collect();

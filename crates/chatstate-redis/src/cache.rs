@@ -32,7 +32,7 @@ use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
 
 use crate::RedisStore;
-use crate::conn::{ScanPos, Script, lua_wrongtype, reply};
+use crate::conn::{ScanPos, Script, lua_int, lua_wrongtype, reply};
 
 /// Keys asked per SCAN step and unlinked per UNLINK.
 const SCAN_BATCH: usize = 1000;
@@ -128,18 +128,24 @@ return #KEYS
 );
 
 /// Resolves an alias on one server (or through Sentinel). KEYS: the alias key.
-/// ARGV: the alias as a member, the alias sets' key prefix (`<prefix>:aliases:`).
-/// Returns nil, or {entry key, value} when the entry's alias set holds the alias.
-/// The entry and its set are found through the alias key, so they are not in KEYS:
-/// this script never runs on a Cluster (see `ALIAS_ENTRY`).
-const RESOLVE_ALIAS: &str = r#"
+/// ARGV: the alias as a member, the alias sets' key prefix (`<prefix>:aliases:`),
+/// the entries' key prefix (`<prefix>:kv:`). Returns nil, or {entry key, value}
+/// when the entry's alias set holds the alias; an alias key holding no entry's key
+/// (written by something else) is a `CHATSTATE_CORRUPT` error naming it. The entry
+/// and its set are found through the alias key, so they are not in KEYS: this
+/// script never runs on a Cluster (see `ALIAS_ENTRY`).
+const RESOLVE_ALIAS: &str = concat!(
+    lua_int!(),
+    r#"
 local k = redis.call('GET', KEYS[1])
 if not k then return nil end
+if string.sub(k, 1, #ARGV[3]) ~= ARGV[3] then return corrupt(KEYS[1], 'holds no cache entry key') end
 if redis.call('SISMEMBER', ARGV[2] .. '{' .. k .. '}', ARGV[1]) == 0 then return nil end
 local v = redis.call('GET', k)
 if not v then return nil end
 return {k, v}
-"#;
+"#
+);
 
 /// A Cluster's second step of resolving an alias, in the entry's slot. KEYS: the
 /// entry, its alias set. ARGV: the alias as a member. The value when the set holds
@@ -523,11 +529,12 @@ impl KvCache for RedisStore {
         let max = self.inner.settings.max_value_bytes;
         if !conn.is_cluster() {
             let sets = format!("{}:aliases:", layout.prefix());
+            let entries = format!("{}:kv:", layout.prefix());
             let v = conn
                 .script(
                     &self.inner.scripts.cache.resolve_alias,
                     &[&alias_key],
-                    &[member.as_bytes(), sets.as_bytes()],
+                    &[member.as_bytes(), sets.as_bytes(), entries.as_bytes()],
                     OP,
                 )
                 .await?;

@@ -118,6 +118,13 @@ async fn multi_key_cache_calls_take_one_round_trip_per_slot() {
         .map(|k| (k.clone(), Bytes::from_static(b"warm")))
         .collect();
     s.set_many(entries, None).await.unwrap();
+    // The same for the delete script (keys of the same slots, none stored).
+    let absent: Vec<CacheKey> = keys
+        .iter()
+        .map(|k| CacheKey::new("customers", format!("{}-absent", k.key())).unwrap())
+        .collect();
+    s.delete_many(&absent).await.unwrap();
+    s.delete_many(&keys).await.unwrap();
     let before = s.round_trips().round_trips;
     s.set_many(
         keys.iter()
@@ -147,6 +154,64 @@ async fn multi_key_cache_calls_take_one_round_trip_per_slot() {
     let got = KvCache::get_many(&s, &keys).await.unwrap();
     assert!(got[..20].iter().all(Option::is_none));
     assert!(got[20..].iter().all(Option::is_some));
+}
+
+/// Aliases on a Cluster: an entry's alias set shares its slot; an aliased write
+/// is one round trip for the entry and its set, then one per slot of the alias
+/// keys; resolving is two (the alias, then the entry with its set).
+#[tokio::test]
+async fn aliased_writes_take_one_round_trip_plus_one_per_alias_slot() {
+    let c = cluster::shared();
+    let s = store_on(c).await;
+    let layout = s.layout();
+    let entry = CacheKey::new("contacts", "1").unwrap();
+    let other = CacheKey::new("contacts", "2").unwrap();
+    let aliases: Vec<CacheKey> = (0..6)
+        .map(|i| CacheKey::new("phone", format!("+55119999900{i}")).unwrap())
+        .collect();
+    let stored = layout.cache(&entry);
+    assert_eq!(
+        keyslot(c, &stored),
+        keyslot(c, &layout.cache_alias_set(&stored)),
+        "an entry and its alias set share a slot"
+    );
+    let alias_slots: HashSet<u16> = aliases
+        .iter()
+        .map(|a| keyslot(c, &layout.cache_alias(a)))
+        .collect();
+    assert!(alias_slots.len() > 1, "aliases in several slots");
+    // Warm-up: every master learns the scripts.
+    s.set_with_aliases(&entry, Bytes::from_static(b"warm"), None, &aliases)
+        .await
+        .unwrap();
+    s.get_by_alias(&aliases[0]).await.unwrap();
+
+    let before = s.round_trips().round_trips;
+    s.set_with_aliases(&entry, Bytes::from_static(b"ana"), None, &aliases)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.round_trips().round_trips - before,
+        1 + alias_slots.len() as u64
+    );
+    let before = s.round_trips().round_trips;
+    let found = s.get_by_alias(&aliases[3]).await.unwrap();
+    assert_eq!(s.round_trips().round_trips - before, 2);
+    assert_eq!(found, Some((entry.clone(), Bytes::from_static(b"ana"))));
+
+    // Moved to another entry (whose alias set may live on another master): the
+    // first entry's set still lists it, but the alias names the other entry.
+    s.set_with_aliases(&other, Bytes::from_static(b"bia"), None, &aliases[3..4])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_by_alias(&aliases[3]).await.unwrap(),
+        Some((other.clone(), Bytes::from_static(b"bia")))
+    );
+    assert_eq!(
+        s.get_by_alias(&aliases[0]).await.unwrap(),
+        Some((entry.clone(), Bytes::from_static(b"ana")))
+    );
 }
 
 /// A read batch on a Cluster costs one round trip per slot its keys fall in (the

@@ -81,6 +81,14 @@ async fn every_logical_operation_is_one_round_trip() {
         .await
         .unwrap();
     KvCache::get_many(&s, &ck[..1]).await.unwrap();
+    let phones: Vec<CacheKey> = (0..3)
+        .map(|i| CacheKey::new("phone", format!("+551199999000{i}")).unwrap())
+        .collect();
+    s.set_with_aliases(&ck[1], Bytes::from_static(b"w"), None, &phones)
+        .await
+        .unwrap();
+    s.get_by_alias(&phones[0]).await.unwrap();
+    KvCache::delete(&s, &ck[1]).await.unwrap();
 
     let messages: Vec<NewMessage> = (0..5).map(|i| NewMessage::user(format!("m{i}"))).collect();
     let entries: Vec<(CacheKey, Bytes)> = ck
@@ -151,6 +159,25 @@ async fn every_logical_operation_is_one_round_trip() {
     );
     assert_eq!(trips!(s, KvCache::get_many(&s, &ck)), 1, "get_many of 50");
     assert_eq!(trips!(s, s.delete_many(&ck)), 1, "delete_many of 50");
+    assert_eq!(
+        trips!(
+            s,
+            s.set_with_aliases(&ck[2], Bytes::from_static(b"c"), None, &phones)
+        ),
+        1,
+        "set_with_aliases (3 aliases)"
+    );
+    assert_eq!(trips!(s, s.get_by_alias(&phones[1])), 1, "get_by_alias");
+    assert_eq!(
+        trips!(s, KvCache::set(&s, &ck[2], Bytes::from_static(b"d"), None)),
+        1,
+        "set of an aliased entry"
+    );
+    assert_eq!(
+        trips!(s, KvCache::delete(&s, &ck[2])),
+        1,
+        "delete of an aliased entry"
+    );
     assert_eq!(trips!(s, s.apply(&batch)), 1, "flush of 1000 counters");
     assert_eq!(trips!(s, s.add(&counters[0], 1)), 1, "counter add");
     assert_eq!(
@@ -354,6 +381,30 @@ async fn keys_of_the_wrong_type_are_wrong_type_errors_naming_the_key() {
     server.cli(&["HSET", &s.layout().cache(&ck), "f", "v"]);
     let err = KvCache::get(&s, &ck).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    // An alias key of another type: the aliased write is refused before it writes
+    // anything, and resolving it is a WrongType error naming it.
+    let entry = CacheKey::new("ns", "aliased").unwrap();
+    let alias = CacheKey::new("phone", "taken").unwrap();
+    let alias_key = s.layout().cache_alias(&alias);
+    server.cli(&["HSET", &alias_key, "f", "v"]);
+    let err = s
+        .set_with_aliases(&entry, Bytes::from_static(b"v"), None, &[alias.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    assert!(err.to_string().contains(&alias_key), "{err}");
+    assert_eq!(
+        KvCache::get(&s, &entry).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    let err = s.get_by_alias(&alias).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    // An alias key holding something that is no entry's key is a Decode error.
+    let odd = CacheKey::new("phone", "odd").unwrap();
+    server.cli(&["SET", &s.layout().cache_alias(&odd), "not a cache key"]);
+    let err = s.get_by_alias(&odd).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
     let counter = CounterKey::new("hits").unwrap();
     server.cli(&["SET", &s.layout().counter_hash("hits", None), "x"]);
     assert_eq!(
@@ -617,11 +668,12 @@ async fn every_key_has_a_ttl_except_counters_and_the_layout_is_readable() {
     )
     .await
     .unwrap();
-    KvCache::set(
+    KvCache::set_with_aliases(
         &s,
         &CacheKey::new("ns", "k").unwrap(),
         Bytes::from_static(b"v"),
         None,
+        &[CacheKey::new("phone", "+5511").unwrap()],
     )
     .await
     .unwrap();
@@ -651,6 +703,8 @@ async fn every_key_has_a_ttl_except_counters_and_the_layout_is_readable() {
         format!("{prefix}:focus:{{flow}}:doc"),
         format!("{prefix}:focusidx:{{flow}}"),
         format!("{prefix}:kv:ns:k"),
+        format!("{prefix}:aliases:{{{prefix}:kv:ns:k}}"),
+        format!("{prefix}:alias:phone:+5511"),
         format!("{prefix}:cnt:{{counters}}:hits"),
         format!("{prefix}:cnt:{{counters}}:batch:{}", b.id()),
     ];
@@ -677,6 +731,23 @@ async fn every_key_has_a_ttl_except_counters_and_the_layout_is_readable() {
             .trim(),
         "s",
         "session fields are readable in redis-cli"
+    );
+    assert_eq!(
+        server
+            .cli(&["GET", &format!("{prefix}:alias:phone:+5511")])
+            .trim(),
+        format!("{prefix}:kv:ns:k"),
+        "an alias holds its entry's key, readable in redis-cli"
+    );
+    assert_eq!(
+        server
+            .cli(&[
+                "SMEMBERS",
+                &format!("{prefix}:aliases:{{{prefix}:kv:ns:k}}")
+            ])
+            .trim(),
+        "phone:+5511",
+        "an entry's alias set lists its aliases"
     );
 }
 
