@@ -39,7 +39,9 @@
 //! | create, get_or_create, update, touch, delete | 1 | script (tenant index included) |
 //! | get / get_many sessions | 1 | pipelined HGETALL |
 //! | lock acquire (with fencing number), extend, release | 1 each | script: `SET NX PX` + `INCR`; token compared in Lua |
-//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET + EXISTS pipelined (+1 only to name a key of another type) / script of `SET PX` / DEL |
+//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET + EXISTS pipelined (+1 only to name a key of another type) / script of `SET PX` (dropping an alias set left over an absent entry) / script: DEL of the entries and their alias sets |
+//! | cache set_with_aliases (entry, its alias set, every alias key, one TTL) | 1 | script |
+//! | cache get_by_alias | 1 | script: GET the alias key, SISMEMBER the entry's alias set, GET the entry |
 //! | counter flush (`apply`) of any number of counters | 1 | script, idempotent by batch id |
 //! | focus put (compare-and-set) | 1 | script |
 //! | focus list | 1 per ~200 documents | script per SSCAN step |
@@ -49,7 +51,11 @@
 //! | list a tenant's sessions | 2 per batch of up to 1,000 index members (dead members are dropped in the same script; a page takes more batches only when dead members fill one) | sorted-set index |
 //!
 //! On a Cluster (below) the same, except: multi-key cache calls and session
-//! `get_many` take one round trip per slot (sent concurrently); a listing walks up
+//! `get_many` take one round trip per slot (sent concurrently); `set_with_aliases`
+//! takes 1 (the entry and its alias set, atomically, in the entry's slot) plus 1
+//! per slot of its alias keys (concurrently, after), and `get_by_alias` 2 (GET the
+//! alias key; then, in the entry's slot, one script reads the set's membership and
+//! the value together); a listing walks up
 //! to 16 index shards (2 round trips per non-empty shard batch, 1 per empty shard);
 //! a SCAN step costs one more round trip (`CLUSTER NODES`, the topology check).
 //!
