@@ -220,7 +220,8 @@ return {2, redis.call('HGETALL', ctx)}
 /// only. KEYS: ctx, msgs, index, deadlines, data. ARGV: now, ttl_ms, window, new
 /// id, expected version (-1: any), return the record (0/1), n, message JSON × n,
 /// patch (nsets, f, v, ..., ndels, f, ...), member.
-/// Returns {0} no session (a version was expected), {1, version} conflict, or
+/// Returns {0} no session (a version other than 0 was expected: a missing session
+/// is at version 0), {1, version} conflict, or
 /// {2, message_count, window length, created (0/1), trimmed messages, trimmed
 /// tokens, version[, hash]}.
 ///
@@ -253,7 +254,7 @@ if exists then
   if not fits_sum(f[2], ARGV[7]) then
     return corrupt(ctx, 'field message_count is at its maximum')
   end
-elseif ARGV[5] ~= '-1' then
+elseif ARGV[5] ~= '-1' and ARGV[5] ~= '0' then
   return {0}
 end
 local function tokens(json)
