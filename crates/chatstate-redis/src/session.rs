@@ -750,6 +750,29 @@ fn patch_args(patch: &SessionPatch) -> Vec<Vec<u8>> {
     out
 }
 
+/// The scripts' expected-version argument: `-1` for any version.
+fn expected_arg(expected: Expected) -> Vec<u8> {
+    match expected {
+        Expected::Any => b"-1".to_vec(),
+        Expected::Version(v) => num(v),
+    }
+}
+
+/// The `Conflict` of a script that found the session at version `have` (its
+/// reply's second item), or the error decoding that item.
+fn conflict(expected: Expected, have: Option<&Value>, op: &'static str, key: &SessionKey) -> Result<Error> {
+    let have = have.map(reply::int).transpose()?.unwrap_or(0);
+    let want = match expected {
+        Expected::Version(v) => v,
+        Expected::Any => 0,
+    };
+    Ok(Error::conflict(format!(
+        "expected version {want}, the session is at version {have}"
+    ))
+    .with_operation(op)
+    .with_key(key))
+}
+
 fn corrupt(key: &str, what: &str) -> Error {
     Error::decode(format!("session hash {what}")).with_key(key)
 }
@@ -912,16 +935,12 @@ impl RedisStore {
     async fn turn(&self, key: &SessionKey, turn: Turn, op: &'static str) -> Result<TurnReceipt> {
         let now = self.now();
         let k = keys(&self.inner.layout, key);
-        let expected = match turn.expected {
-            Expected::Any => b"-1".to_vec(),
-            Expected::Version(v) => num(v),
-        };
         let mut args = vec![
             num(now.0),
             self.ttl_ms(),
             num(self.inner.settings.window_size),
             random_id().into_bytes(),
-            expected,
+            expected_arg(turn.expected),
             if turn.return_session {
                 b"1".to_vec()
             } else {
@@ -949,18 +968,7 @@ impl RedisStore {
             Some(0) => Err(Error::not_found("no live session has this key")
                 .with_operation(op)
                 .with_key(key)),
-            Some(1) => {
-                let have = r.get(1).map(reply::int).transpose()?.unwrap_or(0);
-                let want = match turn.expected {
-                    Expected::Version(v) => v,
-                    Expected::Any => 0,
-                };
-                Err(Error::conflict(format!(
-                    "expected version {want}, the session is at version {have}"
-                ))
-                .with_operation(op)
-                .with_key(key))
-            }
+            Some(1) => Err(conflict(turn.expected, r.get(1), op, key)?),
             Some(2) if r.len() >= 7 => {
                 let unsigned = |i: usize| -> Result<u64> {
                     u64::try_from(reply::int(&r[i])?)
@@ -1131,11 +1139,7 @@ impl SessionStore for RedisStore {
     ) -> Result<Session> {
         let patch = patch.normalize(&self.inner.settings).in_op("update")?;
         let k = keys(&self.inner.layout, key);
-        let expected_arg = match expected {
-            Expected::Any => b"-1".to_vec(),
-            Expected::Version(v) => num(v),
-        };
-        let mut args = vec![num(self.now().0), self.ttl_ms(), expected_arg];
+        let mut args = vec![num(self.now().0), self.ttl_ms(), expected_arg(expected)];
         args.extend(patch_args(&patch));
         let v = self
             .session_write(&self.inner.scripts.session.update, &k, args, "update")
@@ -1144,18 +1148,7 @@ impl SessionStore for RedisStore {
             (0, _) => Err(Error::not_found("no live session has this key")
                 .with_operation("update")
                 .with_key(key)),
-            (1, have) => {
-                let have = have.map(|h| reply::int(&h)).transpose()?.unwrap_or(0);
-                let want = match expected {
-                    Expected::Version(v) => v,
-                    Expected::Any => 0,
-                };
-                Err(Error::conflict(format!(
-                    "expected version {want}, the session is at version {have}"
-                ))
-                .with_operation("update")
-                .with_key(key))
-            }
+            (1, have) => Err(conflict(expected, have.as_ref(), "update", key)?),
             (_, Some(h)) => session_from(key, &k.ctx, reply::pairs(h)?),
             _ => Err(corrupt(&k.ctx, "update returned no record")),
         }

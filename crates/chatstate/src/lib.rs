@@ -446,8 +446,12 @@ impl Stores {
             .await;
         let only_cache = reads.session.is_none() && reads.focus.is_empty();
         let mut read = match rest {
-            Some(Err(_)) | None if only_cache => BatchRead::default(),
-            Some(read) => read?,
+            // The tiered cache answered from stale copies what the store could not.
+            Some(Err(_)) if only_cache && cache.is_ok() => BatchRead::default(),
+            // The store's own error, with its key and source (not the copy).
+            Some(Err(e)) => return Err(e),
+            Some(Ok(read)) => read,
+            None if only_cache => BatchRead::default(),
             None => {
                 let batch = BatchReads {
                     session: reads.session.clone(),

@@ -187,9 +187,14 @@ async fn redis_read_batch_and_turn_commit_are_one_round_trip_each() {
     );
     assert_eq!(first.cache, [Some(Bytes::from_static(b"Ana")), None]);
     let before = trips();
+    let hits = tiered.tiered().unwrap().stats().local_hits;
     let second = tiered.read_batch(&reads(&key)).await.unwrap();
     assert_eq!(trips() - before, 1, "the session and the document only");
-    assert_eq!(second.cache, first.cache, "answered from the local tier");
+    assert_eq!(second.cache, first.cache);
+    assert!(
+        tiered.tiered().unwrap().stats().local_hits > hits,
+        "the held customer was answered from the local tier"
+    );
     assert_eq!(second.session, first.session);
     let before = trips();
     let hits = tiered.tiered().unwrap().stats().local_hits;
@@ -219,4 +224,40 @@ async fn redis_read_batch_and_turn_commit_are_one_round_trip_each() {
         &CacheKey::new("customers", "42").unwrap(),
     )
     .await;
+}
+
+/// A cache-only read batch through a tiered cache, with Redis gone and nothing held
+/// locally, returns the store's own error: its kind, the key and the source.
+#[tokio::test]
+async fn a_tiered_cache_only_read_batch_returns_the_stores_own_error() {
+    let mut server = common::RedisServer::start(&[]);
+    let config = config(&[
+        ("USE_REDIS", "1"),
+        ("REDIS_URL", &server.url()),
+        ("CHATSTATE_KEY_PREFIX", &common::unique_prefix()),
+        ("REDIS_COMMAND_TIMEOUT_MS", "500"),
+        ("REDIS_CONNECT_TIMEOUT_MS", "500"),
+    ]);
+    let stores = Stores::open(&config)
+        .await
+        .unwrap()
+        .with_tiered_cache(&config);
+    server.stop();
+    let err = stores
+        .read_batch(&BatchReads::new().cache(CacheKey::new("customers", "7").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            chatstate::ErrorKind::Unavailable | chatstate::ErrorKind::Timeout
+        ),
+        "{err}"
+    );
+    assert_eq!(err.operation(), Some("read_batch"), "{err}");
+    assert!(err.key().is_some(), "names the key: {err}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "keeps the cause: {err}"
+    );
 }
