@@ -14,9 +14,9 @@ use chatstate_core::{BatchRead, BatchReads, Error, ErrorKind, ReadBatch, Result}
 use redis::Value;
 
 use crate::RedisStore;
+use crate::cache::queue_get;
 use crate::conn::reply;
 use crate::focus::{DOC_FIELDS, doc_of_hmget};
-use crate::cache::queue_get;
 use crate::session::{Keys, READ_CMDS, keys, loaded_of_exec, queue_read};
 
 /// What one part of the batch is.

@@ -133,8 +133,11 @@ impl RedisStore {
     async fn get_slot(&self, ks: &[&str]) -> Result<Vec<Option<Bytes>>> {
         let mut pipe = redis::pipe();
         queue_get(&mut pipe, ks);
-        let (v, present): (Value, Value) =
-            self.inner.conn.pipe(&pipe, "get_many", &[ks[0], ks[0]]).await?;
+        let (v, present): (Value, Value) = self
+            .inner
+            .conn
+            .pipe(&pipe, "get_many", &[ks[0], ks[0]])
+            .await?;
         self.answer_get(ks, v, present, "get_many").await
     }
 
@@ -156,8 +159,7 @@ impl RedisStore {
         let found = reply::array(found)?;
         if found.len() != ks.len() {
             return Err(
-                Error::decode("unexpected Redis reply shape: one value per key")
-                    .with_operation(op),
+                Error::decode("unexpected Redis reply shape: one value per key").with_operation(op),
             );
         }
         let misses: Vec<&str> = found

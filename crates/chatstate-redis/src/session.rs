@@ -589,7 +589,11 @@ pub(crate) fn queue_read(pipe: &mut redis::Pipeline, k: &Keys) {
 
 /// The session read by [`queue_read`], from `EXEC`'s `[record hash, messages]`
 /// (`None` when there is no session).
-pub(crate) fn loaded_of_exec(key: &SessionKey, k: &Keys, exec: Value) -> Result<Option<LoadedSession>> {
+pub(crate) fn loaded_of_exec(
+    key: &SessionKey,
+    k: &Keys,
+    exec: Value,
+) -> Result<Option<LoadedSession>> {
     let mut both = reply::array(exec)?.into_iter();
     let hash = both.next().unwrap_or(Value::Nil);
     loaded_from(key, k, hash, both.next().unwrap_or(Value::Nil))
@@ -760,7 +764,12 @@ fn expected_arg(expected: Expected) -> Vec<u8> {
 
 /// The `Conflict` of a script that found the session at version `have` (its
 /// reply's second item), or the error decoding that item.
-fn conflict(expected: Expected, have: Option<&Value>, op: &'static str, key: &SessionKey) -> Result<Error> {
+fn conflict(
+    expected: Expected,
+    have: Option<&Value>,
+    op: &'static str,
+    key: &SessionKey,
+) -> Result<Error> {
     let have = have.map(reply::int).transpose()?.unwrap_or(0);
     let want = match expected {
         Expected::Version(v) => v,
@@ -1102,11 +1111,7 @@ impl SessionStore for RedisStore {
         let k = keys(&self.inner.layout, key);
         let mut pipe = redis::pipe();
         queue_read(&mut pipe, &k);
-        let values: Result<Vec<Value>> = self
-            .inner
-            .conn
-            .pipe(&pipe, "load", &k.read_keys())
-            .await;
+        let values: Result<Vec<Value>> = self.inner.conn.pipe(&pipe, "load", &k.read_keys()).await;
         let values = match values {
             Ok(v) => v,
             Err(e) => return Err(self.name_wrong_type(e, &k).await),

@@ -240,9 +240,16 @@ pub async fn turn_commit_first_turn_expecting_version_zero_one_wins(ctx: Ctx) ->
         ErrorKind::Conflict,
         "version 0 on a live session",
     );
-    assert!(e.to_string().contains("version 1"), "names the version: {e}");
+    assert!(
+        e.to_string().contains("version 1"),
+        "names the version: {e}"
+    );
     let loaded = fx.sessions.load(&k).await.must("load").expect("session");
-    assert_eq!(contents(&loaded), [format!("hello {i}")], "only the winner's message");
+    assert_eq!(
+        contents(&loaded),
+        [format!("hello {i}")],
+        "only the winner's message"
+    );
     assert_eq!(loaded.session.summary, Some(format!("writer {i}")));
     assert_eq!(loaded.session.version, 1);
     Outcome::Passed
