@@ -124,7 +124,10 @@ impl SessionState {
                 }
                 state
             }
-            None if expected == Expected::Any => SessionState::create(key, &patch, now),
+            // A missing session is at version 0: `Version(0)` is "only if still new".
+            None if matches!(expected, Expected::Any | Expected::Version(0)) => {
+                SessionState::create(key, &patch, now)
+            }
             None => return Err(Error::not_found("no live session has this key")),
         };
         let (state, mut append) = SessionState::append(Some(state), key, messages, settings, now)?;
