@@ -395,6 +395,21 @@ impl StoreSettings {
         Ok(ttl)
     }
 
+    /// The TTL and the checked aliases of a [`crate::KvCache::set_with_aliases`]:
+    /// [`StoreSettings::cache_write_ttl`] of the value, then
+    /// [`check_aliases`](crate::key::check_aliases); errors name the operation.
+    pub fn cache_aliased_write(
+        &self,
+        key: &CacheKey,
+        value_len: usize,
+        ttl: Option<Duration>,
+        aliases: &[CacheKey],
+    ) -> Result<(Duration, Vec<CacheKey>)> {
+        let ttl = self.cache_write_ttl([(key, value_len)], ttl)?;
+        let aliases = crate::key::check_aliases(key, aliases)?;
+        Ok((ttl, aliases))
+    }
+
     /// The TTL of each entry of a [`crate::KvCache::set_many_with_ttls`] (its own, or
     /// the cache TTL), after checking every value's length: one bad entry fails
     /// them all.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ResultExt;
-use chatstate_core::key::{check_aliases, check_scope};
+use chatstate_core::key::check_scope;
 use chatstate_core::{CacheKey, KvCache, Result, StoreSettings, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -226,12 +226,11 @@ impl KvCache for FileStore {
         ttl: Option<Duration>,
         aliases: &[CacheKey],
     ) -> Result<()> {
-        let ttl = self
+        let (ttl, aliases) = self
             .inner
             .settings
-            .cache_write_ttl([(key, value.len())], ttl)
+            .cache_aliased_write(key, value.len(), ttl, aliases)
             .in_op("set_with_aliases")?;
-        let aliases = check_aliases(key, aliases).in_op("set_with_aliases")?;
         let key = key.clone();
         self.blocking(move |inner| {
             let deadline = inner.now().plus(ttl);

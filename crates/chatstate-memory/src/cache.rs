@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chatstate_core::key::{check_aliases, check_scope};
+use chatstate_core::key::check_scope;
 use chatstate_core::{CacheKey, KvCache, Result, ResultExt, StoreSettings, Timestamp};
 
 use crate::expiring::Expiring;
@@ -195,12 +195,11 @@ impl KvCache for MemoryStore {
         ttl: Option<Duration>,
         aliases: &[CacheKey],
     ) -> Result<()> {
-        let ttl = self
+        let (ttl, aliases) = self
             .inner
             .settings
-            .cache_write_ttl([(key, value.len())], ttl)
+            .cache_aliased_write(key, value.len(), ttl, aliases)
             .in_op("set_with_aliases")?;
-        let aliases = check_aliases(key, aliases).in_op("set_with_aliases")?;
         let now = self.inner.now();
         lock(&self.inner.cache).set_with_aliases(key, value, aliases, now.plus(ttl), now);
         Ok(())

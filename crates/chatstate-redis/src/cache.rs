@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::ResultExt;
-use chatstate_core::key::{check_aliases, check_scope};
+use chatstate_core::key::check_scope;
 use chatstate_core::{CacheKey, Error, KvCache, Result, StoreSettings};
 use redis::Value;
 
@@ -525,12 +525,11 @@ impl KvCache for RedisStore {
         ttl: Option<Duration>,
         aliases: &[CacheKey],
     ) -> Result<()> {
-        let ttl = self
+        let (ttl, aliases) = self
             .inner
             .settings
-            .cache_write_ttl([(key, value.len())], ttl)
+            .cache_aliased_write(key, value.len(), ttl, aliases)
             .in_op("set_with_aliases")?;
-        let aliases = check_aliases(key, aliases).in_op("set_with_aliases")?;
         let ttl_ms = ttl.as_millis().to_string();
         self.write_aliased(key, &value, &ttl_ms, &aliases, "set_with_aliases")
             .await
