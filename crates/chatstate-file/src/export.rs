@@ -75,17 +75,15 @@ impl Inner {
     }
 
     fn cache_record_at(&self, path: &Path, now: Timestamp) -> Result<Option<CacheRecord>> {
-        Ok(self
-            .read_live::<CacheMeta>(path, Kind::Cache, now)?
-            .map(|(meta, file)| {
-                Ok::<_, chatstate_core::Error>(CacheRecord {
-                    aliases: crate::cache::live_aliases(self, &meta.key, meta.aliases, now)?,
-                    key: meta.key,
-                    value: Bytes::copy_from_slice(file.payload()),
-                    ttl: now.until(file.header.deadline),
-                })
-            })
-            .transpose()?)
+        let Some((meta, file)) = self.read_live::<CacheMeta>(path, Kind::Cache, now)? else {
+            return Ok(None);
+        };
+        Ok(Some(CacheRecord {
+            aliases: crate::cache::live_aliases(self, &meta.key, meta.aliases, now)?,
+            key: meta.key,
+            value: Bytes::copy_from_slice(file.payload()),
+            ttl: now.until(file.header.deadline),
+        }))
     }
 
     /// Up to `limit` records under `kind_dir` (`kind/<group>/<file>`) after

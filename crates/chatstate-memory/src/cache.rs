@@ -94,10 +94,10 @@ impl CacheMap {
         self.drop_aliases(key, now);
         for alias in &aliases {
             let a = cache_key(alias);
-            if let Some(owner) = self.aliases.get(&a, now).cloned() {
-                if let Some(e) = self.entries.get_mut(&cache_key(&owner), now) {
-                    e.aliases.retain(|x| x != alias);
-                }
+            if let Some(owner) = self.aliases.get(&a, now).cloned()
+                && let Some(e) = self.entries.get_mut(&cache_key(&owner), now)
+            {
+                e.aliases.retain(|x| x != alias);
             }
             self.aliases.insert(a, key.clone(), deadline);
         }
@@ -255,10 +255,10 @@ impl KvCache for MemoryStore {
             }
         }
         for a in CacheMap::matching(&cache.aliases, namespace, key_prefix, now) {
-            if let Some(owner) = cache.aliases.remove(&a, now) {
-                if let Some(e) = cache.entries.get_mut(&cache_key(&owner), now) {
-                    e.aliases.retain(|x| cache_key(x) != a);
-                }
+            if let Some(owner) = cache.aliases.remove(&a, now)
+                && let Some(e) = cache.entries.get_mut(&cache_key(&owner), now)
+            {
+                e.aliases.retain(|x| cache_key(x) != a);
             }
         }
         Ok(doomed.len() as u64)

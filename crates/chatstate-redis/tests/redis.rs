@@ -465,7 +465,12 @@ async fn keys_of_the_wrong_type_are_wrong_type_errors_naming_the_key() {
     let alias_key = s.layout().cache_alias(&alias);
     server.cli(&["HSET", &alias_key, "f", "v"]);
     let err = s
-        .set_with_aliases(&entry, Bytes::from_static(b"v"), None, &[alias.clone()])
+        .set_with_aliases(
+            &entry,
+            Bytes::from_static(b"v"),
+            None,
+            std::slice::from_ref(&alias),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");

@@ -154,13 +154,13 @@ async fn fill(s: &Stores) {
         let key = CacheKey::new("customers", format!("id:{i}")).unwrap();
         let value = Bytes::from(vec![0, 255, i as u8, b'x']);
         // One entry has aliases: they move with it.
-        let aliases: Vec<CacheKey> = (i == 1)
-            .then(|| {
-                ["+5511999990000", "+5511888880000"]
-                    .map(|p| CacheKey::new("phone", p).unwrap())
-                    .to_vec()
-            })
-            .unwrap_or_default();
+        let aliases: Vec<CacheKey> = if i == 1 {
+            ["+5511999990000", "+5511888880000"]
+                .map(|p| CacheKey::new("phone", p).unwrap())
+                .to_vec()
+        } else {
+            Vec::new()
+        };
         s.cache
             .set_with_aliases(&key, value, Some(Duration::from_secs(ttl)), &aliases)
             .await
