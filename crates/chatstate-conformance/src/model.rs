@@ -194,6 +194,20 @@ struct SessionEntry {
     deadline: i64,
 }
 
+impl SessionEntry {
+    /// Appends `messages`, numbered, keeping the newest `WINDOW`.
+    fn append(&mut self, messages: Vec<NewMessage>) {
+        for m in messages {
+            self.message_count += 1;
+            self.window
+                .push_back((self.message_count, m.role, m.content));
+            while self.window.len() > WINDOW {
+                self.window.pop_front();
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct FocusEntry {
     value: Bytes,
@@ -501,15 +515,7 @@ impl Run<'_> {
                     .sessions
                     .get_mut(&session)
                     .expect("a live or new session");
-                for m in messages {
-                    entry.message_count += 1;
-                    entry
-                        .window
-                        .push_back((entry.message_count, m.role, m.content));
-                    while entry.window.len() > WINDOW {
-                        entry.window.pop_front();
-                    }
-                }
+                entry.append(messages);
                 entry.deadline = deadline;
                 let want = (entry.message_count, entry.window.len());
                 ensure((receipt.message_count, receipt.window_len) == want, || {
@@ -653,15 +659,7 @@ impl Run<'_> {
                     .sessions
                     .get_mut(&session)
                     .expect("a live or new session");
-                for m in messages {
-                    entry.message_count += 1;
-                    entry
-                        .window
-                        .push_back((entry.message_count, m.role, m.content));
-                    while entry.window.len() > WINDOW {
-                        entry.window.pop_front();
-                    }
-                }
+                entry.append(messages);
                 entry.deadline = deadline;
                 let want = (entry.version, entry.message_count, entry.window.len());
                 let have = (

@@ -21,31 +21,39 @@ use chatstate_memory::MemoryStore;
 const MAX_AGE: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(100);
 
+fn memory(clock: &ManualClock, window_size: usize) -> Arc<MemoryStore> {
+    Arc::new(
+        MemoryStore::builder()
+            .settings(StoreSettings {
+                window_size,
+                session_ttl: TTL,
+                ..StoreSettings::default()
+            })
+            .clock(clock.shared())
+            .build(),
+    )
+}
+
+fn tier<S: SessionStore>(inner: S, clock: &ManualClock, max_age: Duration) -> LocalSessions<S> {
+    LocalSessions::with_clock(
+        inner,
+        LocalSessionsConfig {
+            capacity: 100,
+            max_age,
+            session_ttl: TTL,
+        },
+        clock.shared(),
+    )
+}
+
 fn setup() -> (
     ManualClock,
     Arc<MemoryStore>,
     LocalSessions<Arc<MemoryStore>>,
 ) {
     let clock = ManualClock::starting_now();
-    let store = Arc::new(
-        MemoryStore::builder()
-            .settings(StoreSettings {
-                window_size: 3,
-                session_ttl: TTL,
-                ..StoreSettings::default()
-            })
-            .clock(clock.shared())
-            .build(),
-    );
-    let local = LocalSessions::with_clock(
-        store.clone(),
-        LocalSessionsConfig {
-            capacity: 100,
-            max_age: MAX_AGE,
-            session_ttl: TTL,
-        },
-        clock.shared(),
-    );
+    let store = memory(&clock, 3);
+    let local = tier(store.clone(), &clock, MAX_AGE);
     (clock, store, local)
 }
 
@@ -198,24 +206,8 @@ async fn an_append_made_elsewhere_drops_the_copy_at_the_next_turn() {
 #[tokio::test]
 async fn never_past_expiry_or_a_delete_and_updates_keep_the_window() {
     let clock = ManualClock::starting_now();
-    let store = Arc::new(
-        MemoryStore::builder()
-            .settings(StoreSettings {
-                session_ttl: TTL,
-                ..StoreSettings::default()
-            })
-            .clock(clock.shared())
-            .build(),
-    );
-    let local = LocalSessions::with_clock(
-        store.clone(),
-        LocalSessionsConfig {
-            capacity: 100,
-            max_age: TTL * 10,
-            session_ttl: TTL,
-        },
-        clock.shared(),
-    );
+    let store = memory(&clock, 20);
+    let local = tier(store.clone(), &clock, TTL * 10);
     let k = key("d");
     local
         .commit_turn(&k, Turn::new().message(NewMessage::user("oi")))
@@ -363,15 +355,7 @@ async fn a_read_answered_after_a_turn_does_not_replace_the_turns_copy() {
     let (open, gate) = tokio::sync::oneshot::channel();
     let wire = Jittery::new(store.clone());
     *wire.1.lock().unwrap() = Some(gate);
-    let local = Arc::new(LocalSessions::with_clock(
-        wire,
-        LocalSessionsConfig {
-            capacity: 100,
-            max_age: MAX_AGE,
-            session_ttl: TTL,
-        },
-        clock.shared(),
-    ));
+    let local = Arc::new(tier(wire, &clock, MAX_AGE));
     // A read that has its answer (one message) but is held on the way back.
     let slow = tokio::spawn({
         let (local, k) = (Arc::clone(&local), k.clone());
@@ -405,15 +389,7 @@ async fn concurrent_turns_and_reads_through_one_tier_never_lose_its_own_writes()
     use std::sync::atomic::{AtomicU64, Ordering};
     for round in 0..10 {
         let (clock, store, _) = setup();
-        let local = Arc::new(LocalSessions::with_clock(
-            Jittery::new(store.clone()),
-            LocalSessionsConfig {
-                capacity: 100,
-                max_age: MAX_AGE,
-                session_ttl: TTL,
-            },
-            clock.shared(),
-        ));
+        let local = Arc::new(tier(Jittery::new(store.clone()), &clock, MAX_AGE));
         let done = Arc::new(AtomicU64::new(0));
         let k = key(&format!("race{round}"));
         local
