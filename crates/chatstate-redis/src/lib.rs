@@ -39,7 +39,7 @@
 //! | create, get_or_create, update, touch, delete | 1 | script (tenant index included) |
 //! | get / get_many sessions | 1 | pipelined HGETALL |
 //! | lock acquire (with fencing number), extend, release | 1 each | script: `SET NX PX` + `INCR`; token compared in Lua |
-//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET + EXISTS pipelined (+1 only to name a key of another type) / script of `SET PX` (dropping an alias set left over an absent entry) / script: DEL of the entries and their alias sets |
+//! | cache get_many / set_many with TTL / delete_many | 1 each | MGET + EXISTS pipelined (+1 only to name a key of another type) / script of `SET PX` (dropping an alias set left over an absent entry) / DEL (an alias set is left to its TTL: resolution reads the entry, and a plain set over an absent entry drops the set) |
 //! | cache set_with_aliases (entry, its alias set, every alias key, one TTL) | 1 | script |
 //! | cache get_by_alias | 1 | script: GET the alias key, SISMEMBER the entry's alias set, GET the entry |
 //! | counter flush (`apply`) of any number of counters | 1 | script, idempotent by batch id |
