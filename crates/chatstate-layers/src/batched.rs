@@ -59,8 +59,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatstate_core::{
-    BatchOutcome, Bucket, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Result,
-    SharedClock, StoreSettings, Timestamp,
+    BatchOutcome, Bucket, Clock, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind,
+    Result, SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
 
@@ -237,6 +237,7 @@ impl HandleSpec {
     }
 
     /// The bucket an add at `now` counts in.
+    #[inline]
     fn bucket_at(&self, now: impl FnOnce() -> Timestamp) -> Option<Bucket> {
         match self.bucketing {
             Bucketing::None => None,
@@ -266,8 +267,9 @@ struct Shared {
     stripes: Box<[Mutex<Stripe>]>,
     /// The handles resolved so far (locked after `queue`, before any stripe).
     registry: Mutex<Registry>,
-    /// What bucketed handles read the time from.
-    clock: SharedClock,
+    /// What bucketed handles read the time from: `None` for the system clock,
+    /// called directly (no dynamic call on the hot path).
+    clock: Option<SharedClock>,
     /// Batches whose apply is not confirmed yet, oldest (and sealed) first. A sync
     /// mutex, never held across an await: readers see pending deltas without waiting
     /// for a flush's round trip. Stripes are drained into it under its lock, so a
@@ -326,7 +328,8 @@ pub struct BatchedCountersBuilder {
     flush_timeout: Duration,
     max_batch: usize,
     settings: StoreSettings,
-    clock: SharedClock,
+    /// `None`: the system clock.
+    clock: Option<SharedClock>,
 }
 
 impl std::fmt::Debug for BatchedCountersBuilder {
@@ -373,7 +376,7 @@ impl BatchedCountersBuilder {
     /// The clock bucketed [`CounterHandle`]s read the day or hour from (default:
     /// the system clock).
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
     }
 
@@ -450,7 +453,7 @@ impl BatchedCounters {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             max_batch: DEFAULT_MAX_BATCH,
             settings: StoreSettings::default(),
-            clock: chatstate_core::system_clock(),
+            clock: None,
         }
     }
 
@@ -642,6 +645,15 @@ impl BatchedCounters {
 }
 
 impl Shared {
+    /// The coarse time bucketed handles count in (see [`CounterHandle`]).
+    #[inline]
+    fn now_coarse(&self) -> Timestamp {
+        match &self.clock {
+            None => chatstate_core::SystemClock.now_coarse(),
+            Some(clock) => clock.now_coarse(),
+        }
+    }
+
     /// The calling thread's stripe.
     fn stripe(&self) -> &Mutex<Stripe> {
         // `stripes.len()` is a power of two.
@@ -651,7 +663,8 @@ impl Shared {
 
 /// A counter resolved once for hot paths (see [`BatchedCounters::handle`]): an add
 /// locks the calling thread's stripe and adds to a slot in it, with no hashing and
-/// no allocation (plus, when bucketed by day or hour, a clock read).
+/// no allocation (plus, when bucketed by day or hour, a read of the clock's coarse
+/// time, [`chatstate_core::Clock::now_coarse`]).
 ///
 /// Its deltas are flushed like keyed ones: drained into the same batches (same ids,
 /// same retries, same bounded queue during an outage), flushed at shutdown, seen by
@@ -659,6 +672,15 @@ impl Shared {
 /// count in. A bucketed handle counts each add in the day or hour of that add: an
 /// add after the boundary starts a new delta, and the old bucket's is kept aside
 /// for the next flush.
+///
+/// **How late a bucket rolls.** The bucket comes from the clock's coarse time
+/// (`CLOCK_REALTIME_COARSE` on the system clock: the time of the last kernel tick,
+/// read without touching the clock source), so adds made in the first moments of
+/// a new hour or day may still count in the old one: for as long as the coarse
+/// clock lags, one kernel tick (1–10 ms, 4 ms on most kernels), never more than
+/// [`chatstate_core::Clock::coarse_lag`] (1 s, room for a late tick). Never
+/// early: an add before the boundary always counts in the old bucket. On a
+/// [`chatstate_core::ManualClock`] the roll is exact.
 #[derive(Clone)]
 pub struct CounterHandle {
     shared: Arc<Shared>,
@@ -679,7 +701,7 @@ impl CounterHandle {
     /// Adds `delta` locally, like [`BatchedCounters::add`] on the handle's key (in
     /// the bucket of now, when bucketed). No I/O, never fails, never saturates.
     pub fn add(&self, delta: i64) {
-        let bucket = self.spec.bucket_at(|| self.shared.clock.now());
+        let bucket = self.spec.bucket_at(|| self.shared.now_coarse());
         let mut guard = lock(self.shared.stripe());
         let stripe = &mut *guard;
         if stripe.cells.len() <= self.id {
@@ -704,7 +726,7 @@ impl CounterHandle {
     /// The counter this handle adds to now (in the current bucket, when bucketed).
     pub fn key(&self) -> CounterKey {
         self.spec
-            .key_in(self.spec.bucket_at(|| self.shared.clock.now()))
+            .key_in(self.spec.bucket_at(|| self.shared.now_coarse()))
     }
 }
 

@@ -906,6 +906,61 @@ async fn bucketed_handles_count_each_add_in_its_own_hour_and_day() {
     }
 }
 
+/// A clock whose coarse reading lags its exact one by a fixed 4 ms (one kernel
+/// tick at 250 Hz), as the system clock's `CLOCK_REALTIME_COARSE` may.
+#[derive(Debug)]
+struct LaggingCoarse(ManualClock);
+
+const TICK: Duration = Duration::from_millis(4);
+
+impl chatstate_core::Clock for LaggingCoarse {
+    fn now(&self) -> chatstate_core::Timestamp {
+        self.0.now()
+    }
+    fn now_coarse(&self) -> chatstate_core::Timestamp {
+        chatstate_core::Timestamp(self.0.now().as_millis() - 4)
+    }
+    fn coarse_lag(&self) -> Duration {
+        TICK
+    }
+}
+
+/// Issue 13: a bucketed handle reads the coarse clock, so it rolls at most the
+/// coarse lag late and never early: adds 1 ms before the hour land in the old
+/// hour, adds within the lag after it may still land there, adds after the lag
+/// land in the new hour.
+#[tokio::test]
+async fn a_bucketed_handle_rolls_at_most_the_coarse_lag_late_and_never_early() {
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    // 2026-11-22T23:59:59.999Z: one millisecond before a new hour.
+    let before = chatstate_core::Timestamp(1_795_391_999_999);
+    let clock = ManualClock::new(before);
+    let counters = BatchedCounters::builder(sink.clone())
+        .flush_interval(Duration::from_secs(3600))
+        .clock(Arc::new(LaggingCoarse(clock.clone())))
+        .build()
+        .unwrap();
+    let base = key("lagging");
+    let hourly = counters.handle(&base, Bucketing::Hourly).unwrap();
+    let (h0, h1) = (
+        base.clone().in_bucket(Bucket::hour_of(before)),
+        base.clone().in_bucket(Bucket::hour_of(before.plus(TICK))),
+    );
+    assert_ne!(h0, h1);
+    hourly.add(1); // before the boundary
+    clock.advance(Duration::from_millis(3)); // 2 ms into the new hour, within the lag
+    hourly.add(10);
+    clock.advance(TICK); // past the boundary by more than the lag
+    hourly.add(100);
+    assert_eq!(hourly.key(), h1);
+    counters.flush().await.unwrap();
+    assert_eq!(
+        sink.get_many(&[h0, h1]).await.unwrap(),
+        vec![11, 100],
+        "the add within the lag counted in the old hour, the one after it in the new"
+    );
+}
+
 /// Issue 13: a handle's pending delta past the i64 range is not saturated either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_add_past_the_i64_range_is_not_saturated() {
