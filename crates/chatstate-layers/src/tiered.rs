@@ -159,10 +159,15 @@
 //! the backend's. On the system clock (`TieredCache::new`) with `max_stale` zero,
 //! moka's own per-entry expiry, set a millisecond short of the copy's deadline, is
 //! the check, and a hit reads no clock. With `max_stale` above zero moka keeps the
-//! copy until the end of its stale window, so a hit reads the clock once to tell
-//! fresh from stale: a `SystemTime::now` (a vDSO call, tens of nanoseconds, no
-//! allocation; removing that same read from the hit measured within this box's
-//! noise, see BENCHMARKS.md). With another clock a hit always checks the deadline
+//! copy until the end of its stale window, so a hit must tell fresh from stale:
+//! it reads the clock's coarse time ([`chatstate_core::Clock::now_coarse`]:
+//! `CLOCK_REALTIME_COARSE` on the system clock, a few nanoseconds), which is never
+//! ahead of the exact time and lags it by at most
+//! [`chatstate_core::Clock::coarse_lag`] (1 s on the system clock). A copy whose
+//! deadline is more than that lag past the coarse time is fresh for certain; only
+//! a hit within that last second of its deadline reads the exact clock (a
+//! `SystemTime::now`, 50–150 ns on this project's VM), so the deadline is kept to
+//! the millisecond either way. With another clock a hit always checks the deadline
 //! on it (moka's real-time expiry then only frees the memory).
 
 use std::collections::{HashSet, VecDeque};
@@ -509,6 +514,9 @@ struct Shared {
     /// ever served stale.
     generation: AtomicU64,
     stats: Stats,
+    /// `clock.coarse_lag()`: a copy whose deadline is further than this past the
+    /// clock's coarse time is fresh without an exact reading.
+    coarse_lag: Duration,
     /// Whether a hit reads `clock` to check its deadline: for a clock other than the
     /// system clock (which moka's own expiry follows otherwise), and whenever copies
     /// are kept past their deadline (`max_stale` > 0), so a hit must tell fresh
@@ -612,6 +620,7 @@ impl TieredCache {
             .build();
         let shared = Arc::new(Shared {
             remote,
+            coarse_lag: clock.coarse_lag(),
             clock,
             local,
             origin: uuid::Uuid::new_v4().simple().to_string(),
@@ -1155,7 +1164,8 @@ impl Shared {
     /// unless its stale window has passed on the cache's clock, or it is not checked
     /// yet and may predate a change that returned before the read started (its keeper
     /// drops it: not answered, not dropped here). With `max_stale` zero on the system
-    /// clock this reads no clock: moka's expiry is the deadline.
+    /// clock this reads no clock: moka's expiry is the deadline. Otherwise it reads
+    /// the coarse clock, and the exact one only near the copy's deadline.
     async fn lookup(&self, key: &CacheKey, epoch: u64) -> Lookup {
         let Some(hit) = self.local.get(key).await else {
             return Lookup::Miss;
@@ -1165,6 +1175,18 @@ impl Shared {
                 Lookup::Fresh(hit)
             } else {
                 Lookup::Miss
+            };
+        }
+        // The exact time is at most `coarse_lag` past the coarse one: before the
+        // deadline (and so before `stale_until`, never earlier) for certain. The
+        // same answers as below with `now < hit.deadline`.
+        if self.clock.now_coarse().plus(self.coarse_lag) < hit.deadline {
+            return if !hit.answers(epoch) {
+                Lookup::Miss
+            } else if hit.generation == self.generation.load(Ordering::SeqCst) {
+                Lookup::Fresh(hit)
+            } else {
+                Lookup::Stale(hit)
             };
         }
         let now = self.clock.now();
