@@ -5,8 +5,10 @@
 //! maps, one per thread up to twice the core count, so two threads meet only when
 //! they share a stripe, whatever counters they add to). A hot counter can be
 //! resolved once into a [`CounterHandle`] (key, labels and day/hour bucketing):
-//! its `add` indexes a slot of the thread's stripe instead of hashing the key. A
-//! handle's deltas travel exactly like keyed ones from there on. A flush moves
+//! its `add` is one compare-and-swap on the handle's own slot for the thread's
+//! stripe, no hashing and no lock (the stripe's lock is taken only when the bucket
+//! rolls or the delta would leave the i64 range). A handle's deltas travel exactly
+//! like keyed ones from there on. A flush moves
 //! every pending delta into the queue of [`CounterBatch`]es and applies them, oldest
 //! first, with [`CounterSink::apply`] — one round trip on Redis per batch, atomic,
 //! idempotent by the batch id.
@@ -54,7 +56,7 @@
 //! directly for counts that must never be lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -202,17 +204,25 @@ struct Stripe {
     /// range, or counted in a bucket a handle has since left; they go into the queue
     /// before `deltas`.
     spilled: Vec<(CounterKey, i64)>,
-    /// Handles' deltas, by handle id.
-    cells: Vec<Cell>,
 }
 
-/// A handle's pending delta in one stripe, and the bucket it counts in (for a
-/// bucketed handle).
-#[derive(Clone, Copy, Default)]
-struct Cell {
-    bucket: Option<Bucket>,
-    delta: i64,
+/// A handle's pending delta in one stripe, and the bucket it counts in. Outside the
+/// stripe's mutex, so an add in the same bucket is one compare-and-swap (a lock
+/// and an unlock cost two atomic operations, most of an add). Aligned to its own
+/// cache lines, so threads of different stripes never share one.
+#[repr(align(128))]
+struct Slot {
+    /// The pending delta: added to by compare-and-swap (never past the i64 range),
+    /// taken out by a swap (drains, rolls, overflows).
+    delta: AtomicI64,
+    /// The bucket `delta` counts in ([`HandleSpec::bucket_index`]), or
+    /// [`NO_BUCKET_YET`]. Changed only under the stripe's mutex, which drains
+    /// hold too, so a drain pairs each delta with its bucket.
+    bucket: AtomicI64,
 }
+
+/// A bucketed slot's bucket before its first add (no bucket index is this low).
+const NO_BUCKET_YET: i64 = i64::MIN;
 
 /// How a [`CounterHandle`] buckets its counts: `None` counts in the key as given
 /// (with the bucket it carries, if any); `Daily`/`Hourly` in the UTC day or hour of
@@ -236,6 +246,25 @@ impl HandleSpec {
         }
     }
 
+    /// The bucket an add at `now` counts in, as a slot stores it: the day or hour
+    /// number, 0 when not bucketed.
+    #[inline]
+    fn bucket_index(&self, now: impl FnOnce() -> Timestamp) -> i64 {
+        match self.bucket_at(now) {
+            None => 0,
+            Some(Bucket::Day(n) | Bucket::Hour(n)) => n,
+        }
+    }
+
+    /// The counter a slot counting in bucket `index` adds to.
+    fn key_at(&self, index: i64) -> CounterKey {
+        match self.bucketing {
+            Bucketing::None => self.key.clone(),
+            Bucketing::Daily => self.key.clone().in_bucket(Bucket::Day(index)),
+            Bucketing::Hourly => self.key.clone().in_bucket(Bucket::Hour(index)),
+        }
+    }
+
     /// The bucket an add at `now` counts in.
     #[inline]
     fn bucket_at(&self, now: impl FnOnce() -> Timestamp) -> Option<Bucket> {
@@ -247,10 +276,17 @@ impl HandleSpec {
     }
 }
 
-/// The handles resolved so far: one id per distinct (key, bucketing).
+/// A resolved handle: what it counts, and its pending delta in each stripe.
+struct HandleState {
+    spec: HandleSpec,
+    /// One per stripe, indexed like [`Shared::stripes`].
+    slots: Box<[Slot]>,
+}
+
+/// The handles resolved so far: one state per distinct (key, bucketing).
 #[derive(Default)]
 struct Registry {
-    specs: Vec<Arc<HandleSpec>>,
+    states: Vec<Arc<HandleState>>,
     ids: HashMap<HandleSpec, usize>,
 }
 
@@ -518,16 +554,28 @@ impl BatchedCounters {
         let id = match registry.ids.get(&spec) {
             Some(id) => *id,
             None => {
-                let id = registry.specs.len();
-                registry.specs.push(Arc::new(spec.clone()));
+                let id = registry.states.len();
+                let first = match bucketing {
+                    Bucketing::None => 0,
+                    Bucketing::Daily | Bucketing::Hourly => NO_BUCKET_YET,
+                };
+                let slots = (0..self.shared.stripes.len())
+                    .map(|_| Slot {
+                        delta: AtomicI64::new(0),
+                        bucket: AtomicI64::new(first),
+                    })
+                    .collect();
+                registry.states.push(Arc::new(HandleState {
+                    spec: spec.clone(),
+                    slots,
+                }));
                 registry.ids.insert(spec, id);
                 id
             }
         };
         Ok(CounterHandle {
             shared: self.shared.clone(),
-            spec: registry.specs[id].clone(),
-            id,
+            state: registry.states[id].clone(),
         })
     }
 
@@ -546,7 +594,9 @@ impl BatchedCounters {
             .sum();
         // Still under the queue lock: a flush cannot move deltas between the two.
         let registry = lock(&self.shared.registry);
-        for stripe in &self.shared.stripes {
+        for (i, stripe) in self.shared.stripes.iter().enumerate() {
+            // One hold of the stripe's lock for its spilled deltas and its handles'
+            // slots: no roll moves a delta from one to the other meanwhile.
             let stripe = lock(stripe);
             total += stripe.deltas.get(key).copied().map_or(0, i128::from);
             total += stripe
@@ -555,13 +605,13 @@ impl BatchedCounters {
                 .filter(|(k, _)| k == key)
                 .map(|(_, d)| i128::from(*d))
                 .sum::<i128>();
-            total += stripe
-                .cells
-                .iter()
-                .zip(&registry.specs)
-                .filter(|(c, spec)| c.delta != 0 && spec.key_in(c.bucket) == *key)
-                .map(|(c, _)| i128::from(c.delta))
-                .sum::<i128>();
+            for state in &registry.states {
+                let slot = &state.slots[i];
+                let delta = slot.delta.load(Ordering::SeqCst);
+                if delta != 0 && state.spec.key_at(slot.bucket.load(Ordering::SeqCst)) == *key {
+                    total += i128::from(delta);
+                }
+            }
         }
         total
     }
@@ -627,15 +677,22 @@ impl BatchedCounters {
     /// How much is waiting to be flushed.
     pub fn backlog(&self) -> Backlog {
         let queue = lock(&self.shared.queue);
-        let unbatched = self
+        let keyed: usize = self
             .shared
             .stripes
             .iter()
             .map(|s| {
                 let s = lock(s);
-                s.deltas.len() + s.spilled.len() + s.cells.iter().filter(|c| c.delta != 0).count()
+                s.deltas.len() + s.spilled.len()
             })
             .sum();
+        let handles: usize = lock(&self.shared.registry)
+            .states
+            .iter()
+            .flat_map(|state| state.slots.iter())
+            .filter(|slot| slot.delta.load(Ordering::SeqCst) != 0)
+            .count();
+        let unbatched = keyed + handles;
         Backlog {
             batches: queue.len(),
             counters: queue.iter().map(|q| q.batch.len()).sum(),
@@ -656,15 +713,22 @@ impl Shared {
 
     /// The calling thread's stripe.
     fn stripe(&self) -> &Mutex<Stripe> {
+        &self.stripes[self.stripe_index()]
+    }
+
+    /// The calling thread's stripe's index.
+    #[inline]
+    fn stripe_index(&self) -> usize {
         // `stripes.len()` is a power of two.
-        &self.stripes[thread_number() & (self.stripes.len() - 1)]
+        thread_number() & (self.stripes.len() - 1)
     }
 }
 
 /// A counter resolved once for hot paths (see [`BatchedCounters::handle`]): an add
-/// locks the calling thread's stripe and adds to a slot in it, with no hashing and
-/// no allocation (plus, when bucketed by day or hour, a read of the clock's coarse
-/// time, [`chatstate_core::Clock::now_coarse`]).
+/// is a compare-and-swap on the handle's slot for the calling thread's stripe, with
+/// no hashing, no lock and no allocation (plus, when bucketed by day or hour, a
+/// read of the clock's coarse time, [`chatstate_core::Clock::now_coarse`]). Each
+/// handle takes one 128-byte slot per stripe.
 ///
 /// Its deltas are flushed like keyed ones: drained into the same batches (same ids,
 /// same retries, same bounded queue during an outage), flushed at shutdown, seen by
@@ -684,15 +748,14 @@ impl Shared {
 #[derive(Clone)]
 pub struct CounterHandle {
     shared: Arc<Shared>,
-    spec: Arc<HandleSpec>,
-    id: usize,
+    state: Arc<HandleState>,
 }
 
 impl std::fmt::Debug for CounterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CounterHandle")
-            .field("key", &self.spec.key)
-            .field("bucketing", &self.spec.bucketing)
+            .field("key", &self.state.spec.key)
+            .field("bucketing", &self.state.spec.bucketing)
             .finish()
     }
 }
@@ -701,32 +764,67 @@ impl CounterHandle {
     /// Adds `delta` locally, like [`BatchedCounters::add`] on the handle's key (in
     /// the bucket of now, when bucketed). No I/O, never fails, never saturates.
     pub fn add(&self, delta: i64) {
-        let bucket = self.spec.bucket_at(|| self.shared.now_coarse());
-        let mut guard = lock(self.shared.stripe());
-        let stripe = &mut *guard;
-        if stripe.cells.len() <= self.id {
-            stripe.cells.resize(self.id + 1, Cell::default());
+        let spec = &self.state.spec;
+        let bucket = spec.bucket_index(|| self.shared.now_coarse());
+        let i = self.shared.stripe_index();
+        let slot = &self.state.slots[i];
+        if slot.bucket.load(Ordering::Relaxed) != bucket {
+            self.roll(i, bucket);
         }
-        let cell = &mut stripe.cells[self.id];
-        if cell.delta != 0 && cell.bucket != bucket {
-            // The bucket rolled over: the old one's delta waits for the flush.
-            let old = std::mem::take(&mut cell.delta);
-            stripe.spilled.push((self.spec.key_in(cell.bucket), old));
-        }
-        cell.bucket = bucket;
-        match cell.delta.checked_add(delta) {
-            Some(sum) => cell.delta = sum,
-            None => {
-                let full = std::mem::replace(&mut cell.delta, delta);
-                stripe.spilled.push((self.spec.key_in(bucket), full));
+        // Another thread of this stripe may roll the slot between the bucket check
+        // and the add: the add then counts in the bucket it rolled to, as if made a
+        // moment later (the two were concurrent at the boundary).
+        let mut pending = slot.delta.load(Ordering::Relaxed);
+        loop {
+            let Some(sum) = pending.checked_add(delta) else {
+                self.overflow(i, delta);
+                return;
+            };
+            match slot.delta.compare_exchange_weak(
+                pending,
+                sum,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => pending = now,
             }
         }
     }
 
+    /// Moves the slot of stripe `i` to `bucket`: its old bucket's delta waits for
+    /// the flush among the stripe's spilled deltas.
+    #[cold]
+    fn roll(&self, i: usize, bucket: i64) {
+        let mut stripe = lock(&self.shared.stripes[i]);
+        let slot = &self.state.slots[i];
+        let old = slot.bucket.load(Ordering::Relaxed);
+        if old == bucket {
+            return;
+        }
+        let delta = slot.delta.swap(0, Ordering::SeqCst);
+        if delta != 0 {
+            stripe.spilled.push((self.state.spec.key_at(old), delta));
+        }
+        slot.bucket.store(bucket, Ordering::Relaxed);
+    }
+
+    /// An add of `delta` that would take the slot of stripe `i` past the i64 range:
+    /// the delta so far waits for the flush among the spilled ones, and `delta`
+    /// starts a new one.
+    #[cold]
+    fn overflow(&self, i: usize, delta: i64) {
+        let mut stripe = lock(&self.shared.stripes[i]);
+        let slot = &self.state.slots[i];
+        let full = slot.delta.swap(delta, Ordering::SeqCst);
+        let key = self.state.spec.key_at(slot.bucket.load(Ordering::Relaxed));
+        stripe.spilled.push((key, full));
+    }
+
     /// The counter this handle adds to now (in the current bucket, when bucketed).
     pub fn key(&self) -> CounterKey {
-        self.spec
-            .key_in(self.spec.bucket_at(|| self.shared.now_coarse()))
+        let spec = &self.state.spec;
+        spec.key_in(spec.bucket_at(|| self.shared.now_coarse()))
     }
 }
 
@@ -790,15 +888,23 @@ fn merge(queue: &mut VecDeque<Queued>, key: &CounterKey, delta: i64, max_batch: 
 fn drain_stripes(shared: &Shared) {
     let mut queue = lock(&shared.queue);
     let registry = lock(&shared.registry);
-    for stripe in &shared.stripes {
+    for (i, stripe) in shared.stripes.iter().enumerate() {
         let (spilled, deltas, cells) = {
             let mut stripe = lock(stripe);
-            let cells: Vec<(CounterKey, i64)> = stripe
-                .cells
-                .iter_mut()
-                .zip(&registry.specs)
-                .filter(|(c, _)| c.delta != 0)
-                .map(|(c, spec)| (spec.key_in(c.bucket), std::mem::take(&mut c.delta)))
+            // Under the stripe's lock, so no roll separates a delta from its bucket.
+            let cells: Vec<(CounterKey, i64)> = registry
+                .states
+                .iter()
+                .filter_map(|state| {
+                    let slot = &state.slots[i];
+                    let delta = slot.delta.swap(0, Ordering::SeqCst);
+                    (delta != 0).then(|| {
+                        (
+                            state.spec.key_at(slot.bucket.load(Ordering::Relaxed)),
+                            delta,
+                        )
+                    })
+                })
                 .collect();
             (
                 std::mem::take(&mut stripe.spilled),

@@ -1025,6 +1025,58 @@ fn many_threads_adding_through_handles_and_keys_lose_nothing() {
     );
 }
 
+/// Issue 13: threads adding through one hourly handle while the clock crosses hour
+/// boundaries and background flushes drain the slots lose and double nothing:
+/// the hours' stored counts add up to every add made.
+#[test]
+fn threads_adding_through_an_hourly_handle_across_hours_lose_nothing() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink: Arc<dyn CounterSink> =
+        rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    let start = chatstate_core::Timestamp(1_795_391_999_000);
+    let clock = ManualClock::new(start);
+    let counters = Arc::new(rt.block_on(async {
+        BatchedCounters::builder(sink.clone())
+            .flush_interval(Duration::from_millis(2))
+            .clock(clock.shared())
+            .build()
+            .unwrap()
+    }));
+    let base = key("hourly_hot");
+    let hourly = counters.handle(&base, Bucketing::Hourly).unwrap();
+    // Each thread moves the clock a minute every 500 of its adds: the hour rolls
+    // while the others add.
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            let (hourly, clock) = (hourly.clone(), clock.clone());
+            s.spawn(move || {
+                for i in 0..30_000 {
+                    if i % 500 == 0 {
+                        clock.advance(Duration::from_secs(60));
+                    }
+                    hourly.add(1);
+                }
+            });
+        }
+    });
+    rt.block_on(counters.shutdown()).unwrap();
+    let hour = |t| match Bucket::hour_of(t) {
+        Bucket::Hour(h) | Bucket::Day(h) => h,
+    };
+    let hours: Vec<CounterKey> = (hour(start)..=hour(clock.now()))
+        .map(|h| base.clone().in_bucket(Bucket::Hour(h)))
+        .collect();
+    assert!(
+        hours.len() > 2,
+        "the clock crossed hours while the threads added"
+    );
+    let stored: i64 = rt.block_on(sink.get_many(&hours)).unwrap().iter().sum();
+    assert_eq!(stored, 6 * 30_000);
+}
+
 #[test]
 fn a_bucketed_handle_refuses_a_key_that_has_a_bucket() {
     let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
