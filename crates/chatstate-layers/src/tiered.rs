@@ -252,7 +252,10 @@ impl TieredConfig {
 /// A local copy: the value (`None`: known missing) and until when it may be served.
 /// `loaded` tells a loader's "not found" from a remote miss seen by `get`: only the
 /// first answers `get_or_load` without calling the loader.
-#[derive(Clone, Debug)]
+/// Kept in moka behind an `Arc`: a hit costs one reference count, not a copy of
+/// the entry (a clone of the value and of its settled flag), and a lookup moves a
+/// pointer around, not the entry.
+#[derive(Debug)]
 struct Local {
     value: Option<Bytes>,
     /// When it stops being served while the remote answers, on the cache's clock.
@@ -277,10 +280,10 @@ struct Local {
     /// before the bus last reported [`BusEvent::Lost`] is never served as current,
     /// only as a stale copy while the remote fails.
     generation: u64,
-    /// Set (in every clone) once a check after keeping the copy found the epoch still
-    /// at `current_at`: from then on any change of its key drops it, so any read may
+    /// Set once a check after keeping the copy found the epoch still at
+    /// `current_at`: from then on any change of its key drops it, so any read may
     /// answer it. Until then only reads that started at or before `current_at` may.
-    settled: Arc<AtomicBool>,
+    settled: AtomicBool,
 }
 
 impl Local {
@@ -297,11 +300,11 @@ const SHARED_LOAD_TRIES: usize = 2;
 
 struct PerEntryTtl;
 
-impl moka::Expiry<CacheKey, Local> for PerEntryTtl {
+impl moka::Expiry<CacheKey, Arc<Local>> for PerEntryTtl {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
-        value: &Local,
+        value: &Arc<Local>,
         _now: Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
@@ -310,7 +313,7 @@ impl moka::Expiry<CacheKey, Local> for PerEntryTtl {
     fn expire_after_update(
         &self,
         _key: &CacheKey,
-        value: &Local,
+        value: &Arc<Local>,
         _now: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
@@ -377,10 +380,10 @@ struct Stats {
 /// What a local lookup found.
 enum Lookup {
     /// A copy within its deadline: served.
-    Fresh(Local),
+    Fresh(Arc<Local>),
     /// A copy past its deadline, within `max_stale`: served only if the remote fails
     /// temporarily (and the copy is still kept then).
-    Stale(Local),
+    Stale(Arc<Local>),
     Miss,
 }
 
@@ -500,7 +503,7 @@ const REPLAY_BATCH: usize = 1_000;
 struct Shared {
     remote: Arc<dyn KvCache>,
     clock: SharedClock,
-    local: moka::future::Cache<CacheKey, Local>,
+    local: moka::future::Cache<CacheKey, Arc<Local>>,
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     config: TieredConfig,
@@ -723,7 +726,7 @@ impl TieredCache {
         {
             Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                Some(hit.value)
+                Some(hit.value.clone())
             }
             Lookup::Stale(_) | Lookup::Miss => None,
         }
@@ -802,7 +805,7 @@ impl TieredCache {
             }
             Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit.value);
+                return Ok(hit.value.clone());
             }
             Lookup::Stale(copy) => {
                 // moka answers a kept entry without running the load: take the stale
@@ -825,7 +828,7 @@ impl TieredCache {
         key: &CacheKey,
         ttl: Option<Duration>,
         load: F,
-        stale: Option<&Local>,
+        stale: Option<&Arc<Local>>,
         epoch: u64,
     ) -> Result<Option<Bytes>>
     where
@@ -853,14 +856,14 @@ impl TieredCache {
                 if local.stale {
                     shared.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(local.value);
+                return Ok(local.value.clone());
             }
         }
         let local = shared.load_one(key, ttl, &mut load, stale, epoch).await?;
         if local.stale {
             shared.stats.stale_served.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(local.value)
+        Ok(local.value.clone())
     }
 
     /// The values of `keys` (in order), loading the missing ones: local hits first,
@@ -994,9 +997,9 @@ impl Shared {
         key: &CacheKey,
         ttl: Option<Duration>,
         load: &mut Option<F>,
-        stale: Option<&Local>,
+        stale: Option<&Arc<Local>>,
         call_epoch: u64,
-    ) -> Result<Local>
+    ) -> Result<Arc<Local>>
     where
         F: FnOnce() -> Fut + Send,
         Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
@@ -1080,7 +1083,7 @@ impl Shared {
     /// Keep first, then check: settles a copy just kept if the epoch is still the one
     /// it is current at (from then on a change of its key drops it), drops it if not
     /// (an invalidation that landed in between still wins) or if it has expired.
-    async fn confirm(&self, key: &CacheKey, copy: &Local) {
+    async fn confirm(&self, key: &CacheKey, copy: &Arc<Local>) {
         // Settled already (by another waiter of the same load, or a `get`): any later
         // change of its key drops it, so a change of another key must not.
         if copy.settled.load(Ordering::SeqCst) {
@@ -1124,14 +1127,14 @@ impl Shared {
         deadline: Timestamp,
         loaded: bool,
         current_at: u64,
-    ) -> Local {
+    ) -> Arc<Local> {
         let now = self.clock.now();
         let stale_until = if now < deadline {
             deadline.plus(self.config.max_stale)
         } else {
             deadline
         };
-        Local {
+        Arc::new(Local {
             value,
             deadline,
             stale_until,
@@ -1140,14 +1143,14 @@ impl Shared {
             loaded,
             current_at,
             generation: self.generation.load(Ordering::SeqCst),
-            settled: Arc::new(AtomicBool::new(false)),
-        }
+            settled: AtomicBool::new(false),
+        })
     }
 
     /// `copy` (past its deadline) kept again for the rest of its stale window, current
     /// as of `epoch` (when the call that found it looked): checked like any new copy.
-    fn restale(&self, copy: &Local, epoch: u64) -> Local {
-        Local {
+    fn restale(&self, copy: &Local, epoch: u64) -> Arc<Local> {
+        Arc::new(Local {
             value: copy.value.clone(),
             deadline: copy.deadline,
             stale_until: copy.stale_until,
@@ -1156,8 +1159,8 @@ impl Shared {
             loaded: copy.loaded,
             current_at: epoch,
             generation: copy.generation,
-            settled: Arc::new(AtomicBool::new(false)),
-        }
+            settled: AtomicBool::new(false),
+        })
     }
 
     /// The local copy of `key` for a read that started at `epoch`, fresh or stale,
@@ -1208,7 +1211,7 @@ impl Shared {
     async fn stale_if_error(
         &self,
         key: &CacheKey,
-        stale: Option<Local>,
+        stale: Option<Arc<Local>>,
         error: Error,
     ) -> Result<Option<Bytes>> {
         if error.is_temporary()
@@ -1217,20 +1220,20 @@ impl Shared {
         {
             self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(key = %key, kind = error.kind().as_str(), "chatstate serves a stale local copy: the remote failed");
-            return Ok(copy.value);
+            return Ok(copy.value.clone());
         }
         Err(error)
     }
 
     /// Whether `copy` is still the copy of `key` in the local tier, within its stale
     /// window (which may have ended while the remote call was failing).
-    async fn still_kept(&self, key: &CacheKey, copy: &Local) -> bool {
+    async fn still_kept(&self, key: &CacheKey, copy: &Arc<Local>) -> bool {
         self.clock.now() < copy.stale_until
             && self
                 .local
                 .get(key)
                 .await
-                .is_some_and(|kept| Arc::ptr_eq(&kept.settled, &copy.settled))
+                .is_some_and(|kept| Arc::ptr_eq(&kept, copy))
     }
 
     /// Keeps a copy current at `epoch` until `deadline` (nothing when that has
@@ -1648,7 +1651,7 @@ impl Shared {
             match self.lookup(k, epoch).await {
                 Lookup::Fresh(hit) => {
                     self.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                    values.push(hit.value);
+                    values.push(hit.value.clone());
                 }
                 found => {
                     self.stats.local_misses.fetch_add(1, Ordering::Relaxed);
@@ -1689,7 +1692,7 @@ impl Shared {
                     match s {
                         Some(copy) if self.still_kept(&keys[i], &copy).await => {
                             self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
-                            read.values[i] = copy.value;
+                            read.values[i] = copy.value.clone();
                         }
                         _ => read.unanswered.push(i),
                     }
@@ -1732,7 +1735,7 @@ impl KvCache for TieredCache {
         let stale = match shared.lookup(key, epoch).await {
             Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit.value);
+                return Ok(hit.value.clone());
             }
             Lookup::Stale(copy) => Some(copy),
             Lookup::Miss => None,
