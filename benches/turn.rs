@@ -15,7 +15,12 @@
 //! - `turn`: the turn API: `Stores::read_batch` (session, document, customer)
 //!   and `commit_turn` (both messages and the summary), counters as in `plain`;
 //! - `turn_tiered`: `turn` with `Stores::with_tiered_cache`: the customer comes
-//!   from the local tier.
+//!   from the local tier;
+//! - `turn_local`: `turn_tiered` with `Stores::with_local_sessions` too: the
+//!   session comes from the local session tier (the document is still read);
+//! - `turn_local_nodoc`: `turn_local` for a bot whose turn reads no focus
+//!   document: the session and the customer come from the local tiers, so the
+//!   read costs nothing and the turn is the commit.
 //!
 //! Besides criterion's time per turn, each contender runs `TURNS` turns alone
 //! against the server, with the server's statistics reset first, and the bench
@@ -23,8 +28,7 @@
 //! its command count), commands the server executed (`INFO commandstats` calls,
 //! commands inside scripts included), and server CPU (`used_cpu_user` +
 //! `used_cpu_sys` from `INFO cpu`, all the server's work: parsing, scripts,
-//! replies). It also prints the server CPU of reading a session through
-//! `load`'s Lua script against a `MULTI`/`HGETALL`/`LRANGE`/`EXEC`.
+//! replies).
 
 #[path = "../crates/chatstate-redis/tests/common/mod.rs"]
 mod common;
@@ -49,7 +53,6 @@ const SUMMARY: &str = "Cliente Ana pediu a segunda via do boleto de outubro; env
 struct Turner {
     stores: Stores,
     counters: BatchedCounters,
-    tiered: bool,
 }
 
 fn keys(user: &str) -> (SessionKey, FocusKey, CacheKey, [CounterKey; 3]) {
@@ -66,17 +69,16 @@ fn keys(user: &str) -> (SessionKey, FocusKey, CacheKey, [CounterKey; 3]) {
 }
 
 impl Turner {
-    async fn open(config: &Config, tiered: bool) -> Turner {
+    async fn open(config: &Config, tiered: bool, local: bool) -> Turner {
         let mut stores = Stores::open(config).await.expect("stores");
         if tiered {
             stores = stores.with_tiered_cache(config);
         }
-        let counters = stores.batched_counters(config).expect("batched counters");
-        Turner {
-            stores,
-            counters,
-            tiered,
+        if local {
+            stores = stores.with_local_sessions(config);
         }
+        let counters = stores.batched_counters(config).expect("batched counters");
+        Turner { stores, counters }
     }
 
     async fn seed(&self, user: &str) {
@@ -135,16 +137,17 @@ impl Turner {
         assert!(customer.is_some() && doc.is_some() && !loaded.messages.is_empty());
     }
 
-    /// One turn through the turn API.
-    async fn turn(&self, user: &str) {
+    /// One turn through the turn API (reading the focus document when `doc`).
+    async fn turn(&self, user: &str, doc: bool) {
         let (s, f, c, counters) = keys(user);
         let st = &self.stores;
-        let read = st
-            .read_batch(&BatchReads::new().session(s.clone()).focus(f).cache(c))
-            .await
-            .expect("read batch");
+        let mut reads = BatchReads::new().session(s.clone()).cache(c);
+        if doc {
+            reads = reads.focus(f);
+        }
+        let read = st.read_batch(&reads).await.expect("read batch");
         let loaded = read.session.expect("session");
-        assert!(read.cache[0].is_some() && read.focus[0].is_some());
+        assert!(read.cache[0].is_some() && read.focus.iter().all(Option::is_some));
         st.sessions
             .commit_turn(
                 &s,
@@ -313,33 +316,45 @@ fn benches(c: &mut Criterion) {
     let mut admin: ConnectionManager = rt
         .block_on(ConnectionManager::new(client))
         .expect("admin connection");
-    let plain = rt.block_on(Turner::open(&config, false));
-    let tiered = rt.block_on(Turner::open(&config, true));
+    let plain = rt.block_on(Turner::open(&config, false, false));
+    let tiered = rt.block_on(Turner::open(&config, true, false));
+    let local = rt.block_on(Turner::open(&config, true, true));
     rt.block_on(async {
         seed_naive(&mut raw, "n").await;
-        for (t, user) in [(&plain, "p"), (&plain, "t"), (&tiered, "l")] {
+        for (t, user) in [
+            (&plain, "p"),
+            (&plain, "t"),
+            (&tiered, "l"),
+            (&local, "s"),
+            (&local, "d"),
+        ] {
             t.seed(user).await;
         }
-        // Every script loaded, the tiered cache's local tier holding the customer.
+        // Every script loaded; the local tiers holding the customers and sessions.
         plain.plain("p").await;
-        plain.turn("t").await;
-        tiered.turn("l").await;
-        tiered.turn("l").await;
-        assert!(tiered.tiered);
+        plain.turn("t", true).await;
+        for _ in 0..2 {
+            tiered.turn("l", true).await;
+            local.turn("s", true).await;
+            local.turn("d", false).await;
+        }
     });
 
     // Per turn, each contender alone against the server.
     rt.block_on(async {
         per_turn("naive", &mut admin, None, || naive(raw.clone(), "n")).await;
         let trips = |t: &Turner| t.stores.round_trips().expect("redis").round_trips;
-        for (name, t, user, api) in [
-            ("plain", &plain, "p", false),
-            ("turn", &plain, "t", true),
-            ("turn_tiered", &tiered, "l", true),
+        // (name, contender, user, through the turn API, reading the document)
+        for (name, t, user, api, doc) in [
+            ("plain", &plain, "p", false, true),
+            ("turn", &plain, "t", true, true),
+            ("turn_tiered", &tiered, "l", true, true),
+            ("turn_local", &local, "s", true, true),
+            ("turn_local_nodoc", &local, "d", true, false),
         ] {
             per_turn(name, &mut admin, Some(&|| trips(t)), || async move {
                 if api {
-                    t.turn(user).await
+                    t.turn(user, doc).await
                 } else {
                     t.plain(user).await
                 }
@@ -353,7 +368,8 @@ fn benches(c: &mut Criterion) {
                 trips(t) - before
             );
         }
-        load_script_or_multi(&plain, &mut admin).await;
+        let held = local.stores.local_sessions().expect("local tier").stats();
+        println!("turn/turn_local*: local session tier {held:?}");
     });
 
     let mut g = c.benchmark_group("turn");
@@ -366,33 +382,23 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| plain.plain("p"))
     });
     g.bench_function(BenchmarkId::new("one_turn", "turn"), |b| {
-        b.to_async(&rt).iter(|| plain.turn("t"))
+        b.to_async(&rt).iter(|| plain.turn("t", true))
     });
     g.bench_function(BenchmarkId::new("one_turn", "turn_tiered"), |b| {
-        b.to_async(&rt).iter(|| tiered.turn("l"))
+        b.to_async(&rt).iter(|| tiered.turn("l", true))
+    });
+    g.bench_function(BenchmarkId::new("one_turn", "turn_local"), |b| {
+        b.to_async(&rt).iter(|| local.turn("s", true))
+    });
+    g.bench_function(BenchmarkId::new("one_turn", "turn_local_nodoc"), |b| {
+        b.to_async(&rt).iter(|| local.turn("d", false))
     });
     g.finish();
     rt.block_on(async {
-        let _ = plain.counters.shutdown().await;
-        let _ = tiered.counters.shutdown().await;
+        for t in [&plain, &tiered, &local] {
+            let _ = t.counters.shutdown().await;
+        }
     });
-}
-
-/// Server CPU of reading a session (record + window of 20) through `load`'s Lua
-/// script, and through `MULTI`/`HGETALL`/`LRANGE`/`EXEC` (what `read_batch` sends).
-async fn load_script_or_multi(t: &Turner, admin: &mut ConnectionManager) {
-    let (s, f, c, _) = keys("p");
-    let _ = (f, c);
-    let trips = || t.stores.round_trips().expect("redis").round_trips;
-    per_turn("read_session_lua", admin, Some(&trips), || async {
-        t.stores.sessions.load(&s).await.expect("load");
-    })
-    .await;
-    let empty = BatchReads::new().session(s.clone());
-    per_turn("read_session_multi", admin, Some(&trips), || async {
-        t.stores.reads.read_batch(&empty).await.expect("read");
-    })
-    .await;
 }
 
 criterion_group!(turn_benches, benches);

@@ -469,3 +469,53 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(!KvCache::exists(store, &gone).await.expect("exists"));
 }
+
+/// A session restored with its `message_count` one below the maximum every
+/// backend keeps (`i64::MAX`, as Redis counts; a corrupt or hand-made export line):
+/// an append or a turn of two messages is a `Decode` error that writes nothing —
+/// the restored record and its window stay exactly as they were.
+pub async fn a_refused_append_on_a_full_count_loses_nothing<S: AllStores>(store: &S) {
+    let key = SessionKey::new("acme", "whatsapp", "full-count").expect("key");
+    store
+        .append_messages(&key, vec![NewMessage::user("kept")])
+        .await
+        .expect("append");
+    let rk = RecordKey::Session(key.clone());
+    let Some(Record::Session(mut rec)) = store.read(&rk).await.expect("read") else {
+        panic!("the session reads back as a session record");
+    };
+    let top = i64::MAX as u64 - 1;
+    rec.session.message_count = top;
+    if let Some(m) = rec.messages.last_mut() {
+        m.seq = top;
+    }
+    store
+        .restore(&Record::Session(rec), RestoreMode::Write)
+        .await
+        .expect("restore");
+    let before = store.load(&key).await.expect("load").expect("restored");
+    let appended = store
+        .append_messages(&key, vec![NewMessage::user("1"), NewMessage::user("2")])
+        .await;
+    let turned = store
+        .commit_turn(
+            &key,
+            chatstate_core::Turn::new()
+                .messages([NewMessage::user("1"), NewMessage::user("2")])
+                .patch(SessionPatch::new().summary("not written")),
+        )
+        .await;
+    for (what, r) in [
+        ("append", appended.map(|_| ())),
+        ("turn", turned.map(|_| ())),
+    ] {
+        let err = r.expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::Decode, "{what}: {err}");
+    }
+    let after = store.load(&key).await.expect("load");
+    assert_eq!(
+        after.as_ref(),
+        Some(&before),
+        "nothing lost, nothing written"
+    );
+}

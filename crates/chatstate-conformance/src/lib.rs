@@ -352,6 +352,7 @@ macro_rules! __with_case_names {
             turn_commit_lands_messages_and_patch_together,
             turn_commit_conflict_writes_nothing,
             turn_commit_concurrent_versioned_one_wins,
+            turn_commit_first_turn_expecting_version_zero_one_wins,
             turn_commit_refreshes_ttl,
             turn_commit_trims_the_window,
             turn_commit_oversize_writes_nothing,

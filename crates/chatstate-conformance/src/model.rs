@@ -83,6 +83,16 @@ enum Op {
         session: usize,
         summary: u8,
     },
+    /// `commit_turn`: `count` messages, a summary patch when `summary` is set,
+    /// expecting the model's version (0 for no session) when `versioned`, a
+    /// version the session is not at when `stale` too.
+    Turn {
+        session: usize,
+        count: usize,
+        summary: Option<u8>,
+        versioned: bool,
+        stale: bool,
+    },
     SessionDelete {
         session: usize,
     },
@@ -124,6 +134,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => (sess.clone(), 1..=3usize).prop_map(|(session, count)| Op::Append { session, count }),
         2 => sess.clone().prop_map(|session| Op::Load { session }),
         2 => (sess.clone(), 0..4u8).prop_map(|(session, summary)| Op::Summarize { session, summary }),
+        3 => (sess.clone(), 0..=3usize, proptest::option::of(0..4u8), any::<bool>(), proptest::bool::weighted(0.2))
+            .prop_map(|(session, count, summary, versioned, stale)| Op::Turn { session, count, summary, versioned, stale }),
         1 => sess.prop_map(|session| Op::SessionDelete { session }),
         3 => (cnt.clone(), -3..=3i64).prop_map(|(counter, delta)| Op::CounterAdd { counter, delta }),
         1 => cnt.prop_map(|counter| Op::CounterGet { counter }),
@@ -180,6 +192,20 @@ struct SessionEntry {
     summary: Option<String>,
     version: u64,
     deadline: i64,
+}
+
+impl SessionEntry {
+    /// Appends `messages`, numbered, keeping the newest `WINDOW`.
+    fn append(&mut self, messages: Vec<NewMessage>) {
+        for m in messages {
+            self.message_count += 1;
+            self.window
+                .push_back((self.message_count, m.role, m.content));
+            while self.window.len() > WINDOW {
+                self.window.pop_front();
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -489,15 +515,7 @@ impl Run<'_> {
                     .sessions
                     .get_mut(&session)
                     .expect("a live or new session");
-                for m in messages {
-                    entry.message_count += 1;
-                    entry
-                        .window
-                        .push_back((entry.message_count, m.role, m.content));
-                    while entry.window.len() > WINDOW {
-                        entry.window.pop_front();
-                    }
-                }
+                entry.append(messages);
                 entry.deadline = deadline;
                 let want = (entry.message_count, entry.window.len());
                 ensure((receipt.message_count, receipt.window_len) == want, || {
@@ -547,6 +565,114 @@ impl Run<'_> {
                     entry.deadline = deadline;
                     self.check_record(got.as_ref().expect("updated"), session, &what)?;
                 }
+            }
+            Op::Turn {
+                session,
+                count,
+                summary,
+                versioned,
+                stale,
+            } => {
+                let live = self.session_live(session);
+                let deadline = self.now_ms() + Self::ms(self.settings().session_ttl);
+                let model_version = match live {
+                    Live::Yes => self.model.sessions.get(&session).map_or(0, |e| e.version),
+                    _ => 0,
+                };
+                // A version the session is certainly not at, or the model's own;
+                // none when the model cannot tell whether the session is alive.
+                let expected = match (versioned, live) {
+                    (false, _) | (true, Live::Maybe) => Expected::Any,
+                    (true, _) if stale => Expected::Version(model_version + 1),
+                    (true, _) => Expected::Version(model_version),
+                };
+                let mut messages = Vec::new();
+                for _ in 0..count {
+                    let n = self.next_message;
+                    self.next_message += 1;
+                    messages.push(NewMessage::new(Role::User, format!("m{n}")));
+                }
+                let mut patch = SessionPatch::new();
+                if let Some(sm) = summary {
+                    patch = patch.summary(format!("t{sm}"));
+                }
+                let what = format!(
+                    "commit_turn {:?} ({count} messages, summary {summary:?}, {expected:?})",
+                    session_key(session)
+                );
+                let got = fx
+                    .sessions
+                    .commit_turn(
+                        &session_key(session),
+                        chatstate_core::Turn::new()
+                            .messages(messages.clone())
+                            .patch(patch)
+                            .expect(expected),
+                    )
+                    .await;
+                let receipt = match (got, expected, live) {
+                    (Ok(r), _, _) => r,
+                    (Err(err), Expected::Version(_), _) if stale => {
+                        let want = if live == Live::Yes {
+                            ErrorKind::Conflict
+                        } else {
+                            ErrorKind::NotFound
+                        };
+                        ensure(err.kind() == want, || {
+                            format!("{what}: {err}, expected a {want:?}")
+                        })?;
+                        // Nothing written: the model stays as it is.
+                        return Ok(());
+                    }
+                    (Err(err), _, _) => return Err(format!("{what} failed: {err}")),
+                };
+                ensure(!stale || !versioned || live == Live::Maybe, || {
+                    format!("{what}: landed, though it expected a version the session is not at")
+                })?;
+                observe(
+                    live,
+                    !receipt.append.created,
+                    &format!("{what} returned created = {}", receipt.append.created),
+                )?;
+                if receipt.append.created {
+                    self.model.sessions.insert(
+                        session,
+                        SessionEntry {
+                            window: VecDeque::new(),
+                            message_count: 0,
+                            summary: summary.map(|sm| format!("t{sm}")),
+                            version: 1,
+                            deadline,
+                        },
+                    );
+                } else if let Some(sm) = summary {
+                    let entry = self
+                        .model
+                        .sessions
+                        .get_mut(&session)
+                        .expect("a live session");
+                    entry.version += 1;
+                    entry.summary = Some(format!("t{sm}"));
+                }
+                let entry = self
+                    .model
+                    .sessions
+                    .get_mut(&session)
+                    .expect("a live or new session");
+                entry.append(messages);
+                entry.deadline = deadline;
+                let want = (entry.version, entry.message_count, entry.window.len());
+                let have = (
+                    receipt.version,
+                    receipt.append.message_count,
+                    receipt.append.window_len,
+                );
+                ensure(have == want, || {
+                    format!(
+                        "{what}: receipt (version, message_count, window_len) is {have:?}, \
+                         model has {want:?}"
+                    )
+                })?;
             }
             Op::SessionDelete { session } => {
                 let live = self.session_live(session);

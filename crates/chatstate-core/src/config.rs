@@ -33,6 +33,8 @@
 //! | `CHATSTATE_LOCAL_CACHE_CAPACITY` | entries in the local cache tier | `10000` |
 //! | `CHATSTATE_LOCAL_CACHE_TTL_SECONDS` | TTL in the local cache tier | `60` |
 //! | `CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS` | how long past its TTL the local tier may still serve an entry while Redis fails (stale-if-error); `0` never | `300` |
+//! | `CHATSTATE_LOCAL_SESSION_CAPACITY` | sessions (each with its window) in the local session tier (`Stores::with_local_sessions`) | `10000` |
+//! | `CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS` | how long the local session tier serves a copy it read or wrote; another instance's write is seen after at most this | `60` |
 //! | `CHATSTATE_REDIS_FAIL_FAST` | `1`: opening the stores fails when Redis cannot be reached (otherwise they open and connect in the background) | off |
 //! | `CHATSTATE_REDIS_FALLBACK` | `none`, `file` or `memory`: the backend to open instead when Redis cannot be reached at start | `none` |
 //! | `CHATSTATE_REDIS_BREAKER_FAILURES` | consecutive temporary failures that open the circuit breaker, 1–1000 | `5` |
@@ -193,6 +195,16 @@ const ENV: &[EnvVar] = &[
         name: "CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS",
         meaning: "how long past its TTL the local tier may still serve an entry while Redis fails (stale-if-error); `0` never",
         default: "`300`",
+    },
+    EnvVar {
+        name: "CHATSTATE_LOCAL_SESSION_CAPACITY",
+        meaning: "sessions (each with its window) in the local session tier (`Stores::with_local_sessions`)",
+        default: "`10000`",
+    },
+    EnvVar {
+        name: "CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS",
+        meaning: "how long the local session tier serves a copy it read or wrote; another instance's write is seen after at most this",
+        default: "`60`",
     },
     EnvVar {
         name: "CHATSTATE_REDIS_FAIL_FAST",
@@ -830,6 +842,15 @@ pub struct LocalCacheConfig {
     pub max_stale: Duration,
 }
 
+/// The local session tier's settings (`Stores::with_local_sessions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSessionConfig {
+    /// Most sessions held, each with its window.
+    pub capacity: u64,
+    /// How long a copy is served after it was read or written.
+    pub max_age: Duration,
+}
+
 /// Everything configurable, as read from the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -850,6 +871,8 @@ pub struct Config {
     pub counter_flush_interval: Duration,
     /// The local cache tier.
     pub local_cache: LocalCacheConfig,
+    /// The local session tier.
+    pub local_sessions: LocalSessionConfig,
 }
 
 impl Default for Config {
@@ -878,6 +901,10 @@ impl Default for Config {
                 capacity: 10_000,
                 ttl: Duration::from_secs(60),
                 max_stale: Duration::from_secs(300),
+            },
+            local_sessions: LocalSessionConfig {
+                capacity: 10_000,
+                max_age: Duration::from_secs(60),
             },
         }
     }
@@ -1206,6 +1233,12 @@ impl Config {
         )? {
             cfg.local_cache.max_stale = d;
         }
+        if let Some(n) = env.int("CHATSTATE_LOCAL_SESSION_CAPACITY", 1, 1 << 40)? {
+            cfg.local_sessions.capacity = n;
+        }
+        if let Some(d) = env.seconds("CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS")? {
+            cfg.local_sessions.max_age = d;
+        }
         if let Some(on) = env.flag("CHATSTATE_REDIS_FAIL_FAST")? {
             cfg.redis.fail_fast = on;
         }
@@ -1529,6 +1562,8 @@ mod tests {
             "CHATSTATE_COUNTER_BATCH_RETENTION_SECONDS",
             "CHATSTATE_LOCAL_CACHE_CAPACITY",
             "CHATSTATE_LOCAL_CACHE_TTL_SECONDS",
+            "CHATSTATE_LOCAL_SESSION_CAPACITY",
+            "CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS",
             "CHATSTATE_REDIS_BREAKER_FAILURES",
             "CHATSTATE_REDIS_BREAKER_WINDOW_MS",
             "CHATSTATE_REDIS_BREAKER_OPEN_MS",

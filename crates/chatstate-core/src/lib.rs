@@ -86,8 +86,8 @@ pub mod transition;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use codec::Codec;
 pub use config::{
-    BackendKind, BreakerConfig, Config, HostPort, LocalCacheConfig, RedisConfig, RedisFallback,
-    RedisTopology, RedisUrl, Secret, StoreSettings, TlsConfig,
+    BackendKind, BreakerConfig, Config, HostPort, LocalCacheConfig, LocalSessionConfig,
+    RedisConfig, RedisFallback, RedisTopology, RedisUrl, Secret, StoreSettings, TlsConfig,
 };
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use ext::{

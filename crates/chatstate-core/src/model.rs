@@ -659,7 +659,9 @@ pub enum Expected {
     /// Update whatever the version.
     Any,
     /// Update only if the record is at this version; otherwise
-    /// [`crate::ErrorKind::Conflict`].
+    /// [`crate::ErrorKind::Conflict`]. A session is created at version 1; for a
+    /// turn ([`crate::SessionStore::commit_turn`]) a missing session is at version
+    /// 0, so `Version(0)` commits a first turn only while there is still none.
     Version(u64),
 }
 

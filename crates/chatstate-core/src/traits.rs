@@ -132,6 +132,12 @@ pub trait SessionStore: Send + Sync {
     /// bumps `version`, refreshes the TTL, and returns the new record. `NotFound`
     /// when there is no session; `Conflict` when `expected` is a version the record
     /// is not at.
+    ///
+    /// A caller that needs only the new version commits
+    /// `Turn::new().patch(patch).expected(Expected::Version(v))` instead
+    /// ([`commit_turn`](SessionStore::commit_turn)): the same check and patch in one
+    /// step, a receipt with the version and no record to ship back (it also sets
+    /// `last_activity`, as every turn does).
     async fn update(
         &self,
         key: &SessionKey,
@@ -146,9 +152,12 @@ pub trait SessionStore: Send + Sync {
     /// trimmed, `last_activity` set) and refreshes the TTL, all or nothing.
     ///
     /// With [`Expected::Any`] a missing session is created, with the patch as its
-    /// init. With [`Expected::Version`], `NotFound` when there is no session and
-    /// `Conflict` when the record is at another version; either way nothing is
-    /// written. `InvalidInput`, with nothing written, for a message or patch value
+    /// init. A missing session counts as version 0: with `Expected::Version(0)` it
+    /// is created likewise, and a session that exists (at version 1 or more) is a
+    /// `Conflict` — so of two instances racing to take the first turn of a
+    /// conversation exactly one lands. With any other [`Expected::Version`],
+    /// `NotFound` when there is no session and `Conflict` when the record is at
+    /// another version; either way nothing is written. `InvalidInput`, with nothing written, for a message or patch value
     /// over `max_value_bytes`. The receipt has the new version and the append's
     /// counts; the record only when [`Turn::return_session`] asks for it.
     async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt>;

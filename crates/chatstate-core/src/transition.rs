@@ -52,6 +52,25 @@ impl SessionState {
         now.plus(settings.session_ttl)
     }
 
+    /// The only refusal of [`SessionState::append`]: `n` more messages must fit in
+    /// `existing`'s `message_count`, which stays at most `i64::MAX` as on Redis
+    /// (only a corrupt or imported record lacks the room). A store that hands `append` its stored state by value checks this
+    /// first, so a refused append leaves that state where it was.
+    pub fn check_room(existing: Option<&SessionState>, n: usize, key: &SessionKey) -> Result<()> {
+        // i64::MAX, as Redis counts (HINCRBY): the same limit on every backend.
+        let room = |count: u64| {
+            count
+                .checked_add(n as u64)
+                .is_some_and(|total| total <= i64::MAX as u64)
+        };
+        match existing {
+            Some(s) if !room(s.session.message_count) => {
+                Err(exhausted("message_count").with_key(key))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Appends `messages` (already checked with [`crate::model::check_append`]) to
     /// `existing`, or to a session created now when there is none: numbers them,
     /// keeps the newest `settings.window_size`, sets `last_activity`. A stored
@@ -64,13 +83,10 @@ impl SessionState {
         settings: &StoreSettings,
         now: Timestamp,
     ) -> Result<(SessionState, AppendReceipt)> {
+        SessionState::check_room(existing.as_ref(), messages.len(), key)?;
         let created = existing.is_none();
         let mut state =
             existing.unwrap_or_else(|| SessionState::create(key, &SessionPatch::new(), now));
-        let count = state.session.message_count;
-        if count.checked_add(messages.len() as u64).is_none() {
-            return Err(exhausted("message_count").with_key(key));
-        }
         for m in messages {
             // Cannot overflow: checked for the whole append above.
             state.session.message_count += 1;
@@ -98,7 +114,8 @@ impl SessionState {
     /// [`crate::model::check_append`]) to `existing`, all or nothing: `NotFound`
     /// when there is no session and `turn.expected` names a version, `Conflict`
     /// when the record is at another version. A missing session (with
-    /// [`Expected::Any`]) is created with the patch as its init (version 1);
+    /// [`Expected::Any`], or `Expected::Version(0)`: a missing session is at
+    /// version 0) is created with the patch as its init (version 1);
     /// an existing one gets the patch as [`SessionState::update`] applies it, when
     /// the patch names a field. Then the messages are appended as
     /// [`SessionState::append`] does (which also sets `last_activity`).
@@ -115,6 +132,7 @@ impl SessionState {
             expected,
             return_session,
         } = turn;
+        SessionState::check_room(existing.as_ref(), messages.len(), key)?;
         let created = existing.is_none();
         let state = match existing {
             Some(mut state) => {
@@ -124,7 +142,10 @@ impl SessionState {
                 }
                 state
             }
-            None if expected == Expected::Any => SessionState::create(key, &patch, now),
+            // A missing session is at version 0: `Version(0)` is "only if still new".
+            None if matches!(expected, Expected::Any | Expected::Version(0)) => {
+                SessionState::create(key, &patch, now)
+            }
             None => return Err(Error::not_found("no live session has this key")),
         };
         let (state, mut append) = SessionState::append(Some(state), key, messages, settings, now)?;
@@ -435,7 +456,9 @@ mod tests {
 
         let settings = StoreSettings::default();
         let mut state = SessionState::create(&key(), &SessionPatch::new(), Timestamp(0));
-        state.session.message_count = u64::MAX - 1;
+        // The limit is i64::MAX, as Redis counts, on every backend.
+        let top = i64::MAX as u64;
+        state.session.message_count = top - 1;
         let two = vec![NewMessage::user("a"), NewMessage::user("b")];
         let err = SessionState::append(Some(state.clone()), &key(), two, &settings, Timestamp(1))
             .unwrap_err();
@@ -444,7 +467,17 @@ mod tests {
         let (s, r) =
             SessionState::append(Some(state.clone()), &key(), one, &settings, Timestamp(1))
                 .unwrap();
-        assert_eq!((r.message_count, s.messages[0].seq), (u64::MAX, u64::MAX));
+        assert_eq!((r.message_count, s.messages[0].seq), (top, top));
+        state.session.message_count = u64::MAX;
+        let err = SessionState::append(
+            Some(state.clone()),
+            &key(),
+            vec![NewMessage::user("a")],
+            &settings,
+            Timestamp(1),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode, "no wrap at u64::MAX either");
 
         state.session.version = u64::MAX;
         let err = state

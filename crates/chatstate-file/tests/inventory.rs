@@ -71,3 +71,9 @@ async fn a_corrupt_record_is_reported_and_the_walk_goes_on() {
     assert_eq!(records, keys[0].len() - 1);
     assert_eq!(unreadable, 1, "reported once across pages");
 }
+
+#[tokio::test]
+async fn a_refused_append_on_a_full_count_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    inventory::a_refused_append_on_a_full_count_loses_nothing(&store(&dir)).await;
+}

@@ -26,6 +26,13 @@
 //!   buffers a run's tiny chunks and writes them every `max_delay` (50 ms) or
 //!   `max_bytes` (256 B), in order, flushing on finish: one round trip per flush
 //!   instead of one per token.
+//! - [`local_sessions`]: [`LocalSessions`], a bounded local tier of loaded sessions
+//!   (record and window) in front of any [`chatstate_core::SessionStore`]: a copy
+//!   read or written through it is served for up to `max_age` (never past the
+//!   session's expiry), a turn committed through it extends its copy with what the
+//!   store answered, and a versioned commit on a copy another instance made stale
+//!   is the store's `Conflict`, which drops it. A turn whose reads are all held
+//!   costs one round trip: the commit.
 //! - [`instrument`]: [`Instrumented`] (over any of the five traits), counts, errors, latency percentiles and hit
 //!   rates per operation and namespace, through a snapshot, the `metrics` facade and
 //!   `tracing` spans.
@@ -41,6 +48,7 @@
 pub mod batched;
 pub mod coalesce;
 pub mod instrument;
+pub mod local_sessions;
 pub mod tiered;
 
 pub use batched::{
@@ -49,4 +57,5 @@ pub use batched::{
 };
 pub use coalesce::{CoalesceConfig, CoalesceStats, CoalescingWriter};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
+pub use local_sessions::{LocalSessionStats, LocalSessions, LocalSessionsConfig, ReadTicket};
 pub use tiered::{TierStats, TieredCache, TieredConfig};

@@ -82,6 +82,9 @@ impl SessionStore for MemoryStore {
         let now = self.inner.now();
         let mut sessions = lock(&self.inner.sessions);
         let k = triple(key);
+        // Checked before the stored state is taken out: a refusal leaves it there.
+        SessionState::check_room(sessions.get(&k, now), messages.len(), key)
+            .in_op("append_messages")?;
         let existing = sessions.remove(&k, now);
         let (state, receipt) =
             SessionState::append(existing, key, messages, &self.inner.settings, now)

@@ -17,3 +17,11 @@ async fn restore_is_exact_idempotent_and_keeps_newer() {
     ))
     .await;
 }
+
+#[tokio::test]
+async fn a_refused_append_on_a_full_count_loses_nothing() {
+    inventory::a_refused_append_on_a_full_count_loses_nothing(&MemoryStore::new(
+        StoreSettings::default(),
+    ))
+    .await;
+}

@@ -2,27 +2,22 @@
 //!
 //! Per slot group (one group on one server or Sentinel: one round trip; on a
 //! Cluster one per slot the keys fall in, sent concurrently), the pipeline holds:
-//! - the session: `MULTI`, `HGETALL …:ctx`, `LRANGE …:msgs 0 -1`, `EXEC` — the
-//!   record and the window read at one instant, as `load` reads them. Chosen over
-//!   `load`'s Lua script by measurement (`BENCHMARKS.md`, "A turn"): the same
-//!   atomicity at less server time per read, and no script to load;
+//! - the session: what `load` sends (`session::queue_read`: `MULTI`, `HGETALL`,
+//!   `LRANGE`, `EXEC`), the record and the window read at one instant;
 //! - each focus document: the `HMGET` its own `get` sends;
-//! - the cache entries of the group: `MGET` plus `EXISTS` of the same keys, the
-//!   fast path of `KvCache::get_many`. When `EXISTS` counts a key `MGET` did not
-//!   answer (a key of another type, or a write racing in), the cache part is read
-//!   again through `get_many`, which names the key of the wrong type: one more
-//!   round trip only then.
+//! - the cache entries of the group: what `KvCache::get_many` sends
+//!   (`cache::queue_get`: `MGET` plus `EXISTS`), read by the same code, so a key
+//!   of another type is named the same way (one more round trip only then).
 
 use async_trait::async_trait;
-use chatstate_core::{
-    BatchRead, BatchReads, Error, ErrorKind, KvCache, LoadedSession, ReadBatch, Result, SessionKey,
-};
+use chatstate_core::{BatchRead, BatchReads, Error, ErrorKind, ReadBatch, Result};
 use redis::Value;
 
 use crate::RedisStore;
+use crate::cache::queue_get;
 use crate::conn::reply;
 use crate::focus::{DOC_FIELDS, doc_of_hmget};
-use crate::session::{Keys, keys, loaded_from};
+use crate::session::{Keys, READ_CMDS, keys, loaded_of_exec, queue_read};
 
 /// What one part of the batch is.
 #[derive(Clone, Copy)]
@@ -32,13 +27,19 @@ enum Part {
     Cache(usize),
 }
 
+/// The parts whose answers come in pipeline order (the cache entries come last,
+/// as one `MGET` and one `EXISTS`).
+enum Ordered {
+    Session,
+    Focus(usize),
+}
+
 /// What a slot group's pipeline answered, per part.
 enum Answer {
     Session(Value),
     Focus(usize, Value),
-    Cache(usize, Value),
-    /// `EXISTS` counted more cache keys than `MGET` answered.
-    CacheSuspect,
+    /// The entries of the group (their indexes in the batch) with their values.
+    Cache(Vec<(usize, Option<bytes::Bytes>)>),
 }
 
 const OP: &str = "read_batch";
@@ -86,24 +87,22 @@ impl ReadBatch for RedisStore {
                     .await
             })
             .await?;
-        let max = self.inner.settings.max_value_bytes;
-        let mut suspect = false;
         for answer in groups.into_iter().flatten() {
             match answer {
                 Answer::Session(v) => {
                     if let (Some(key), Some(k)) = (&reads.session, session_keys) {
-                        out.session = loaded(key, k, v)?;
+                        out.session = loaded_of_exec(key, k, v)?;
                     }
                 }
                 Answer::Focus(i, v) => {
                     out.focus[i] = doc_of_hmget(&reads.focus[i], &focus_keys[i], reply::array(v)?)?
                 }
-                Answer::Cache(i, v) => out.cache[i] = crate::cache::value(v, max, cache_keys[i])?,
-                Answer::CacheSuspect => suspect = true,
+                Answer::Cache(values) => {
+                    for (i, v) in values {
+                        out.cache[i] = v;
+                    }
+                }
             }
-        }
-        if suspect {
-            out.cache = KvCache::get_many(self, &reads.cache).await?;
         }
         Ok(out)
     }
@@ -117,85 +116,70 @@ impl RedisStore {
         session_keys: &Option<Keys>,
     ) -> Result<Vec<Answer>> {
         let mut pipe = redis::pipe();
-        let mut order: Vec<Part> = Vec::new();
+        let mut order: Vec<Ordered> = Vec::new();
         let mut cache: Vec<(usize, &str)> = Vec::new();
-        let mut first_key = None;
+        // The key each queued command concerns, so an error names it.
+        let mut cmd_keys: Vec<&str> = Vec::new();
         for (part, key) in parts {
-            first_key.get_or_insert(key);
             match part {
                 Part::Session => {
                     let k = session_keys.as_ref().ok_or_else(|| {
                         Error::new(ErrorKind::Internal, "a session part without its keys")
                     })?;
-                    pipe.cmd("MULTI")
-                        .cmd("HGETALL")
-                        .arg(&k.ctx)
-                        .cmd("LRANGE")
-                        .arg(&k.msgs)
-                        .arg(0)
-                        .arg(-1)
-                        .cmd("EXEC");
-                    order.push(part);
+                    queue_read(&mut pipe, k);
+                    cmd_keys.extend(k.read_keys());
+                    order.push(Ordered::Session);
                 }
-                Part::Focus(_) => {
+                Part::Focus(i) => {
                     pipe.cmd("HMGET").arg(key).arg(&DOC_FIELDS[..]);
-                    order.push(part);
+                    cmd_keys.push(key);
+                    order.push(Ordered::Focus(i));
                 }
                 Part::Cache(i) => cache.push((i, key)),
             }
         }
-        if !cache.is_empty() {
-            let ks: Vec<&str> = cache.iter().map(|(_, k)| *k).collect();
-            pipe.cmd("MGET").arg(&ks).cmd("EXISTS").arg(&ks);
+        let cache_keys: Vec<&str> = cache.iter().map(|(_, k)| *k).collect();
+        if let Some(first) = cache_keys.first() {
+            queue_get(&mut pipe, &cache_keys);
+            cmd_keys.extend([*first, *first]);
         }
-        let keys: Vec<&str> = first_key.into_iter().collect();
-        let values: Vec<Value> = self.inner.conn.pipe(&pipe, OP, &keys).await?;
+        let values: Vec<Value> = match self.inner.conn.pipe(&pipe, OP, &cmd_keys).await {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(match session_keys {
+                    Some(k) if order.iter().any(|p| matches!(p, Ordered::Session)) => {
+                        self.name_wrong_type(e, k).await
+                    }
+                    _ => e,
+                });
+            }
+        };
         let mut values = values.into_iter();
         let mut next = || {
             values
                 .next()
                 .ok_or_else(|| Error::decode("unexpected Redis reply shape: read_batch"))
         };
-        let mut answers = Vec::with_capacity(order.len() + cache.len());
+        let mut answers = Vec::with_capacity(order.len() + 1);
         for part in order {
             match part {
-                Part::Session => {
+                Ordered::Session => {
                     // MULTI's OK and the two QUEUED, then EXEC's answers.
-                    for _ in 0..3 {
+                    for _ in 1..READ_CMDS {
                         next()?;
                     }
                     answers.push(Answer::Session(next()?));
                 }
-                Part::Focus(i) => answers.push(Answer::Focus(i, next()?)),
-                Part::Cache(_) => {}
+                Ordered::Focus(i) => answers.push(Answer::Focus(i, next()?)),
             }
         }
         if !cache.is_empty() {
-            let found = reply::array(next()?)?;
-            let present = reply::int(&next()?)?;
-            if found.len() != cache.len() {
-                return Err(Error::decode(
-                    "unexpected Redis reply shape: one value per key",
-                ));
-            }
-            let answered = found.iter().filter(|v| !matches!(v, Value::Nil)).count();
-            if present > answered as i64 {
-                answers.push(Answer::CacheSuspect);
-            }
-            answers.extend(
-                cache
-                    .iter()
-                    .zip(found)
-                    .map(|(&(i, _), v)| Answer::Cache(i, v)),
-            );
+            let (found, present) = (next()?, next()?);
+            let values = self.answer_get(&cache_keys, found, present, OP).await?;
+            answers.push(Answer::Cache(
+                cache.iter().map(|(i, _)| *i).zip(values).collect(),
+            ));
         }
         Ok(answers)
     }
-}
-
-/// The session part: `EXEC`'s `[record hash, messages]`, as `load` answers.
-fn loaded(key: &SessionKey, k: &Keys, v: Value) -> Result<Option<LoadedSession>> {
-    let mut both = reply::array(v)?.into_iter();
-    let hash = both.next().unwrap_or(Value::Nil);
-    loaded_from(key, k, hash, both.next().unwrap_or(Value::Nil))
 }

@@ -131,47 +131,63 @@ impl RedisStore {
     /// `get_many` of the keys of one slot (all of them outside a Cluster): MGET
     /// plus EXISTS in one round trip, and the type check when they disagree.
     async fn get_slot(&self, ks: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        // Fast path, one round trip and no script: MGET plus EXISTS of the same keys.
-        // MGET answers nil for a missing key and for a key of another type alike;
-        // EXISTS counts both kinds of present key. When it counts more than MGET
-        // found, some nil is a key of another type (or a write raced in between):
-        // a script then checks the type of each key MGET answered nil for, and
-        // answers WrongType naming one; otherwise MGET's answer stands.
-        // A script for every call cost about 2x a raw MGET of 50 values
-        // (BENCHMARKS.md); this costs one cheap EXISTS.
         let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(ks).cmd("EXISTS").arg(ks);
-        let (v, present): (Vec<Value>, u64) =
-            self.inner.conn.pipe(&pipe, "get_many", &[ks[0]]).await?;
-        let misses: Vec<&str> = v
+        queue_get(&mut pipe, ks);
+        let (v, present): (Value, Value) = self
+            .inner
+            .conn
+            .pipe(&pipe, "get_many", &[ks[0], ks[0]])
+            .await?;
+        self.answer_get(ks, v, present, "get_many").await
+    }
+
+    /// The values of `ks` from the two answers of [`queue_get`]: MGET answers nil
+    /// for a missing key and for a key of another type alike; EXISTS counts both
+    /// kinds of present key. When it counts more than MGET found, some nil is a key
+    /// of another type (or a write raced in between): a script then checks the type
+    /// of each key MGET answered nil for (one more round trip, on that path only),
+    /// and answers WrongType naming one; otherwise MGET's answer stands. A script
+    /// for every call cost about 2x a raw MGET of 50 values (BENCHMARKS.md); this
+    /// costs one cheap EXISTS.
+    pub(crate) async fn answer_get(
+        &self,
+        ks: &[&str],
+        found: Value,
+        present: Value,
+        op: &'static str,
+    ) -> Result<Vec<Option<Bytes>>> {
+        let found = reply::array(found)?;
+        if found.len() != ks.len() {
+            return Err(
+                Error::decode("unexpected Redis reply shape: one value per key").with_operation(op),
+            );
+        }
+        let misses: Vec<&str> = found
             .iter()
             .zip(ks)
             .filter(|(v, _)| matches!(v, Value::Nil))
             .map(|(_, k)| *k)
             .collect();
-        if present > (ks.len() - misses.len()) as u64 {
+        if reply::int(&present)? > (ks.len() - misses.len()) as i64 {
             self.inner
                 .conn
-                .script(
-                    &self.inner.scripts.cache.check_strings,
-                    &misses,
-                    &[],
-                    "get_many",
-                )
+                .script(&self.inner.scripts.cache.check_strings, &misses, &[], op)
                 .await?;
         }
-        if v.len() != ks.len() {
-            return Err(
-                Error::decode("unexpected Redis reply shape: one value per key")
-                    .with_operation("get_many"),
-            );
-        }
         let max = self.inner.settings.max_value_bytes;
-        v.into_iter()
+        found
+            .into_iter()
             .zip(ks)
             .map(|(v, k)| value(v, max, k))
             .collect()
     }
+}
+
+/// Queues the read of `ks` (keys of one slot): `MGET` plus `EXISTS` of the same
+/// keys, one round trip and no script; [`RedisStore::answer_get`] reads the two
+/// answers. What `get_many` and the read batch send.
+pub(crate) fn queue_get(pipe: &mut redis::Pipeline, ks: &[&str]) {
+    pipe.cmd("MGET").arg(ks).cmd("EXISTS").arg(ks);
 }
 
 /// A stored value, refused when it is over the value limit (written by something

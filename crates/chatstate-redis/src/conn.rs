@@ -674,13 +674,14 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
 const REDIRECT_WAITS_MS: [u64; 5] = [0, 0, 20, 50, 100];
 
 /// Whether `cmd` only reads (what a pipeline must hold to be sent again after a
-/// redirect).
+/// redirect). `MULTI` and `EXEC` write nothing themselves: a transaction of reads
+/// (the session read of `load`) is a read.
 fn is_read(cmd: &Cmd) -> bool {
     matches!(
         cmd.args_iter().next(),
         Some(redis::Arg::Simple(name)) if [
-            &b"GET"[..], b"MGET", b"EXISTS", b"HGETALL", b"HGET", b"LRANGE", b"PTTL", b"TYPE",
-            b"ZRANGE", b"SSCAN", b"SCAN",
+            &b"GET"[..], b"MGET", b"EXISTS", b"HGETALL", b"HGET", b"HMGET", b"LRANGE", b"PTTL",
+            b"TYPE", b"ZRANGE", b"SSCAN", b"SCAN", b"MULTI", b"EXEC",
         ]
         .iter()
         .any(|r| name.eq_ignore_ascii_case(r))

@@ -35,7 +35,7 @@
 //! | operation | round trips | how |
 //! | --- | --- | --- |
 //! | append messages (push, trim, TTL of every part, last_activity) | 1 | script (tenant index included) |
-//! | load a session with its messages | 1 | script |
+//! | load a session with its messages | 1 | `MULTI`, `HGETALL`, `LRANGE`, `EXEC` pipelined (+1 `TYPE` pair only to name a key of another type) |
 //! | create, get_or_create, update, touch, delete | 1 | script (tenant index included) |
 //! | get / get_many sessions | 1 | pipelined HGETALL |
 //! | lock acquire (with fencing number), extend, release | 1 each | script: `SET NX PX` + `INCR`; token compared in Lua |

@@ -103,3 +103,8 @@ async fn pages_larger_than_a_step_end_at_step_boundaries() {
     assert_eq!(seen.len(), 700);
     assert!(pages >= 3, "{pages} pages");
 }
+
+#[tokio::test]
+async fn a_refused_append_on_a_full_count_loses_nothing() {
+    inventory::a_refused_append_on_a_full_count_loses_nothing(&store().await).await;
+}

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chatstate_core::{
-    CacheKey, Codec, CounterBatch, CounterKey, CounterSink, ErrorKind, Expected, FocusKey,
-    FocusStore, KvCache, KvCacheExt, NewMessage, PutMode, RedisUrl, SessionKey, SessionPatch,
-    SessionStore, SessionStoreExt, StoreSettings,
+    BatchReads, CacheKey, Codec, CounterBatch, CounterKey, CounterSink, ErrorKind, Expected,
+    FocusKey, FocusStore, KvCache, KvCacheExt, NewMessage, PutMode, ReadBatch, RedisUrl,
+    SessionKey, SessionPatch, SessionStore, SessionStoreExt, StoreSettings,
 };
 use chatstate_redis::RedisStore;
 use common::RedisServer;
@@ -282,8 +282,18 @@ async fn command_counts_match_the_server_commandstats() {
     );
     assert_eq!(
         ours.get("EVALSHA"),
-        Some(&(10 + 10 + 4 + 3)),
-        "appends, loads, flushes and set_many are scripts"
+        Some(&(10 + 4 + 3)),
+        "appends, flushes and set_many are scripts"
+    );
+    assert_eq!(
+        (
+            ours.get("MULTI"),
+            ours.get("HGETALL"),
+            ours.get("LRANGE"),
+            ours.get("EXEC")
+        ),
+        (Some(&10), Some(&10), Some(&10), Some(&10)),
+        "a load is MULTI, HGETALL, LRANGE, EXEC in one pipeline"
     );
     assert_eq!(
         (ours.get("MGET"), ours.get("EXISTS")),
@@ -295,6 +305,73 @@ async fn command_counts_match_the_server_commandstats() {
         30 + 4,
         "3 set_many of 10 run 30 SET PX in their scripts (and 4 flushes record their ids)"
     );
+}
+
+/// The session read (`load`, and the read batch's session part) is a `MULTI`/`EXEC`
+/// pipeline, whose failing command reaches the client as `EXEC`'s error without its
+/// key; every part of a read batch still names its own key when it holds another
+/// type, and nothing is written.
+#[tokio::test]
+async fn session_reads_and_read_batches_name_the_exact_key_of_another_type() {
+    let server = common::shared();
+    let s = connect(&server.url()).await;
+    let k = skey("window-of-another-type");
+    s.append_message(&k, NewMessage::user("hello"))
+        .await
+        .unwrap();
+    let msgs = format!("{}:msgs", s.layout().session_base(&k));
+    server.cli(&["DEL", &msgs]);
+    server.cli(&["SET", &msgs, "a plain string"]);
+    let by_load = s.load(&k).await.map(|_| ()).unwrap_err();
+    let by_batch = s
+        .read_batch(&BatchReads::new().session(k.clone()))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    for (what, err) in [("load", by_load), ("read_batch", by_batch)] {
+        assert_eq!(err.kind(), ErrorKind::WrongType, "{what}: {err}");
+        assert_eq!(
+            err.key(),
+            Some(msgs.as_str()),
+            "{what} names the window: {err}"
+        );
+    }
+
+    // A focus document and a cache entry of another type, behind a fine session.
+    let fine = skey("fine-session");
+    s.append_message(&fine, NewMessage::user("hi"))
+        .await
+        .unwrap();
+    let doc = FocusKey::new("scope", "doc").unwrap();
+    let doc_key = s.layout().focus(&doc);
+    server.cli(&["SET", &doc_key, "not a hash"]);
+    let err = s
+        .read_batch(&BatchReads::new().session(fine.clone()).focus(doc.clone()))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    assert_eq!(
+        err.key(),
+        Some(doc_key.as_str()),
+        "names the document: {err}"
+    );
+    let entry = CacheKey::new("ns", "a-list").unwrap();
+    let entry_key = s.layout().cache(&entry);
+    server.cli(&["RPUSH", &entry_key, "x"]);
+    let err = s
+        .read_batch(&BatchReads::new().session(fine).cache(entry))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    assert_eq!(
+        err.key(),
+        Some(entry_key.as_str()),
+        "names the entry: {err}"
+    );
+    assert_eq!(server.cli(&["GET", &msgs]).trim(), "a plain string");
+    assert_eq!(server.cli(&["GET", &doc_key]).trim(), "not a hash");
 }
 
 #[tokio::test]

@@ -84,7 +84,8 @@ use std::sync::Arc;
 pub use chatstate_core::*;
 pub use chatstate_layers::{
     BatchedCounters, CoalesceConfig, CoalesceStats, CoalescingWriter, CounterHandle, Instrumented,
-    MetricsSnapshot, Read, TierStats, TieredCache, TieredConfig,
+    LocalSessionStats, LocalSessions, LocalSessionsConfig, MetricsSnapshot, Read, TierStats,
+    TieredCache, TieredConfig,
 };
 
 pub use migrate::{
@@ -141,6 +142,9 @@ pub struct Stores {
     fallback_from: Option<Fallback>,
     /// The tiered cache [`Stores::cache`] is, after [`Stores::with_tiered_cache`].
     tiered: Option<Arc<TieredCache>>,
+    /// The local session tier in [`Stores::sessions`], after
+    /// [`Stores::with_local_sessions`].
+    local_sessions: Option<Arc<LocalSessions<Arc<dyn SessionStore>>>>,
     /// Where the figures of [`Stores::instrumented`] go.
     metrics: Option<Instrumented<()>>,
 }
@@ -275,6 +279,7 @@ impl Stores {
             source,
             fallback_from: None,
             tiered: None,
+            local_sessions: None,
             metrics: None,
         }
     }
@@ -346,6 +351,51 @@ impl Stores {
         self
     }
 
+    /// These stores with a [`LocalSessions`] tier in [`Stores::sessions`] (sized
+    /// by `config`: `CHATSTATE_LOCAL_SESSION_CAPACITY`,
+    /// `CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS`): a session this instance read or
+    /// wrote is answered locally for up to that age (never past its expiry), by
+    /// `load` and by [`Stores::read_batch`], and a turn committed through
+    /// `stores.sessions` keeps its result. With the tiered cache holding the
+    /// turn's entries, a turn is then one round trip: the commit. Another
+    /// instance's write is seen here only once the copy is older than the max
+    /// age; a commit expecting the version it read is still checked by the store
+    /// (a `Conflict` drops the copy). The [`local_sessions`](chatstate_layers::local_sessions)
+    /// module docs say exactly what holds. Call it before [`Stores::instrumented`].
+    ///
+    /// ```
+    /// # async fn demo() -> chatstate::Result<()> {
+    /// use chatstate::{BackendKind, BatchReads, Config, NewMessage, SessionKey, Stores, Turn};
+    /// let config = Config { backend: BackendKind::Memory, ..Config::default() };
+    /// let stores = Stores::open(&config).await?.with_local_sessions(&config);
+    /// let key = SessionKey::new("acme", "whatsapp", "+5511999990000")?;
+    /// stores.sessions.commit_turn(&key, Turn::new().message(NewMessage::user("oi"))).await?;
+    /// let read = stores.read_batch(&BatchReads::new().session(key)).await?;
+    /// assert_eq!(read.session.map(|s| s.messages.len()), Some(1));
+    /// assert_eq!(stores.local_sessions().map(|l| l.stats().hits), Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_local_sessions(mut self, config: &Config) -> Stores {
+        if self.local_sessions.is_none() {
+            let local = Arc::new(LocalSessions::new(
+                self.sessions.clone(),
+                LocalSessionsConfig::from_config(config),
+            ));
+            self.sessions = match &self.metrics {
+                Some(root) => Arc::new(root.sharing(local.clone() as Arc<dyn SessionStore>)),
+                None => local.clone(),
+            };
+            self.local_sessions = Some(local);
+        }
+        self
+    }
+
+    /// The local session tier in [`Stores::sessions`], after
+    /// [`Stores::with_local_sessions`].
+    pub fn local_sessions(&self) -> Option<&LocalSessions<Arc<dyn SessionStore>>> {
+        self.local_sessions.as_deref()
+    }
+
     /// A handle on the cache namespace `name` in [`Stores::cache`], writing with
     /// [`Stores::codec`] (`CHATSTATE_CODEC`); set its TTL with `.ttl(..)`.
     pub fn namespace(&self, name: &str) -> Result<CacheNamespace> {
@@ -393,7 +443,10 @@ impl Stores {
     /// Redis). After [`Stores::with_tiered_cache`] the local tier answers the cache
     /// entries it holds first, exactly as `stores.cache.get_many` would; the others
     /// are read in the same round trip as the session and kept locally, so a turn
-    /// whose entries are all local reads only the session and the documents.
+    /// whose entries are all local reads only the session and the documents. After
+    /// [`Stores::with_local_sessions`] a session held locally is answered from
+    /// there too (and one read from the store is kept): a batch whose every part
+    /// is held costs no round trip.
     ///
     /// ```
     /// # async fn demo() -> chatstate::Result<()> {
@@ -408,6 +461,28 @@ impl Stores {
     /// # Ok(()) }
     /// ```
     pub async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead> {
+        let (Some(local), Some(key)) = (&self.local_sessions, &reads.session) else {
+            return self.read_remote(reads).await;
+        };
+        if let Some(held) = local.held(key).await {
+            let rest = BatchReads {
+                session: None,
+                focus: reads.focus.clone(),
+                cache: reads.cache.clone(),
+            };
+            let mut read = self.read_remote(&rest).await?;
+            read.session = Some(held);
+            return Ok(read);
+        }
+        let ticket = local.before_read(key);
+        let read = self.read_remote(reads).await?;
+        local.keep_read(key, ticket, read.session.as_ref()).await;
+        Ok(read)
+    }
+
+    /// [`Stores::read_batch`] below the local session tier: the tiered cache's
+    /// local tier first, the rest from the store.
+    async fn read_remote(&self, reads: &BatchReads) -> Result<BatchRead> {
         let Some(tiered) = &self.tiered else {
             return self.reads.read_batch(reads).await;
         };
@@ -446,8 +521,12 @@ impl Stores {
             .await;
         let only_cache = reads.session.is_none() && reads.focus.is_empty();
         let mut read = match rest {
-            Some(Err(_)) | None if only_cache => BatchRead::default(),
-            Some(read) => read?,
+            // The tiered cache answered from stale copies what the store could not.
+            Some(Err(_)) if only_cache && cache.is_ok() => BatchRead::default(),
+            // The store's own error, with its key and source (not the copy).
+            Some(Err(e)) => return Err(e),
+            Some(Ok(read)) => read,
+            None if only_cache => BatchRead::default(),
             None => {
                 let batch = BatchReads {
                     session: reads.session.clone(),

@@ -187,9 +187,14 @@ async fn redis_read_batch_and_turn_commit_are_one_round_trip_each() {
     );
     assert_eq!(first.cache, [Some(Bytes::from_static(b"Ana")), None]);
     let before = trips();
+    let hits = tiered.tiered().unwrap().stats().local_hits;
     let second = tiered.read_batch(&reads(&key)).await.unwrap();
     assert_eq!(trips() - before, 1, "the session and the document only");
-    assert_eq!(second.cache, first.cache, "answered from the local tier");
+    assert_eq!(second.cache, first.cache);
+    assert!(
+        tiered.tiered().unwrap().stats().local_hits > hits,
+        "the held customer was answered from the local tier"
+    );
     assert_eq!(second.session, first.session);
     let before = trips();
     let hits = tiered.tiered().unwrap().stats().local_hits;
@@ -219,4 +224,115 @@ async fn redis_read_batch_and_turn_commit_are_one_round_trip_each() {
         &CacheKey::new("customers", "42").unwrap(),
     )
     .await;
+}
+
+/// A cache-only read batch through a tiered cache, with Redis gone and nothing held
+/// locally, returns the store's own error: its kind, the key and the source.
+#[tokio::test]
+async fn a_tiered_cache_only_read_batch_returns_the_stores_own_error() {
+    let mut server = common::RedisServer::start(&[]);
+    let config = config(&[
+        ("USE_REDIS", "1"),
+        ("REDIS_URL", &server.url()),
+        ("CHATSTATE_KEY_PREFIX", &common::unique_prefix()),
+        ("REDIS_COMMAND_TIMEOUT_MS", "500"),
+        ("REDIS_CONNECT_TIMEOUT_MS", "500"),
+    ]);
+    let stores = Stores::open(&config)
+        .await
+        .unwrap()
+        .with_tiered_cache(&config);
+    server.stop();
+    let err = stores
+        .read_batch(&BatchReads::new().cache(CacheKey::new("customers", "7").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            chatstate::ErrorKind::Unavailable | chatstate::ErrorKind::Timeout
+        ),
+        "{err}"
+    );
+    assert_eq!(err.operation(), Some("read_batch"), "{err}");
+    assert!(err.key().is_some(), "names the key: {err}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "keeps the cause: {err}"
+    );
+}
+
+/// With the local session tier and the tiered cache, a turn whose session and
+/// customer this instance holds is one round trip: the read batch is answered
+/// locally, the commit is the only trip; the copy it keeps equals what Redis holds.
+#[tokio::test]
+async fn a_turn_held_locally_is_one_round_trip_on_redis() {
+    let config = redis_config();
+    let stores = Stores::open(&config)
+        .await
+        .unwrap()
+        .with_tiered_cache(&config)
+        .with_local_sessions(&config);
+    let up = tokio::time::timeout(Duration::from_secs(5), async {
+        while stores.tiered().unwrap().stats().resets == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "the tiered cache's subscription came up");
+    let key = SessionKey::new("acme", "whatsapp", "+5511local").unwrap();
+    // Warms the turn script (a server's first use of it takes a resend).
+    let warm = SessionKey::new("acme", "whatsapp", "+5511warm").unwrap();
+    stores
+        .sessions
+        .commit_turn(&warm, Turn::new().message(NewMessage::user("warm")))
+        .await
+        .unwrap();
+    let customer = CacheKey::new("customers", "local-1").unwrap();
+    stores
+        .cache
+        .set(&customer, Bytes::from_static(b"Ana"), None)
+        .await
+        .unwrap();
+    let reads = BatchReads::new()
+        .session(key.clone())
+        .cache(customer.clone());
+    let trips = || stores.round_trips().unwrap().round_trips;
+    let mut version = 0;
+    for turn in 0..3u64 {
+        let before = trips();
+        let read = stores.read_batch(&reads).await.unwrap();
+        let read_trips = trips() - before;
+        if turn > 0 {
+            assert_eq!(read_trips, 0, "turn {turn}: the read is answered locally");
+        }
+        assert_eq!(read.cache, [Some(Bytes::from_static(b"Ana"))]);
+        let seen = read.session.as_ref().map_or(0, |s| s.session.version);
+        assert_eq!(seen, version, "turn {turn}: the read shows the last commit");
+        let before = trips();
+        let receipt = stores
+            .sessions
+            .commit_turn(
+                &key,
+                Turn::new()
+                    .messages([NewMessage::user("q"), NewMessage::assistant("a")])
+                    .patch(SessionPatch::new().summary(format!("turn {turn}")))
+                    .expect(Expected::Version(seen)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            trips() - before,
+            1,
+            "turn {turn}: the commit is one round trip"
+        );
+        version = receipt.version;
+    }
+    let held = stores.local_sessions().unwrap().held(&key).await.unwrap();
+    let fresh = Stores::open(&config).await.unwrap();
+    assert_eq!(Some(held), fresh.sessions.load(&key).await.unwrap());
+    for k in [&key, &warm] {
+        let _ = SessionStore::delete(stores.sessions.as_ref(), k).await;
+    }
+    let _ = KvCache::delete(stores.cache.as_ref(), &customer).await;
 }

@@ -198,6 +198,63 @@ pub async fn turn_commit_concurrent_versioned_one_wins(ctx: Ctx) -> Outcome {
     Outcome::Passed
 }
 
+/// A missing session is at version 0: of many concurrent first turns expecting
+/// version 0 exactly one creates the session, the others are `Conflict` and write
+/// nothing; once it exists, `Version(0)` is a `Conflict` too.
+pub async fn turn_commit_first_turn_expecting_version_zero_one_wins(ctx: Ctx) -> Outcome {
+    let fx = ctx.open().await;
+    let k = skey("t", "c", "new");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&fx.sessions);
+            let k = k.clone();
+            tokio::spawn(async move {
+                let turn = Turn::new()
+                    .message(NewMessage::user(format!("hello {i}")))
+                    .patch(SessionPatch::new().summary(format!("writer {i}")))
+                    .expect(Expected::Version(0));
+                (i, store.commit_turn(&k, turn).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            (i, Ok(r)) => winners.push((i, r)),
+            (_, Err(e)) => assert_eq!(e.kind(), ErrorKind::Conflict, "losers get Conflict: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one first turn lands");
+    let (i, r) = &winners[0];
+    assert!(r.append.created, "the winner created the session");
+    assert_eq!((r.version, r.append.message_count), (1, 1));
+    let e = expect_err(
+        fx.sessions
+            .commit_turn(
+                &k,
+                Turn::new()
+                    .message(NewMessage::user("late"))
+                    .expect(Expected::Version(0)),
+            )
+            .await,
+        ErrorKind::Conflict,
+        "version 0 on a live session",
+    );
+    assert!(
+        e.to_string().contains("version 1"),
+        "names the version: {e}"
+    );
+    let loaded = fx.sessions.load(&k).await.must("load").expect("session");
+    assert_eq!(
+        contents(&loaded),
+        [format!("hello {i}")],
+        "only the winner's message"
+    );
+    assert_eq!(loaded.session.summary, Some(format!("writer {i}")));
+    assert_eq!(loaded.session.version, 1);
+    Outcome::Passed
+}
+
 /// A turn refreshes the TTL of every part, even one with only a patch.
 pub async fn turn_commit_refreshes_ttl(ctx: Ctx) -> Outcome {
     let fx = ctx.open_with_ttl(2).await;
@@ -272,6 +329,32 @@ pub async fn turn_commit_trims_the_window(ctx: Ctx) -> Outcome {
     let loaded = s.load(&k).await.must("load").expect("session");
     assert_eq!(contents(&loaded), ["x", "y", "z"]);
     assert_eq!(loaded.session.summary.as_deref(), Some("s"));
+
+    // A turn bringing more messages than the window trims every stored one, then
+    // its own oldest: they never reach the window, and their tokens are counted.
+    let r = s
+        .commit_turn(
+            &k,
+            Turn::new().messages(["first!", "b", "c", "d", "e"].map(NewMessage::user)),
+        )
+        .await
+        .must("a turn over the window");
+    assert_eq!(r.append.trimmed_messages, 3 + 2);
+    assert_eq!(
+        r.append.trimmed_tokens,
+        ["x", "y", "z", "first!", "b"]
+            .iter()
+            .map(|c| estimate_tokens(c))
+            .sum::<u64>()
+    );
+    assert_eq!((r.append.message_count, r.append.window_len), (10, 3));
+    let loaded = s.load(&k).await.must("load").expect("session");
+    assert_eq!(contents(&loaded), ["c", "d", "e"]);
+    assert_eq!(
+        loaded.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [8, 9, 10],
+        "numbered in order, trimmed ones included"
+    );
     Outcome::Passed
 }
 

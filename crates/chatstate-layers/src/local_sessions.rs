@@ -1,0 +1,533 @@
+//! [`LocalSessions`]: a bounded local tier of loaded sessions (record and window)
+//! in front of any [`SessionStore`], so a chat turn whose reads this instance
+//! already holds costs one round trip: the commit.
+//!
+//! ## What it promises
+//!
+//! - **Reads may lag other instances, by at most `max_age`.** [`load`] and
+//!   [`get`] answer a copy this instance read or wrote at most `max_age` ago
+//!   (`CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS`, measured on the layer's clock).
+//!   A write made through *another* instance is seen here once the copy is older
+//!   than that; a write made through *this* layer is seen at once. Nothing tells
+//!   this instance about other instances' writes sooner (no pub/sub): route a
+//!   conversation to one instance, or keep `max_age` short, when that matters.
+//! - **Writes are never lost to a stale copy — when they say what they read.** A
+//!   [`commit_turn`] expecting the version of the copy it read
+//!   ([`Expected::Version`], as the README's turn does) is checked by the store
+//!   itself: if another instance changed the record meanwhile, it is a `Conflict`
+//!   that writes nothing, and the copy is dropped, so the caller's next read goes
+//!   to the store. Messages appended elsewhere (which do not change `version`)
+//!   are not a conflict: the commit lands after them, and this layer, seeing the
+//!   store's `message_count` is not the copy's plus the turn's, drops its copy
+//!   instead of keeping a window that lacks them.
+//! - **Never a session past its life.** A copy is never served past the
+//!   session's own expiry as the copy shows it (its latest `last_activity` or
+//!   `updated_at` plus the session TTL; a write that slides the TTL without
+//!   changing either only makes that bound conservative), nor after this layer
+//!   deleted the session.
+//! - **A copy equals what the store would answer** at the moment it was taken:
+//!   a read keeps what the store returned; a turn keeps the record the store
+//!   returned after it (the turn asks for it) and the window extended by the
+//!   turn's messages, numbered and trimmed as the store did (message times are
+//!   set by this layer's clock before the commit, so both sides hold the same).
+//!
+//! Every other call goes to the store; a call that may change the record or the
+//! window without this layer knowing the result (appends, touch, create, deletes,
+//! failed writes) drops the copy first. Side data (`set_data`) is never held.
+//!
+//! [`load`]: SessionStore::load
+//! [`get`]: SessionStore::get
+//! [`commit_turn`]: SessionStore::commit_turn
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chatstate_core::{
+    AppendReceipt, Capabilities, Expected, Lease, LoadedSession, Message, NewMessage, Page, Result,
+    Session, SessionKey, SessionPatch, SessionStore, SharedClock, Timestamp, Turn, TurnReceipt,
+};
+use moka::ops::compute::{CompResult, Op};
+
+/// How a [`LocalSessions`] is sized and how long a copy is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSessionsConfig {
+    /// Most sessions held (each with its window).
+    pub capacity: u64,
+    /// How long a copy is served after it was read or written (see the module
+    /// docs for what that means across instances).
+    pub max_age: Duration,
+    /// The store's session TTL: a copy is never served past the session's expiry.
+    pub session_ttl: Duration,
+}
+
+impl LocalSessionsConfig {
+    /// The settings of `config` (`CHATSTATE_LOCAL_SESSION_*`, and the session TTL).
+    pub fn from_config(config: &chatstate_core::Config) -> Self {
+        LocalSessionsConfig {
+            capacity: config.local_sessions.capacity,
+            max_age: config.local_sessions.max_age,
+            session_ttl: config.store.session_ttl,
+        }
+    }
+}
+
+/// What a [`LocalSessions`] did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalSessionStats {
+    /// Reads answered from a local copy.
+    pub hits: u64,
+    /// Reads that went to the store.
+    pub misses: u64,
+    /// Turns whose result was kept as the new copy.
+    pub kept_turns: u64,
+    /// Copies dropped because the store's answer showed they could be stale
+    /// (a conflict, messages appended elsewhere, a failed write).
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    kept_turns: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Where writes on a key stood when a read of the store began
+/// ([`LocalSessions::before_read`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadTicket {
+    generation: u64,
+}
+
+/// A copy and when it was taken.
+struct Held {
+    loaded: LoadedSession,
+    taken: Timestamp,
+}
+
+/// How many [`Stripe`]s the keys are spread over.
+const STRIPES: usize = 64;
+
+/// Writes in flight through this layer on the keys of one stripe: what decides
+/// whether an answer of the store may still be kept when it arrives.
+///
+/// A write bumps `generation` and counts itself in `in_flight` before it goes to
+/// the store; a read notes `generation` before. An answer is kept only when, at
+/// that moment (inside the copy's per-key compute step), `generation` is still
+/// what the operation noted and no *other* write is in flight: otherwise a write
+/// it did not see may have reached the store before or after it, and its answer
+/// could lack that write. Keys share stripes, so this only ever errs towards
+/// keeping less. (Hand-written: moka's per-key compute orders the copies, but
+/// not the store's answers, which arrive in any order.)
+#[derive(Default)]
+struct Stripe {
+    generation: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// A write through the layer, counted in its stripe until dropped.
+struct Writing<'a> {
+    stripe: &'a Stripe,
+    generation: u64,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.stripe.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A local tier of loaded sessions in front of `S` (see the module docs).
+pub struct LocalSessions<S> {
+    inner: S,
+    held: moka::future::Cache<SessionKey, Arc<Held>>,
+    config: LocalSessionsConfig,
+    clock: SharedClock,
+    stats: Counters,
+    stripes: Box<[Stripe]>,
+}
+
+impl<S> std::fmt::Debug for LocalSessions<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSessions")
+            .field("config", &self.config)
+            .field("held", &self.held.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: SessionStore> LocalSessions<S> {
+    /// A local tier over `inner`, on the system clock.
+    pub fn new(inner: S, config: LocalSessionsConfig) -> Self {
+        Self::with_clock(inner, config, chatstate_core::system_clock())
+    }
+
+    /// A local tier over `inner` whose ages and expiries run on `clock` (the
+    /// store's own clock, so both agree on when a session expires).
+    pub fn with_clock(inner: S, config: LocalSessionsConfig, clock: SharedClock) -> Self {
+        let held = moka::future::Cache::builder()
+            .max_capacity(config.capacity)
+            // Memory bound only: whether a copy may be served is decided on `clock`.
+            .time_to_live(config.max_age.max(Duration::from_millis(1)))
+            .build();
+        LocalSessions {
+            inner,
+            held,
+            config,
+            clock,
+            stats: Counters::default(),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+        }
+    }
+
+    fn stripe(&self, key: &SessionKey) -> &Stripe {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(0).hash_one(key);
+        &self.stripes[(h % STRIPES as u64) as usize]
+    }
+
+    /// Starts a write on `key`: counted until the returned guard drops.
+    fn writing(&self, key: &SessionKey) -> Writing<'_> {
+        let stripe = self.stripe(key);
+        stripe.in_flight.fetch_add(1, Ordering::AcqRel);
+        let generation = stripe.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Writing { stripe, generation }
+    }
+
+    /// Settles `key`'s copy after a write the store answered: keeps `copy` when
+    /// no other write started meanwhile or is still in flight, else drops what is
+    /// held. Whether `copy` was kept.
+    async fn settle_write(
+        &self,
+        key: &SessionKey,
+        w: &Writing<'_>,
+        copy: Option<LoadedSession>,
+    ) -> bool {
+        let taken = self.clock.now();
+        let result = self
+            .held
+            .entry_by_ref(key)
+            .and_compute_with(|old| {
+                // Decided inside the key's compute step, so no other write's
+                // copy lands between the check and the put.
+                let alone = w.stripe.generation.load(Ordering::Acquire) == w.generation
+                    && w.stripe.in_flight.load(Ordering::Acquire) == 1;
+                let op = match copy {
+                    Some(loaded) if alone => Op::Put(Arc::new(Held { loaded, taken })),
+                    _ if old.is_some() => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        match result {
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_) => true,
+            CompResult::Removed(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// What this layer did so far.
+    pub fn stats(&self) -> LocalSessionStats {
+        LocalSessionStats {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            misses: self.stats.misses.load(Ordering::Relaxed),
+            kept_turns: self.stats.kept_turns.load(Ordering::Relaxed),
+            dropped: self.stats.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The copy of `key` this layer may serve now, counted as a hit (or a miss
+    /// when there is none): what `load` answers without the store, and what the
+    /// facade's read batch uses for its session part.
+    pub async fn held(&self, key: &SessionKey) -> Option<LoadedSession> {
+        let copy = self.servable_copy(key).await;
+        let counter = if copy.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        copy
+    }
+
+    /// Notes where writes on `key` stand before a read of the store, for
+    /// [`LocalSessions::keep_read`].
+    pub fn before_read(&self, key: &SessionKey) -> ReadTicket {
+        let stripe = self.stripe(key);
+        ReadTicket {
+            generation: stripe.generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Keeps what the store answered for `key` (`None`: no session) to a read
+    /// that began with `ticket`, unless a write through this layer started or was
+    /// in flight meanwhile (its answer could then predate that write). What
+    /// `load` does after the store answers, and what the facade's read batch does
+    /// with its session part.
+    pub async fn keep_read(
+        &self,
+        key: &SessionKey,
+        ticket: ReadTicket,
+        read: Option<&LoadedSession>,
+    ) {
+        let stripe = self.stripe(key);
+        let taken = self.clock.now();
+        let quiet = || {
+            stripe.generation.load(Ordering::Acquire) == ticket.generation
+                && stripe.in_flight.load(Ordering::Acquire) == 0
+        };
+        let read = read.cloned();
+        let _ = self
+            .held
+            .entry_by_ref(key)
+            .and_compute_with(|old| {
+                let op = match read {
+                    Some(loaded) if quiet() => Op::Put(Arc::new(Held { loaded, taken })),
+                    None if quiet() && old.is_some() => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+
+    /// Drops every copy.
+    pub fn clear(&self) {
+        self.held.invalidate_all();
+    }
+
+    /// The copy of `key` that may be served now, uncounted.
+    async fn servable_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
+        let now = self.clock.now();
+        self.held
+            .get(key)
+            .await
+            .filter(|h| self.servable(h, now))
+            .map(|h| h.loaded.clone())
+    }
+
+    fn servable(&self, h: &Held, now: Timestamp) -> bool {
+        let s = &h.loaded.session;
+        let alive_until = s
+            .last_activity
+            .max(s.updated_at)
+            .plus(self.config.session_ttl);
+        now < h.taken.plus(self.config.max_age) && now < alive_until
+    }
+
+    /// A write the layer cannot follow: the copy is dropped before it and again
+    /// after it (a read racing it may have kept one meanwhile).
+    async fn blind<T>(&self, key: &SessionKey, write: impl Future<Output = T>) -> T {
+        let w = self.writing(key);
+        self.held.invalidate(key).await;
+        let out = write.await;
+        self.settle_write(key, &w, None).await;
+        out
+    }
+
+    /// The copy after a turn the store committed: the record it returned and
+    /// the window extended by `messages`, when the receipt shows nothing else
+    /// changed the window since `base` was taken (or the turn created the session).
+    fn after_turn(
+        base: Option<LoadedSession>,
+        messages: Vec<NewMessage>,
+        receipt: &TurnReceipt,
+    ) -> Option<LoadedSession> {
+        let record = receipt.session.clone()?;
+        let n = messages.len() as u64;
+        let a = &receipt.append;
+        let mut window = match base {
+            _ if a.created => Vec::new(),
+            Some(b) if b.session.message_count.checked_add(n) == Some(a.message_count) => {
+                b.messages
+            }
+            _ => return None,
+        };
+        let first = a.message_count.checked_sub(n)?.checked_add(1)?;
+        window.extend(messages.into_iter().zip(first..).map(|(m, seq)| Message {
+            seq,
+            role: m.role,
+            content: m.content,
+            metadata: m.metadata,
+            // Set before the commit (see `commit_turn`).
+            at: m.at.unwrap_or(record.last_activity),
+        }));
+        let drop = window.len().checked_sub(a.window_len)?;
+        window.drain(..drop);
+        Some(LoadedSession {
+            session: record,
+            messages: window,
+        })
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore> SessionStore for LocalSessions<S> {
+    async fn create(&self, key: &SessionKey, init: SessionPatch) -> Result<Session> {
+        self.blind(key, self.inner.create(key, init)).await
+    }
+
+    async fn get_or_create(&self, key: &SessionKey) -> Result<Session> {
+        self.blind(key, self.inner.get_or_create(key)).await
+    }
+
+    async fn get(&self, key: &SessionKey) -> Result<Option<Session>> {
+        match self.held(key).await {
+            Some(l) => Ok(Some(l.session)),
+            None => self.inner.get(key).await,
+        }
+    }
+
+    async fn get_many(&self, keys: &[SessionKey]) -> Result<Vec<Option<Session>>> {
+        self.inner.get_many(keys).await
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<LoadedSession>> {
+        if let Some(l) = self.held(key).await {
+            return Ok(Some(l));
+        }
+        let ticket = self.before_read(key);
+        let read = self.inner.load(key).await?;
+        self.keep_read(key, ticket, read.as_ref()).await;
+        Ok(read)
+    }
+
+    async fn append_messages(
+        &self,
+        key: &SessionKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<AppendReceipt> {
+        self.blind(key, self.inner.append_messages(key, messages))
+            .await
+    }
+
+    async fn update(
+        &self,
+        key: &SessionKey,
+        patch: SessionPatch,
+        expected: Expected,
+    ) -> Result<Session> {
+        let w = self.writing(key);
+        let base = self.servable_copy(key).await;
+        let result = self.inner.update(key, patch, expected).await;
+        // An update changes the record only: the window still holds when no
+        // message was appended since the copy was taken.
+        let copy = match (&result, base) {
+            (Ok(session), Some(b)) if b.session.message_count == session.message_count => {
+                Some(LoadedSession {
+                    session: session.clone(),
+                    messages: b.messages,
+                })
+            }
+            _ => None,
+        };
+        self.settle_write(key, &w, copy).await;
+        result
+    }
+
+    async fn commit_turn(&self, key: &SessionKey, mut turn: Turn) -> Result<TurnReceipt> {
+        let w = self.writing(key);
+        let base = self.servable_copy(key).await;
+        // Only a turn that can leave a copy asks the store for the record: one on
+        // a held session, or one that may create the session.
+        let may_create = matches!(turn.expected, Expected::Any | Expected::Version(0));
+        let want_record = turn.return_session;
+        let keepable = base.is_some() || may_create;
+        let messages = if keepable {
+            let now = self.clock.now();
+            for m in &mut turn.messages {
+                m.at.get_or_insert(now);
+            }
+            turn.return_session = true;
+            turn.messages.clone()
+        } else {
+            Vec::new()
+        };
+        let result = self.inner.commit_turn(key, turn).await;
+        let copy = match &result {
+            Ok(receipt) if keepable => Self::after_turn(base, messages, receipt),
+            _ => None,
+        };
+        if self.settle_write(key, &w, copy).await {
+            self.stats.kept_turns.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut receipt = result?;
+        if !want_record {
+            receipt.session = None;
+        }
+        Ok(receipt)
+    }
+
+    async fn set_data(&self, key: &SessionKey, name: &str, value: Bytes) -> Result<()> {
+        self.inner.set_data(key, name, value).await
+    }
+
+    async fn get_data_many(
+        &self,
+        key: &SessionKey,
+        names: &[String],
+    ) -> Result<Vec<Option<Bytes>>> {
+        self.inner.get_data_many(key, names).await
+    }
+
+    async fn delete_data(&self, key: &SessionKey, name: &str) -> Result<bool> {
+        self.inner.delete_data(key, name).await
+    }
+
+    async fn touch(&self, key: &SessionKey) -> Result<bool> {
+        self.blind(key, self.inner.touch(key)).await
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        self.blind(key, self.inner.delete(key)).await
+    }
+
+    async fn ttl(&self, key: &SessionKey) -> Result<Option<Duration>> {
+        self.inner.ttl(key).await
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<SessionKey>> {
+        self.inner.list(tenant, cursor, limit).await
+    }
+
+    async fn try_lock(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        lease: Duration,
+    ) -> Result<Option<Lease>> {
+        self.inner.try_lock(key, name, lease).await
+    }
+
+    async fn extend_lock(&self, held: &Lease, lease: Duration) -> Result<bool> {
+        self.inner.extend_lock(held, lease).await
+    }
+
+    async fn release_lock(&self, held: &Lease) -> Result<bool> {
+        self.inner.release_lock(held).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
