@@ -100,7 +100,10 @@ impl Clock for SystemClock {
         #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
         {
             let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-            Timestamp(t.tv_sec.saturating_mul(1_000) + i64::from(t.tv_nsec / 1_000_000))
+            // `tv_nsec` is an i64 here but not on every target.
+            #[allow(clippy::useless_conversion)]
+            let ms = i64::from(t.tv_nsec / 1_000_000);
+            Timestamp(t.tv_sec.saturating_mul(1_000) + ms)
         }
         #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
         {
