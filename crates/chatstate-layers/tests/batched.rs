@@ -356,14 +356,21 @@ async fn the_background_flush_runs_and_shutdown_flushes_the_rest() {
     }
 }
 
-#[test]
-fn many_threads_adding_lose_nothing() {
+/// A multi-threaded runtime for tests that add from plain threads, and a memory sink
+/// made inside it.
+fn runtime_and_memory_sink() -> (tokio::runtime::Runtime, Arc<dyn CounterSink>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let sink: Arc<dyn CounterSink> =
         rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    (rt, sink)
+}
+
+#[test]
+fn many_threads_adding_lose_nothing() {
+    let (rt, sink) = runtime_and_memory_sink();
     let counters = Arc::new(rt.block_on(async {
         BatchedCounters::new(
             sink.clone(),
@@ -988,12 +995,7 @@ async fn a_handle_add_past_the_i64_range_is_not_saturated() {
 
 #[test]
 fn many_threads_adding_through_handles_and_keys_lose_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sink: Arc<dyn CounterSink> =
-        rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    let (rt, sink) = runtime_and_memory_sink();
     let counters = Arc::new(rt.block_on(async {
         BatchedCounters::new(
             sink.clone(),
@@ -1030,12 +1032,7 @@ fn many_threads_adding_through_handles_and_keys_lose_nothing() {
 /// the hours' stored counts add up to every add made.
 #[test]
 fn threads_adding_through_an_hourly_handle_across_hours_lose_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sink: Arc<dyn CounterSink> =
-        rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    let (rt, sink) = runtime_and_memory_sink();
     let start = chatstate_core::Timestamp(1_795_391_999_000);
     let clock = ManualClock::new(start);
     let counters = Arc::new(rt.block_on(async {
