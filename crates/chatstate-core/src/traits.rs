@@ -134,10 +134,12 @@ pub trait SessionStore: Send + Sync {
     /// is not at.
     ///
     /// A caller that needs only the new version commits
-    /// `Turn::new().patch(patch).expected(Expected::Version(v))` instead
-    /// ([`commit_turn`](SessionStore::commit_turn)): the same check and patch in one
-    /// step, a receipt with the version and no record to ship back (it also sets
-    /// `last_activity`, as every turn does).
+    /// `Turn::new().patch(patch).expect(Expected::Version(v))` instead
+    /// ([`commit_turn`](SessionStore::commit_turn)) with `v` at least 1: the same
+    /// check and patch in one step, a receipt with the version and no record to
+    /// ship back (it also sets `last_activity`, as every turn does). Unlike
+    /// `update`, a turn with [`Expected::Any`] or `Version(0)` creates a missing
+    /// session instead of answering `NotFound`.
     async fn update(
         &self,
         key: &SessionKey,

@@ -30,8 +30,8 @@
 //!   (record and window) in front of any [`chatstate_core::SessionStore`]: a copy
 //!   read or written through it is served for up to `max_age` (never past the
 //!   session's expiry), a turn committed through it extends its copy with what the
-//!   store answered, and a versioned commit on a copy another instance made stale
-//!   is the store's `Conflict`, which drops it. A turn whose reads are all held
+//!   store answered, and a versioned commit on a record another instance changed
+//!   is the store's `Conflict`, which drops the copy. A turn whose reads are all held
 //!   costs one round trip: the commit.
 //! - [`instrument`]: [`Instrumented`] (over any of the five traits), counts, errors, latency percentiles and hit
 //!   rates per operation and namespace, through a snapshot, the `metrics` facade and
@@ -57,5 +57,5 @@ pub use batched::{
 };
 pub use coalesce::{CoalesceConfig, CoalesceStats, CoalescingWriter};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
-pub use local_sessions::{LocalSessionStats, LocalSessions, LocalSessionsConfig, ReadTicket};
+pub use local_sessions::{LocalSessionStats, LocalSessions, LocalSessionsConfig};
 pub use tiered::{TierStats, TieredCache, TieredConfig};

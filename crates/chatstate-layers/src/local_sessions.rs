@@ -5,21 +5,23 @@
 //! ## What it promises
 //!
 //! - **Reads may lag other instances, by at most `max_age`.** [`load`] and
-//!   [`get`] answer a copy this instance read or wrote at most `max_age` ago
+//!   [`get`] answer a copy of what the store held at most `max_age` ago (counted
+//!   from when the read or write that made it began)
 //!   (`CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS`, measured on the layer's clock).
 //!   A write made through *another* instance is seen here once the copy is older
 //!   than that; a write made through *this* layer is seen at once. Nothing tells
 //!   this instance about other instances' writes sooner (no pub/sub): route a
 //!   conversation to one instance, or keep `max_age` short, when that matters.
-//! - **Writes are never lost to a stale copy — when they say what they read.** A
-//!   [`commit_turn`] expecting the version of the copy it read
-//!   ([`Expected::Version`], as the README's turn does) is checked by the store
-//!   itself: if another instance changed the record meanwhile, it is a `Conflict`
+//! - **A stale record is a conflict, never a lost write.** A [`commit_turn`]
+//!   expecting the version of the copy it read ([`Expected::Version`], as the
+//!   README's turn does) is checked by the store itself: if another instance
+//!   changed the record meanwhile (a patch bumps `version`), it is a `Conflict`
 //!   that writes nothing, and the copy is dropped, so the caller's next read goes
-//!   to the store. Messages appended elsewhere (which do not change `version`)
-//!   are not a conflict: the commit lands after them, and this layer, seeing the
-//!   store's `message_count` is not the copy's plus the turn's, drops its copy
-//!   instead of keeping a window that lacks them.
+//!   to the store. A stale *window* is not a conflict: messages appended by
+//!   another instance do not change `version`, so a turn built on a copy that
+//!   lacks them still lands, after them (nothing is lost in the store); this
+//!   layer sees the store's `message_count` is not the copy's plus the turn's and
+//!   drops its copy instead of keeping a window that lacks them.
 //! - **Never a session past its life.** A copy is never served past the
 //!   session's own expiry as the copy shows it (its latest `last_activity` or
 //!   `updated_at` plus the session TTL; a write that slides the TTL without
@@ -31,9 +33,12 @@
 //!   turn's messages, numbered and trimmed as the store did (message times are
 //!   set by this layer's clock before the commit, so both sides hold the same).
 //!
-//! Every other call goes to the store; a call that may change the record or the
-//! window without this layer knowing the result (appends, touch, create, deletes,
-//! failed writes) drops the copy first. Side data (`set_data`) is never held.
+//! Every other call goes to the store. Every write that may change the record or
+//! the window takes the copy out before it goes to the store, so nothing is
+//! served while it runs and nothing stale is left if its caller stops waiting;
+//! only a turn or an update whose answer shows exactly what the session became
+//! puts a copy back. An answer (of a read or a write) that overlapped another
+//! write through this layer is never kept. Side data (`set_data`) is never held.
 //!
 //! [`load`]: SessionStore::load
 //! [`get`]: SessionStore::get
@@ -85,8 +90,9 @@ pub struct LocalSessionStats {
     pub misses: u64,
     /// Turns whose result was kept as the new copy.
     pub kept_turns: u64,
-    /// Copies dropped because the store's answer showed they could be stale
-    /// (a conflict, messages appended elsewhere, a failed write).
+    /// Copies a turn or an update could not renew: the store's answer showed
+    /// they were stale (a conflict, messages appended elsewhere), the write
+    /// failed, or another write overlapped it.
     pub dropped: u64,
 }
 
@@ -96,13 +102,6 @@ struct Counters {
     misses: AtomicU64,
     kept_turns: AtomicU64,
     dropped: AtomicU64,
-}
-
-/// Where writes on a key stood when a read of the store began
-/// ([`LocalSessions::before_read`]).
-#[derive(Clone, Copy, Debug)]
-pub struct ReadTicket {
-    generation: u64,
 }
 
 /// A copy and when it was taken.
@@ -118,28 +117,37 @@ const STRIPES: usize = 64;
 /// whether an answer of the store may still be kept when it arrives.
 ///
 /// A write bumps `generation` and counts itself in `in_flight` before it goes to
-/// the store; a read notes `generation` before. An answer is kept only when, at
-/// that moment (inside the copy's per-key compute step), `generation` is still
-/// what the operation noted and no *other* write is in flight: otherwise a write
-/// it did not see may have reached the store before or after it, and its answer
-/// could lack that write. Keys share stripes, so this only ever errs towards
-/// keeping less. (Hand-written: moka's per-key compute orders the copies, but
-/// not the store's answers, which arrive in any order.)
+/// the store, and bumps `generation` again when it ends (answered, failed or
+/// cancelled); a read notes `generation` before it goes to the store. An answer
+/// is kept only when, at that moment (inside the copy's per-key compute step),
+/// `generation` is still what the operation noted and no *other* write is in
+/// flight. So no answer is kept that overlapped another write in any way — one
+/// that started before it and ended during it (its end bumped `generation`),
+/// one still running, or one that started after it — since the store may have
+/// applied that write on either side of it, and the answer could lack it. Keys
+/// share stripes, so this only ever errs towards keeping less. (Hand-written:
+/// moka's per-key compute orders the copies, but not the store's answers, which
+/// arrive in any order.)
 #[derive(Default)]
 struct Stripe {
     generation: AtomicU64,
     in_flight: AtomicU64,
 }
 
-/// A write through the layer, counted in its stripe until dropped.
+/// A write through the layer, counted in its stripe until dropped (see
+/// [`Stripe`]).
 struct Writing<'a> {
     stripe: &'a Stripe,
     generation: u64,
+    /// When the write began: the age of the copy it may keep counts from here.
+    began: Timestamp,
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        self.stripe.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The end of a write is a change every overlapping answer must see.
+        self.stripe.generation.fetch_add(1, Ordering::SeqCst);
+        self.stripe.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -195,13 +203,17 @@ impl<S: SessionStore> LocalSessions<S> {
     /// Starts a write on `key`: counted until the returned guard drops.
     fn writing(&self, key: &SessionKey) -> Writing<'_> {
         let stripe = self.stripe(key);
-        stripe.in_flight.fetch_add(1, Ordering::AcqRel);
-        let generation = stripe.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        Writing { stripe, generation }
+        stripe.in_flight.fetch_add(1, Ordering::SeqCst);
+        let generation = stripe.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        Writing {
+            stripe,
+            generation,
+            began: self.clock.now(),
+        }
     }
 
     /// Settles `key`'s copy after a write the store answered: keeps `copy` when
-    /// no other write started meanwhile or is still in flight, else drops what is
+    /// no other write overlapped this one (see [`Stripe`]), else drops what is
     /// held. Whether `copy` was kept.
     async fn settle_write(
         &self,
@@ -209,15 +221,15 @@ impl<S: SessionStore> LocalSessions<S> {
         w: &Writing<'_>,
         copy: Option<LoadedSession>,
     ) -> bool {
-        let taken = self.clock.now();
+        let taken = w.began;
         let result = self
             .held
             .entry_by_ref(key)
             .and_compute_with(|old| {
                 // Decided inside the key's compute step, so no other write's
                 // copy lands between the check and the put.
-                let alone = w.stripe.generation.load(Ordering::Acquire) == w.generation
-                    && w.stripe.in_flight.load(Ordering::Acquire) == 1;
+                let alone = w.stripe.generation.load(Ordering::SeqCst) == w.generation
+                    && w.stripe.in_flight.load(Ordering::SeqCst) == 1;
                 let op = match copy {
                     Some(loaded) if alone => Op::Put(Arc::new(Held { loaded, taken })),
                     _ if old.is_some() => Op::Remove,
@@ -226,14 +238,10 @@ impl<S: SessionStore> LocalSessions<S> {
                 std::future::ready(op)
             })
             .await;
-        match result {
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_) => true,
-            CompResult::Removed(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            _ => false,
-        }
+        matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        )
     }
 
     /// What this layer did so far.
@@ -265,33 +273,29 @@ impl<S: SessionStore> LocalSessions<S> {
         copy
     }
 
-    /// Notes where writes on `key` stand before a read of the store, for
-    /// [`LocalSessions::keep_read`].
-    pub fn before_read(&self, key: &SessionKey) -> ReadTicket {
-        let stripe = self.stripe(key);
-        ReadTicket {
-            generation: stripe.generation.load(Ordering::Acquire),
-        }
-    }
-
-    /// Keeps what the store answered for `key` (`None`: no session) to a read
-    /// that began with `ticket`, unless a write through this layer started or was
-    /// in flight meanwhile (its answer could then predate that write). What
-    /// `load` does after the store answers, and what the facade's read batch does
-    /// with its session part.
-    pub async fn keep_read(
+    /// Reads `key` from the store through `read` and keeps the session part
+    /// of its answer (`session_of`; `None`: no session), unless a write through
+    /// this layer overlapped the read (its answer could then lack that write; see
+    /// [`Stripe`]). What `load` does on a miss, and what the facade's read batch
+    /// does with its session part.
+    pub async fn read_through<T, Fut>(
         &self,
         key: &SessionKey,
-        ticket: ReadTicket,
-        read: Option<&LoadedSession>,
-    ) {
+        read: Fut,
+        session_of: impl FnOnce(&T) -> Option<&LoadedSession>,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
         let stripe = self.stripe(key);
+        let generation = stripe.generation.load(Ordering::SeqCst);
         let taken = self.clock.now();
+        let answer = read.await?;
         let quiet = || {
-            stripe.generation.load(Ordering::Acquire) == ticket.generation
-                && stripe.in_flight.load(Ordering::Acquire) == 0
+            stripe.generation.load(Ordering::SeqCst) == generation
+                && stripe.in_flight.load(Ordering::SeqCst) == 0
         };
-        let read = read.cloned();
+        let read = session_of(&answer).cloned();
         let _ = self
             .held
             .entry_by_ref(key)
@@ -304,6 +308,7 @@ impl<S: SessionStore> LocalSessions<S> {
                 std::future::ready(op)
             })
             .await;
+        Ok(answer)
     }
 
     /// Drops every copy.
@@ -316,6 +321,18 @@ impl<S: SessionStore> LocalSessions<S> {
         let now = self.clock.now();
         self.held
             .get(key)
+            .await
+            .filter(|h| self.servable(h, now))
+            .map(|h| h.loaded.clone())
+    }
+
+    /// Takes `key`'s copy out for a write that may change the session: nothing
+    /// is served while the write runs, so a write whose caller stops waiting for
+    /// it (a timeout, a dropped request) leaves no copy that may predate it.
+    async fn take_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
+        let now = self.clock.now();
+        self.held
+            .remove(key)
             .await
             .filter(|h| self.servable(h, now))
             .map(|h| h.loaded.clone())
@@ -401,10 +418,8 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
         if let Some(l) = self.held(key).await {
             return Ok(Some(l));
         }
-        let ticket = self.before_read(key);
-        let read = self.inner.load(key).await?;
-        self.keep_read(key, ticket, read.as_ref()).await;
-        Ok(read)
+        self.read_through(key, self.inner.load(key), Option::as_ref)
+            .await
     }
 
     async fn append_messages(
@@ -423,10 +438,11 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
         expected: Expected,
     ) -> Result<Session> {
         let w = self.writing(key);
-        let base = self.servable_copy(key).await;
+        let base = self.take_copy(key).await;
         let result = self.inner.update(key, patch, expected).await;
         // An update changes the record only: the window still holds when no
         // message was appended since the copy was taken.
+        let had_base = base.is_some();
         let copy = match (&result, base) {
             (Ok(session), Some(b)) if b.session.message_count == session.message_count => {
                 Some(LoadedSession {
@@ -436,13 +452,15 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
             }
             _ => None,
         };
-        self.settle_write(key, &w, copy).await;
+        if !self.settle_write(key, &w, copy).await && had_base {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
     async fn commit_turn(&self, key: &SessionKey, mut turn: Turn) -> Result<TurnReceipt> {
         let w = self.writing(key);
-        let base = self.servable_copy(key).await;
+        let base = self.take_copy(key).await;
         // Only a turn that can leave a copy asks the store for the record: one on
         // a held session, or one that may create the session.
         let may_create = matches!(turn.expected, Expected::Any | Expected::Version(0));
@@ -459,12 +477,15 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
             Vec::new()
         };
         let result = self.inner.commit_turn(key, turn).await;
+        let had_base = base.is_some();
         let copy = match &result {
             Ok(receipt) if keepable => Self::after_turn(base, messages, receipt),
             _ => None,
         };
         if self.settle_write(key, &w, copy).await {
             self.stats.kept_turns.fetch_add(1, Ordering::Relaxed);
+        } else if had_base {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         let mut receipt = result?;
         if !want_record {

@@ -234,16 +234,48 @@ async fn never_past_expiry_or_a_delete_and_updates_keep_the_window() {
 
 /// A store whose `load` and `commit_turn` answers take a random while to arrive,
 /// before and after the store applies them (as over a network): answers reach
-/// the tier in any order relative to when the store applied them. A gate, when
-/// set, holds the next `load`'s answer (read already) until it is opened.
+/// the tier in any order relative to when the store applied them. Gates, when
+/// set, hold the next `load`'s answer (read already) until opened, and hold a
+/// turn (named by its first message) before the store applies it and/or after.
 struct Jittery(
     Arc<MemoryStore>,
-    std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    std::sync::Mutex<Option<Gate>>,
+    std::sync::Mutex<std::collections::HashMap<String, TurnGates>>,
 );
+
+type Gate = tokio::sync::oneshot::Receiver<()>;
+
+/// A turn's gates: before the store applies it, and after.
+type TurnGates = (Option<Gate>, Option<Gate>);
 
 impl Jittery {
     fn new(store: Arc<MemoryStore>) -> Self {
-        Jittery(store, std::sync::Mutex::new(None))
+        Jittery(store, Default::default(), Default::default())
+    }
+
+    /// Holds the next load's answer until the returned sender is used.
+    fn gate_load(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (open, gate) = tokio::sync::oneshot::channel();
+        *self.1.lock().unwrap() = Some(gate);
+        open
+    }
+
+    /// Holds the turn whose first message is `first` before the store applies
+    /// it, and after.
+    fn gate_turn(
+        &self,
+        first: &str,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (before, before_gate) = tokio::sync::oneshot::channel();
+        let (after, after_gate) = tokio::sync::oneshot::channel();
+        self.2
+            .lock()
+            .unwrap()
+            .insert(first.to_string(), (Some(before_gate), Some(after_gate)));
+        (before, after)
     }
 }
 
@@ -270,7 +302,7 @@ impl SessionStore for Jittery {
         let read = self.0.load(key).await;
         let gate = self.1.lock().unwrap().take();
         if let Some(gate) = gate {
-            gate.await.unwrap();
+            let _ = gate.await;
         }
         jitter().await;
         read
@@ -291,8 +323,18 @@ impl SessionStore for Jittery {
         self.0.update(key, patch, expected).await
     }
     async fn commit_turn(&self, key: &SessionKey, turn: Turn) -> Result<TurnReceipt> {
+        let first = turn.messages.first().map(|m| m.content.clone());
+        let (before, after) = first
+            .and_then(|f| self.2.lock().unwrap().remove(&f))
+            .unwrap_or((None, None));
         jitter().await;
+        if let Some(gate) = before {
+            let _ = gate.await;
+        }
         let receipt = self.0.commit_turn(key, turn).await;
+        if let Some(gate) = after {
+            let _ = gate.await;
+        }
         jitter().await;
         receipt
     }
@@ -352,9 +394,8 @@ async fn a_read_answered_after_a_turn_does_not_replace_the_turns_copy() {
         .commit_turn(&k, Turn::new().message(NewMessage::user("1")))
         .await
         .unwrap();
-    let (open, gate) = tokio::sync::oneshot::channel();
     let wire = Jittery::new(store.clone());
-    *wire.1.lock().unwrap() = Some(gate);
+    let open = wire.gate_load();
     let local = Arc::new(tier(wire, &clock, MAX_AGE));
     // A read that has its answer (one message) but is held on the way back.
     let slow = tokio::spawn({
@@ -377,6 +418,105 @@ async fn a_read_answered_after_a_turn_does_not_replace_the_turns_copy() {
     );
     let now = local.load(&k).await.unwrap().unwrap();
     assert_eq!(now.session.message_count, 2, "the turn's copy stands");
+    assert_eq!(Some(now), store.load(&k).await.unwrap());
+}
+
+/// A tier over a gated store, with a session of one message in the store.
+async fn gated(user: &str) -> (Arc<MemoryStore>, Arc<LocalSessions<Jittery>>, SessionKey) {
+    let (clock, store, _) = setup();
+    let k = key(user);
+    store
+        .commit_turn(&k, Turn::new().message(NewMessage::user("1")))
+        .await
+        .unwrap();
+    let local = Arc::new(tier(Jittery::new(store.clone()), &clock, MAX_AGE));
+    (store, local, k)
+}
+
+fn turn_of(first: &str) -> Turn {
+    Turn::new().message(NewMessage::user(first))
+}
+
+/// A read that began while a turn through the tier was in flight, answered
+/// before the turn landed, is not kept once the turn is done.
+#[tokio::test]
+async fn a_read_overlapping_a_turn_in_flight_is_not_kept() {
+    let (store, local, k) = gated("overlap-read").await;
+    let (land, _) = local.inner().gate_turn("w");
+    let turn = tokio::spawn({
+        let (local, k) = (Arc::clone(&local), k.clone());
+        async move { local.commit_turn(&k, turn_of("w")).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let answer = local.inner().gate_load();
+    let read = tokio::spawn({
+        let (local, k) = (Arc::clone(&local), k.clone());
+        async move { local.load(&k).await.unwrap().unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await; // the read has its answer
+    land.send(()).unwrap();
+    assert_eq!(turn.await.unwrap().append.message_count, 2);
+    answer.send(()).unwrap();
+    assert_eq!(
+        read.await.unwrap().session.message_count,
+        1,
+        "read before the turn"
+    );
+    let now = local.load(&k).await.unwrap().unwrap();
+    assert_eq!(now.session.message_count, 2, "the turn is seen at once");
+    assert_eq!(Some(now), store.load(&k).await.unwrap());
+}
+
+/// Two turns through the tier on one held copy, applied by the store in one
+/// order and answered in the other: the tier keeps neither answer alone (each
+/// lacks the other's message).
+#[tokio::test]
+async fn turns_answered_out_of_order_keep_no_copy_lacking_either() {
+    let (store, local, k) = gated("reorder").await;
+    local.load(&k).await.unwrap();
+    assert!(local.held(&k).await.is_some());
+    let (w1_land, _) = local.inner().gate_turn("w1");
+    let (_, w2_answer) = local.inner().gate_turn("w2");
+    let spawn_turn = |first: &'static str| {
+        let (local, k) = (Arc::clone(&local), k.clone());
+        tokio::spawn(async move { local.commit_turn(&k, turn_of(first)).await.unwrap() })
+    };
+    let w1 = spawn_turn("w1"); // held before the store applies it
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let w2 = spawn_turn("w2"); // applied first, its answer held
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    w1_land.send(()).unwrap();
+    assert_eq!(w1.await.unwrap().append.message_count, 3, "applied second");
+    w2_answer.send(()).unwrap();
+    assert_eq!(w2.await.unwrap().append.message_count, 2, "applied first");
+    let now = local.load(&k).await.unwrap().unwrap();
+    let contents: Vec<&str> = now.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["1", "w2", "w1"]);
+    assert_eq!(Some(now), store.load(&k).await.unwrap());
+}
+
+/// A turn whose caller stops waiting (a timeout) after the store applied it,
+/// before its answer came back, leaves no copy that predates it.
+#[tokio::test]
+async fn a_cancelled_turn_leaves_no_stale_copy() {
+    let (store, local, k) = gated("cancelled").await;
+    local.load(&k).await.unwrap();
+    assert!(local.held(&k).await.is_some());
+    let (land, _answer) = local.inner().gate_turn("w");
+    land.send(()).unwrap(); // applied at once; the answer is held
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        local.commit_turn(&k, turn_of("w")),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the caller stopped waiting");
+    assert_eq!(
+        store.load(&k).await.unwrap().unwrap().session.message_count,
+        2,
+        "the store applied the turn"
+    );
+    let now = local.load(&k).await.unwrap().unwrap();
+    assert_eq!(now.session.message_count, 2, "the copy from before is gone");
     assert_eq!(Some(now), store.load(&k).await.unwrap());
 }
 

@@ -148,7 +148,7 @@ impl RedisStore {
             Err(e) => {
                 return Err(match session_keys {
                     Some(k) if order.iter().any(|p| matches!(p, Ordered::Session)) => {
-                        self.name_wrong_type(e, k).await
+                        self.name_wrong_type(e, k, OP).await
                     }
                     _ => e,
                 });

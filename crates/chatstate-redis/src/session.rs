@@ -891,17 +891,15 @@ impl RedisStore {
     /// inside `MULTI`/`EXEC` that fails reaches the client as `EXEC`'s error,
     /// which says neither which command nor which key: on a `WrongType` error
     /// this asks the two keys' `TYPE` (one more round trip, on that path only).
-    pub(crate) async fn name_wrong_type(&self, err: Error, k: &Keys) -> Error {
-        if err.kind() != ErrorKind::WrongType {
+    pub(crate) async fn name_wrong_type(&self, err: Error, k: &Keys, op: &'static str) -> Error {
+        // Only `EXEC`'s error is named after the record by default (the first
+        // key of the session's read); another command's error names its own key.
+        if err.kind() != ErrorKind::WrongType || err.key() != Some(k.ctx.as_str()) {
             return err;
         }
         let mut pipe = redis::pipe();
         pipe.cmd("TYPE").arg(&k.ctx).cmd("TYPE").arg(&k.msgs);
-        let types: Result<Vec<String>> = self
-            .inner
-            .conn
-            .pipe(&pipe, "load", &[&k.ctx, &k.msgs])
-            .await;
+        let types: Result<Vec<String>> = self.inner.conn.pipe(&pipe, op, &[&k.ctx, &k.msgs]).await;
         let wrong = match types.as_deref() {
             Ok([ctx, _]) if !matches!(ctx.as_str(), "hash" | "none") => &k.ctx,
             Ok([_, msgs]) if !matches!(msgs.as_str(), "list" | "none") => &k.msgs,
@@ -1114,7 +1112,7 @@ impl SessionStore for RedisStore {
         let values: Result<Vec<Value>> = self.inner.conn.pipe(&pipe, "load", &k.read_keys()).await;
         let values = match values {
             Ok(v) => v,
-            Err(e) => return Err(self.name_wrong_type(e, &k).await),
+            Err(e) => return Err(self.name_wrong_type(e, &k, "load").await),
         };
         let exec = values.into_iter().nth(READ_CMDS - 1).unwrap_or(Value::Nil);
         loaded_of_exec(key, &k, exec)

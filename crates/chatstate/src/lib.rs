@@ -474,10 +474,9 @@ impl Stores {
             read.session = Some(held);
             return Ok(read);
         }
-        let ticket = local.before_read(key);
-        let read = self.read_remote(reads).await?;
-        local.keep_read(key, ticket, read.session.as_ref()).await;
-        Ok(read)
+        local
+            .read_through(key, self.read_remote(reads), |r| r.session.as_ref())
+            .await
     }
 
     /// [`Stores::read_batch`] below the local session tier: the tiered cache's
