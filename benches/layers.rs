@@ -165,6 +165,10 @@ fn benches(c: &mut Criterion) {
         BenchmarkId::new("counter_add_2_threads_one_counter", "handle"),
         |b| b.iter_custom(|iters| two_threads(&|| handle.add(1), iters)),
     );
+    g.bench_function(
+        BenchmarkId::new("counter_add_2_threads_one_counter", "handle_hourly"),
+        |b| b.iter_custom(|iters| two_threads(&|| hourly.add(1), iters)),
+    );
     let shared_atomic = std::sync::atomic::AtomicI64::new(0);
     g.bench_function(
         BenchmarkId::new("counter_add_2_threads_one_counter", "raw_atomic"),

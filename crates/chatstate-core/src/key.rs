@@ -490,11 +490,13 @@ pub enum Bucket {
 
 impl Bucket {
     /// The UTC day that contains `t`.
+    #[inline]
     pub fn day_of(t: Timestamp) -> Bucket {
         Bucket::Day(t.0.div_euclid(86_400_000))
     }
 
     /// The UTC hour that contains `t`.
+    #[inline]
     pub fn hour_of(t: Timestamp) -> Bucket {
         Bucket::Hour(t.0.div_euclid(3_600_000))
     }

@@ -217,11 +217,58 @@ pub(crate) fn decode(path: &Path, bytes: Vec<u8>, kind: Kind) -> Result<Record> 
 
 /// Reads a record; `None` when the file does not exist.
 pub(crate) fn read(path: &Path, kind: Kind) -> Result<Option<Record>> {
-    match fs::read(path) {
-        Ok(bytes) => decode(path, bytes, kind).map(Some),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error(path, "reading", e)),
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path, "opening", e)),
+    };
+    let bytes = read_record_bytes(f).map_err(|e| io_error(path, "reading", e))?;
+    decode(path, bytes, kind).map(Some)
+}
+
+/// The first read of a record: most records (a session with its window, a cache
+/// entry) fit in it, so reading one is `open`, one `read`, `close`.
+const FIRST_READ: usize = 16 * 1024;
+
+/// A record file's bytes in as few `read`s as its header allows (issue 13: the
+/// append's system calls). std's `fs::read` asks for the size first (`statx`) and
+/// reads until a read returns nothing: two calls more per record. Here the header
+/// says how long the record is, and a read that came back short of its buffer,
+/// ending exactly there, has reached the end of the file (a regular file's `read`
+/// returns less than asked only at its end). Anything else — a file longer or
+/// shorter than its header says, a garbled header — is read to its end and reaches
+/// [`decode`] whole, which reports it.
+fn read_record_bytes(mut f: File) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; FIRST_READ];
+    let mut len = 0;
+    loop {
+        if len == bytes.len() {
+            // Full: grow to what the header says (and one byte more, to see a file
+            // that is longer), at least doubling when the header does not say.
+            let want = recorded_len(&bytes).map_or(len * 2, |total| total.max(len) + 1);
+            bytes.resize(want.max(len + 1), 0);
+        }
+        let n = match f.read(&mut bytes[len..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let short = len + n < bytes.len();
+        len += n;
+        if n == 0 || (short && recorded_len(&bytes[..len]) == Some(len)) {
+            break;
+        }
     }
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// The whole record's length as its header gives it (unchecked: [`decode`] checks),
+/// once the header has been read.
+fn recorded_len(bytes: &[u8]) -> Option<usize> {
+    let body = bytes.get(20..24)?;
+    (bytes.len() >= HEADER_LEN && bytes[..4] == *MAGIC)
+        .then(|| HEADER_LEN + u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize)
 }
 
 /// Reads only a record's header; `None` when the file does not exist.
@@ -375,6 +422,52 @@ mod tests {
 
     fn p() -> &'static Path {
         Path::new("x/y.rec")
+    }
+
+    /// Issue 13: `read` reads by the header's length instead of asking the size;
+    /// records of every size around its first read come back whole, and a file
+    /// longer or shorter than its header says is still reported, not cut to fit.
+    #[test]
+    fn read_returns_records_of_any_size_whole_and_reports_wrong_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.rec");
+        for payload_len in [
+            0,
+            FIRST_READ - HEADER_LEN - 8,
+            FIRST_READ - HEADER_LEN - 7,
+            FIRST_READ - HEADER_LEN - 6,
+            FIRST_READ,
+            3 * FIRST_READ + 5,
+        ] {
+            let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
+            let bytes = encode(&path, Kind::Cache, Timestamp(1), b"{\"m\":1}", &payload).unwrap();
+            fs::write(&path, &bytes).unwrap();
+            let r = read(&path, Kind::Cache).unwrap().expect("a record");
+            assert_eq!(r.payload(), &payload[..], "{payload_len}");
+
+            let mut longer = bytes.clone();
+            longer.push(0);
+            fs::write(&path, &longer).unwrap();
+            let err = read(&path, Kind::Cache).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Decode,
+                "{payload_len}: one byte too many"
+            );
+
+            fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+            let err = read(&path, Kind::Cache).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Decode,
+                "{payload_len}: one byte short"
+            );
+        }
+        assert!(
+            read(&dir.path().join("absent"), Kind::Cache)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! maps, one per thread up to twice the core count, so two threads meet only when
 //! they share a stripe, whatever counters they add to). A hot counter can be
 //! resolved once into a [`CounterHandle`] (key, labels and day/hour bucketing):
-//! its `add` indexes a slot of the thread's stripe instead of hashing the key. A
-//! handle's deltas travel exactly like keyed ones from there on. A flush moves
+//! its `add` is one compare-and-swap on the handle's own slot for the thread's
+//! stripe, no hashing and no lock (the stripe's lock is taken only when the bucket
+//! rolls or the delta would leave the i64 range). A handle's deltas travel exactly
+//! like keyed ones from there on. A flush moves
 //! every pending delta into the queue of [`CounterBatch`]es and applies them, oldest
 //! first, with [`CounterSink::apply`] — one round trip on Redis per batch, atomic,
 //! idempotent by the batch id.
@@ -54,13 +56,13 @@
 //! directly for counts that must never be lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatstate_core::{
-    BatchOutcome, Bucket, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind, Result,
-    SharedClock, StoreSettings, Timestamp,
+    BatchOutcome, Bucket, Clock, Config, CounterBatch, CounterKey, CounterSink, Error, ErrorKind,
+    Result, SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
 
@@ -202,17 +204,25 @@ struct Stripe {
     /// range, or counted in a bucket a handle has since left; they go into the queue
     /// before `deltas`.
     spilled: Vec<(CounterKey, i64)>,
-    /// Handles' deltas, by handle id.
-    cells: Vec<Cell>,
 }
 
-/// A handle's pending delta in one stripe, and the bucket it counts in (for a
-/// bucketed handle).
-#[derive(Clone, Copy, Default)]
-struct Cell {
-    bucket: Option<Bucket>,
-    delta: i64,
+/// A handle's pending delta in one stripe, and the bucket it counts in. Outside the
+/// stripe's mutex, so an add in the same bucket is one compare-and-swap (a lock
+/// and an unlock cost two atomic operations, most of an add). Aligned to its own
+/// cache lines, so threads of different stripes never share one.
+#[repr(align(128))]
+struct Slot {
+    /// The pending delta: added to by compare-and-swap (never past the i64 range),
+    /// taken out by a swap (drains, rolls, overflows).
+    delta: AtomicI64,
+    /// The bucket `delta` counts in ([`HandleSpec::bucket_index`]), or
+    /// [`NO_BUCKET_YET`]. Changed only under the stripe's mutex, which drains
+    /// hold too, so a drain pairs each delta with its bucket.
+    bucket: AtomicI64,
 }
+
+/// A bucketed slot's bucket before its first add (no bucket index is this low).
+const NO_BUCKET_YET: i64 = i64::MIN;
 
 /// How a [`CounterHandle`] buckets its counts: `None` counts in the key as given
 /// (with the bucket it carries, if any); `Daily`/`Hourly` in the UTC day or hour of
@@ -236,7 +246,27 @@ impl HandleSpec {
         }
     }
 
+    /// The bucket an add at `now` counts in, as a slot stores it: the day or hour
+    /// number, 0 when not bucketed.
+    #[inline]
+    fn bucket_index(&self, now: impl FnOnce() -> Timestamp) -> i64 {
+        match self.bucket_at(now) {
+            None => 0,
+            Some(Bucket::Day(n) | Bucket::Hour(n)) => n,
+        }
+    }
+
+    /// The counter a slot counting in bucket `index` adds to.
+    fn key_at(&self, index: i64) -> CounterKey {
+        match self.bucketing {
+            Bucketing::None => self.key.clone(),
+            Bucketing::Daily => self.key.clone().in_bucket(Bucket::Day(index)),
+            Bucketing::Hourly => self.key.clone().in_bucket(Bucket::Hour(index)),
+        }
+    }
+
     /// The bucket an add at `now` counts in.
+    #[inline]
     fn bucket_at(&self, now: impl FnOnce() -> Timestamp) -> Option<Bucket> {
         match self.bucketing {
             Bucketing::None => None,
@@ -246,10 +276,17 @@ impl HandleSpec {
     }
 }
 
-/// The handles resolved so far: one id per distinct (key, bucketing).
+/// A resolved handle: what it counts, and its pending delta in each stripe.
+struct HandleState {
+    spec: HandleSpec,
+    /// One per stripe, indexed like [`Shared::stripes`].
+    slots: Box<[Slot]>,
+}
+
+/// The handles resolved so far: one state per distinct (key, bucketing).
 #[derive(Default)]
 struct Registry {
-    specs: Vec<Arc<HandleSpec>>,
+    states: Vec<Arc<HandleState>>,
     ids: HashMap<HandleSpec, usize>,
 }
 
@@ -266,8 +303,9 @@ struct Shared {
     stripes: Box<[Mutex<Stripe>]>,
     /// The handles resolved so far (locked after `queue`, before any stripe).
     registry: Mutex<Registry>,
-    /// What bucketed handles read the time from.
-    clock: SharedClock,
+    /// What bucketed handles read the time from: `None` for the system clock,
+    /// called directly (no dynamic call on the hot path).
+    clock: Option<SharedClock>,
     /// Batches whose apply is not confirmed yet, oldest (and sealed) first. A sync
     /// mutex, never held across an await: readers see pending deltas without waiting
     /// for a flush's round trip. Stripes are drained into it under its lock, so a
@@ -326,7 +364,8 @@ pub struct BatchedCountersBuilder {
     flush_timeout: Duration,
     max_batch: usize,
     settings: StoreSettings,
-    clock: SharedClock,
+    /// `None`: the system clock.
+    clock: Option<SharedClock>,
 }
 
 impl std::fmt::Debug for BatchedCountersBuilder {
@@ -373,7 +412,7 @@ impl BatchedCountersBuilder {
     /// The clock bucketed [`CounterHandle`]s read the day or hour from (default:
     /// the system clock).
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
     }
 
@@ -450,7 +489,7 @@ impl BatchedCounters {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             max_batch: DEFAULT_MAX_BATCH,
             settings: StoreSettings::default(),
-            clock: chatstate_core::system_clock(),
+            clock: None,
         }
     }
 
@@ -515,16 +554,28 @@ impl BatchedCounters {
         let id = match registry.ids.get(&spec) {
             Some(id) => *id,
             None => {
-                let id = registry.specs.len();
-                registry.specs.push(Arc::new(spec.clone()));
+                let id = registry.states.len();
+                let first = match bucketing {
+                    Bucketing::None => 0,
+                    Bucketing::Daily | Bucketing::Hourly => NO_BUCKET_YET,
+                };
+                let slots = (0..self.shared.stripes.len())
+                    .map(|_| Slot {
+                        delta: AtomicI64::new(0),
+                        bucket: AtomicI64::new(first),
+                    })
+                    .collect();
+                registry.states.push(Arc::new(HandleState {
+                    spec: spec.clone(),
+                    slots,
+                }));
                 registry.ids.insert(spec, id);
                 id
             }
         };
         Ok(CounterHandle {
             shared: self.shared.clone(),
-            spec: registry.specs[id].clone(),
-            id,
+            state: registry.states[id].clone(),
         })
     }
 
@@ -543,7 +594,9 @@ impl BatchedCounters {
             .sum();
         // Still under the queue lock: a flush cannot move deltas between the two.
         let registry = lock(&self.shared.registry);
-        for stripe in &self.shared.stripes {
+        for (i, stripe) in self.shared.stripes.iter().enumerate() {
+            // One hold of the stripe's lock for its spilled deltas and its handles'
+            // slots: no roll moves a delta from one to the other meanwhile.
             let stripe = lock(stripe);
             total += stripe.deltas.get(key).copied().map_or(0, i128::from);
             total += stripe
@@ -552,13 +605,13 @@ impl BatchedCounters {
                 .filter(|(k, _)| k == key)
                 .map(|(_, d)| i128::from(*d))
                 .sum::<i128>();
-            total += stripe
-                .cells
-                .iter()
-                .zip(&registry.specs)
-                .filter(|(c, spec)| c.delta != 0 && spec.key_in(c.bucket) == *key)
-                .map(|(c, _)| i128::from(c.delta))
-                .sum::<i128>();
+            for state in &registry.states {
+                let slot = &state.slots[i];
+                let delta = slot.delta.load(Ordering::SeqCst);
+                if delta != 0 && state.spec.key_at(slot.bucket.load(Ordering::SeqCst)) == *key {
+                    total += i128::from(delta);
+                }
+            }
         }
         total
     }
@@ -624,15 +677,22 @@ impl BatchedCounters {
     /// How much is waiting to be flushed.
     pub fn backlog(&self) -> Backlog {
         let queue = lock(&self.shared.queue);
-        let unbatched = self
+        let keyed: usize = self
             .shared
             .stripes
             .iter()
             .map(|s| {
                 let s = lock(s);
-                s.deltas.len() + s.spilled.len() + s.cells.iter().filter(|c| c.delta != 0).count()
+                s.deltas.len() + s.spilled.len()
             })
             .sum();
+        let handles: usize = lock(&self.shared.registry)
+            .states
+            .iter()
+            .flat_map(|state| state.slots.iter())
+            .filter(|slot| slot.delta.load(Ordering::SeqCst) != 0)
+            .count();
+        let unbatched = keyed + handles;
         Backlog {
             batches: queue.len(),
             counters: queue.iter().map(|q| q.batch.len()).sum(),
@@ -642,16 +702,33 @@ impl BatchedCounters {
 }
 
 impl Shared {
+    /// The coarse time bucketed handles count in (see [`CounterHandle`]).
+    #[inline]
+    fn now_coarse(&self) -> Timestamp {
+        match &self.clock {
+            None => chatstate_core::SystemClock.now_coarse(),
+            Some(clock) => clock.now_coarse(),
+        }
+    }
+
     /// The calling thread's stripe.
     fn stripe(&self) -> &Mutex<Stripe> {
+        &self.stripes[self.stripe_index()]
+    }
+
+    /// The calling thread's stripe's index.
+    #[inline]
+    fn stripe_index(&self) -> usize {
         // `stripes.len()` is a power of two.
-        &self.stripes[thread_number() & (self.stripes.len() - 1)]
+        thread_number() & (self.stripes.len() - 1)
     }
 }
 
 /// A counter resolved once for hot paths (see [`BatchedCounters::handle`]): an add
-/// locks the calling thread's stripe and adds to a slot in it, with no hashing and
-/// no allocation (plus, when bucketed by day or hour, a clock read).
+/// is a compare-and-swap on the handle's slot for the calling thread's stripe, with
+/// no hashing, no lock and no allocation (plus, when bucketed by day or hour, a
+/// read of the clock's coarse time, [`chatstate_core::Clock::now_coarse`]). Each
+/// handle takes one 128-byte slot per stripe.
 ///
 /// Its deltas are flushed like keyed ones: drained into the same batches (same ids,
 /// same retries, same bounded queue during an outage), flushed at shutdown, seen by
@@ -659,18 +736,26 @@ impl Shared {
 /// count in. A bucketed handle counts each add in the day or hour of that add: an
 /// add after the boundary starts a new delta, and the old bucket's is kept aside
 /// for the next flush.
+///
+/// **How late a bucket rolls.** The bucket comes from the clock's coarse time
+/// (`CLOCK_REALTIME_COARSE` on the system clock: the time of the last kernel tick,
+/// read without touching the clock source), so adds made in the first moments of
+/// a new hour or day may still count in the old one: for as long as the coarse
+/// clock lags, one kernel tick (1–10 ms, 4 ms on most kernels), never more than
+/// [`chatstate_core::Clock::coarse_lag`] (1 s, room for a late tick). Never
+/// early: an add before the boundary always counts in the old bucket. On a
+/// [`chatstate_core::ManualClock`] the roll is exact.
 #[derive(Clone)]
 pub struct CounterHandle {
     shared: Arc<Shared>,
-    spec: Arc<HandleSpec>,
-    id: usize,
+    state: Arc<HandleState>,
 }
 
 impl std::fmt::Debug for CounterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CounterHandle")
-            .field("key", &self.spec.key)
-            .field("bucketing", &self.spec.bucketing)
+            .field("key", &self.state.spec.key)
+            .field("bucketing", &self.state.spec.bucketing)
             .finish()
     }
 }
@@ -679,32 +764,67 @@ impl CounterHandle {
     /// Adds `delta` locally, like [`BatchedCounters::add`] on the handle's key (in
     /// the bucket of now, when bucketed). No I/O, never fails, never saturates.
     pub fn add(&self, delta: i64) {
-        let bucket = self.spec.bucket_at(|| self.shared.clock.now());
-        let mut guard = lock(self.shared.stripe());
-        let stripe = &mut *guard;
-        if stripe.cells.len() <= self.id {
-            stripe.cells.resize(self.id + 1, Cell::default());
+        let spec = &self.state.spec;
+        let bucket = spec.bucket_index(|| self.shared.now_coarse());
+        let i = self.shared.stripe_index();
+        let slot = &self.state.slots[i];
+        if slot.bucket.load(Ordering::Relaxed) != bucket {
+            self.roll(i, bucket);
         }
-        let cell = &mut stripe.cells[self.id];
-        if cell.delta != 0 && cell.bucket != bucket {
-            // The bucket rolled over: the old one's delta waits for the flush.
-            let old = std::mem::take(&mut cell.delta);
-            stripe.spilled.push((self.spec.key_in(cell.bucket), old));
-        }
-        cell.bucket = bucket;
-        match cell.delta.checked_add(delta) {
-            Some(sum) => cell.delta = sum,
-            None => {
-                let full = std::mem::replace(&mut cell.delta, delta);
-                stripe.spilled.push((self.spec.key_in(bucket), full));
+        // Another thread of this stripe may roll the slot between the bucket check
+        // and the add: the add then counts in the bucket it rolled to, as if made a
+        // moment later (the two were concurrent at the boundary).
+        let mut pending = slot.delta.load(Ordering::Relaxed);
+        loop {
+            let Some(sum) = pending.checked_add(delta) else {
+                self.overflow(i, delta);
+                return;
+            };
+            match slot.delta.compare_exchange_weak(
+                pending,
+                sum,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => pending = now,
             }
         }
     }
 
+    /// Moves the slot of stripe `i` to `bucket`: its old bucket's delta waits for
+    /// the flush among the stripe's spilled deltas.
+    #[cold]
+    fn roll(&self, i: usize, bucket: i64) {
+        let mut stripe = lock(&self.shared.stripes[i]);
+        let slot = &self.state.slots[i];
+        let old = slot.bucket.load(Ordering::Relaxed);
+        if old == bucket {
+            return;
+        }
+        let delta = slot.delta.swap(0, Ordering::SeqCst);
+        if delta != 0 {
+            stripe.spilled.push((self.state.spec.key_at(old), delta));
+        }
+        slot.bucket.store(bucket, Ordering::Relaxed);
+    }
+
+    /// An add of `delta` that would take the slot of stripe `i` past the i64 range:
+    /// the delta so far waits for the flush among the spilled ones, and `delta`
+    /// starts a new one.
+    #[cold]
+    fn overflow(&self, i: usize, delta: i64) {
+        let mut stripe = lock(&self.shared.stripes[i]);
+        let slot = &self.state.slots[i];
+        let full = slot.delta.swap(delta, Ordering::SeqCst);
+        let key = self.state.spec.key_at(slot.bucket.load(Ordering::Relaxed));
+        stripe.spilled.push((key, full));
+    }
+
     /// The counter this handle adds to now (in the current bucket, when bucketed).
     pub fn key(&self) -> CounterKey {
-        self.spec
-            .key_in(self.spec.bucket_at(|| self.shared.clock.now()))
+        let spec = &self.state.spec;
+        spec.key_in(spec.bucket_at(|| self.shared.now_coarse()))
     }
 }
 
@@ -768,15 +888,23 @@ fn merge(queue: &mut VecDeque<Queued>, key: &CounterKey, delta: i64, max_batch: 
 fn drain_stripes(shared: &Shared) {
     let mut queue = lock(&shared.queue);
     let registry = lock(&shared.registry);
-    for stripe in &shared.stripes {
+    for (i, stripe) in shared.stripes.iter().enumerate() {
         let (spilled, deltas, cells) = {
             let mut stripe = lock(stripe);
-            let cells: Vec<(CounterKey, i64)> = stripe
-                .cells
-                .iter_mut()
-                .zip(&registry.specs)
-                .filter(|(c, _)| c.delta != 0)
-                .map(|(c, spec)| (spec.key_in(c.bucket), std::mem::take(&mut c.delta)))
+            // Under the stripe's lock, so no roll separates a delta from its bucket.
+            let cells: Vec<(CounterKey, i64)> = registry
+                .states
+                .iter()
+                .filter_map(|state| {
+                    let slot = &state.slots[i];
+                    let delta = slot.delta.swap(0, Ordering::SeqCst);
+                    (delta != 0).then(|| {
+                        (
+                            state.spec.key_at(slot.bucket.load(Ordering::Relaxed)),
+                            delta,
+                        )
+                    })
+                })
                 .collect();
             (
                 std::mem::take(&mut stripe.spilled),

@@ -159,10 +159,15 @@
 //! the backend's. On the system clock (`TieredCache::new`) with `max_stale` zero,
 //! moka's own per-entry expiry, set a millisecond short of the copy's deadline, is
 //! the check, and a hit reads no clock. With `max_stale` above zero moka keeps the
-//! copy until the end of its stale window, so a hit reads the clock once to tell
-//! fresh from stale: a `SystemTime::now` (a vDSO call, tens of nanoseconds, no
-//! allocation; removing that same read from the hit measured within this box's
-//! noise, see BENCHMARKS.md). With another clock a hit always checks the deadline
+//! copy until the end of its stale window, so a hit must tell fresh from stale:
+//! it reads the clock's coarse time ([`chatstate_core::Clock::now_coarse`]:
+//! `CLOCK_REALTIME_COARSE` on the system clock, a few nanoseconds), which is never
+//! ahead of the exact time and lags it by at most
+//! [`chatstate_core::Clock::coarse_lag`] (1 s on the system clock). A copy whose
+//! deadline is more than that lag past the coarse time is fresh for certain; only
+//! a hit within that last second of its deadline reads the exact clock (a
+//! `SystemTime::now`, 50–150 ns on this project's VM), so the deadline is kept to
+//! the millisecond either way. With another clock a hit always checks the deadline
 //! on it (moka's real-time expiry then only frees the memory).
 
 use std::collections::{HashSet, VecDeque};
@@ -247,7 +252,10 @@ impl TieredConfig {
 /// A local copy: the value (`None`: known missing) and until when it may be served.
 /// `loaded` tells a loader's "not found" from a remote miss seen by `get`: only the
 /// first answers `get_or_load` without calling the loader.
-#[derive(Clone, Debug)]
+/// Kept in moka behind an `Arc`: a hit costs one reference count, not a copy of
+/// the entry (a clone of the value and of its settled flag), and a lookup moves a
+/// pointer around, not the entry.
+#[derive(Debug)]
 struct Local {
     value: Option<Bytes>,
     /// When it stops being served while the remote answers, on the cache's clock.
@@ -272,10 +280,10 @@ struct Local {
     /// before the bus last reported [`BusEvent::Lost`] is never served as current,
     /// only as a stale copy while the remote fails.
     generation: u64,
-    /// Set (in every clone) once a check after keeping the copy found the epoch still
-    /// at `current_at`: from then on any change of its key drops it, so any read may
+    /// Set once a check after keeping the copy found the epoch still at
+    /// `current_at`: from then on any change of its key drops it, so any read may
     /// answer it. Until then only reads that started at or before `current_at` may.
-    settled: Arc<AtomicBool>,
+    settled: AtomicBool,
 }
 
 impl Local {
@@ -292,11 +300,11 @@ const SHARED_LOAD_TRIES: usize = 2;
 
 struct PerEntryTtl;
 
-impl moka::Expiry<CacheKey, Local> for PerEntryTtl {
+impl moka::Expiry<CacheKey, Arc<Local>> for PerEntryTtl {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
-        value: &Local,
+        value: &Arc<Local>,
         _now: Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
@@ -305,7 +313,7 @@ impl moka::Expiry<CacheKey, Local> for PerEntryTtl {
     fn expire_after_update(
         &self,
         _key: &CacheKey,
-        value: &Local,
+        value: &Arc<Local>,
         _now: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
@@ -372,10 +380,10 @@ struct Stats {
 /// What a local lookup found.
 enum Lookup {
     /// A copy within its deadline: served.
-    Fresh(Local),
+    Fresh(Arc<Local>),
     /// A copy past its deadline, within `max_stale`: served only if the remote fails
     /// temporarily (and the copy is still kept then).
-    Stale(Local),
+    Stale(Arc<Local>),
     Miss,
 }
 
@@ -495,7 +503,7 @@ const REPLAY_BATCH: usize = 1_000;
 struct Shared {
     remote: Arc<dyn KvCache>,
     clock: SharedClock,
-    local: moka::future::Cache<CacheKey, Local>,
+    local: moka::future::Cache<CacheKey, Arc<Local>>,
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     config: TieredConfig,
@@ -509,6 +517,9 @@ struct Shared {
     /// ever served stale.
     generation: AtomicU64,
     stats: Stats,
+    /// `clock.coarse_lag()`: a copy whose deadline is further than this past the
+    /// clock's coarse time is fresh without an exact reading.
+    coarse_lag: Duration,
     /// Whether a hit reads `clock` to check its deadline: for a clock other than the
     /// system clock (which moka's own expiry follows otherwise), and whenever copies
     /// are kept past their deadline (`max_stale` > 0), so a hit must tell fresh
@@ -612,6 +623,7 @@ impl TieredCache {
             .build();
         let shared = Arc::new(Shared {
             remote,
+            coarse_lag: clock.coarse_lag(),
             clock,
             local,
             origin: uuid::Uuid::new_v4().simple().to_string(),
@@ -714,7 +726,7 @@ impl TieredCache {
         {
             Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                Some(hit.value)
+                Some(hit.value.clone())
             }
             Lookup::Stale(_) | Lookup::Miss => None,
         }
@@ -793,7 +805,7 @@ impl TieredCache {
             }
             Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit.value);
+                return Ok(hit.value.clone());
             }
             Lookup::Stale(copy) => {
                 // moka answers a kept entry without running the load: take the stale
@@ -816,7 +828,7 @@ impl TieredCache {
         key: &CacheKey,
         ttl: Option<Duration>,
         load: F,
-        stale: Option<&Local>,
+        stale: Option<&Arc<Local>>,
         epoch: u64,
     ) -> Result<Option<Bytes>>
     where
@@ -844,14 +856,14 @@ impl TieredCache {
                 if local.stale {
                     shared.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(local.value);
+                return Ok(local.value.clone());
             }
         }
         let local = shared.load_one(key, ttl, &mut load, stale, epoch).await?;
         if local.stale {
             shared.stats.stale_served.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(local.value)
+        Ok(local.value.clone())
     }
 
     /// The values of `keys` (in order), loading the missing ones: local hits first,
@@ -985,9 +997,9 @@ impl Shared {
         key: &CacheKey,
         ttl: Option<Duration>,
         load: &mut Option<F>,
-        stale: Option<&Local>,
+        stale: Option<&Arc<Local>>,
         call_epoch: u64,
-    ) -> Result<Local>
+    ) -> Result<Arc<Local>>
     where
         F: FnOnce() -> Fut + Send,
         Fut: std::future::Future<Output = Result<Option<Bytes>>> + Send,
@@ -1071,7 +1083,7 @@ impl Shared {
     /// Keep first, then check: settles a copy just kept if the epoch is still the one
     /// it is current at (from then on a change of its key drops it), drops it if not
     /// (an invalidation that landed in between still wins) or if it has expired.
-    async fn confirm(&self, key: &CacheKey, copy: &Local) {
+    async fn confirm(&self, key: &CacheKey, copy: &Arc<Local>) {
         // Settled already (by another waiter of the same load, or a `get`): any later
         // change of its key drops it, so a change of another key must not.
         if copy.settled.load(Ordering::SeqCst) {
@@ -1115,14 +1127,14 @@ impl Shared {
         deadline: Timestamp,
         loaded: bool,
         current_at: u64,
-    ) -> Local {
+    ) -> Arc<Local> {
         let now = self.clock.now();
         let stale_until = if now < deadline {
             deadline.plus(self.config.max_stale)
         } else {
             deadline
         };
-        Local {
+        Arc::new(Local {
             value,
             deadline,
             stale_until,
@@ -1131,14 +1143,14 @@ impl Shared {
             loaded,
             current_at,
             generation: self.generation.load(Ordering::SeqCst),
-            settled: Arc::new(AtomicBool::new(false)),
-        }
+            settled: AtomicBool::new(false),
+        })
     }
 
     /// `copy` (past its deadline) kept again for the rest of its stale window, current
     /// as of `epoch` (when the call that found it looked): checked like any new copy.
-    fn restale(&self, copy: &Local, epoch: u64) -> Local {
-        Local {
+    fn restale(&self, copy: &Local, epoch: u64) -> Arc<Local> {
+        Arc::new(Local {
             value: copy.value.clone(),
             deadline: copy.deadline,
             stale_until: copy.stale_until,
@@ -1147,15 +1159,16 @@ impl Shared {
             loaded: copy.loaded,
             current_at: epoch,
             generation: copy.generation,
-            settled: Arc::new(AtomicBool::new(false)),
-        }
+            settled: AtomicBool::new(false),
+        })
     }
 
     /// The local copy of `key` for a read that started at `epoch`, fresh or stale,
     /// unless its stale window has passed on the cache's clock, or it is not checked
     /// yet and may predate a change that returned before the read started (its keeper
     /// drops it: not answered, not dropped here). With `max_stale` zero on the system
-    /// clock this reads no clock: moka's expiry is the deadline.
+    /// clock this reads no clock: moka's expiry is the deadline. Otherwise it reads
+    /// the coarse clock, and the exact one only near the copy's deadline.
     async fn lookup(&self, key: &CacheKey, epoch: u64) -> Lookup {
         let Some(hit) = self.local.get(key).await else {
             return Lookup::Miss;
@@ -1165,6 +1178,18 @@ impl Shared {
                 Lookup::Fresh(hit)
             } else {
                 Lookup::Miss
+            };
+        }
+        // The exact time is at most `coarse_lag` past the coarse one: before the
+        // deadline (and so before `stale_until`, never earlier) for certain. The
+        // same answers as below with `now < hit.deadline`.
+        if self.clock.now_coarse().plus(self.coarse_lag) < hit.deadline {
+            return if !hit.answers(epoch) {
+                Lookup::Miss
+            } else if hit.generation == self.generation.load(Ordering::SeqCst) {
+                Lookup::Fresh(hit)
+            } else {
+                Lookup::Stale(hit)
             };
         }
         let now = self.clock.now();
@@ -1186,7 +1211,7 @@ impl Shared {
     async fn stale_if_error(
         &self,
         key: &CacheKey,
-        stale: Option<Local>,
+        stale: Option<Arc<Local>>,
         error: Error,
     ) -> Result<Option<Bytes>> {
         if error.is_temporary()
@@ -1195,20 +1220,20 @@ impl Shared {
         {
             self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(key = %key, kind = error.kind().as_str(), "chatstate serves a stale local copy: the remote failed");
-            return Ok(copy.value);
+            return Ok(copy.value.clone());
         }
         Err(error)
     }
 
     /// Whether `copy` is still the copy of `key` in the local tier, within its stale
     /// window (which may have ended while the remote call was failing).
-    async fn still_kept(&self, key: &CacheKey, copy: &Local) -> bool {
+    async fn still_kept(&self, key: &CacheKey, copy: &Arc<Local>) -> bool {
         self.clock.now() < copy.stale_until
             && self
                 .local
                 .get(key)
                 .await
-                .is_some_and(|kept| Arc::ptr_eq(&kept.settled, &copy.settled))
+                .is_some_and(|kept| Arc::ptr_eq(&kept, copy))
     }
 
     /// Keeps a copy current at `epoch` until `deadline` (nothing when that has
@@ -1626,7 +1651,7 @@ impl Shared {
             match self.lookup(k, epoch).await {
                 Lookup::Fresh(hit) => {
                     self.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                    values.push(hit.value);
+                    values.push(hit.value.clone());
                 }
                 found => {
                     self.stats.local_misses.fetch_add(1, Ordering::Relaxed);
@@ -1667,7 +1692,7 @@ impl Shared {
                     match s {
                         Some(copy) if self.still_kept(&keys[i], &copy).await => {
                             self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
-                            read.values[i] = copy.value;
+                            read.values[i] = copy.value.clone();
                         }
                         _ => read.unanswered.push(i),
                     }
@@ -1710,7 +1735,7 @@ impl KvCache for TieredCache {
         let stale = match shared.lookup(key, epoch).await {
             Lookup::Fresh(hit) => {
                 shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit.value);
+                return Ok(hit.value.clone());
             }
             Lookup::Stale(copy) => Some(copy),
             Lookup::Miss => None,

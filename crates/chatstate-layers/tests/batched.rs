@@ -356,14 +356,21 @@ async fn the_background_flush_runs_and_shutdown_flushes_the_rest() {
     }
 }
 
-#[test]
-fn many_threads_adding_lose_nothing() {
+/// A multi-threaded runtime for tests that add from plain threads, and a memory sink
+/// made inside it.
+fn runtime_and_memory_sink() -> (tokio::runtime::Runtime, Arc<dyn CounterSink>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let sink: Arc<dyn CounterSink> =
         rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    (rt, sink)
+}
+
+#[test]
+fn many_threads_adding_lose_nothing() {
+    let (rt, sink) = runtime_and_memory_sink();
     let counters = Arc::new(rt.block_on(async {
         BatchedCounters::new(
             sink.clone(),
@@ -906,6 +913,61 @@ async fn bucketed_handles_count_each_add_in_its_own_hour_and_day() {
     }
 }
 
+/// A clock whose coarse reading lags its exact one by a fixed 4 ms (one kernel
+/// tick at 250 Hz), as the system clock's `CLOCK_REALTIME_COARSE` may.
+#[derive(Debug)]
+struct LaggingCoarse(ManualClock);
+
+const TICK: Duration = Duration::from_millis(4);
+
+impl chatstate_core::Clock for LaggingCoarse {
+    fn now(&self) -> chatstate_core::Timestamp {
+        self.0.now()
+    }
+    fn now_coarse(&self) -> chatstate_core::Timestamp {
+        chatstate_core::Timestamp(self.0.now().as_millis() - 4)
+    }
+    fn coarse_lag(&self) -> Duration {
+        TICK
+    }
+}
+
+/// Issue 13: a bucketed handle reads the coarse clock, so it rolls at most the
+/// coarse lag late and never early: adds 1 ms before the hour land in the old
+/// hour, adds within the lag after it may still land there, adds after the lag
+/// land in the new hour.
+#[tokio::test]
+async fn a_bucketed_handle_rolls_at_most_the_coarse_lag_late_and_never_early() {
+    let sink: Arc<dyn CounterSink> = Arc::new(MemoryStore::new(StoreSettings::default()));
+    // 2026-11-22T23:59:59.999Z: one millisecond before a new hour.
+    let before = chatstate_core::Timestamp(1_795_391_999_999);
+    let clock = ManualClock::new(before);
+    let counters = BatchedCounters::builder(sink.clone())
+        .flush_interval(Duration::from_secs(3600))
+        .clock(Arc::new(LaggingCoarse(clock.clone())))
+        .build()
+        .unwrap();
+    let base = key("lagging");
+    let hourly = counters.handle(&base, Bucketing::Hourly).unwrap();
+    let (h0, h1) = (
+        base.clone().in_bucket(Bucket::hour_of(before)),
+        base.clone().in_bucket(Bucket::hour_of(before.plus(TICK))),
+    );
+    assert_ne!(h0, h1);
+    hourly.add(1); // before the boundary
+    clock.advance(Duration::from_millis(3)); // 2 ms into the new hour, within the lag
+    hourly.add(10);
+    clock.advance(TICK); // past the boundary by more than the lag
+    hourly.add(100);
+    assert_eq!(hourly.key(), h1);
+    counters.flush().await.unwrap();
+    assert_eq!(
+        sink.get_many(&[h0, h1]).await.unwrap(),
+        vec![11, 100],
+        "the add within the lag counted in the old hour, the one after it in the new"
+    );
+}
+
 /// Issue 13: a handle's pending delta past the i64 range is not saturated either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_add_past_the_i64_range_is_not_saturated() {
@@ -933,12 +995,7 @@ async fn a_handle_add_past_the_i64_range_is_not_saturated() {
 
 #[test]
 fn many_threads_adding_through_handles_and_keys_lose_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sink: Arc<dyn CounterSink> =
-        rt.block_on(async { Arc::new(MemoryStore::new(StoreSettings::default())) });
+    let (rt, sink) = runtime_and_memory_sink();
     let counters = Arc::new(rt.block_on(async {
         BatchedCounters::new(
             sink.clone(),
@@ -968,6 +1025,53 @@ fn many_threads_adding_through_handles_and_keys_lose_nothing() {
         8 * 20_000,
         "adds racing the background flushes are all counted once"
     );
+}
+
+/// Issue 13: threads adding through one hourly handle while the clock crosses hour
+/// boundaries and background flushes drain the slots lose and double nothing:
+/// the hours' stored counts add up to every add made.
+#[test]
+fn threads_adding_through_an_hourly_handle_across_hours_lose_nothing() {
+    let (rt, sink) = runtime_and_memory_sink();
+    let start = chatstate_core::Timestamp(1_795_391_999_000);
+    let clock = ManualClock::new(start);
+    let counters = Arc::new(rt.block_on(async {
+        BatchedCounters::builder(sink.clone())
+            .flush_interval(Duration::from_millis(2))
+            .clock(clock.shared())
+            .build()
+            .unwrap()
+    }));
+    let base = key("hourly_hot");
+    let hourly = counters.handle(&base, Bucketing::Hourly).unwrap();
+    // Each thread moves the clock a minute every 500 of its adds: the hour rolls
+    // while the others add.
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            let (hourly, clock) = (hourly.clone(), clock.clone());
+            s.spawn(move || {
+                for i in 0..30_000 {
+                    if i % 500 == 0 {
+                        clock.advance(Duration::from_secs(60));
+                    }
+                    hourly.add(1);
+                }
+            });
+        }
+    });
+    rt.block_on(counters.shutdown()).unwrap();
+    let hour = |t| match Bucket::hour_of(t) {
+        Bucket::Hour(h) | Bucket::Day(h) => h,
+    };
+    let hours: Vec<CounterKey> = (hour(start)..=hour(clock.now()))
+        .map(|h| base.clone().in_bucket(Bucket::Hour(h)))
+        .collect();
+    assert!(
+        hours.len() > 2,
+        "the clock crossed hours while the threads added"
+    );
+    let stored: i64 = rt.block_on(sink.get_many(&hours)).unwrap().iter().sum();
+    assert_eq!(stored, 6 * 30_000);
 }
 
 #[test]

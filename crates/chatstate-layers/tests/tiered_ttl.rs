@@ -224,3 +224,74 @@ async fn a_read_copy_is_served_for_at_most_the_local_ttl_on_the_caches_clock() {
         "the local TTL runs on the cache's clock"
     );
 }
+
+/// A manual clock whose coarse reading is `behind` the exact one, and which says
+/// its coarse reading may lag by up to 1 s (the system clock's bound).
+#[derive(Debug)]
+struct CoarseBehind {
+    exact: ManualClock,
+    behind: Duration,
+}
+
+impl chatstate_core::Clock for CoarseBehind {
+    fn now(&self) -> chatstate_core::Timestamp {
+        self.exact.now()
+    }
+    fn now_coarse(&self) -> chatstate_core::Timestamp {
+        chatstate_core::Timestamp(self.exact.now().as_millis() - self.behind.as_millis() as i64)
+    }
+    fn coarse_lag(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// Issue 13: a hit tells fresh from stale on the coarse clock only when the copy's
+/// deadline is more than the coarse lag away; near it, it reads the exact clock. So
+/// a copy is served up to the last millisecond before its deadline and not at it,
+/// whether the coarse reading lags by nothing or by the whole bound.
+#[tokio::test]
+async fn a_hit_keeps_the_deadline_to_the_millisecond_whatever_the_coarse_clock_lags() {
+    for behind in [
+        Duration::ZERO,
+        Duration::from_millis(400),
+        Duration::from_secs(1),
+    ] {
+        let exact = ManualClock::starting_now();
+        let store = MemoryStore::builder().clock(exact.shared()).build();
+        let cache = TieredCache::with_clock(
+            Arc::new(store.clone()),
+            Arc::new(LocalBus::new()),
+            TieredConfig {
+                local_ttl: Duration::from_secs(30),
+                // Copies kept past their deadline: a hit must tell fresh from stale.
+                max_stale: Duration::from_secs(300),
+                ..TieredConfig::default()
+            },
+            Arc::new(CoarseBehind {
+                exact: exact.clone(),
+                behind,
+            }),
+        );
+        let k = key("coarse");
+        KvCache::set(&store, &k, b("v1"), None).await.unwrap();
+        assert_eq!(KvCache::get(&cache, &k).await.unwrap(), Some(b("v1")));
+        exact.advance(Duration::from_secs(10));
+        assert_eq!(
+            cache.get_local(&k).await,
+            Some(Some(b("v1"))),
+            "{behind:?}: far from the deadline"
+        );
+        exact.advance(Duration::from_millis(19_999));
+        assert_eq!(
+            cache.get_local(&k).await,
+            Some(Some(b("v1"))),
+            "{behind:?}: 1 ms before the deadline"
+        );
+        exact.advance(Duration::from_millis(1));
+        assert_eq!(
+            cache.get_local(&k).await,
+            None,
+            "{behind:?}: at the deadline, stale"
+        );
+    }
+}
