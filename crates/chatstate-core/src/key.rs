@@ -932,6 +932,27 @@ impl KeyLayout {
         format!("{}:aliases:{{{entry}}}", self.prefix)
     }
 
+    /// [`KeyLayout::cache_alias_set`] of many entries' keys, in one buffer (what
+    /// a many-set sends beside its entries: one allocation, not one per entry).
+    pub fn cache_alias_sets<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a str, IntoIter: ExactSizeIterator>,
+    ) -> KeyList {
+        let entries = entries.into_iter();
+        let mut list = KeyList {
+            buf: String::with_capacity(entries.len() * (2 * self.prefix.len() + 40)),
+            ends: Vec::with_capacity(entries.len()),
+        };
+        for entry in entries {
+            list.buf.push_str(&self.prefix);
+            list.buf.push_str(":aliases:{");
+            list.buf.push_str(entry);
+            list.buf.push('}');
+            list.ends.push(list.buf.len());
+        }
+        list
+    }
+
     /// The key of alias `alias`: `{prefix}:alias:<namespace>:<key>`, holding the
     /// entry's key.
     pub fn cache_alias(&self, alias: &CacheKey) -> String {
@@ -1194,6 +1215,9 @@ mod tests {
         assert_eq!(expected[1], "p:kv:n%3As:b%7B1%7D%20c%25");
         assert_eq!(list.get(3), None);
         assert!(layout.cache_keys(&[]).is_empty());
+        let sets = layout.cache_alias_sets(list.iter());
+        let one_by_one: Vec<String> = expected.iter().map(|k| layout.cache_alias_set(k)).collect();
+        assert_eq!(sets.to_vec(), one_by_one);
         for part in ["", "plain", "a:b{c}", "olá 👋", "\u{7f}\u{1}%"] {
             let mut out = String::from("x");
             push_escaped(&mut out, part);
