@@ -370,9 +370,21 @@ async fn get_local_answers_only_what_a_local_hit_of_get_would() {
         "a remote miss is not kept (no negative_ttl): get would ask again"
     );
 
+    let heard = bb.stats().invalidations;
     a.set(&k, b("v1"), None).await.unwrap();
     assert_eq!(a.get_local(&k).await, Some(Some(b("v1"))));
     assert_eq!(bb.get_local(&k).await, None, "bb has no copy yet");
+    // bb hears a's announcement of v1 first: heard after bb's read below, it
+    // would drop the copy that read kept (under load it did, 1 run in ~10).
+    let mut announced = false;
+    for _ in 0..300 {
+        if bb.stats().invalidations > heard {
+            announced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(announced, "bb heard a's write");
     assert_eq!(KvCache::get(&bb, &k).await.unwrap(), Some(b("v1")));
     assert_eq!(bb.get_local(&k).await, Some(Some(b("v1"))));
 
