@@ -275,8 +275,8 @@ impl<S: SessionStore> LocalSessions<S> {
 
     /// Reads `key` from the store through `read` and keeps the session part
     /// of its answer (`session_of`; `None`: no session), unless a write through
-    /// this layer overlapped the read (its answer could then lack that write; see
-    /// [`Stripe`]). What `load` does on a miss, and what the facade's read batch
+    /// this layer overlapped the read (its answer could then lack that write:
+    /// the module docs say what is kept). What `load` does on a miss, and what the facade's read batch
     /// does with its session part.
     pub async fn read_through<T, Fut>(
         &self,
