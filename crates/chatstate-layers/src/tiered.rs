@@ -334,7 +334,8 @@ pub struct TierStats {
     pub remote_misses: u64,
     /// Loader calls (`get_or_load`, `get_many_or_load`).
     pub loads: u64,
-    /// Invalidations heard from other instances.
+    /// Invalidations heard from other instances (counted once their copies are
+    /// dropped).
     pub invalidations: u64,
     /// Times the whole local tier was dropped (bus reset).
     pub resets: u64,
@@ -1551,8 +1552,9 @@ impl Shared {
             BusEvent::Invalidate { origin, .. } if origin == self.origin => {}
             BusEvent::Invalidate { what, .. } => {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 self.drop_local(&what).await;
+                // Counted once handled: a count seen means the copies are gone.
+                self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
             }
             // Changes may go unheard from now on: no copy kept so far is served as
             // current again; with a stale window they stay for stale-if-error (the

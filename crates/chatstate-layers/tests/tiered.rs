@@ -374,8 +374,9 @@ async fn get_local_answers_only_what_a_local_hit_of_get_would() {
     a.set(&k, b("v1"), None).await.unwrap();
     assert_eq!(a.get_local(&k).await, Some(Some(b("v1"))));
     assert_eq!(bb.get_local(&k).await, None, "bb has no copy yet");
-    // bb hears a's announcement of v1 first: heard after bb's read below, it
-    // would drop the copy that read kept (under load it did, 1 run in ~10).
+    // bb handles a's announcement of v1 first: handled after bb's read below, it
+    // would drop the copy that read kept (under load it did, 1 run in ~10). The
+    // count grows once an announcement's copies are dropped.
     let mut announced = false;
     for _ in 0..300 {
         if bb.stats().invalidations > heard {
