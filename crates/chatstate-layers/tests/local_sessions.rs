@@ -279,6 +279,43 @@ impl Jittery {
     }
 }
 
+impl Jittery {
+    /// Whether the gated load has read the store (it takes the gate after).
+    fn load_answered(&self) -> bool {
+        self.1.lock().unwrap().is_none()
+    }
+
+    /// Whether the turn named `first` has reached the store wrapper (it takes
+    /// its gates first, after the tier counted it as a write in flight).
+    fn turn_reached(&self, first: &str) -> bool {
+        !self.2.lock().unwrap().contains_key(first)
+    }
+
+    /// The store's message count of `key`.
+    async fn count(&self, key: &SessionKey) -> u64 {
+        self.0
+            .load(key)
+            .await
+            .unwrap()
+            .map_or(0, |l| l.session.message_count)
+    }
+}
+
+/// Waits until `cond` holds (polling; at most 10 s, however loaded the machine).
+async fn until<F, Fut>(what: &str, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..10_000 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("waited 10 s for: {what}");
+}
+
 async fn jitter() {
     tokio::time::sleep(Duration::from_micros(fastrand::u64(0..400))).await;
 }
@@ -402,7 +439,10 @@ async fn a_read_answered_after_a_turn_does_not_replace_the_turns_copy() {
         let (local, k) = (Arc::clone(&local), k.clone());
         async move { local.load(&k).await.unwrap() }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until("the held read read the store", || async {
+        local.inner().load_answered()
+    })
+    .await;
     // Another read keeps a copy, and a turn on it keeps the turn's result.
     local.load(&k).await.unwrap();
     let r = local
@@ -447,13 +487,19 @@ async fn a_read_overlapping_a_turn_in_flight_is_not_kept() {
         let (local, k) = (Arc::clone(&local), k.clone());
         async move { local.commit_turn(&k, turn_of("w")).await.unwrap() }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until("the turn is in flight", || async {
+        local.inner().turn_reached("w")
+    })
+    .await;
     let answer = local.inner().gate_load();
     let read = tokio::spawn({
         let (local, k) = (Arc::clone(&local), k.clone());
         async move { local.load(&k).await.unwrap().unwrap() }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await; // the read has its answer
+    until("the read has its answer", || async {
+        local.inner().load_answered()
+    })
+    .await;
     land.send(()).unwrap();
     assert_eq!(turn.await.unwrap().append.message_count, 2);
     answer.send(()).unwrap();
@@ -482,9 +528,15 @@ async fn turns_answered_out_of_order_keep_no_copy_lacking_either() {
         tokio::spawn(async move { local.commit_turn(&k, turn_of(first)).await.unwrap() })
     };
     let w1 = spawn_turn("w1"); // held before the store applies it
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until("w1 is in flight", || async {
+        local.inner().turn_reached("w1")
+    })
+    .await;
     let w2 = spawn_turn("w2"); // applied first, its answer held
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until("w2 is applied", || async {
+        local.inner().count(&k).await == 2
+    })
+    .await;
     w1_land.send(()).unwrap();
     assert_eq!(w1.await.unwrap().append.message_count, 3, "applied second");
     w2_answer.send(()).unwrap();
@@ -504,17 +556,14 @@ async fn a_cancelled_turn_leaves_no_stale_copy() {
     assert!(local.held(&k).await.is_some());
     let (land, _answer) = local.inner().gate_turn("w");
     land.send(()).unwrap(); // applied at once; the answer is held
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(50),
-        local.commit_turn(&k, turn_of("w")),
-    )
-    .await;
-    assert!(cancelled.is_err(), "the caller stopped waiting");
-    assert_eq!(
-        store.load(&k).await.unwrap().unwrap().session.message_count,
-        2,
-        "the store applied the turn"
-    );
+    let turn = local.commit_turn(&k, turn_of("w"));
+    tokio::pin!(turn);
+    // The caller stops waiting once the store applied the turn, before the answer.
+    tokio::select! {
+        _ = &mut turn => panic!("the answer was held"),
+        _ = until("the store applied the turn", || async { local.inner().count(&k).await == 2 }) => {}
+    }
+    drop(turn);
     let now = local.load(&k).await.unwrap().unwrap();
     assert_eq!(now.session.message_count, 2, "the copy from before is gone");
     assert_eq!(Some(now), store.load(&k).await.unwrap());
