@@ -556,14 +556,13 @@ async fn a_cancelled_turn_leaves_no_stale_copy() {
     assert!(local.held(&k).await.is_some());
     let (land, _answer) = local.inner().gate_turn("w");
     land.send(()).unwrap(); // applied at once; the answer is held
-    let turn = local.commit_turn(&k, turn_of("w"));
-    tokio::pin!(turn);
+    let mut turn = Box::pin(local.commit_turn(&k, turn_of("w")));
     // The caller stops waiting once the store applied the turn, before the answer.
     tokio::select! {
-        _ = &mut turn => panic!("the answer was held"),
+        _ = turn.as_mut() => panic!("the answer was held"),
         _ = until("the store applied the turn", || async { local.inner().count(&k).await == 2 }) => {}
     }
-    drop(turn);
+    drop(turn); // the caller's future is gone, its answer never read
     let now = local.load(&k).await.unwrap().unwrap();
     assert_eq!(now.session.message_count, 2, "the copy from before is gone");
     assert_eq!(Some(now), store.load(&k).await.unwrap());
