@@ -52,8 +52,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{
-    AppendReceipt, Capabilities, Expected, Lease, LoadedSession, Message, NewMessage, Page, Result,
-    Session, SessionKey, SessionPatch, SessionStore, SharedClock, Timestamp, Turn, TurnReceipt,
+    AppendReceipt, Capabilities, Expected, Lease, LoadedSession, NewMessage, Page, Result, Session,
+    SessionKey, SessionPatch, SessionStore, SharedClock, Timestamp, Turn, TurnReceipt,
 };
 use moka::ops::compute::{CompResult, Op};
 
@@ -318,23 +318,20 @@ impl<S: SessionStore> LocalSessions<S> {
 
     /// The copy of `key` that may be served now, uncounted.
     async fn servable_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
-        let now = self.clock.now();
-        self.held
-            .get(key)
-            .await
-            .filter(|h| self.servable(h, now))
-            .map(|h| h.loaded.clone())
+        self.if_servable(self.held.get(key).await)
     }
 
     /// Takes `key`'s copy out for a write that may change the session: nothing
     /// is served while the write runs, so a write whose caller stops waiting for
     /// it (a timeout, a dropped request) leaves no copy that may predate it.
     async fn take_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
+        self.if_servable(self.held.remove(key).await)
+    }
+
+    /// The session of `held` when it may be served now.
+    fn if_servable(&self, held: Option<Arc<Held>>) -> Option<LoadedSession> {
         let now = self.clock.now();
-        self.held
-            .remove(key)
-            .await
-            .filter(|h| self.servable(h, now))
+        held.filter(|h| self.servable(h, now))
             .map(|h| h.loaded.clone())
     }
 
@@ -376,14 +373,13 @@ impl<S: SessionStore> LocalSessions<S> {
             _ => return None,
         };
         let first = a.message_count.checked_sub(n)?.checked_add(1)?;
-        window.extend(messages.into_iter().zip(first..).map(|(m, seq)| Message {
-            seq,
-            role: m.role,
-            content: m.content,
-            metadata: m.metadata,
-            // Set before the commit (see `commit_turn`).
-            at: m.at.unwrap_or(record.last_activity),
-        }));
+        // Every `at` was set before the commit (see `commit_turn`).
+        window.extend(
+            messages
+                .into_iter()
+                .zip(first..)
+                .map(|(m, seq)| m.into_message(seq, record.last_activity)),
+        );
         let drop = window.len().checked_sub(a.window_len)?;
         window.drain(..drop);
         Some(LoadedSession {
