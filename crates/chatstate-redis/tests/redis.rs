@@ -372,31 +372,21 @@ async fn session_reads_and_read_batches_name_the_exact_key_of_another_type() {
     let doc = FocusKey::new("scope", "doc").unwrap();
     let doc_key = s.layout().focus(&doc);
     server.cli(&["SET", &doc_key, "not a hash"]);
-    let err = s
-        .read_batch(&BatchReads::new().session(fine.clone()).focus(doc.clone()))
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
-    assert_eq!(
-        err.key(),
-        Some(doc_key.as_str()),
-        "names the document: {err}"
-    );
     let entry = CacheKey::new("ns", "a-list").unwrap();
     let entry_key = s.layout().cache(&entry);
     server.cli(&["RPUSH", &entry_key, "x"]);
-    let err = s
-        .read_batch(&BatchReads::new().session(fine).cache(entry))
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
-    assert_eq!(
-        err.key(),
-        Some(entry_key.as_str()),
-        "names the entry: {err}"
-    );
+    for (what, reads, named) in [
+        ("the document", BatchReads::new().focus(doc), &doc_key),
+        ("the entry", BatchReads::new().cache(entry), &entry_key),
+    ] {
+        let err = s
+            .read_batch(&reads.session(fine.clone()))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WrongType, "{what}: {err}");
+        assert_eq!(err.key(), Some(named.as_str()), "names {what}: {err}");
+    }
     assert_eq!(server.cli(&["GET", &msgs]).trim(), "a plain string");
     assert_eq!(server.cli(&["GET", &doc_key]).trim(), "not a hash");
 }
