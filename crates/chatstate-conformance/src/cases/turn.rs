@@ -150,6 +150,29 @@ pub async fn turn_commit_conflict_writes_nothing(ctx: Ctx) -> Outcome {
     Outcome::Passed
 }
 
+/// Commits `turn(i)` for 16 writers `i` at once; the ones that landed, with their
+/// receipts. Every other one must be a `Conflict`.
+async fn race(
+    fx: &crate::Fixture,
+    k: &chatstate_core::SessionKey,
+    turn: impl Fn(usize) -> Turn,
+) -> Vec<(usize, chatstate_core::TurnReceipt)> {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, k, turn) = (Arc::clone(&fx.sessions), k.clone(), turn(i));
+            tokio::spawn(async move { (i, store.commit_turn(&k, turn).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            (i, Ok(r)) => winners.push((i, r)),
+            (_, Err(e)) => assert_eq!(e.kind(), ErrorKind::Conflict, "losers get Conflict: {e}"),
+        }
+    }
+    winners
+}
+
 /// Of many concurrent turns expecting the same version exactly one lands, with its
 /// messages and its patch; the others are `Conflict` and leave no message behind.
 pub async fn turn_commit_concurrent_versioned_one_wins(ctx: Ctx) -> Outcome {
@@ -161,29 +184,16 @@ pub async fn turn_commit_concurrent_versioned_one_wins(ctx: Ctx) -> Outcome {
         .await
         .must("first turn")
         .version;
-    let tasks: Vec<_> = (0..16)
-        .map(|i| {
-            let store = Arc::clone(&fx.sessions);
-            let k = k.clone();
-            tokio::spawn(async move {
-                let turn = Turn::new()
-                    .messages([
-                        NewMessage::user(format!("q{i}")),
-                        NewMessage::assistant(format!("a{i}")),
-                    ])
-                    .patch(SessionPatch::new().summary(format!("writer {i}")))
-                    .expect(Expected::Version(v));
-                (i, store.commit_turn(&k, turn).await)
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for t in tasks {
-        match t.await.expect("task") {
-            (i, Ok(r)) => winners.push((i, r)),
-            (_, Err(e)) => assert_eq!(e.kind(), ErrorKind::Conflict, "losers get Conflict: {e}"),
-        }
-    }
+    let winners = race(&fx, &k, |i| {
+        Turn::new()
+            .messages([
+                NewMessage::user(format!("q{i}")),
+                NewMessage::assistant(format!("a{i}")),
+            ])
+            .patch(SessionPatch::new().summary(format!("writer {i}")))
+            .expect(Expected::Version(v))
+    })
+    .await;
     assert_eq!(winners.len(), 1, "exactly one turn lands");
     let (i, r) = &winners[0];
     assert_eq!(r.version, v + 1);
@@ -204,26 +214,13 @@ pub async fn turn_commit_concurrent_versioned_one_wins(ctx: Ctx) -> Outcome {
 pub async fn turn_commit_first_turn_expecting_version_zero_one_wins(ctx: Ctx) -> Outcome {
     let fx = ctx.open().await;
     let k = skey("t", "c", "new");
-    let tasks: Vec<_> = (0..16)
-        .map(|i| {
-            let store = Arc::clone(&fx.sessions);
-            let k = k.clone();
-            tokio::spawn(async move {
-                let turn = Turn::new()
-                    .message(NewMessage::user(format!("hello {i}")))
-                    .patch(SessionPatch::new().summary(format!("writer {i}")))
-                    .expect(Expected::Version(0));
-                (i, store.commit_turn(&k, turn).await)
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for t in tasks {
-        match t.await.expect("task") {
-            (i, Ok(r)) => winners.push((i, r)),
-            (_, Err(e)) => assert_eq!(e.kind(), ErrorKind::Conflict, "losers get Conflict: {e}"),
-        }
-    }
+    let winners = race(&fx, &k, |i| {
+        Turn::new()
+            .message(NewMessage::user(format!("hello {i}")))
+            .patch(SessionPatch::new().summary(format!("writer {i}")))
+            .expect(Expected::Version(0))
+    })
+    .await;
     assert_eq!(winners.len(), 1, "exactly one first turn lands");
     let (i, r) = &winners[0];
     assert!(r.append.created, "the winner created the session");
