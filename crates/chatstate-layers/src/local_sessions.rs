@@ -311,11 +311,6 @@ impl<S: SessionStore> LocalSessions<S> {
         Ok(answer)
     }
 
-    /// Drops every copy.
-    pub fn clear(&self) {
-        self.held.invalidate_all();
-    }
-
     /// The copy of `key` that may be served now, uncounted.
     async fn servable_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
         self.if_servable(self.held.get(key).await)
