@@ -67,8 +67,8 @@ impl CacheMap {
             entry.value = value;
             self.entries.set_deadline(&k, deadline, now);
         } else {
-            // An expired entry's aliases went with it.
-            self.drop_aliases(key, now);
+            // No live entry: a new one with no aliases. A mapping left by an
+            // expired entry resolves to nothing (`resolve` asks the entry).
             self.entries.insert(
                 k,
                 Entry {
@@ -93,13 +93,8 @@ impl CacheMap {
     ) {
         self.drop_aliases(key, now);
         for alias in &aliases {
-            let a = cache_key(alias);
-            if let Some(owner) = self.aliases.get(&a, now).cloned()
-                && let Some(e) = self.entries.get_mut(&cache_key(&owner), now)
-            {
-                e.aliases.retain(|x| x != alias);
-            }
-            self.aliases.insert(a, key.clone(), deadline);
+            self.unbind(alias, now);
+            self.aliases.insert(cache_key(alias), key.clone(), deadline);
         }
         self.entries
             .insert(cache_key(key), Entry { value, aliases }, deadline);
@@ -109,6 +104,18 @@ impl CacheMap {
     pub(crate) fn remove(&mut self, key: &CacheKey, now: Timestamp) -> bool {
         self.drop_aliases(key, now);
         self.entries.remove(&cache_key(key), now).is_some()
+    }
+
+    /// Takes `alias` from the entry it belongs to (the mapping and the entry's
+    /// list); whether there was a mapping.
+    fn unbind(&mut self, alias: &CacheKey, now: Timestamp) -> bool {
+        let Some(owner) = self.aliases.remove(&cache_key(alias), now) else {
+            return false;
+        };
+        if let Some(e) = self.entries.get_mut(&cache_key(&owner), now) {
+            e.aliases.retain(|x| x != alias);
+        }
+        true
     }
 
     /// Removes the alias mappings that name `key` (its entry keeps its value).
@@ -254,11 +261,9 @@ impl KvCache for MemoryStore {
                 cache.remove(&key, now);
             }
         }
-        for a in CacheMap::matching(&cache.aliases, namespace, key_prefix, now) {
-            if let Some(owner) = cache.aliases.remove(&a, now)
-                && let Some(e) = cache.entries.get_mut(&cache_key(&owner), now)
-            {
-                e.aliases.retain(|x| cache_key(x) != a);
+        for (ns, k) in CacheMap::matching(&cache.aliases, namespace, key_prefix, now) {
+            if let Ok(alias) = CacheKey::new(ns.as_str(), k.as_str()) {
+                cache.unbind(&alias, now);
             }
         }
         Ok(doomed.len() as u64)
