@@ -53,6 +53,17 @@ pub(crate) fn read_entry(inner: &Inner, key: &CacheKey, now: Timestamp) -> Resul
     }
 }
 
+/// The aliases of `key`'s live entry (`None`: no live entry), without copying
+/// its value: what a plain set keeps and a delete drops.
+fn entry_aliases(inner: &Inner, key: &CacheKey, now: Timestamp) -> Result<Option<Vec<CacheKey>>> {
+    let path = inner.layout.cache(key);
+    match inner.read_live::<CacheMeta>(&path, Kind::Cache, now)? {
+        Some((meta, _)) if meta.key != *key => Err(collision(&path)),
+        Some((meta, _)) => Ok(Some(meta.aliases)),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn read_cache(
     inner: &Inner,
     key: &CacheKey,
@@ -143,10 +154,9 @@ fn remove_entry(inner: &Inner, key: &CacheKey) -> Result<bool> {
     let (live, aliases) = {
         let _g = inner.stripes.lock(&path)?;
         // An unreadable entry is removed all the same (as `remove_record` does).
-        let aliases = read_entry(inner, key, inner.now())
+        let aliases = entry_aliases(inner, key, inner.now())
             .ok()
             .flatten()
-            .map(|(_, _, a)| a)
             .unwrap_or_default();
         (remove_record(inner, &path)?, aliases)
     };
@@ -206,9 +216,7 @@ impl KvCache for FileStore {
                 let now = inner.now();
                 // A plain set keeps a live entry's aliases (their records keep
                 // their own deadlines).
-                let aliases = read_entry(inner, &key, now)?
-                    .map(|(_, _, a)| a)
-                    .unwrap_or_default();
+                let aliases = entry_aliases(inner, &key, now)?.unwrap_or_default();
                 let meta = CacheMeta { key, aliases };
                 format::check_body_len(&path, meta_json(&meta)?.len(), value.len())?;
                 inner.write(&path, Kind::Cache, now.plus(ttl), &meta, &value)?;

@@ -193,8 +193,7 @@ impl RedisStore {
             .cache_keys_of(entries.iter().map(|(k, _, _)| *k));
         let keys = list.to_vec();
         let keys = &keys;
-        let sets = self.inner.layout.cache_alias_sets(keys.iter().copied());
-        let sets = &sets.to_vec();
+        let sets = &self.inner.layout.cache_alias_sets(keys.iter().copied());
         self.inner
             .conn
             .per_slot(keys, |group| async move {
@@ -202,7 +201,7 @@ impl RedisStore {
                 let mut args: Vec<&[u8]> = Vec::with_capacity(2 * group.len());
                 for &i in &group {
                     key_refs.push(keys[i]);
-                    key_refs.push(sets[i]);
+                    key_refs.push(sets.get(i).unwrap_or_default());
                     args.push(entries[i].2);
                     args.push(entries[i].1);
                 }
