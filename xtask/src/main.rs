@@ -63,6 +63,18 @@ fn cargo() -> String {
     env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 
+/// A cargo command for `xtask test`'s steps. Incremental compilation is off unless the
+/// caller set `CARGO_INCREMENTAL`: its caches roughly doubled the disk a full test build
+/// takes (a CI run failed with "No space left on device" while linking), and a test run
+/// from a clean clone gains nothing from them.
+fn test_cargo(cargo: &str) -> Command {
+    let mut cmd = Command::new(cargo);
+    if env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
+    cmd
+}
+
 fn run(step: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("==> {step}");
     let status = cmd
@@ -122,11 +134,11 @@ fn test() -> Result<(), String> {
     ensure_redis()?;
     run(
         "cargo fmt --check",
-        Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),
+        test_cargo(&cargo).args(["fmt", "--all", "--", "--check"]),
     )?;
     run(
         "cargo clippy -D warnings",
-        Command::new(&cargo).args([
+        test_cargo(&cargo).args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -141,7 +153,7 @@ fn test() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&skip_dir);
     std::fs::create_dir_all(&skip_dir).map_err(|e| format!("creating {skip_dir:?}: {e}"))?;
 
-    let mut tests = Command::new(&cargo);
+    let mut tests = test_cargo(&cargo);
     if has_nextest() {
         tests.args([
             "nextest",
@@ -165,11 +177,11 @@ fn test() -> Result<(), String> {
     run("tests", &mut tests)?;
     run(
         "doc tests",
-        Command::new(&cargo).args(["test", "--workspace", "--all-features", "--doc"]),
+        test_cargo(&cargo).args(["test", "--workspace", "--all-features", "--doc"]),
     )?;
     run(
         "cargo doc -D warnings (every intra-doc link resolves)",
-        Command::new(&cargo)
+        test_cargo(&cargo)
             .args(["doc", "--workspace", "--all-features", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
@@ -203,7 +215,7 @@ fn run_examples(cargo: &str) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     for example in EXAMPLES {
         for (backend, value) in [("CHATSTATE_BACKEND", "memory"), ("CHATSTATE_FILE_DIR", "")] {
-            let mut cmd = Command::new(cargo);
+            let mut cmd = test_cargo(cargo);
             cmd.args(["run", "-q", "-p", "chatstate-cli", "--example", example])
                 .env_remove("USE_REDIS")
                 .env_remove("CHATSTATE_BACKEND");
