@@ -503,6 +503,28 @@ pub async fn restore_is_exact_idempotent_and_keeps_newer<S: AllStores>(store: &S
             .expect("get_by_alias")
             .is_some()
     );
+    // A hand-written line may list its aliases out of order or twice: compared as
+    // stored (sorted, once each), so restoring it again changes nothing.
+    let unordered = Record::Cache(chatstate_core::CacheRecord {
+        key: kkey.clone(),
+        value: Bytes::from_static(b"\x00\xffbytes"),
+        ttl: Duration::from_secs(90),
+        aliases: vec![phone.clone(), email.clone(), phone.clone()],
+    });
+    assert_eq!(
+        store
+            .restore(&unordered, RestoreMode::Write)
+            .await
+            .expect("r"),
+        Restored::Written
+    );
+    for mode in [RestoreMode::DryRun, RestoreMode::Write] {
+        assert_eq!(
+            store.restore(&unordered, mode).await.expect("r"),
+            Restored::Unchanged,
+            "{mode:?}: the same aliases in another order are no change"
+        );
+    }
 
     // Refused records write nothing.
     let gone = CacheKey::new("customers", "refused").expect("key");

@@ -254,9 +254,10 @@ impl Inner {
                     None => None,
                 };
                 let existing = existing.as_ref().map(|(v, a)| (v.as_ref(), a));
-                let outcome = decide_value(existing.as_ref(), &(r.value.as_ref(), &r.aliases));
+                // Compared as stored: sorted, each alias once.
+                let aliases = chatstate_core::key::check_aliases(&r.key, &r.aliases)?;
+                let outcome = decide_value(existing.as_ref(), &(r.value.as_ref(), &aliases));
                 if write && outcome == Restored::Written {
-                    let aliases = chatstate_core::key::check_aliases(&r.key, &r.aliases)?;
                     crate::cache::write_aliased(self, &r.key, &r.value, aliases, now.plus(r.ttl))?;
                 }
                 Ok(outcome)

@@ -123,13 +123,14 @@
 //! [`TierStats::pending_deletes_dropped`]). Until replayed, this instance reads a
 //! pending key as missing (`get`, `get_many`, `exists`, `ttl`, `expire`, without
 //! asking the remote, which may still hold the value) and keeps no copy of it;
-//! `get_or_load` calls the loader for it, and a successful write of the key (a
-//! `set`, a write-back) settles its pending delete, as a successful delete or
-//! `clear_prefix` covering it does. A write of a key under a pending *cleared
-//! prefix* cannot settle it (the clear covers other keys too): it replays the
-//! pending deletes first, and fails with `Unavailable`, writing nothing, if the
-//! remote cannot take them yet — a replay after the write would delete what it
-//! stored. The pending deletes are replayed against the
+//! `get_or_load` calls the loader for it. A write of a pending key, or of a key
+//! under a pending cleared prefix (a `set`, a write-back, a `set_with_aliases`
+//! whose entry or aliases are covered) replays the pending deletes first, and
+//! fails with `Unavailable`, writing nothing, if the remote cannot take them yet:
+//! a replay after the write would delete what it stored, and a delete that never
+//! reached the remote would leave there what it dropped (a deleted entry's
+//! aliases). A successful delete or `clear_prefix` covering a pending key settles
+//! it. The pending deletes are replayed against the
 //! remote, oldest first, as any write is (local copies dropped, the change
 //! announced on the bus): every second in the background while any are left, by
 //! the first operation of this instance whose remote call succeeds, before that
@@ -1323,24 +1324,40 @@ impl Shared {
         write: impl std::future::Future<Output = Result<T>>,
         deleting: bool,
     ) -> (Result<T>, Written) {
-        // A write under a cleared prefix still pending: the clear goes first (a
-        // replay after the write would delete what it stores). If it cannot be
-        // replayed now, the write is refused like the remote refuses it.
-        // Held until the write returns: no replay runs while it is on the wire (a
-        // replay's delete landing after it would erase what it stores); the write's
-        // success settles the pending keys it writes.
+        self.change_guarded(what, &[], write, deleting).await
+    }
+
+    /// [`Shared::change`], for a write that also stores `aliases` (names that a pending
+    /// delete or cleared prefix may cover, like the entry's key).
+    ///
+    /// A write of a key (or alias) that a pending delete covers replays the pending
+    /// deletes first: a replay after the write would erase what it stores (a cleared
+    /// prefix), and a delete settled without reaching the remote would leave there
+    /// what the delete dropped (a deleted entry's aliases, which a plain write over
+    /// an absent entry forgets). If they cannot be replayed now, the write is
+    /// refused like the remote refuses it, with `Unavailable`.
+    /// The replay lock is held until the write returns: no replay runs while it is
+    /// on the wire.
+    async fn change_guarded<T>(
+        &self,
+        what: Invalidation,
+        aliases: &[CacheKey],
+        write: impl std::future::Future<Output = Result<T>>,
+        deleting: bool,
+    ) -> (Result<T>, Written) {
+        let touches = |shared: &Self| {
+            shared.touches_pending(&what) || aliases.iter().any(|a| shared.blocks(a))
+        };
         let mut _held = None;
-        if !deleting && self.touches_pending(&what) {
+        if !deleting && touches(self) {
             let guard = self.replaying.lock().await;
-            if self.under_pending_prefix(&what) {
-                self.replay_locked(&guard).await;
-            }
-            if self.under_pending_prefix(&what) {
+            self.replay_locked(&guard).await;
+            if touches(self) {
                 let epoch = self.epoch.load(Ordering::SeqCst);
                 let refused = Error::new(
                     ErrorKind::Unavailable,
-                    "a cleared prefix covering this key is not replayed to the remote yet \
-                     (it is unreachable): the write is refused until it is",
+                    "a delete covering this key is not replayed to the remote yet (it is \
+                     unreachable): the write is refused until it is",
                 );
                 let written = Written {
                     start: self.clock.now(),
@@ -1429,19 +1446,6 @@ impl Shared {
                 "chatstate forgot its oldest pending cache deletes (too many): their old \
                  values may be served again once the remote is back, until they expire there"
             );
-        }
-    }
-
-    /// Whether a key `what` writes lies under a pending cleared prefix.
-    fn under_pending_prefix(&self, what: &Invalidation) -> bool {
-        if !self.has_pending.load(Ordering::SeqCst) {
-            return false;
-        }
-        let pending = self.pending();
-        match what {
-            Invalidation::Key(k) => pending.prefix_covers(k),
-            Invalidation::Keys(ks) => ks.iter().any(|k| pending.prefix_covers(k)),
-            Invalidation::Prefix { .. } => false,
         }
     }
 
@@ -1827,11 +1831,13 @@ impl KvCache for TieredCache {
     ) -> Result<()> {
         let shared = &self.shared;
         let (written, w) = shared
-            .write(
+            .change_guarded(
                 Invalidation::Key(key.clone()),
+                aliases,
                 shared
                     .remote
                     .set_with_aliases(key, value.clone(), ttl, aliases),
+                false,
             )
             .await;
         if written.is_ok() {

@@ -400,18 +400,45 @@ async fn a_replay_that_fails_again_keeps_the_delete_pending() {
     assert_eq!(KvCache::get(&remote.inner, &k).await.unwrap(), None);
 }
 
+fn phone(p: &str) -> CacheKey {
+    CacheKey::new("phone", p).unwrap()
+}
+
 #[tokio::test]
-async fn a_write_after_a_failed_delete_settles_it() {
+async fn a_write_after_a_failed_delete_replays_it_first() {
     let (remote, cache, _clock) = setup();
     let k = key("1");
-    KvCache::set(&remote.inner, &k, b("old"), None)
+    remote
+        .inner
+        .set_with_aliases(&k, b("old"), None, &[phone("+5511")])
         .await
         .unwrap();
     remote.down();
     assert!(cache.delete(&k).await.is_err());
+    // While the delete cannot reach the remote, a write of the key is refused and
+    // writes nothing (settling the delete locally would keep the deleted entry's
+    // aliases on the remote).
+    remote.fail_reads(None);
+    let err = KvCache::set(&cache, &k, b("new"), None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     remote.up();
+    assert_eq!(
+        KvCache::get(&remote.inner, &k).await.unwrap(),
+        Some(b("old")),
+        "the refused write wrote nothing"
+    );
+    assert_eq!(cache.pending_deletes(), 1);
     cache.set(&k, b("new"), None).await.unwrap();
-    assert_eq!(cache.pending_deletes(), 0, "the old value is overwritten");
+    assert_eq!(cache.pending_deletes(), 0, "replayed, then written");
+    assert_eq!(
+        cache.get_by_alias(&phone("+5511")).await.unwrap(),
+        None,
+        "the delete reached the remote before the write: the alias stays gone"
+    );
+    assert_eq!(
+        remote.inner.get_by_alias(&phone("+5511")).await.unwrap(),
+        None
+    );
     assert_eq!(KvCache::get(&cache, &k).await.unwrap(), Some(b("new")));
     assert_eq!(
         KvCache::get(&remote.inner, &k).await.unwrap(),
@@ -832,6 +859,43 @@ async fn a_write_under_a_failed_clear_prefix_is_never_erased_by_its_replay() {
         "the write-back survived the replay"
     );
     assert_eq!(KvCache::get(&remote.inner, &key("a1")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_aliased_write_under_a_failed_clear_prefix_of_its_aliases_replays_it_first() {
+    let (remote, cache, _clock) = setup();
+    let (k, other) = (key("1"), key("2"));
+    remote
+        .inner
+        .set_with_aliases(&other, b("other"), None, &[phone("+5599")])
+        .await
+        .unwrap();
+    remote.down();
+    assert!(cache.clear_prefix("phone", "+55").await.is_err());
+    // The entry's key is not covered, its alias is: refused while the clear is
+    // pending and the remote down.
+    let err = cache
+        .set_with_aliases(&k, b("v"), None, &[phone("+5511")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    remote.up();
+    cache
+        .set_with_aliases(&k, b("v"), None, &[phone("+5511")])
+        .await
+        .unwrap();
+    assert_eq!(cache.pending_deletes(), 0);
+    // A later call would have replayed the clear after the write, erasing the alias.
+    assert_eq!(
+        cache.get_by_alias(&phone("+5511")).await.unwrap(),
+        Some((k.clone(), b("v"))),
+        "the new alias survived the clear's replay"
+    );
+    assert_eq!(
+        remote.inner.get_by_alias(&phone("+5599")).await.unwrap(),
+        None,
+        "the clear reached the remote"
+    );
 }
 
 #[tokio::test]

@@ -245,10 +245,10 @@ impl Inventory for MemoryStore {
                 let existing = cache
                     .value(&k, now)
                     .map(|v| (v.as_ref(), cache.live_aliases(&r.key, now)));
-                let outcome =
-                    decide_value(existing.as_ref(), &(r.value.as_ref(), r.aliases.clone()));
+                // Compared as stored: sorted, each alias once.
+                let aliases = chatstate_core::key::check_aliases(&r.key, &r.aliases)?;
+                let outcome = decide_value(existing.as_ref(), &(r.value.as_ref(), aliases.clone()));
                 if write && outcome == Restored::Written {
-                    let aliases = chatstate_core::key::check_aliases(&r.key, &r.aliases)?;
                     cache.set_with_aliases(&r.key, r.value.clone(), aliases, now.plus(r.ttl), now);
                 }
                 outcome

@@ -902,10 +902,10 @@ impl Inventory for RedisStore {
                     .read_cache_record(&r.key)
                     .await?
                     .map(|e| (e.value, e.aliases));
-                let outcome =
-                    decide_value(existing.as_ref(), &(r.value.clone(), r.aliases.clone()));
+                // Compared as stored: sorted, each alias once.
+                let aliases = check_aliases(&r.key, &r.aliases)?;
+                let outcome = decide_value(existing.as_ref(), &(r.value.clone(), aliases.clone()));
                 if mode == RestoreMode::Write && outcome == Restored::Written {
-                    let aliases = check_aliases(&r.key, &r.aliases)?;
                     let ttl = r.ttl.as_millis().to_string();
                     self.write_aliased(&r.key, &r.value, &ttl, &aliases, "restore")
                         .await?;
