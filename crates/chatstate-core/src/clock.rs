@@ -95,6 +95,8 @@ impl Clock for SystemClock {
     /// `CLOCK_REALTIME_COARSE` where the platform has it: the time as of the last
     /// kernel tick, read from the vDSO without a system call and without reading
     /// the clock source (a few nanoseconds where `now` takes tens). Elsewhere `now`.
+    /// Read through libc (rustix's `use-libc` backend): rustix's own vDSO parser
+    /// crashed under valgrind, which glibc's `clock_gettime` runs under.
     #[inline]
     fn now_coarse(&self) -> Timestamp {
         #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]

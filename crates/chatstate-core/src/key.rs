@@ -74,7 +74,7 @@ fn check_id(what: &'static str, value: &str, max: usize) -> Result<()> {
 /// assert_eq!(escape("olá 👋"), "olá%20👋");
 /// ```
 pub fn escape(part: &str) -> Cow<'_, str> {
-    if !part.chars().any(reserved) {
+    if !part.bytes().any(reserved) {
         return Cow::Borrowed(part);
     }
     let mut out = String::with_capacity(part.len() + 8);
@@ -82,12 +82,27 @@ pub fn escape(part: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Whether [`escape`] rewrites `c`.
-fn reserved(c: char) -> bool {
-    matches!(
-        c,
-        '%' | ':' | '{' | '}' | '/' | '\\' | '*' | '?' | '[' | ']' | ' '
-    ) || c.is_ascii_control()
+/// The bytes [`escape`] rewrites: `%`, the reserved characters and ASCII control
+/// characters. All are ASCII, and no byte of a multi-byte UTF-8 character is, so
+/// a scan of the bytes finds exactly the characters to rewrite (one table lookup
+/// per byte, on every key a store builds).
+const RESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(
+            b as u8,
+            b'%' | b':' | b'{' | b'}' | b'/' | b'\\' | b'*' | b'?' | b'[' | b']' | b' '
+        ) || (b as u8).is_ascii_control();
+        b += 1;
+    }
+    table
+};
+
+/// Whether [`escape`] rewrites byte `b`.
+#[inline]
+fn reserved(b: u8) -> bool {
+    RESERVED[usize::from(b)]
 }
 
 /// Appends [`escape`]`(part)` to `out`, without allocating anything else: what key
@@ -100,17 +115,18 @@ fn reserved(c: char) -> bool {
 /// ```
 pub fn push_escaped(out: &mut String, part: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut rest = part;
-    while let Some(at) = rest.find(reserved) {
-        out.push_str(&rest[..at]);
-        // Every reserved character is ASCII: one byte, two hex digits.
-        let b = rest.as_bytes()[at];
-        out.push('%');
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xF)]));
-        rest = &rest[at + 1..];
+    let mut start = 0;
+    for (at, &b) in part.as_bytes().iter().enumerate() {
+        if reserved(b) {
+            // `at` is an ASCII byte: a character boundary.
+            out.push_str(&part[start..at]);
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+            start = at + 1;
+        }
     }
-    out.push_str(rest);
+    out.push_str(&part[start..]);
 }
 
 /// Reverses [`escape`]. Returns `None` for a malformed `%XX` escape.
@@ -1233,7 +1249,38 @@ mod tests {
         assert_eq!(Bucket::day_of(Timestamp(-1)).to_string(), "1969-12-31");
     }
 
+    /// The escaping as first written, character by character: keys already stored
+    /// depend on its exact text, so the byte scan must give the same for any input.
+    fn escape_by_chars(part: &str) -> String {
+        let mut out = String::new();
+        for c in part.chars() {
+            if matches!(
+                c,
+                '%' | ':' | '{' | '}' | '/' | '\\' | '*' | '?' | '[' | ']' | ' '
+            ) || c.is_ascii_control()
+            {
+                out.push_str(&format!("%{:02X}", c as u32));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn escape_of_every_ascii_character_is_unchanged() {
+        for b in 0u8..=127 {
+            let part = format!("a{}é{}", char::from(b), char::from(b));
+            assert_eq!(escape(&part), escape_by_chars(&part), "byte {b:#04x}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn escape_is_the_same_text_as_by_characters(s in any::<String>()) {
+            prop_assert_eq!(escape(&s).into_owned(), escape_by_chars(&s));
+        }
+
         #[test]
         fn escape_roundtrips_and_has_no_reserved_chars(s in any::<String>()) {
             let e = escape(&s);

@@ -58,4 +58,4 @@ pub use batched::{
 pub use coalesce::{CoalesceConfig, CoalesceStats, CoalescingWriter};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
 pub use local_sessions::{LocalSessionStats, LocalSessions, LocalSessionsConfig};
-pub use tiered::{TierStats, TieredCache, TieredConfig};
+pub use tiered::{LocalHit, TierStats, TieredCache, TieredConfig};

@@ -184,6 +184,7 @@ use chatstate_core::{
     ManyLoader, Result, SharedClock, StoreSettings, Timestamp,
 };
 use serde::Serialize;
+use thread_local::ThreadLocal;
 
 /// The tiered cache's settings.
 #[derive(Clone, Debug)]
@@ -256,7 +257,6 @@ impl TieredConfig {
 /// Kept in moka behind an `Arc`: a hit costs one reference count, not a copy of
 /// the entry (a clone of the value and of its settled flag), and a lookup moves a
 /// pointer around, not the entry.
-#[derive(Debug)]
 struct Local {
     value: Option<Bytes>,
     /// When it stops being served while the remote answers, on the cache's clock.
@@ -292,6 +292,32 @@ impl Local {
     /// may predate a change that returned before the read started.
     fn answers(&self, epoch: u64) -> bool {
         epoch <= self.current_at || self.settled.load(Ordering::SeqCst)
+    }
+}
+
+/// A local hit of [`TieredCache::get_local`]: the local copy itself, shared (one
+/// reference count, as a `Bytes` value would take), not a copy of it. `Debug`
+/// shows the value's length only.
+#[derive(Clone)]
+pub struct LocalHit(Arc<Local>);
+
+impl LocalHit {
+    /// The value, or `None` when the local tier knows the key is missing.
+    pub fn value(&self) -> Option<&Bytes> {
+        self.0.value.as_ref()
+    }
+
+    /// The value as an owned `Bytes` (a reference count, no copy).
+    pub fn into_value(self) -> Option<Bytes> {
+        self.0.value.clone()
+    }
+}
+
+impl std::fmt::Debug for LocalHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalHit")
+            .field("value_len", &self.0.value.as_ref().map(Bytes::len))
+            .finish()
     }
 }
 
@@ -361,9 +387,29 @@ pub struct TierStats {
     pub pending_deletes_dropped: u64,
 }
 
+/// A count that many threads add to, each to its own slot, with a plain load and
+/// store (one writer per slot: exact, and no locked read-modify-write on the hit
+/// path); read as the sum of the slots. A thread that exits leaves its slot to the
+/// next thread (the `thread_local` crate's reuse), so nothing counted is lost.
+#[derive(Default)]
+struct PerThreadCount(ThreadLocal<AtomicU64>);
+
+impl PerThreadCount {
+    #[inline]
+    fn add(&self, n: u64) {
+        let slot = self.0.get_or_default();
+        slot.store(slot.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|slot| slot.load(Ordering::Relaxed)).sum()
+    }
+}
+
 #[derive(Default)]
 struct Stats {
-    local_hits: AtomicU64,
+    /// Per thread: counted on every local hit, `get_local`'s included.
+    local_hits: PerThreadCount,
     local_misses: AtomicU64,
     remote_hits: AtomicU64,
     remote_misses: AtomicU64,
@@ -387,6 +433,13 @@ enum Lookup {
     /// temporarily (and the copy is still kept then).
     Stale(Arc<Local>),
     Miss,
+}
+
+/// [`Shared::judge`]'s verdict: a [`Lookup`], or a copy past `stale_until` that
+/// the caller drops from the local tier (a miss).
+enum Judged {
+    As(Lookup),
+    Expired,
 }
 
 /// Deletes that failed with a temporary error, to replay: each is a key or a
@@ -692,7 +745,7 @@ impl TieredCache {
     pub fn stats(&self) -> TierStats {
         let s = &self.shared.stats;
         TierStats {
-            local_hits: s.local_hits.load(Ordering::Relaxed),
+            local_hits: s.local_hits.sum(),
             local_misses: s.local_misses.load(Ordering::Relaxed),
             remote_hits: s.remote_hits.load(Ordering::Relaxed),
             remote_misses: s.remote_misses.load(Ordering::Relaxed),
@@ -719,18 +772,41 @@ impl TieredCache {
     /// nothing is counted otherwise (the `get` that follows counts the miss).
     ///
     /// For hot paths: an inherent `async fn`, so no boxed future as the trait's
-    /// `get` needs, and no remote to fall back to.
-    pub async fn get_local(&self, key: &CacheKey) -> Option<Option<Bytes>> {
+    /// `get` needs, and no remote to fall back to. The hit lends the local copy
+    /// ([`LocalHit::value`]) instead of taking a reference on its bytes;
+    /// [`LocalHit::into_value`] takes one.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use bytes::Bytes;
+    /// # use chatstate_core::{CacheKey, KvCache, LocalBus, StoreSettings};
+    /// # use chatstate_layers::{TieredCache, TieredConfig};
+    /// # use chatstate_memory::MemoryStore;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstate_core::Result<()> {
+    /// let remote = Arc::new(MemoryStore::new(StoreSettings::default()));
+    /// let cache = TieredCache::new(remote, Arc::new(LocalBus::new()), TieredConfig::default());
+    /// let key = CacheKey::new("customers", "42")?;
+    /// assert!(cache.get_local(&key).await.is_none(), "no copy yet");
+    /// cache.set(&key, Bytes::from_static(b"ana"), None).await?;
+    /// let hit = cache.get_local(&key).await.expect("kept by the write");
+    /// assert_eq!(hit.value().map(|v| &v[..]), Some(&b"ana"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_local(&self, key: &CacheKey) -> Option<LocalHit> {
         let shared = &self.shared;
-        match shared
-            .lookup(key, shared.epoch.load(Ordering::SeqCst))
-            .await
-        {
-            Lookup::Fresh(hit) => {
-                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
-                Some(hit.value.clone())
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        // `Shared::lookup` written out: one future (moka's) on this path, not two.
+        let hit = shared.local.get(key).await?;
+        match shared.judge(hit, epoch) {
+            Judged::As(Lookup::Fresh(hit)) => {
+                shared.stats.local_hits.add(1);
+                Some(LocalHit(hit))
             }
-            Lookup::Stale(_) | Lookup::Miss => None,
+            Judged::As(Lookup::Stale(_) | Lookup::Miss) => None,
+            Judged::Expired => {
+                shared.local.invalidate(key).await;
+                None
+            }
         }
     }
 
@@ -806,7 +882,7 @@ impl TieredCache {
                 None
             }
             Lookup::Fresh(hit) => {
-                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                shared.stats.local_hits.add(1);
                 return Ok(hit.value.clone());
             }
             Lookup::Stale(copy) => {
@@ -1175,36 +1251,48 @@ impl Shared {
         let Some(hit) = self.local.get(key).await else {
             return Lookup::Miss;
         };
+        match self.judge(hit, epoch) {
+            Judged::Expired => {
+                self.local.invalidate(key).await;
+                Lookup::Miss
+            }
+            Judged::As(lookup) => lookup,
+        }
+    }
+
+    /// What a copy found in the local tier answers a read that started at `epoch`
+    /// (synchronous: `get_local` calls it without another future around moka's).
+    #[inline]
+    fn judge(&self, hit: Arc<Local>, epoch: u64) -> Judged {
         if !self.check_deadline {
-            return if hit.answers(epoch) {
+            return Judged::As(if hit.answers(epoch) {
                 Lookup::Fresh(hit)
             } else {
                 Lookup::Miss
-            };
+            });
         }
         // The exact time is at most `coarse_lag` past the coarse one: before the
         // deadline (and so before `stale_until`, never earlier) for certain. The
         // same answers as below with `now < hit.deadline`.
         if self.clock.now_coarse().plus(self.coarse_lag) < hit.deadline {
-            return if !hit.answers(epoch) {
+            return Judged::As(if !hit.answers(epoch) {
                 Lookup::Miss
             } else if hit.generation == self.generation.load(Ordering::SeqCst) {
                 Lookup::Fresh(hit)
             } else {
                 Lookup::Stale(hit)
-            };
+            });
         }
         let now = self.clock.now();
-        if now >= hit.stale_until {
-            self.local.invalidate(key).await;
-            Lookup::Miss
+        Judged::As(if now >= hit.stale_until {
+            return Judged::Expired;
         } else if !hit.answers(epoch) {
             Lookup::Miss
         } else if now < hit.deadline && hit.generation == self.generation.load(Ordering::SeqCst) {
             Lookup::Fresh(hit)
         } else {
             Lookup::Stale(hit)
-        }
+        })
     }
 
     /// Stale-if-error for a read that found `stale` and whose remote call failed with
@@ -1656,7 +1744,7 @@ impl Shared {
         for (i, k) in keys.iter().enumerate() {
             match self.lookup(k, epoch).await {
                 Lookup::Fresh(hit) => {
-                    self.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.local_hits.add(1);
                     values.push(hit.value.clone());
                 }
                 found => {
@@ -1740,7 +1828,7 @@ impl KvCache for TieredCache {
         let epoch = shared.epoch.load(Ordering::SeqCst);
         let stale = match shared.lookup(key, epoch).await {
             Lookup::Fresh(hit) => {
-                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                shared.stats.local_hits.add(1);
                 return Ok(hit.value.clone());
             }
             Lookup::Stale(copy) => Some(copy),
@@ -1888,7 +1976,7 @@ impl KvCache for TieredCache {
         let epoch = shared.epoch.load(Ordering::SeqCst);
         let stale = match shared.lookup(key, epoch).await {
             Lookup::Fresh(hit) => {
-                shared.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                shared.stats.local_hits.add(1);
                 return Ok(hit.value.is_some());
             }
             Lookup::Stale(copy) => Some(copy),

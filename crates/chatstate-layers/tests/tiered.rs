@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chatstate_core::{
     CacheKey, Error, ErrorKind, InvalidationBus, KvCache, LocalBus, RedisUrl, StoreSettings,
 };
-use chatstate_layers::{TieredCache, TieredConfig};
+use chatstate_layers::{LocalHit, TieredCache, TieredConfig};
 use chatstate_memory::MemoryStore;
 use chatstate_redis::{RedisBus, RedisStore};
 
@@ -359,21 +359,28 @@ async fn get_local_answers_only_what_a_local_hit_of_get_would() {
     let bb = TieredCache::with_clock(remote.clone(), bus.clone(), config, clock.shared());
     let k = key("local");
     assert_eq!(
-        a.get_local(&k).await,
+        a.get_local(&k).await.map(LocalHit::into_value),
         None,
         "no copy: get would ask the remote"
     );
     assert_eq!(KvCache::get(&a, &k).await.unwrap(), None);
     assert_eq!(
-        a.get_local(&k).await,
+        a.get_local(&k).await.map(LocalHit::into_value),
         None,
         "a remote miss is not kept (no negative_ttl): get would ask again"
     );
 
     let heard = bb.stats().invalidations;
     a.set(&k, b("v1"), None).await.unwrap();
-    assert_eq!(a.get_local(&k).await, Some(Some(b("v1"))));
-    assert_eq!(bb.get_local(&k).await, None, "bb has no copy yet");
+    assert_eq!(
+        a.get_local(&k).await.map(LocalHit::into_value),
+        Some(Some(b("v1")))
+    );
+    assert_eq!(
+        bb.get_local(&k).await.map(LocalHit::into_value),
+        None,
+        "bb has no copy yet"
+    );
     // bb handles a's announcement of v1 first: handled after bb's read below, it
     // would drop the copy that read kept (under load it did, 1 run in ~10). The
     // count grows once an announcement's copies are dropped.
@@ -387,16 +394,22 @@ async fn get_local_answers_only_what_a_local_hit_of_get_would() {
     }
     assert!(announced, "bb heard a's write");
     assert_eq!(KvCache::get(&bb, &k).await.unwrap(), Some(b("v1")));
-    assert_eq!(bb.get_local(&k).await, Some(Some(b("v1"))));
+    assert_eq!(
+        bb.get_local(&k).await.map(LocalHit::into_value),
+        Some(Some(b("v1")))
+    );
 
     // A change in this instance: once it returned, never the old copy.
     let hits = a.stats().local_hits;
     a.set(&k, b("v2"), None).await.unwrap();
-    assert_ne!(a.get_local(&k).await, Some(Some(b("v1"))));
+    assert_ne!(
+        a.get_local(&k).await.map(LocalHit::into_value),
+        Some(Some(b("v1")))
+    );
     // In the other instance, the bus drops the old copy.
     let mut dropped = false;
     for _ in 0..300 {
-        if bb.get_local(&k).await.is_none() {
+        if bb.get_local(&k).await.map(LocalHit::into_value).is_none() {
             dropped = true;
             break;
         }
@@ -404,11 +417,18 @@ async fn get_local_answers_only_what_a_local_hit_of_get_would() {
     }
     assert!(dropped, "bb's v1 copy is dropped by the invalidation");
     assert_eq!(KvCache::get(&bb, &k).await.unwrap(), Some(b("v2")));
-    assert_eq!(bb.get_local(&k).await, Some(Some(b("v2"))));
+    assert_eq!(
+        bb.get_local(&k).await.map(LocalHit::into_value),
+        Some(Some(b("v2")))
+    );
 
     // Past its local TTL a copy is not a local answer (get would ask the remote).
     clock.advance(Duration::from_secs(61));
-    assert_eq!(bb.get_local(&k).await, None, "past the local TTL");
+    assert_eq!(
+        bb.get_local(&k).await.map(LocalHit::into_value),
+        None,
+        "past the local TTL"
+    );
     assert!(
         a.stats().local_hits > hits,
         "answers of get_local count as local hits"

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatstate_core::{CacheKey, KvCache, LocalBus, ManualClock, Result, StoreSettings};
-use chatstate_layers::{TieredCache, TieredConfig};
+use chatstate_layers::{LocalHit, TieredCache, TieredConfig};
 use chatstate_memory::MemoryStore;
 
 /// A remote whose write replies take `reply_delay` of (manual) time after the write
@@ -277,19 +277,19 @@ async fn a_hit_keeps_the_deadline_to_the_millisecond_whatever_the_coarse_clock_l
         assert_eq!(KvCache::get(&cache, &k).await.unwrap(), Some(b("v1")));
         exact.advance(Duration::from_secs(10));
         assert_eq!(
-            cache.get_local(&k).await,
+            cache.get_local(&k).await.map(LocalHit::into_value),
             Some(Some(b("v1"))),
             "{behind:?}: far from the deadline"
         );
         exact.advance(Duration::from_millis(19_999));
         assert_eq!(
-            cache.get_local(&k).await,
+            cache.get_local(&k).await.map(LocalHit::into_value),
             Some(Some(b("v1"))),
             "{behind:?}: 1 ms before the deadline"
         );
         exact.advance(Duration::from_millis(1));
         assert_eq!(
-            cache.get_local(&k).await,
+            cache.get_local(&k).await.map(LocalHit::into_value),
             None,
             "{behind:?}: at the deadline, stale"
         );
