@@ -23,7 +23,7 @@ use chatstate_core::{
     SessionKey, SessionStore, SessionStoreExt,
 };
 use chatstate_redis::RedisStore;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -305,13 +305,15 @@ fn benches(c: &mut Criterion) {
             r
         })
     });
+    // The caller's entries (100 keys and values, moved into `set_many`) are built
+    // outside the timing, as the raw side's captured arguments are: each side is
+    // timed from its input to the answer.
     g.bench_function(BenchmarkId::new("set_many_100", "chatstate"), |b| {
-        b.to_async(&rt).iter(|| async {
-            store
-                .set_many(hundred_entries.clone(), None)
-                .await
-                .expect("set_many")
-        })
+        b.to_async(&rt).iter_batched(
+            || hundred_entries.clone(),
+            |entries| async { store.set_many(entries, None).await.expect("set_many") },
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function(BenchmarkId::new("set_many_100", "raw_same_commands"), |b| {
         b.to_async(&rt).iter(|| async {

@@ -922,8 +922,21 @@ impl KeyLayout {
             buf: String::with_capacity(keys.len() * (self.prefix.len() + 24)),
             ends: Vec::with_capacity(keys.len()),
         };
+        // `{prefix}:kv:{namespace}:`, escaped once for each run of keys in one
+        // namespace (a many-key call usually has one) instead of once per key.
+        let mut head = String::new();
+        let mut head_of: Option<&str> = None;
         for key in keys {
-            self.push_cache(&mut list.buf, key);
+            if head_of != Some(key.namespace()) {
+                head.clear();
+                head.push_str(&self.prefix);
+                head.push_str(":kv:");
+                push_escaped(&mut head, key.namespace());
+                head.push(':');
+                head_of = Some(key.namespace());
+            }
+            list.buf.push_str(&head);
+            push_escaped(&mut list.buf, key.key());
             list.ends.push(list.buf.len());
         }
         list
@@ -1276,6 +1289,21 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn cache_keys_are_each_keys_own_text(
+            parts in proptest::collection::vec((0..3usize, "[a-z:{ %]{1,6}"), 0..12)
+        ) {
+            // Runs of one namespace, namespaces coming back, reserved characters.
+            let layout = KeyLayout::new("p").unwrap();
+            let keys: Vec<CacheKey> = parts
+                .iter()
+                .map(|(ns, k)| CacheKey::new(["a", "b:c", "d"][*ns], k.as_str()).unwrap())
+                .collect();
+            let one_by_one: Vec<String> = keys.iter().map(|k| layout.cache(k)).collect();
+            let list = layout.cache_keys(&keys);
+            prop_assert_eq!(list.to_vec(), one_by_one);
+        }
+
         #[test]
         fn escape_is_the_same_text_as_by_characters(s in any::<String>()) {
             prop_assert_eq!(escape(&s).into_owned(), escape_by_chars(&s));

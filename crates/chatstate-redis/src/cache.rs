@@ -248,13 +248,14 @@ impl RedisStore {
                 Error::decode("unexpected Redis reply shape: one value per key").with_operation(op),
             );
         }
-        let misses: Vec<&str> = found
-            .iter()
-            .zip(ks)
-            .filter(|(v, _)| matches!(v, Value::Nil))
-            .map(|(_, k)| *k)
-            .collect();
-        if reply::int(&present)? > (ks.len() - misses.len()) as i64 {
+        let nils = found.iter().filter(|v| matches!(v, Value::Nil)).count();
+        if reply::int(&present)? > (ks.len() - nils) as i64 {
+            let misses: Vec<&str> = found
+                .iter()
+                .zip(ks)
+                .filter(|(v, _)| matches!(v, Value::Nil))
+                .map(|(_, k)| *k)
+                .collect();
             self.inner
                 .conn
                 .script(&self.inner.scripts.cache.check_strings, &misses, &[], op)
@@ -430,22 +431,30 @@ impl KvCache for RedisStore {
         }
         let list = self.inner.layout.cache_keys(keys);
         let ks = &list.to_vec();
-        let parts = self
+        let mut parts = self
             .inner
             .conn
             .per_slot(ks, |group| async move {
                 if group.len() == ks.len() {
-                    // One slot (always, outside a Cluster): the keys as they are.
-                    return Ok(group.into_iter().zip(self.get_slot(ks).await?));
+                    // One slot (always, outside a Cluster): the keys as they are,
+                    // in order.
+                    return Ok((Vec::new(), self.get_slot(ks).await?));
                 }
                 let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
                 let values = self.get_slot(&slot_keys).await?;
-                Ok(group.into_iter().zip(values))
+                Ok((group, values))
             })
             .await?;
+        if let [(group, _)] = parts.as_slice()
+            && group.is_empty()
+        {
+            return Ok(parts.pop().map(|(_, values)| values).unwrap_or_default());
+        }
         let mut out: Vec<Option<Bytes>> = vec![None; ks.len()];
-        for (i, v) in parts.into_iter().flatten() {
-            out[i] = v;
+        for (group, values) in parts {
+            for (i, v) in group.into_iter().zip(values) {
+                out[i] = v;
+            }
         }
         Ok(out)
     }
