@@ -311,6 +311,21 @@ impl CacheKey {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// Reads back the escaped form `Display` writes (`<namespace>:<key>`, each part
+    /// escaped): `None` when it is not one (no separator, a malformed escape, an
+    /// empty or oversize part).
+    ///
+    /// ```
+    /// use chatstate_core::CacheKey;
+    /// let k = CacheKey::new("phone", "+55 11").unwrap();
+    /// assert_eq!(CacheKey::from_escaped(&k.to_string()), Some(k));
+    /// assert_eq!(CacheKey::from_escaped("no-separator"), None);
+    /// ```
+    pub fn from_escaped(text: &str) -> Option<CacheKey> {
+        let (ns, key) = text.split_once(':')?;
+        CacheKey::new(unescape(ns)?, unescape(key)?).ok()
+    }
 }
 
 impl fmt::Display for CacheKey {
@@ -1011,8 +1026,7 @@ impl KeyLayout {
         let rest = stored
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(":kv:")?;
-        let (ns, key) = rest.split_once(':')?;
-        CacheKey::new(unescape(ns)?, unescape(key)?).ok()
+        CacheKey::from_escaped(rest)
     }
 
     /// The hash holding the counters of `name` in `bucket`. `@` separates the bucket,

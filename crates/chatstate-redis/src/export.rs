@@ -487,8 +487,7 @@ impl RedisStore {
             let m = reply::bytes(m)?.unwrap_or_default();
             let alias = std::str::from_utf8(&m)
                 .ok()
-                .and_then(|m| m.split_once(':'))
-                .and_then(|(ns, k)| CacheKey::new(unescape(ns)?, unescape(k)?).ok())
+                .and_then(CacheKey::from_escaped)
                 .ok_or_else(|| foreign(&set))?;
             listed.push(alias);
         }
