@@ -115,8 +115,13 @@ fn reserved(b: u8) -> bool {
 /// ```
 pub fn push_escaped(out: &mut String, part: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Most parts need no escaping: one scan, one copy.
+    let Some(first) = part.bytes().position(reserved) else {
+        out.push_str(part);
+        return;
+    };
     let mut start = 0;
-    for (at, &b) in part.as_bytes().iter().enumerate() {
+    for (at, &b) in part.as_bytes().iter().enumerate().skip(first) {
         if reserved(b) {
             // `at` is an ASCII byte: a character boundary.
             out.push_str(&part[start..at]);
