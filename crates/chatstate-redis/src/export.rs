@@ -492,18 +492,26 @@ impl RedisStore {
             listed.push(alias);
         }
         listed.sort();
-        let alias_keys: Vec<String> = listed.iter().map(|a| layout.cache_alias(a)).collect();
-        let mut aliases = Vec::with_capacity(listed.len());
-        for (alias, alias_key) in listed.into_iter().zip(&alias_keys) {
-            let owner: Option<Vec<u8>> = self
-                .inner
-                .conn
-                .cmd(redis::cmd("GET").arg(alias_key), "read", Some(alias_key))
-                .await?;
-            if owner.as_deref() == Some(k.as_bytes()) {
-                aliases.push(alias);
+        // Each alias key's owner, read concurrently: on the multiplexed connection
+        // (or each Cluster node's) they share round trips instead of one each.
+        let reads = listed.iter().map(|alias| {
+            let alias_key = layout.cache_alias(alias);
+            let mut get = redis::cmd("GET");
+            get.arg(&alias_key);
+            async move {
+                self.inner
+                    .conn
+                    .cmd::<Option<Vec<u8>>>(&get, "read", Some(&alias_key))
+                    .await
             }
-        }
+        });
+        let owners = futures_util::future::try_join_all(reads).await?;
+        let aliases = listed
+            .into_iter()
+            .zip(owners)
+            .filter(|(_, owner)| owner.as_deref() == Some(k.as_bytes()))
+            .map(|(alias, _)| alias)
+            .collect();
         Ok(Some(CacheRecord {
             key: key.clone(),
             value: Bytes::from(value),
