@@ -48,6 +48,8 @@
 pub mod batched;
 pub mod coalesce;
 pub mod instrument;
+mod local_copies;
+pub mod local_focus;
 pub mod local_sessions;
 pub mod tiered;
 
@@ -57,5 +59,6 @@ pub use batched::{
 };
 pub use coalesce::{CoalesceConfig, CoalesceStats, CoalescingWriter};
 pub use instrument::{Instrumented, MetricsSnapshot, OpSnapshot};
+pub use local_focus::{LocalFocus, LocalFocusStats};
 pub use local_sessions::{LocalSessionStats, LocalSessions, LocalSessionsConfig};
 pub use tiered::{LocalHit, TierStats, TieredCache, TieredConfig};

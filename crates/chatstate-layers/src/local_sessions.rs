@@ -55,27 +55,34 @@ use chatstate_core::{
     AppendReceipt, Capabilities, Expected, Lease, LoadedSession, NewMessage, Page, Result, Session,
     SessionKey, SessionPatch, SessionStore, SharedClock, Timestamp, Turn, TurnReceipt,
 };
-use moka::ops::compute::{CompResult, Op};
+
+use crate::local_copies::{Copies, Held};
 
 /// How a [`LocalSessions`] is sized and how long a copy is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalSessionsConfig {
-    /// Most sessions held (each with its window).
+    /// Most sessions held (each with its window); as many focus documents in a
+    /// [`crate::LocalFocus`].
     pub capacity: u64,
     /// How long a copy is served after it was read or written (see the module
     /// docs for what that means across instances).
     pub max_age: Duration,
     /// The store's session TTL: a copy is never served past the session's expiry.
     pub session_ttl: Duration,
+    /// The store's default focus TTL ([`crate::LocalFocus`]: a document read is
+    /// never served past its `updated_at` plus this).
+    pub focus_ttl: Duration,
 }
 
 impl LocalSessionsConfig {
-    /// The settings of `config` (`CHATSTATE_LOCAL_SESSION_*`, and the session TTL).
+    /// The settings of `config` (`CHATSTATE_LOCAL_SESSION_*`, and the session and
+    /// focus TTLs).
     pub fn from_config(config: &chatstate_core::Config) -> Self {
         LocalSessionsConfig {
             capacity: config.local_sessions.capacity,
             max_age: config.local_sessions.max_age,
             session_ttl: config.store.session_ttl,
+            focus_ttl: config.store.focus_ttl,
         }
     }
 }
@@ -104,68 +111,19 @@ struct Counters {
     dropped: AtomicU64,
 }
 
-/// A copy and when it was taken.
-struct Held {
-    loaded: LoadedSession,
-    taken: Timestamp,
-}
-
-/// How many [`Stripe`]s the keys are spread over.
-const STRIPES: usize = 64;
-
-/// Writes in flight through this layer on the keys of one stripe: what decides
-/// whether an answer of the store may still be kept when it arrives.
-///
-/// A write bumps `generation` and counts itself in `in_flight` before it goes to
-/// the store, and bumps `generation` again when it ends (answered, failed or
-/// cancelled); a read notes `generation` before it goes to the store. An answer
-/// is kept only when, at that moment (inside the copy's per-key compute step),
-/// `generation` is still what the operation noted and no *other* write is in
-/// flight. So no answer is kept that overlapped another write in any way — one
-/// that started before it and ended during it (its end bumped `generation`),
-/// one still running, or one that started after it — since the store may have
-/// applied that write on either side of it, and the answer could lack it. Keys
-/// share stripes, so this only ever errs towards keeping less. (Hand-written:
-/// moka's per-key compute orders the copies, but not the store's answers, which
-/// arrive in any order.)
-#[derive(Default)]
-struct Stripe {
-    generation: AtomicU64,
-    in_flight: AtomicU64,
-}
-
-/// A write through the layer, counted in its stripe until dropped (see
-/// [`Stripe`]).
-struct Writing<'a> {
-    stripe: &'a Stripe,
-    generation: u64,
-    /// When the write began: the age of the copy it may keep counts from here.
-    began: Timestamp,
-}
-
-impl Drop for Writing<'_> {
-    fn drop(&mut self) {
-        // The end of a write is a change every overlapping answer must see.
-        self.stripe.generation.fetch_add(1, Ordering::SeqCst);
-        self.stripe.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// A local tier of loaded sessions in front of `S` (see the module docs).
 pub struct LocalSessions<S> {
     inner: S,
-    held: moka::future::Cache<SessionKey, Arc<Held>>,
+    copies: Copies<SessionKey, LoadedSession>,
     config: LocalSessionsConfig,
-    clock: SharedClock,
     stats: Counters,
-    stripes: Box<[Stripe]>,
 }
 
 impl<S> std::fmt::Debug for LocalSessions<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalSessions")
             .field("config", &self.config)
-            .field("held", &self.held.entry_count())
+            .field("held", &self.copies.len())
             .finish_non_exhaustive()
     }
 }
@@ -179,69 +137,12 @@ impl<S: SessionStore> LocalSessions<S> {
     /// A local tier over `inner` whose ages and expiries run on `clock` (the
     /// store's own clock, so both agree on when a session expires).
     pub fn with_clock(inner: S, config: LocalSessionsConfig, clock: SharedClock) -> Self {
-        let held = moka::future::Cache::builder()
-            .max_capacity(config.capacity)
-            // Memory bound only: whether a copy may be served is decided on `clock`.
-            .time_to_live(config.max_age.max(Duration::from_millis(1)))
-            .build();
         LocalSessions {
             inner,
-            held,
+            copies: Copies::new(config.capacity, config.max_age, clock),
             config,
-            clock,
             stats: Counters::default(),
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
         }
-    }
-
-    fn stripe(&self, key: &SessionKey) -> &Stripe {
-        use std::hash::BuildHasher;
-        let h = foldhash::fast::FixedState::with_seed(0).hash_one(key);
-        &self.stripes[(h % STRIPES as u64) as usize]
-    }
-
-    /// Starts a write on `key`: counted until the returned guard drops.
-    fn writing(&self, key: &SessionKey) -> Writing<'_> {
-        let stripe = self.stripe(key);
-        stripe.in_flight.fetch_add(1, Ordering::SeqCst);
-        let generation = stripe.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        Writing {
-            stripe,
-            generation,
-            began: self.clock.now(),
-        }
-    }
-
-    /// Settles `key`'s copy after a write the store answered: keeps `copy` when
-    /// no other write overlapped this one (see [`Stripe`]), else drops what is
-    /// held. Whether `copy` was kept.
-    async fn settle_write(
-        &self,
-        key: &SessionKey,
-        w: &Writing<'_>,
-        copy: Option<LoadedSession>,
-    ) -> bool {
-        let taken = w.began;
-        let result = self
-            .held
-            .entry_by_ref(key)
-            .and_compute_with(|old| {
-                // Decided inside the key's compute step, so no other write's
-                // copy lands between the check and the put.
-                let alone = w.stripe.generation.load(Ordering::SeqCst) == w.generation
-                    && w.stripe.in_flight.load(Ordering::SeqCst) == 1;
-                let op = match copy {
-                    Some(loaded) if alone => Op::Put(Arc::new(Held { loaded, taken })),
-                    _ if old.is_some() => Op::Remove,
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        matches!(
-            result,
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
-        )
     }
 
     /// What this layer did so far.
@@ -287,51 +188,32 @@ impl<S: SessionStore> LocalSessions<S> {
     where
         Fut: Future<Output = Result<T>>,
     {
-        let stripe = self.stripe(key);
-        let generation = stripe.generation.load(Ordering::SeqCst);
-        let taken = self.clock.now();
-        let answer = read.await?;
-        let quiet = || {
-            stripe.generation.load(Ordering::SeqCst) == generation
-                && stripe.in_flight.load(Ordering::SeqCst) == 0
-        };
-        let read = session_of(&answer).cloned();
-        let _ = self
-            .held
-            .entry_by_ref(key)
-            .and_compute_with(|old| {
-                let op = match read {
-                    Some(loaded) if quiet() => Op::Put(Arc::new(Held { loaded, taken })),
-                    None if quiet() && old.is_some() => Op::Remove,
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        Ok(answer)
+        self.copies
+            .read_through(key, read, |answer| session_of(answer).cloned())
+            .await
     }
 
     /// The copy of `key` that may be served now, uncounted.
     async fn servable_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
-        self.if_servable(self.held.get(key).await)
+        self.if_servable(self.copies.get(key).await)
     }
 
     /// Takes `key`'s copy out for a write that may change the session: nothing
     /// is served while the write runs, so a write whose caller stops waiting for
     /// it (a timeout, a dropped request) leaves no copy that may predate it.
     async fn take_copy(&self, key: &SessionKey) -> Option<LoadedSession> {
-        self.if_servable(self.held.remove(key).await)
+        self.if_servable(self.copies.take(key).await)
     }
 
     /// The session of `held` when it may be served now.
-    fn if_servable(&self, held: Option<Arc<Held>>) -> Option<LoadedSession> {
-        let now = self.clock.now();
+    fn if_servable(&self, held: Option<Arc<Held<LoadedSession>>>) -> Option<LoadedSession> {
+        let now = self.copies.clock.now();
         held.filter(|h| self.servable(h, now))
-            .map(|h| h.loaded.clone())
+            .map(|h| h.value.clone())
     }
 
-    fn servable(&self, h: &Held, now: Timestamp) -> bool {
-        let s = &h.loaded.session;
+    fn servable(&self, h: &Held<LoadedSession>, now: Timestamp) -> bool {
+        let s = &h.value.session;
         let alive_until = s
             .last_activity
             .max(s.updated_at)
@@ -342,10 +224,10 @@ impl<S: SessionStore> LocalSessions<S> {
     /// A write the layer cannot follow: the copy is dropped before it and again
     /// after it (a read racing it may have kept one meanwhile).
     async fn blind<T>(&self, key: &SessionKey, write: impl Future<Output = T>) -> T {
-        let w = self.writing(key);
-        self.held.invalidate(key).await;
+        let w = self.copies.writing(key);
+        self.copies.drop_copy(key).await;
         let out = write.await;
-        self.settle_write(key, &w, None).await;
+        self.copies.settle_write(key, &w, None).await;
         out
     }
 
@@ -428,7 +310,7 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
         patch: SessionPatch,
         expected: Expected,
     ) -> Result<Session> {
-        let w = self.writing(key);
+        let w = self.copies.writing(key);
         let base = self.take_copy(key).await;
         let result = self.inner.update(key, patch, expected).await;
         // An update changes the record only: the window still holds when no
@@ -443,14 +325,14 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
             }
             _ => None,
         };
-        if !self.settle_write(key, &w, copy).await && had_base {
+        if !self.copies.settle_write(key, &w, copy).await && had_base {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
     async fn commit_turn(&self, key: &SessionKey, mut turn: Turn) -> Result<TurnReceipt> {
-        let w = self.writing(key);
+        let w = self.copies.writing(key);
         let base = self.take_copy(key).await;
         // Only a turn that can leave a copy asks the store for the record: one on
         // a held session, or one that may create the session.
@@ -458,7 +340,7 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
         let want_record = turn.return_session;
         let keepable = base.is_some() || may_create;
         let messages = if keepable {
-            let now = self.clock.now();
+            let now = self.copies.clock.now();
             for m in &mut turn.messages {
                 m.at.get_or_insert(now);
             }
@@ -473,7 +355,7 @@ impl<S: SessionStore> SessionStore for LocalSessions<S> {
             Ok(receipt) if keepable => Self::after_turn(base, messages, receipt),
             _ => None,
         };
-        if self.settle_write(key, &w, copy).await {
+        if self.copies.settle_write(key, &w, copy).await {
             self.stats.kept_turns.fetch_add(1, Ordering::Relaxed);
         } else if had_base {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);

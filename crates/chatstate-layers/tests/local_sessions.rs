@@ -41,6 +41,7 @@ fn tier<S: SessionStore>(inner: S, clock: &ManualClock, max_age: Duration) -> Lo
             capacity: 100,
             max_age,
             session_ttl: TTL,
+            focus_ttl: TTL,
         },
         clock.shared(),
     )
