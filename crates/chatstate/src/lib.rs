@@ -84,8 +84,8 @@ use std::sync::Arc;
 pub use chatstate_core::*;
 pub use chatstate_layers::{
     BatchedCounters, CoalesceConfig, CoalesceStats, CoalescingWriter, CounterHandle, Instrumented,
-    LocalSessionStats, LocalSessions, LocalSessionsConfig, MetricsSnapshot, Read, TierStats,
-    TieredCache, TieredConfig,
+    LocalFocus, LocalFocusStats, LocalHit, LocalSessionStats, LocalSessions, LocalSessionsConfig,
+    MetricsSnapshot, Read, TierStats, TieredCache, TieredConfig,
 };
 
 pub use migrate::{
@@ -145,6 +145,9 @@ pub struct Stores {
     /// The local session tier in [`Stores::sessions`], after
     /// [`Stores::with_local_sessions`].
     local_sessions: Option<Arc<LocalSessions<Arc<dyn SessionStore>>>>,
+    /// The local focus tier in [`Stores::focus`], put in place with the session
+    /// tier.
+    local_focus: Option<Arc<LocalFocus<Arc<dyn FocusStore>>>>,
     /// Where the figures of [`Stores::instrumented`] go.
     metrics: Option<Instrumented<()>>,
 }
@@ -280,6 +283,7 @@ impl Stores {
             fallback_from: None,
             tiered: None,
             local_sessions: None,
+            local_focus: None,
             metrics: None,
         }
     }
@@ -356,12 +360,16 @@ impl Stores {
     /// `CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS`): a session this instance read or
     /// wrote is answered locally for up to that age (never past its expiry), by
     /// `load` and by [`Stores::read_batch`], and a turn committed through
-    /// `stores.sessions` keeps its result. With the tiered cache holding the
-    /// turn's entries, a turn is then one round trip: the commit. Another
-    /// instance's write is seen here only once the copy is older than the max
-    /// age; a commit expecting the version it read is still checked by the store
-    /// (a `Conflict` drops the copy). The [`local_sessions`](chatstate_layers::local_sessions)
-    /// module docs say exactly what holds. Call it before [`Stores::instrumented`].
+    /// `stores.sessions` keeps its result. Focus documents get the same tier in
+    /// [`Stores::focus`] ([`LocalFocus`], same settings): a document read or put
+    /// here is answered locally for up to the max age, by `get` and by
+    /// [`Stores::read_batch`]. With the tiered cache holding the turn's entries,
+    /// a turn is then one round trip: the commit. Another instance's write is
+    /// seen here only once the copy is older than the max age; a commit (or a
+    /// put) expecting the version it read is still checked by the store (a
+    /// `Conflict` drops the copy). The [`local_sessions`](chatstate_layers::local_sessions)
+    /// and [`local_focus`](chatstate_layers::local_focus) module docs say exactly
+    /// what holds. Call it before [`Stores::instrumented`].
     ///
     /// ```
     /// # async fn demo() -> chatstate::Result<()> {
@@ -387,7 +395,24 @@ impl Stores {
             };
             self.local_sessions = Some(local);
         }
+        if self.local_focus.is_none() {
+            let local = Arc::new(LocalFocus::new(
+                self.focus.clone(),
+                LocalSessionsConfig::from_config(config),
+            ));
+            self.focus = match &self.metrics {
+                Some(root) => Arc::new(root.sharing(local.clone() as Arc<dyn FocusStore>)),
+                None => local.clone(),
+            };
+            self.local_focus = Some(local);
+        }
         self
+    }
+
+    /// The local focus tier in [`Stores::focus`], after
+    /// [`Stores::with_local_sessions`].
+    pub fn local_focus(&self) -> Option<&LocalFocus<Arc<dyn FocusStore>>> {
+        self.local_focus.as_deref()
     }
 
     /// The local session tier in [`Stores::sessions`], after
@@ -461,6 +486,50 @@ impl Stores {
     /// # Ok(()) }
     /// ```
     pub async fn read_batch(&self, reads: &BatchReads) -> Result<BatchRead> {
+        let Some(local) = &self.local_focus else {
+            return self.read_sessions(reads).await;
+        };
+        if reads.focus.is_empty() {
+            return self.read_sessions(reads).await;
+        }
+        // The documents held locally answer here; the others ride along.
+        let mut held = Vec::with_capacity(reads.focus.len());
+        for key in &reads.focus {
+            held.push(local.held(key).await);
+        }
+        let missing: Vec<FocusKey> = reads
+            .focus
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| h.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let rest = BatchReads {
+            session: reads.session.clone(),
+            focus: missing.clone(),
+            cache: reads.cache.clone(),
+        };
+        let mut read = if missing.is_empty() {
+            self.read_sessions(&rest).await?
+        } else {
+            local
+                .read_through(&missing, self.read_sessions(&rest), |r| r.focus.clone())
+                .await?
+        };
+        let mut fetched = std::mem::take(&mut read.focus).into_iter();
+        read.focus = held
+            .into_iter()
+            .map(|h| match h {
+                Some(doc) => Some(doc),
+                None => fetched.next().flatten(),
+            })
+            .collect();
+        Ok(read)
+    }
+
+    /// [`Stores::read_batch`] below the local focus tier: the session from the
+    /// local session tier when it holds it, the rest from below.
+    async fn read_sessions(&self, reads: &BatchReads) -> Result<BatchRead> {
         let (Some(local), Some(key)) = (&self.local_sessions, &reads.session) else {
             return self.read_remote(reads).await;
         };

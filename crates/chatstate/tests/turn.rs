@@ -262,9 +262,10 @@ async fn a_tiered_cache_only_read_batch_returns_the_stores_own_error() {
     );
 }
 
-/// With the local session tier and the tiered cache, a turn whose session and
-/// customer this instance holds is one round trip: the read batch is answered
-/// locally, the commit is the only trip; the copy it keeps equals what Redis holds.
+/// With the local session tier and the tiered cache, a turn whose session,
+/// customer and focus document this instance holds is one round trip: the read
+/// batch is answered locally, the commit is the only trip; the copies it keeps
+/// equal what Redis holds.
 #[tokio::test]
 async fn a_turn_held_locally_is_one_round_trip_on_redis() {
     let config = redis_config();
@@ -294,8 +295,20 @@ async fn a_turn_held_locally_is_one_round_trip_on_redis() {
         .set(&customer, Bytes::from_static(b"Ana"), None)
         .await
         .unwrap();
+    let order = FocusKey::new("acme:+5511local", "order").unwrap();
+    stores
+        .focus
+        .put(
+            &order,
+            Bytes::from_static(b"pizza"),
+            PutMode::Overwrite,
+            None,
+        )
+        .await
+        .unwrap();
     let reads = BatchReads::new()
         .session(key.clone())
+        .focus(order.clone())
         .cache(customer.clone());
     let trips = || stores.round_trips().unwrap().round_trips;
     let mut version = 0;
@@ -307,6 +320,11 @@ async fn a_turn_held_locally_is_one_round_trip_on_redis() {
             assert_eq!(read_trips, 0, "turn {turn}: the read is answered locally");
         }
         assert_eq!(read.cache, [Some(Bytes::from_static(b"Ana"))]);
+        assert_eq!(
+            read.focus[0].as_ref().map(|d| &d.value[..]),
+            Some(&b"pizza"[..]),
+            "turn {turn}: the focus document"
+        );
         let seen = read.session.as_ref().map_or(0, |s| s.session.version);
         assert_eq!(seen, version, "turn {turn}: the read shows the last commit");
         let before = trips();
@@ -331,6 +349,10 @@ async fn a_turn_held_locally_is_one_round_trip_on_redis() {
     let held = stores.local_sessions().unwrap().held(&key).await.unwrap();
     let fresh = Stores::open(&config).await.unwrap();
     assert_eq!(Some(held), fresh.sessions.load(&key).await.unwrap());
+    let held = stores.local_focus().unwrap().held(&order).await;
+    assert_eq!(held, fresh.focus.get(&order).await.unwrap());
+    assert!(held.is_some());
+    let _ = FocusStore::delete(stores.focus.as_ref(), &order).await;
     for k in [&key, &warm] {
         let _ = SessionStore::delete(stores.sessions.as_ref(), k).await;
     }
