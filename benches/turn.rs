@@ -17,10 +17,11 @@
 //! - `turn_tiered`: `turn` with `Stores::with_tiered_cache`: the customer comes
 //!   from the local tier;
 //! - `turn_local`: `turn_tiered` with `Stores::with_local_sessions` too: the
-//!   session comes from the local session tier (the document is still read);
+//!   session and the focus document come from the local session and focus
+//!   tiers, the customer from the tiered cache, so the read costs nothing and
+//!   the turn is the commit;
 //! - `turn_local_nodoc`: `turn_local` for a bot whose turn reads no focus
-//!   document: the session and the customer come from the local tiers, so the
-//!   read costs nothing and the turn is the commit.
+//!   document.
 //!
 //! Besides criterion's time per turn, each contender runs `TURNS` turns alone
 //! against the server, with the server's statistics reset first, and the bench
@@ -370,6 +371,8 @@ fn benches(c: &mut Criterion) {
         }
         let held = local.stores.local_sessions().expect("local tier").stats();
         println!("turn/turn_local*: local session tier {held:?}");
+        let docs = local.stores.local_focus().expect("local tier").stats();
+        println!("turn/turn_local*: local focus tier {docs:?}");
     });
 
     let mut g = c.benchmark_group("turn");

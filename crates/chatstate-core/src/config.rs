@@ -33,8 +33,8 @@
 //! | `CHATSTATE_LOCAL_CACHE_CAPACITY` | entries in the local cache tier | `10000` |
 //! | `CHATSTATE_LOCAL_CACHE_TTL_SECONDS` | TTL in the local cache tier | `60` |
 //! | `CHATSTATE_LOCAL_CACHE_MAX_STALE_SECONDS` | how long past its TTL the local tier may still serve an entry while Redis fails (stale-if-error); `0` never | `300` |
-//! | `CHATSTATE_LOCAL_SESSION_CAPACITY` | sessions (each with its window) in the local session tier (`Stores::with_local_sessions`) | `10000` |
-//! | `CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS` | how long the local session tier serves a copy it read or wrote; another instance's write is seen after at most this | `60` |
+//! | `CHATSTATE_LOCAL_SESSION_CAPACITY` | sessions (each with its window) in the local session tier, and focus documents in the local focus tier (`Stores::with_local_sessions`) | `10000` |
+//! | `CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS` | how long the local session and focus tiers serve a copy they read or wrote; another instance's write is seen after at most this | `60` |
 //! | `CHATSTATE_REDIS_FAIL_FAST` | `1`: opening the stores fails when Redis cannot be reached (otherwise they open and connect in the background) | off |
 //! | `CHATSTATE_REDIS_FALLBACK` | `none`, `file` or `memory`: the backend to open instead when Redis cannot be reached at start | `none` |
 //! | `CHATSTATE_REDIS_BREAKER_FAILURES` | consecutive temporary failures that open the circuit breaker, 1–1000 | `5` |
@@ -198,12 +198,12 @@ const ENV: &[EnvVar] = &[
     },
     EnvVar {
         name: "CHATSTATE_LOCAL_SESSION_CAPACITY",
-        meaning: "sessions (each with its window) in the local session tier (`Stores::with_local_sessions`)",
+        meaning: "sessions (each with its window) in the local session tier, and focus documents in the local focus tier (`Stores::with_local_sessions`)",
         default: "`10000`",
     },
     EnvVar {
         name: "CHATSTATE_LOCAL_SESSION_MAX_AGE_SECONDS",
-        meaning: "how long the local session tier serves a copy it read or wrote; another instance's write is seen after at most this",
+        meaning: "how long the local session and focus tiers serve a copy they read or wrote; another instance's write is seen after at most this",
         default: "`60`",
     },
     EnvVar {
