@@ -240,3 +240,67 @@ async fn redis_round_trips_and_server_summary_from_stores() {
     let long = customers.ttl_of("2").await.unwrap().unwrap();
     assert!(short <= Duration::from_secs(60) && long > Duration::from_secs(60));
 }
+
+/// `read_batch` through the local focus tier answers the documents in the order
+/// asked, held ones from the tier and the rest from the store (a missing one as
+/// `None`), and keeps what it read: the next batch reads none from the store.
+#[tokio::test]
+async fn read_batch_mixes_held_and_read_focus_documents_in_order() {
+    use bytes::Bytes;
+    use chatstate::{BatchReads, FocusKey, FocusStore, PutMode};
+    let config = memory_config();
+    let stores = Stores::open(&config)
+        .await
+        .unwrap()
+        .with_local_sessions(&config);
+    let local = stores.local_focus().unwrap();
+    let key = |n: &str| FocusKey::new("acme:+5511", n).unwrap();
+    let (a, b, c, gone) = (key("a"), key("b"), key("c"), key("gone"));
+    // `a` and `c` through the tier (held); `b` straight into the store below it.
+    for k in [&a, &c] {
+        stores
+            .focus
+            .put(
+                k,
+                Bytes::from(k.name().to_string()),
+                PutMode::Overwrite,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    local
+        .inner()
+        .put(&b, Bytes::from_static(b"b"), PutMode::Overwrite, None)
+        .await
+        .unwrap();
+    let reads = BatchReads::new()
+        .focus(a.clone())
+        .focus(b.clone())
+        .focus(gone.clone())
+        .focus(c.clone());
+    let values = |read: &chatstate::BatchRead| -> Vec<Option<Vec<u8>>> {
+        read.focus
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.value.to_vec()))
+            .collect()
+    };
+    let want = vec![
+        Some(b"a".to_vec()),
+        Some(b"b".to_vec()),
+        None,
+        Some(b"c".to_vec()),
+    ];
+    let first = stores.read_batch(&reads).await.unwrap();
+    assert_eq!(values(&first), want);
+    let before = local.stats();
+    assert_eq!((before.hits, before.misses), (2, 2));
+    let second = stores.read_batch(&reads).await.unwrap();
+    assert_eq!(values(&second), want);
+    let after = local.stats();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (3, 1),
+        "b was kept by the first batch; only the missing document is read again"
+    );
+}
