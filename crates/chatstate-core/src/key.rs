@@ -288,23 +288,43 @@ pub fn check_scope(what: &'static str, value: &str) -> Result<()> {
 /// A cache entry: `key` within `namespace` (`customers`, `contacts`, ...).
 ///
 /// Namespaces are separate: clearing `users` never touches `users:archive`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Two keys are equal, ordered and hashed by their namespace and key alone.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct CacheKey {
     namespace: String,
     key: String,
+    /// Set by [`CacheKey::new`] when `key` has no byte [`escape`] rewrites: store
+    /// keys are then built by copying it, with no scan per call (a many-key call
+    /// spent more on that scan than on anything else of its own). Unset (scan
+    /// when used) for a deserialized key.
+    #[serde(skip)]
+    plain: bool,
 }
 
 impl CacheKey {
     /// Entry `key` in `namespace`: namespace non-empty and at most [`MAX_ID_BYTES`],
     /// key non-empty and at most [`MAX_CACHE_KEY_BYTES`].
     pub fn new(namespace: impl Into<String>, key: impl Into<String>) -> Result<Self> {
-        let k = CacheKey {
+        let mut k = CacheKey {
             namespace: namespace.into(),
             key: key.into(),
+            plain: false,
         };
         check_id("cache namespace", &k.namespace, MAX_ID_BYTES)?;
         check_id("cache key", &k.key, MAX_CACHE_KEY_BYTES)?;
+        k.plain = !k.key.bytes().any(reserved);
         Ok(k)
+    }
+
+    /// Appends [`escape`]`(self.key())` to `out`.
+    #[inline]
+    fn push_key_escaped(&self, out: &mut String) {
+        if self.plain {
+            out.push_str(&self.key);
+        } else {
+            push_escaped(out, &self.key);
+        }
     }
 
     /// The namespace.
@@ -330,6 +350,33 @@ impl CacheKey {
     pub fn from_escaped(text: &str) -> Option<CacheKey> {
         let (ns, key) = text.split_once(':')?;
         CacheKey::new(unescape(ns)?, unescape(key)?).ok()
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.namespace == other.namespace && self.key == other.key
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl PartialOrd for CacheKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CacheKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.namespace, &self.key).cmp(&(&other.namespace, &other.key))
+    }
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.namespace.hash(state);
+        self.key.hash(state);
     }
 }
 
@@ -505,15 +552,66 @@ impl KeyList {
     }
 
     /// The keys, in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        (0..self.ends.len()).map(|i| self.get(i).unwrap_or_default())
+    pub fn iter(&self) -> KeyListIter<'_> {
+        KeyListIter {
+            rest: &self.buf,
+            ends: self.ends.iter(),
+            start: 0,
+        }
     }
 
     /// The keys as a vector of slices of this list.
     pub fn to_vec(&self) -> Vec<&str> {
-        self.iter().collect()
+        let mut out = Vec::with_capacity(self.ends.len());
+        out.extend(self.iter());
+        out
     }
 }
+
+impl<'a> IntoIterator for &'a KeyList {
+    type Item = &'a str;
+    type IntoIter = KeyListIter<'a>;
+
+    fn into_iter(self) -> KeyListIter<'a> {
+        self.iter()
+    }
+}
+
+/// The keys of a [`KeyList`], in order: each one cut off the front of what is left
+/// of the list's buffer (one character-boundary check per key, no index lookup).
+#[derive(Clone, Debug)]
+pub struct KeyListIter<'a> {
+    /// The keys not yet returned, back to back.
+    rest: &'a str,
+    ends: std::slice::Iter<'a, usize>,
+    /// Where `rest` starts in the list's buffer.
+    start: usize,
+}
+
+impl<'a> Iterator for KeyListIter<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let end = *self.ends.next()?;
+        // Every end is a character boundary at or after the one before (the list is
+        // built by appending whole strings): the split always succeeds.
+        let (key, rest) = self
+            .rest
+            .split_at_checked(end.saturating_sub(self.start))
+            .unwrap_or((self.rest, ""));
+        self.rest = rest;
+        self.start = end;
+        Some(key)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ends.size_hint()
+    }
+}
+
+impl ExactSizeIterator for KeyListIter<'_> {}
 
 /// A time bucket of a counter: the UTC day or hour it counts.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -923,7 +1021,7 @@ impl KeyLayout {
         out.push_str(":kv:");
         push_escaped(out, key.namespace());
         out.push(':');
-        push_escaped(out, key.key());
+        key.push_key_escaped(out);
     }
 
     /// [`KeyLayout::cache`] of each of `keys`, built into one buffer: what a call on
@@ -956,7 +1054,7 @@ impl KeyLayout {
                 head_of = Some(key.namespace());
             }
             list.buf.push_str(&head);
-            push_escaped(&mut list.buf, key.key());
+            key.push_key_escaped(&mut list.buf);
             list.ends.push(list.buf.len());
         }
         list
@@ -1310,7 +1408,7 @@ mod tests {
     proptest! {
         #[test]
         fn cache_keys_are_each_keys_own_text(
-            parts in proptest::collection::vec((0..3usize, "[a-z:{ %]{1,6}"), 0..12)
+            parts in proptest::collection::vec((0..3usize, "[a-z:{ %é👋]{1,6}"), 0..12)
         ) {
             // Runs of one namespace, namespaces coming back, reserved characters.
             let layout = KeyLayout::new("p").unwrap();
@@ -1320,7 +1418,36 @@ mod tests {
                 .collect();
             let one_by_one: Vec<String> = keys.iter().map(|k| layout.cache(k)).collect();
             let list = layout.cache_keys(&keys);
-            prop_assert_eq!(list.to_vec(), one_by_one);
+            prop_assert_eq!(&list.to_vec(), &one_by_one);
+            prop_assert_eq!(list.iter().len(), keys.len());
+            for (i, k) in one_by_one.iter().enumerate() {
+                prop_assert_eq!(list.get(i), Some(k.as_str()));
+            }
+            prop_assert_eq!(list.get(keys.len()), None);
+            // Each part escaped by `escape` itself: what `new`'s no-escaping note
+            // must agree with.
+            let by_escape: Vec<String> = keys
+                .iter()
+                .map(|k| format!("p:kv:{}:{}", escape(k.namespace()), escape(k.key())))
+                .collect();
+            prop_assert_eq!(&one_by_one, &by_escape);
+            // A deserialized key (no note: scanned when used) is the same key and
+            // the same store key.
+            let read: Vec<CacheKey> =
+                serde_json::from_str(&serde_json::to_string(&keys).unwrap()).unwrap();
+            prop_assert_eq!(&read, &keys);
+            let read_list = layout.cache_keys(&read);
+            prop_assert_eq!(read_list.to_vec(), by_escape);
+            let hash = |k: &CacheKey| {
+                use std::hash::{BuildHasher, RandomState};
+                static STATE: std::sync::LazyLock<RandomState> =
+                    std::sync::LazyLock::new(RandomState::new);
+                STATE.hash_one(k)
+            };
+            for (a, b) in read.iter().zip(&keys) {
+                prop_assert_eq!(hash(a), hash(b));
+                prop_assert_eq!(a.cmp(b), std::cmp::Ordering::Equal);
+            }
         }
 
         #[test]

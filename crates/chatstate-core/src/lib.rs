@@ -104,7 +104,8 @@ pub use inventory::{
     RecordKind, RestoreMode, Restored, SessionRecord,
 };
 pub use key::{
-    Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, KeyList, Labels, RunId, SessionKey,
+    Bucket, CacheKey, CounterKey, FocusKey, KeyLayout, KeyList, KeyListIter, Labels, RunId,
+    SessionKey,
 };
 pub use model::{
     AppendReceipt, BatchOutcome, BatchRead, BatchReads, Change, CounterBatch, Expected, FocusDoc,
