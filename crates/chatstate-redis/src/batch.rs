@@ -140,7 +140,7 @@ impl RedisStore {
         }
         let cache_keys: Vec<&str> = cache.iter().map(|(_, k)| *k).collect();
         if let Some(first) = cache_keys.first() {
-            queue_get(&mut pipe, &cache_keys);
+            queue_get(&mut pipe, cache_keys.iter().copied());
             cmd_keys.extend([*first, *first]);
         }
         let values: Vec<Value> = match self.inner.conn.pipe(&pipe, OP, &cmd_keys).await {
@@ -175,7 +175,9 @@ impl RedisStore {
         }
         if !cache.is_empty() {
             let (found, present) = (next()?, next()?);
-            let values = self.answer_get(&cache_keys, found, present, OP).await?;
+            let values = self
+                .answer_get(cache_keys.iter().copied(), found, present, OP)
+                .await?;
             answers.push(Answer::Cache(
                 cache.iter().map(|(i, _)| *i).zip(values).collect(),
             ));

@@ -214,15 +214,17 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `get_many` of the keys of one slot (all of them outside a Cluster): MGET
-    /// plus EXISTS in one round trip, and the type check when they disagree.
-    async fn get_slot(&self, ks: &[&str]) -> Result<Vec<Option<Bytes>>> {
+    /// `get_many` of the keys of one slot (all of them outside a Cluster), in
+    /// order: MGET plus EXISTS in one round trip, and the type check when they
+    /// disagree.
+    async fn get_slot<'k>(&self, ks: impl SlotKeys<'k>) -> Result<Vec<Option<Bytes>>> {
         let mut pipe = redis::pipe();
-        queue_get(&mut pipe, ks);
+        queue_get(&mut pipe, ks.clone());
+        let first = ks.clone().next().unwrap_or_default();
         let (v, present): (Value, Value) = self
             .inner
             .conn
-            .pipe(&pipe, "get_many", &[ks[0], ks[0]])
+            .pipe(&pipe, "get_many", &[first, first])
             .await?;
         self.answer_get(ks, v, present, "get_many").await
     }
@@ -235,9 +237,9 @@ impl RedisStore {
     /// and answers WrongType naming one; otherwise MGET's answer stands. A script
     /// for every call cost about 2x a raw MGET of 50 values (BENCHMARKS.md); this
     /// costs one cheap EXISTS.
-    pub(crate) async fn answer_get(
+    pub(crate) async fn answer_get<'k>(
         &self,
-        ks: &[&str],
+        ks: impl SlotKeys<'k>,
         found: Value,
         present: Value,
         op: &'static str,
@@ -252,9 +254,9 @@ impl RedisStore {
         if reply::int(&present)? > (ks.len() - nils) as i64 {
             let misses: Vec<&str> = found
                 .iter()
-                .zip(ks)
+                .zip(ks.clone())
                 .filter(|(v, _)| matches!(v, Value::Nil))
-                .map(|(_, k)| *k)
+                .map(|(_, k)| k)
                 .collect();
             self.inner
                 .conn
@@ -262,11 +264,18 @@ impl RedisStore {
                 .await?;
         }
         let max = self.inner.settings.max_value_bytes;
-        found
-            .into_iter()
-            .zip(ks)
-            .map(|(v, k)| value(v, max, k))
-            .collect()
+        // A plain loop: a `Result` collect over `value` cost about twice as many
+        // instructions per key (callgrind, BENCHMARKS.md).
+        // The key is looked up only to name it in an error.
+        let mut out = Vec::with_capacity(found.len());
+        for (i, v) in found.into_iter().enumerate() {
+            out.push(match v {
+                Value::Nil => None,
+                Value::BulkString(b) if b.len() <= max => Some(Bytes::from(b)),
+                other => value(other, max, ks.clone().nth(i).unwrap_or_default())?,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -334,9 +343,22 @@ impl RedisStore {
 /// Queues the read of `ks` (keys of one slot): `MGET` plus `EXISTS` of the same
 /// keys, one round trip and no script; [`RedisStore::answer_get`] reads the two
 /// answers. What `get_many` and the read batch send.
-pub(crate) fn queue_get(pipe: &mut redis::Pipeline, ks: &[&str]) {
-    pipe.cmd("MGET").arg(ks).cmd("EXISTS").arg(ks);
+pub(crate) fn queue_get<'k>(pipe: &mut redis::Pipeline, ks: impl SlotKeys<'k>) {
+    for name in ["MGET", "EXISTS"] {
+        let mut cmd = redis::cmd(name);
+        for k in ks.clone() {
+            cmd.arg(k);
+        }
+        pipe.add_command(cmd);
+    }
 }
+
+/// The keys of one slot, in order, as `get_many` and the read batch hold them: a
+/// [`chatstate_core::KeyList`]'s own iterator (no vector of slices built outside a
+/// Cluster) or a slice's.
+pub(crate) trait SlotKeys<'k>: ExactSizeIterator<Item = &'k str> + Clone {}
+
+impl<'k, I: ExactSizeIterator<Item = &'k str> + Clone> SlotKeys<'k> for I {}
 
 /// A stored value, refused when it is over the value limit (written by something
 /// else: chatstate never stores one).
@@ -430,18 +452,21 @@ impl KvCache for RedisStore {
             return Ok(Vec::new());
         }
         let list = self.inner.layout.cache_keys(keys);
+        if !self.inner.conn.is_cluster() {
+            // One server: every key, in order, straight from the list.
+            return self.get_slot(list.iter()).await;
+        }
         let ks = &list.to_vec();
         let mut parts = self
             .inner
             .conn
             .per_slot(ks, |group| async move {
                 if group.len() == ks.len() {
-                    // One slot (always, outside a Cluster): the keys as they are,
-                    // in order.
-                    return Ok((Vec::new(), self.get_slot(ks).await?));
+                    // All in one slot: the keys as they are, in order.
+                    return Ok((Vec::new(), self.get_slot(ks.iter().copied()).await?));
                 }
                 let slot_keys: Vec<&str> = group.iter().map(|&i| ks[i]).collect();
-                let values = self.get_slot(&slot_keys).await?;
+                let values = self.get_slot(slot_keys.iter().copied()).await?;
                 Ok((group, values))
             })
             .await?;
